@@ -1,0 +1,212 @@
+"""Cache files: the local copy of file data, one sparse file per inode.
+
+``CACHE_DIR/data/<ino>`` holds the file's bytes at their offsets; its length is
+always the file's logical size. A file is either *fully cached* (the journal's
+``Inode.cached``; always so for dirty data) or *partially cached*: then the blocks
+present are tracked here in memory, and forgotten on restart (refetched on demand).
+
+Local disk I/O runs inline on the event loop on purpose: a pread/pwrite that hits
+the page cache costs microseconds, far less than a hop to a worker thread. Only
+object-store calls go to threads.
+
+Clean data is evicted least-recently-used once the cache holds more than its limit;
+dirty data and files in use are never evicted (``evict`` asks the caller).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+
+import cachetools
+
+BLOCK_BYTES = 1 << 20
+SNAPSHOT_INLINE_BYTES = 8 << 20
+_MAX_OPEN_FDS = 256
+
+
+class _FdCache(cachetools.LRUCache):
+    def popitem(self):
+        key, fd = super().popitem()
+        os.close(fd)
+        return key, fd
+
+
+class Cache:
+    def __init__(self, root: str, limit_bytes: int) -> None:
+        self.root = root
+        self.data_dir = os.path.join(root, "data")
+        self.snap_dir = os.path.join(root, "snapshots")
+        for d in (self.data_dir, self.snap_dir):
+            os.makedirs(d, mode=0o700, exist_ok=True)
+        for leftover in os.listdir(self.snap_dir):
+            os.unlink(os.path.join(self.snap_dir, leftover))
+        self.limit_bytes = limit_bytes
+        self._fds: _FdCache = _FdCache(maxsize=_MAX_OPEN_FDS)
+        self._present: dict[int, set[int]] = {}
+        # LRU order of inodes with cache files: ino -> bytes accounted
+        self._lru: dict[int, int] = {}
+        self.used_bytes = 0
+        self._snap_seq = 0
+        for entry in os.scandir(self.data_dir):
+            if entry.name.isdigit():
+                size = entry.stat().st_blocks * 512
+                self._lru[int(entry.name)] = size
+                self.used_bytes += size
+
+    def path(self, ino: int) -> str:
+        return os.path.join(self.data_dir, str(ino))
+
+    def _fd(self, ino: int) -> int:
+        fd = self._fds.get(ino)
+        if fd is None:
+            fd = os.open(self.path(ino), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._fds[ino] = fd
+        return fd
+
+    def _touch(self, ino: int, delta: int = 0) -> None:
+        size = self._lru.pop(ino, 0) + delta
+        self._lru[ino] = max(size, 0)
+        self.used_bytes += delta
+
+    def exists(self, ino: int) -> bool:
+        return ino in self._lru or os.path.exists(self.path(ino))
+
+    def create(self, ino: int, size: int = 0) -> None:
+        """Start an empty cache file of ``size`` bytes (a hole), nothing present."""
+        fd = self._fd(ino)
+        os.ftruncate(fd, 0)
+        os.ftruncate(fd, size)
+        self._present.pop(ino, None)
+        old = self._lru.pop(ino, 0)
+        self.used_bytes -= old
+        self._lru[ino] = 0
+
+    def read(self, ino: int, offset: int, size: int) -> bytes:
+        self._touch(ino)
+        return os.pread(self._fd(ino), size, offset)
+
+    def write(self, ino: int, offset: int, data: bytes) -> None:
+        fd = self._fd(ino)
+        end = os.fstat(fd).st_size
+        written = os.pwrite(fd, data, offset)
+        if written != len(data):  # a short write to a regular file means a full disk
+            raise OSError(28, "cache disk full")
+        self._touch(ino, max(0, offset + len(data) - max(end, offset)) + 0)
+
+    def truncate(self, ino: int, size: int) -> None:
+        fd = self._fd(ino)
+        old = os.fstat(fd).st_size
+        os.ftruncate(fd, size)
+        self._touch(ino, size - old if size < old else 0)
+        present = self._present.get(ino)
+        if present is not None:
+            last = (size + BLOCK_BYTES - 1) // BLOCK_BYTES
+            present.difference_update({b for b in present if b >= last})
+
+    def size(self, ino: int) -> int:
+        return os.fstat(self._fd(ino)).st_size
+
+    def fsync(self, ino: int) -> None:
+        if ino in self._fds or os.path.exists(self.path(ino)):
+            os.fsync(self._fd(ino))
+
+    def close(self, ino: int) -> None:
+        fd = self._fds.pop(ino, None)
+        if fd is not None:
+            os.close(fd)
+
+    def remove(self, ino: int) -> None:
+        self.close(ino)
+        self._present.pop(ino, None)
+        self.used_bytes -= self._lru.pop(ino, 0)
+        try:
+            os.unlink(self.path(ino))
+        except FileNotFoundError:
+            pass
+
+    def close_all(self) -> None:
+        for ino in list(self._fds.keys()):
+            self.close(ino)
+
+    # --- partially cached files ---------------------------------------------------
+    def missing(self, ino: int, offset: int, size: int, file_size: int) -> list[tuple[int, int]]:
+        """Block-aligned byte ranges of ``[offset, offset+size)`` not yet present,
+        merged into runs, clipped to ``file_size``."""
+        end = min(offset + size, file_size)
+        if end <= offset:
+            return []
+        present = self._present.setdefault(ino, set())
+        runs: list[tuple[int, int]] = []
+        for block in range(offset // BLOCK_BYTES, (end - 1) // BLOCK_BYTES + 1):
+            if block in present:
+                continue
+            start = block * BLOCK_BYTES
+            stop = min(start + BLOCK_BYTES, file_size)
+            if runs and runs[-1][1] == start:
+                runs[-1] = (runs[-1][0], stop)
+            else:
+                runs.append((start, stop))
+        return runs
+
+    def fill(self, ino: int, start: int, data: bytes) -> None:
+        """Store fetched bytes at ``start`` and mark their whole blocks present."""
+        os.pwrite(self._fd(ino), data, start)
+        self._touch(ino, len(data))
+        present = self._present.setdefault(ino, set())
+        first = start // BLOCK_BYTES
+        last = (start + len(data) - 1) // BLOCK_BYTES if data else first - 1
+        present.update(range(first, last + 1))
+
+    def all_present(self, ino: int, file_size: int) -> bool:
+        return not self.missing(ino, 0, file_size, file_size)
+
+    def forget_presence(self, ino: int) -> None:
+        self._present.pop(ino, None)
+
+    # --- upload snapshots ---------------------------------------------------------
+    def snapshot(self, ino: int, size: int) -> bytes | str:
+        """A private copy of the file's current bytes for an upload: bytes for small
+        files, else a path under ``snapshots/`` (remove it with ``drop_snapshot``)."""
+        if size <= SNAPSHOT_INLINE_BYTES:
+            data = os.pread(self._fd(ino), size, 0)
+            return data.ljust(size, b"\0")
+        self._snap_seq += 1
+        dst = os.path.join(self.snap_dir, f"{ino}.{self._snap_seq}")
+        src_fd = self._fd(ino)
+        with open(dst, "wb") as out:
+            copied = 0
+            while copied < size:
+                n = os.copy_file_range(src_fd, out.fileno(), size - copied, copied, copied)
+                if n == 0:
+                    break
+                copied += n
+            out.truncate(size)
+        return dst
+
+    @staticmethod
+    def drop_snapshot(body: bytes | str) -> None:
+        if isinstance(body, str):
+            try:
+                os.unlink(body)
+            except FileNotFoundError:
+                pass
+
+    # --- eviction -----------------------------------------------------------------
+    def evict(self, can_evict: Callable[[int], bool]) -> list[int]:
+        """Drop least-recently-used cache files while over the limit, for inodes
+        ``can_evict`` allows (clean, not open). Returns the evicted inodes."""
+        evicted: list[int] = []
+        if self.used_bytes <= self.limit_bytes:
+            return evicted
+        for ino in list(self._lru):
+            if self.used_bytes <= self.limit_bytes:
+                break
+            if can_evict(ino):
+                self.remove(ino)
+                evicted.append(ino)
+        return evicted
+
+    def disk_free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free

@@ -1,0 +1,378 @@
+"""Command line: ``s3fuse mount | umount | sync | status | demo``.
+
+``mount`` without ``--foreground`` starts the daemon as a child process and returns
+once the mount is ready (exit 0), or prints the daemon's one-line error (exit 1).
+The CLI talks to a running daemon through extended attributes on the mount's root
+(``user.s3fuse.drain``, ``user.s3fuse.status``, ``user.s3fuse.pid``), so it needs no
+socket and the filesystem's own permission checks apply.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+
+from . import __version__
+from .config import (Settings, default_cache_root, parse_mode, parse_seconds, parse_size)
+from .errors import S3FuseError, UsageError
+from .fuse_ops import CONTROL_DRAIN, CONTROL_PID, CONTROL_STATUS
+
+READY_FD_ENV = "S3FUSE_READY_FD"
+# -o options that mount(8) and fstab pass along and that mean nothing to us
+_IGNORED_O = {"_netdev", "nofail", "rw", "auto", "noauto", "user", "users", "dev", "nodev",
+              "suid", "nosuid", "exec", "noexec", "defaults", "async", "atime", "noatime",
+              "relatime"}
+_OPTION_NAMES = {
+    "endpoint_url", "region", "cache_dir", "cache_size", "flush_window", "metadata_ttl",
+    "poll_interval", "uid", "gid", "file_mode", "dir_mode", "allow_other", "fsync",
+    "log_level", "drain_timeout", "max_uploads", "foreground",
+}
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"s3fuse: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def _add_mount_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", help="s3://BUCKET[/PREFIX], or file:///PATH (the embedded "
+                                  "local store)")
+    p.add_argument("mountpoint", help="an existing, empty directory")
+    p.add_argument("--endpoint-url", help="S3-compatible endpoint (MinIO, Ceph RGW, R2, ...); "
+                                          "default: AWS")
+    p.add_argument("--region", help="S3 region (default: from the AWS config, or us-east-1)")
+    p.add_argument("--cache-dir", help="journal and cache directory, one mount at a time "
+                                       "(default: /var/cache/s3fuse/<source hash> as root, "
+                                       "~/.cache/s3fuse/<source hash> otherwise)")
+    p.add_argument("--cache-size", default="10G", help="clean data kept cached (default 10G)")
+    p.add_argument("--flush-window", default="60",
+                   help="seconds a changed file stays quiet before it is uploaded (default 60)")
+    p.add_argument("--metadata-ttl", default="1",
+                   help="seconds the kernel may cache attributes and names (default 1)")
+    p.add_argument("--poll-interval", default="30",
+                   help="seconds between re-listings of directories in use (default 30)")
+    p.add_argument("--uid", type=int, help="owner of objects without attributes "
+                                           "(default: the mounting user)")
+    p.add_argument("--gid", type=int, help="group of objects without attributes "
+                                           "(default: the mounting user's group)")
+    p.add_argument("--file-mode", default="0644",
+                   help="mode of files without attributes (default 0644)")
+    p.add_argument("--dir-mode", default="0755",
+                   help="mode of directories without attributes (default 0755)")
+    p.add_argument("--allow-other", action="store_true",
+                   help="let other users use the mount (permissions are still checked)")
+    p.add_argument("--fsync", choices=("local", "upload"), default="local",
+                   help="local: fsync makes data durable on this host (default); upload: "
+                        "fsync waits until the object is in the bucket")
+    p.add_argument("--drain-timeout", default="600",
+                   help="seconds unmount/SIGTERM wait for pending uploads before exiting "
+                        "with them kept in the journal (default 600)")
+    p.add_argument("--max-uploads", type=int, default=8,
+                   help="uploads in parallel (default 8)")
+    p.add_argument("--log-level", default="INFO",
+                   choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default INFO")
+    p.add_argument("--foreground", "-f", action="store_true",
+                   help="stay in the foreground and log to stderr")
+    p.add_argument("-o", dest="options", action="append", default=[],
+                   help="comma-separated options in mount(8) style, e.g. "
+                        "-o endpoint_url=http://127.0.0.1:9000,flush_window=30,allow_other")
+
+
+def _apply_o_options(args: argparse.Namespace) -> list[str]:
+    """Fold ``-o a=b,c`` into ``args``; returns FUSE options to pass through."""
+    passthrough: list[str] = []
+    for group in args.options:
+        for item in filter(None, (x.strip() for x in group.split(","))):
+            name, _, value = item.partition("=")
+            key = name.replace("-", "_")
+            if name in _IGNORED_O or name.startswith("x-systemd.") or name.startswith("comment="):
+                continue
+            if key in ("allow_other", "foreground"):
+                setattr(args, key, True)
+            elif key in _OPTION_NAMES:
+                if not value:
+                    raise UsageError(f"option {name} needs a value ({name}=...)")
+                if key in ("uid", "gid", "max_uploads"):
+                    try:
+                        value = int(value)
+                    except ValueError:
+                        raise UsageError(f"invalid {name} {value!r}: expected a number") \
+                            from None
+                setattr(args, key, value)
+            elif name in ("default_permissions", "ro"):
+                if name == "ro":
+                    raise UsageError("read-only mounts (-o ro) are not supported yet")
+            else:
+                raise UsageError(f"unknown option -o {name}")
+    return passthrough
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    fuse_opts = _apply_o_options(args)
+    source = args.source
+    if not (source.startswith("s3://") or source.startswith("file://")
+            or source.startswith("memory://")):
+        raise UsageError(f"invalid source {source!r}: expected s3://BUCKET[/PREFIX] or "
+                         "file:///PATH")
+    cache_dir = args.cache_dir
+    if not cache_dir:
+        digest = hashlib.sha256(f"{source} {args.endpoint_url or ''}".encode()).hexdigest()
+        cache_dir = os.path.join(default_cache_root(), digest[:16])
+    max_uploads = int(args.max_uploads)
+    if max_uploads < 1:
+        raise UsageError("--max-uploads must be at least 1")
+    return Settings(
+        source=source,
+        mountpoint=os.path.abspath(args.mountpoint),
+        cache_dir=os.path.abspath(cache_dir),
+        endpoint_url=args.endpoint_url,
+        region=args.region,
+        cache_size_bytes=parse_size(args.cache_size, "--cache-size"),
+        flush_window_s=parse_seconds(args.flush_window, "--flush-window"),
+        metadata_ttl_s=parse_seconds(args.metadata_ttl, "--metadata-ttl"),
+        poll_interval_s=parse_seconds(args.poll_interval, "--poll-interval", minimum=0.1),
+        uid=os.getuid() if args.uid is None else int(args.uid),
+        gid=os.getgid() if args.gid is None else int(args.gid),
+        file_mode=parse_mode(args.file_mode, "--file-mode"),
+        dir_mode=parse_mode(args.dir_mode, "--dir-mode"),
+        allow_other=bool(args.allow_other),
+        fsync_upload=args.fsync == "upload",
+        max_uploads=max_uploads,
+        drain_timeout_s=parse_seconds(args.drain_timeout, "--drain-timeout"),
+        log_level=args.log_level,
+        fuse_options=tuple(fuse_opts),
+    )
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # botocore logs request headers at DEBUG, signatures included: keep it quiet
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def cmd_mount(args: argparse.Namespace, argv: list[str]) -> int:
+    try:
+        settings = settings_from(args)
+    except UsageError as exc:
+        return _fail(str(exc), 2)
+    if args.foreground:
+        return _run_foreground(settings)
+    return _spawn_background(settings, argv)
+
+
+def _run_foreground(settings: Settings) -> int:
+    from . import daemon
+
+    setup_logging(settings.log_level)
+    ready_fd = os.environ.pop(READY_FD_ENV, None)
+
+    def report(line: str) -> None:
+        if ready_fd is not None:
+            try:
+                os.write(int(ready_fd), (line + "\n").encode())
+                os.close(int(ready_fd))
+            except OSError:
+                pass
+
+    try:
+        return daemon.run(settings, ready=lambda: report("READY"))
+    except UsageError as exc:
+        report(f"ERROR {exc}")
+        return _fail(str(exc))
+    except S3FuseError as exc:
+        report(f"ERROR {exc}")
+        return _fail(str(exc))
+
+
+def _spawn_background(settings: Settings, argv: list[str]) -> int:
+    os.makedirs(settings.cache_dir, mode=0o700, exist_ok=True)
+    log_path = os.path.join(settings.cache_dir, "s3fuse.log")
+    read_fd, write_fd = os.pipe()
+    env = dict(os.environ)
+    env[READY_FD_ENV] = str(write_fd)
+    with open(log_path, "ab") as log_file:
+        os.chmod(log_path, 0o600)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "s3fuse.cli", *argv, "--foreground"],
+            stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, env=env,
+            pass_fds=(write_fd,), start_new_session=True, close_fds=True)
+    os.close(write_fd)
+    chunks = []
+    while True:
+        chunk = os.read(read_fd, 4096)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(read_fd)
+    answer = b"".join(chunks).decode(errors="replace").strip()
+    if answer == "READY":
+        print(f"s3fuse: mounted {settings.source} at {settings.mountpoint} "
+              f"(pid {proc.pid}, log {log_path}); unmount with: s3fuse umount "
+              f"{settings.mountpoint}")
+        return 0
+    if answer.startswith("ERROR "):
+        proc.wait(timeout=30)
+        return _fail(answer[len("ERROR "):])
+    code = proc.wait(timeout=30)
+    return _fail(f"the daemon exited (status {code}) before mounting; see {log_path}")
+
+
+def _control_get(mountpoint: str, name: str) -> bytes:
+    try:
+        return os.getxattr(mountpoint, name)
+    except OSError as exc:
+        raise UsageError(f"no s3fuse mount at {mountpoint} ({exc.strerror})") from None
+
+
+def _require_mount(mountpoint: str) -> str:
+    mp = os.path.abspath(mountpoint)
+    if not os.path.ismount(mp):
+        raise UsageError(f"nothing is mounted at {mp}")
+    _control_get(mp, CONTROL_PID)
+    return mp
+
+
+def _drain(mp: str, timeout_s: float | None = None) -> None:
+    value = b"" if timeout_s is None else str(timeout_s).encode()
+    try:
+        os.setxattr(mp, CONTROL_DRAIN, value)
+    except OSError as exc:
+        raise UsageError(f"could not upload everything pending at {mp} "
+                         f"({exc.strerror}); see `s3fuse status {mp}`") from None
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    try:
+        mp = _require_mount(args.mountpoint)
+        pid = int(_control_get(mp, CONTROL_PID))
+        _drain(mp)
+    except UsageError as exc:
+        return _fail(str(exc))
+    res = subprocess.run(["fusermount3", "-u", mp], capture_output=True, text=True,
+                         check=False, timeout=60)
+    if res.returncode != 0:
+        detail = (res.stderr.strip().splitlines() or ["failed"])[-1]
+        return _fail(f"could not unmount {mp}: {detail} (everything pending was uploaded)")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    print(f"s3fuse: unmounted {mp}; everything is in the bucket")
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    try:
+        mp = _require_mount(args.mountpoint)
+        _drain(mp, args.timeout)
+    except UsageError as exc:
+        return _fail(str(exc))
+    print(f"s3fuse: everything pending at {mp} is in the bucket")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    try:
+        mp = _require_mount(args.mountpoint)
+        status = json.loads(_control_get(mp, CONTROL_STATUS))
+    except UsageError as exc:
+        return _fail(str(exc))
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+        return 0
+    print(f"{mp}: {status['source']} (pid {status['pid']})")
+    print(f"  pending: {status['dirty_files']} files, {status['dirty_bytes']} bytes, "
+          f"{status['pending_ops']} bucket operations; oldest "
+          f"{status['oldest_pending_age_s']:.0f} s")
+    print(f"  uploads in flight: {status['uploads_in_flight']}")
+    print(f"  cache: {status['cache_bytes']} of {status['cache_limit_bytes']} bytes")
+    print(f"  skipped keys: {len(status['skipped_keys'])}; recent errors: "
+          f"{len(status['errors'])}")
+    for err in status["errors"][-5:]:
+        print(f"    {err['operation']} {err['path']}: {err['message']}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Mount a small demo tree on the embedded file:// backend."""
+    store_root = "/var/lib/s3fuse-demo/bucket" if os.geteuid() == 0 else \
+        os.path.expanduser("~/.local/share/s3fuse-demo/bucket")
+    mountpoint = "/mnt/s3fuse-demo" if os.geteuid() == 0 else \
+        os.path.expanduser("~/s3fuse-demo")
+    os.makedirs(store_root, exist_ok=True)
+    os.makedirs(mountpoint, exist_ok=True)
+    if os.path.ismount(mountpoint):
+        print(f"s3fuse demo: already mounted at {mountpoint}; unmount with: "
+              f"s3fuse umount {mountpoint}")
+        return 0
+    from .store.file import FileStore
+
+    store = FileStore(store_root)
+    try:
+        if not store.list("", None).objects:
+            store.put("README.txt", b"Hello from s3fuse. Every file here is a plain object "
+                      b"in the bucket directory " + store_root.encode() + b".\n", {})
+            store.put("docs/guide.md", b"# s3fuse demo\n\nEdit, rename, git init: "
+                      b"it behaves like a disk.\n", {})
+            store.put("data/numbers.csv", b"n,square\n" + b"".join(
+                f"{i},{i * i}\n".encode() for i in range(1, 11)), {})
+    finally:
+        store.close()
+    source = f"file://{store_root}"
+    parser = build_parser()
+    argv = ["mount", source, mountpoint, "--flush-window", "5"]
+    return cmd_mount(parser.parse_args(argv), argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="s3fuse", description="Mount an S3 bucket as a POSIX "
+                                "filesystem: local journal and cache, whole-object uploads, "
+                                "atomic rename, S3 wins on conflict.")
+    p.add_argument("--version", action="version", version=f"s3fuse {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("mount", help="mount a bucket", description="Mount a bucket.")
+    _add_mount_options(m)
+    u = sub.add_parser("umount", help="upload everything pending, then unmount")
+    u.add_argument("mountpoint")
+    s = sub.add_parser("sync", help="upload everything pending now and wait")
+    s.add_argument("mountpoint")
+    s.add_argument("paths", nargs="*", help="limit to these paths (default: everything)")
+    s.add_argument("--timeout", type=float, default=None,
+                   help="give up after this many seconds (default: the mount's drain timeout)")
+    st = sub.add_parser("status", help="pending uploads, conflicts, errors")
+    st.add_argument("mountpoint")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    sub.add_parser("demo", help="mount a demo tree on the embedded file:// backend")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "mount":
+        return cmd_mount(args, [a for a in argv if a not in ("--foreground", "-f")])
+    if args.command == "umount":
+        return cmd_umount(args)
+    if args.command == "sync":
+        return cmd_sync(args)
+    if args.command == "status":
+        return cmd_status(args)
+    if args.command == "demo":
+        return cmd_demo(args)
+    return _fail(f"unknown command {args.command}", 2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,305 @@
+"""The composition root: check everything, mount, serve, drain on the way out.
+
+Order matters for the user: every check that can fail on bad input (the source, the
+bucket and credentials, the cache directory lock, the mount point) runs before
+anything is mounted, and its message is one line. Then the journal is opened
+(replaying whatever a previous daemon left), the mount goes up, readiness is
+reported (to the waiting ``s3fuse mount`` parent, and to systemd when it asked),
+and the flusher runs beside ``pyfuse3.main``.
+
+Stopping: ``s3fuse umount`` asks the daemon to drain over the control xattr, then
+unmounts. SIGTERM and SIGINT (systemd's stop, Ctrl-C) drain while still serving,
+then unmount. Either way nothing pending is dropped: if the bucket stays unreachable
+past ``drain_timeout_s`` the daemon exits with the data kept in the journal and says
+how much is pending; the next mount uploads it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+
+import pyfuse3
+import trio
+
+from .cache import Cache
+from .config import Settings
+from .errors import StoreError, TransientStoreError, UsageError
+from .filesystem import Defaults, Filesystem
+from .flusher import Flusher
+from .fuse_ops import FuseOps
+from .journal import Journal
+from .remote import Remote
+from .store import open_store
+from .store.base import Capabilities, ObjectStore
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_S = 5.0
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify) about our state, when it is listening."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(addr)
+            sock.sendall(message.encode())
+        except OSError as exc:
+            log.warning("could not notify systemd: %s", exc)
+
+
+def check_mountpoint(path: str) -> str:
+    """The mount point as an absolute path; clean up a dead FUSE mount left by a
+    crashed daemon ("Transport endpoint is not connected")."""
+    mp = os.path.abspath(path)
+    try:
+        st = os.stat(mp)
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            subprocess.run(["fusermount3", "-uz", mp], capture_output=True, check=False,
+                           timeout=30)
+            print(f"s3fuse: cleaned up a stale mount at {mp} left by a stopped daemon",
+                  flush=True)
+            st = os.stat(mp)
+        elif exc.errno == errno.ENOENT:
+            raise UsageError(f"mount point {mp} does not exist") from None
+        else:
+            raise UsageError(f"mount point {mp}: {exc.strerror}") from None
+    if not os.path.isdir(mp):
+        raise UsageError(f"mount point {mp} is not a directory")
+    if os.path.ismount(mp):
+        raise UsageError(f"mount point {mp} is in use (something is mounted there)")
+    del st
+    return mp
+
+
+class CacheLock:
+    """One mount per cache directory: an exclusive flock held for the daemon's life."""
+
+    def __init__(self, cache_dir: str) -> None:
+        os.makedirs(cache_dir, mode=0o700, exist_ok=True)
+        os.chmod(cache_dir, 0o700)
+        self.path = os.path.join(cache_dir, "lock")
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(self.fd)
+            raise UsageError(f"cache directory {cache_dir} is in use by another s3fuse "
+                             f"mount (pid {holder})") from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        os.close(self.fd)
+
+
+class Daemon:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store: ObjectStore | None = None
+        self.lock: CacheLock | None = None
+        self.journal: Journal | None = None
+        self.fs: Filesystem | None = None
+        self.flusher: Flusher | None = None
+        self.started = time.time()
+        self._stopping = False
+
+    # --- checks before anything is mounted --------------------------------------------
+    def prepare(self) -> None:
+        s = self.settings
+        self.mountpoint = check_mountpoint(s.mountpoint)
+        store, self.prefix = open_store(s.source, endpoint_url=s.endpoint_url,
+                                        region=s.region)
+        self.store = store
+        try:
+            store.check()
+        except StoreError as exc:
+            raise UsageError(str(exc)) from None
+        self.lock = CacheLock(s.cache_dir)
+        self.journal = Journal(os.path.join(s.cache_dir, "journal"))
+        ident = f"{s.source} {s.endpoint_url or ''}".strip()
+        known = self.journal.get_meta(b"source")
+        if known is None:
+            self.journal.set_meta(b"source", ident.encode())
+            self.journal.set_meta(b"instance", uuid.uuid4().hex[:12].encode())
+        elif known.decode() != ident:
+            raise UsageError(f"cache directory {s.cache_dir} belongs to {known.decode()!r}, "
+                             f"not {ident!r}; use another --cache-dir")
+        self.instance_id = (self.journal.get_meta(b"instance") or b"").decode()
+
+    def probe(self) -> Capabilities:
+        assert self.store is not None
+        try:
+            caps = self.store.probe(f"{self.prefix}.s3fuse-probe-{uuid.uuid4().hex[:8]}")
+        except TransientStoreError as exc:
+            raise UsageError(str(exc)) from None
+        except StoreError as exc:
+            log.warning("could not probe server capabilities (%s); assuming none", exc)
+            caps = Capabilities(conditional_put=False)
+        if not caps.conditional_put:
+            log.warning("the server ignores conditional PUTs: conflict detection with "
+                        "outside writers is best-effort")
+        return caps
+
+    # --- running ----------------------------------------------------------------------
+    def fuse_options(self) -> set[str]:
+        s = self.settings
+        opts = set(pyfuse3.default_options)
+        opts.add(f"fsname={s.source}")
+        opts.add("subtype=s3fuse")
+        if s.allow_other:
+            opts.add("allow_other")
+        opts.update(s.fuse_options)
+        return opts
+
+    async def main(self, ready: Callable[[], None]) -> int:
+        s = self.settings
+        assert self.store is not None and self.journal is not None
+        remote = Remote(self.store, max_concurrency=max(16, s.max_uploads * 2))
+        remote.capabilities = await trio.to_thread.run_sync(self.probe)
+        self.capabilities = remote.capabilities
+        cache = Cache(s.cache_dir, s.cache_size_bytes)
+        fs = Filesystem(self.journal, cache, remote, self.prefix,
+                        Defaults(uid=s.uid, gid=s.gid, file_mode=s.file_mode,
+                                 dir_mode=s.dir_mode))
+        fs.init()
+        flusher = Flusher(fs, s.flush_window_s, max_uploads=s.max_uploads,
+                          fsync_upload=s.fsync_upload, instance_id=self.instance_id)
+        fs.flusher = flusher
+        flusher.load()
+        self.fs, self.flusher = fs, flusher
+        ops = FuseOps(fs, timeout_s=s.metadata_ttl_s, control=self)
+        pyfuse3.init(ops, self.mountpoint, self.fuse_options())
+        log.info("mounted %s at %s (cache %s)", self.store.description, self.mountpoint,
+                 s.cache_dir)
+        ready()
+        sd_notify("READY=1")
+        pending_left = False
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(flusher.run)
+                nursery.start_soon(self._checkpoint)
+                nursery.start_soon(self._signals)
+                await pyfuse3.main()
+                sd_notify("STOPPING=1")
+                log.info("unmounted; uploading what is pending")
+                pending_left = not await self._drain_logged(s.drain_timeout_s)
+                nursery.cancel_scope.cancel()
+        finally:
+            pyfuse3.close(unmount=True)
+            cache.close_all()
+            self.journal.close()
+            if self.lock is not None:
+                self.lock.release()
+            self.store.close()
+        return 1 if pending_left else 0
+
+    async def _drain_logged(self, timeout_s: float) -> bool:
+        assert self.flusher is not None
+        before = self.flusher.pending()
+        if before["dirty_files"] or before["pending_ops"]:
+            log.info("draining: %d files (%d bytes) and %d bucket operations pending",
+                     before["dirty_files"], before["dirty_bytes"], before["pending_ops"])
+        ok = await self.flusher.drain(timeout_s)
+        after = self.flusher.pending()
+        if ok:
+            log.info("drained: everything is in the bucket")
+        else:
+            log.error("gave up draining after %.0f s: %d files (%d bytes) and %d bucket "
+                      "operations stay pending in the journal; the next mount of this "
+                      "cache directory uploads them", timeout_s, after["dirty_files"],
+                      after["dirty_bytes"], after["pending_ops"])
+        return ok
+
+    async def _checkpoint(self) -> None:
+        assert self.journal is not None and self.fs is not None
+        while True:
+            await trio.sleep(CHECKPOINT_S)
+            self.journal.sync()
+            self.fs.cache.evict(lambda ino: self._evictable(ino))
+
+    def _evictable(self, ino: int) -> bool:
+        assert self.fs is not None
+        if self.fs.open_count.get(ino):
+            return False
+        try:
+            inode = self.fs.get(ino)
+        except Exception:
+            return True
+        if inode.dirty:
+            return False
+        if inode.cached:
+            with self.fs.journal.write() as txn:
+                fresh = txn.get(ino)
+                if fresh is not None:
+                    fresh.cached = False
+                    txn.put(fresh)
+        return True
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                if self._stopping:
+                    continue
+                self._stopping = True
+                log.info("%s received: uploading what is pending, then unmounting",
+                         signal.Signals(signum).name)
+                await self._drain_logged(self.settings.drain_timeout_s)
+                pyfuse3.terminate()
+
+    # --- control requests from the CLI (over xattrs on the mount's root) --------------
+    async def drain(self, value: bytes) -> bool:
+        timeout = self.settings.drain_timeout_s
+        try:
+            if value.strip():
+                timeout = float(value)
+        except ValueError:
+            pass
+        return await self._drain_logged(timeout)
+
+    def status(self) -> dict:
+        assert self.flusher is not None and self.fs is not None
+        pending = self.flusher.pending()
+        caps = self.capabilities
+        return {
+            **pending,
+            "conflicts": [],
+            "not_exported": [],
+            "skipped_keys": [{"key": k, "reason": r} for k, r in self.fs.skipped_keys.items()],
+            "errors": [{"time": e.when, "path": e.path, "operation": e.operation,
+                        "message": e.message} for e in self.flusher.errors],
+            "cache_bytes": self.fs.cache.used_bytes,
+            "cache_limit_bytes": self.fs.cache.limit_bytes,
+            "capabilities": {"conditional_put": caps.conditional_put,
+                             "conditional_copy": caps.conditional_copy,
+                             "conditional_delete": caps.conditional_delete},
+            "requests": dict(self.flusher.counts),
+            "source": self.settings.source,
+            "pid": os.getpid(),
+        }
+
+    def status_json(self) -> str:
+        return json.dumps(self.status(), sort_keys=True)
+
+
+def run(settings: Settings, ready: Callable[[], None]) -> int:
+    """Check, mount and serve until unmounted. Raises UsageError before mounting."""
+    daemon = Daemon(settings)
+    daemon.prepare()
+    return trio.run(daemon.main, ready)

@@ -1,0 +1,956 @@
+"""The filesystem, without FUSE: inodes, directory entries, data, and their journal.
+
+``Filesystem`` is what ``fuse_ops`` adapts and what unit tests drive directly. Every
+namespace change is one synchronous journal transaction (no ``await`` inside), so
+other tasks and, through FUSE, other processes see the tree before or after a change,
+never in between. Store calls (listing a directory the first time, fetching data
+that is not cached) happen *before* such a transaction, and whatever they learned is
+re-validated inside it.
+
+Bucket side effects are never done here. A change marks the inode dirty (the flusher
+uploads it when the aggregation window has passed) or, for objects already in the
+bucket that are renamed or unlinked, appends server-side ``copy``/``delete`` ops to the
+journal's op log. See ``journal`` for the invariant that keeps these consistent.
+
+Errors are raised as ``FsError(errno)``; lookup counts and open handles follow the
+pyfuse3 contract (an unlinked inode lives until its last lookup and handle are gone).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from . import keys, metadata
+from .cache import BLOCK_BYTES, Cache
+from .errors import FsError, NoSuchKey, PreconditionFailed
+from .journal import DIRTY_DATA, DIRTY_META, ROOT_INO, Inode, Journal, Txn
+from .remote import Remote
+from .store.base import ObjectInfo
+
+if TYPE_CHECKING:
+    from .flusher import Flusher
+
+log = logging.getLogger(__name__)
+
+READAHEAD_BYTES = 8 << 20
+HEAD_CONCURRENCY = 16
+STATE_XATTR = "user.s3fuse.state"
+
+
+@dataclass
+class Defaults:
+    uid: int
+    gid: int
+    file_mode: int = 0o644
+    dir_mode: int = 0o755
+
+
+@dataclass
+class Handle:
+    ino: int
+    writable: bool
+
+
+@dataclass
+class DirHandle:
+    ino: int
+    entries: list[tuple[bytes, int]]
+
+
+@dataclass
+class SetAttrs:
+    """Requested attribute changes; None means leave as is."""
+
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    size: int | None = None
+    atime_ns: int | None = None
+    mtime_ns: int | None = None
+
+
+def _now_ns() -> int:
+    return time.time_ns()
+
+
+class Filesystem:
+    def __init__(self, journal: Journal, cache: Cache, remote: Remote, prefix: str,
+                 defaults: Defaults) -> None:
+        self.journal = journal
+        self.cache = cache
+        self.remote = remote
+        self.prefix = prefix
+        self.defaults = defaults
+        self.flusher: Flusher | None = None
+        self.lookups: dict[int, int] = {}
+        self.open_count: dict[int, int] = {}
+        self.handles: dict[int, Handle | DirHandle] = {}
+        self._next_fh = 1
+        self.skipped_keys: dict[str, str] = {}
+        self._list_locks: dict[int, trio.Lock] = {}
+        self._fetch_locks: dict[int, trio.Lock] = {}
+
+    # --- start-up ----------------------------------------------------------------------
+    def init(self) -> None:
+        """Create the root inode on first use; drop inodes that only lived because a
+        process had them open when the previous daemon stopped."""
+        now = _now_ns()
+        with self.journal.write() as txn:
+            if txn.get(ROOT_INO) is None:
+                txn.put(Inode(ino=ROOT_INO, mode=stat.S_IFDIR | self.defaults.dir_mode,
+                              uid=self.defaults.uid, gid=self.defaults.gid, parent=ROOT_INO,
+                              name="", nlink=2, atime_ns=now, mtime_ns=now, ctime_ns=now))
+            orphans = [i.ino for i in txn.all_inodes() if i.nlink == 0]
+            for ino in orphans:
+                txn.delete_inode(ino)
+        for ino in orphans:
+            self.cache.remove(ino)
+
+    # --- small helpers -------------------------------------------------------------
+    def get(self, ino: int) -> Inode:
+        with self.journal.read() as txn:
+            inode = txn.get(ino)
+        if inode is None:
+            raise FsError(errno.ENOENT, f"inode {ino}")
+        return inode
+
+    def _get(self, txn: Txn, ino: int) -> Inode:
+        inode = txn.get(ino)
+        if inode is None:
+            raise FsError(errno.ENOENT, f"inode {ino}")
+        return inode
+
+    def path_names(self, txn: Txn, inode: Inode) -> list[str]:
+        names: list[str] = []
+        depth = 0
+        while inode.ino != ROOT_INO:
+            names.append(inode.name)
+            inode = self._get(txn, inode.parent)
+            depth += 1
+            if depth > 4096:
+                raise FsError(errno.ELOOP, "directory chain too deep")
+        names.reverse()
+        return names
+
+    def object_key(self, txn: Txn, inode: Inode) -> str | None:
+        """The bucket key for this inode's current path (``dir/`` for a directory),
+        or None if it is not exported (the root, ``.s3fuse/``, too long a key)."""
+        if inode.ino == ROOT_INO:
+            return None
+        names = self.path_names(txn, inode)
+        if names[0] == keys.RESERVED_ROOT_NAME.decode():
+            return None
+        key = self.prefix + "/".join(names)
+        if stat.S_ISDIR(inode.mode):
+            key += "/"
+        if len(key.encode()) > keys.KEY_MAX:
+            return None
+        return key
+
+    def inode_at_key(self, txn: Txn, key: str) -> Inode | None:
+        """The live inode whose path is ``key`` (a ``dir/`` key names a directory)."""
+        if not key.startswith(self.prefix):
+            return None
+        rel = key[len(self.prefix):]
+        want_dir = rel.endswith("/")
+        ino = ROOT_INO
+        for part in rel.rstrip("/").split("/"):
+            found = txn.lookup(ino, part.encode())
+            if found is None:
+                return None
+            ino = found
+        inode = txn.get(ino)
+        if inode is None or stat.S_ISDIR(inode.mode) != want_dir:
+            return None
+        return inode
+
+    def _dir_prefix(self, txn: Txn, inode: Inode) -> str:
+        if inode.ino == ROOT_INO:
+            return self.prefix
+        return self.prefix + "/".join(self.path_names(txn, inode)) + "/"
+
+    def _touch_dir(self, txn: Txn, ino: int, now: int, nlink_delta: int = 0) -> None:
+        d = self._get(txn, ino)
+        d.mtime_ns = d.ctime_ns = now
+        d.nlink += nlink_delta
+        txn.put(d)
+
+    def _mark(self, txn: Txn, inode: Inode, flags: int, pending: list[int]) -> None:
+        """Record a change to upload; the caller has ``txn.put`` the inode after."""
+        if self.object_key(txn, inode) is None:
+            return
+        inode.dirty |= flags
+        inode.change_seq += 1
+        txn.mark_dirty(inode.ino)
+        pending.append(inode.ino)
+
+    def _notify(self, pending: list[int]) -> None:
+        if self.flusher is not None:
+            for ino in pending:
+                self.flusher.note_change(ino)
+
+    def _new_fh(self, h: Handle | DirHandle) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self.handles[fh] = h
+        return fh
+
+    def in_use(self, ino: int) -> bool:
+        return self.lookups.get(ino, 0) > 0 or self.open_count.get(ino, 0) > 0
+
+    def _maybe_purge(self, ino: int) -> None:
+        """Drop an unlinked inode once nothing refers to it any more."""
+        if self.in_use(ino):
+            return
+        with self.journal.write() as txn:
+            inode = txn.get(ino)
+            if inode is None or inode.nlink > 0:
+                return
+            txn.delete_inode(ino)
+        self.cache.remove(ino)
+        self._fetch_locks.pop(ino, None)
+        if self.flusher is not None:
+            self.flusher.forget(ino)
+
+    # --- listing the bucket into the journal ---------------------------------------
+    def _skip(self, key: str, reason: str) -> None:
+        if key not in self.skipped_keys:
+            self.skipped_keys[key] = reason
+            log.warning("skipping key %r: %s", key, reason)
+
+    async def ensure_listed(self, ino: int) -> None:
+        """Make sure the directory's entries from the bucket are in the journal.
+
+        Lists the prefix once (all pages), HEADs the children for their attributes
+        (in parallel), then adds the entries in one transaction. Later local changes
+        are authoritative; re-listing for outside changes is the poller's job.
+        """
+        inode = self.get(ino)
+        if inode.listed or not stat.S_ISDIR(inode.mode):
+            return
+        lock = self._list_locks.setdefault(ino, trio.Lock())
+        async with lock:
+            inode = self.get(ino)
+            if inode.listed:
+                return
+            with self.journal.read() as txn:
+                prefix = self._dir_prefix(txn, inode)
+                exported = inode.ino == ROOT_INO or self.object_key(txn, inode) is not None
+            if not exported:
+                with self.journal.write() as txn:
+                    d = self._get(txn, ino)
+                    d.listed = True
+                    txn.put(d)
+                return
+            page = await self.remote.list_all(prefix, "/")
+            dirs: dict[bytes, str] = {}
+            for p in page.prefixes:
+                seg = p[len(prefix):-1]
+                name = keys.name_from_segment(seg)
+                if name is None or (ino == ROOT_INO and name == keys.RESERVED_ROOT_NAME):
+                    self._skip(p, "not a usable directory name")
+                    continue
+                dirs[name] = p
+            files: dict[bytes, ObjectInfo] = {}
+            for obj in page.objects:
+                if obj.key == prefix:
+                    continue  # this directory's own marker
+                seg = obj.key[len(prefix):]
+                name = keys.name_from_segment(seg)
+                if name is None or (ino == ROOT_INO and name == keys.RESERVED_ROOT_NAME):
+                    self._skip(obj.key, "not a usable file name")
+                    continue
+                if name in dirs:
+                    self._skip(obj.key, "both a file and a directory; the directory wins")
+                    continue
+                files[name] = obj
+            heads = await self._head_many([o.key for o in files.values()] + list(dirs.values()))
+            now = _now_ns()
+            with self.journal.write() as txn:
+                d = self._get(txn, ino)
+                if d.listed:
+                    return
+                for name, p in dirs.items():
+                    if txn.lookup(ino, name) is not None:
+                        continue
+                    info = heads.get(p)
+                    child = self._inode_from_object(txn, ino, name, info, is_dir=True,
+                                                    fallback_ns=now)
+                    if info is not None:
+                        child.remote_key, child.remote_etag = p, info.etag
+                    txn.put(child)
+                    txn.link(ino, name, child.ino)
+                    d.nlink += 1
+                for name, obj in files.items():
+                    if txn.lookup(ino, name) is not None:
+                        continue
+                    info = heads.get(obj.key) or obj
+                    child = self._inode_from_object(txn, ino, name, info, is_dir=False,
+                                                    fallback_ns=obj.mtime_ns)
+                    child.size = info.size
+                    child.remote_key, child.remote_etag = obj.key, info.etag
+                    txn.put(child)
+                    txn.link(ino, name, child.ino)
+                d.listed = True
+                txn.put(d)
+
+    async def _head_many(self, keys_: list[str]) -> dict[str, ObjectInfo]:
+        found: dict[str, ObjectInfo] = {}
+        limiter = trio.CapacityLimiter(HEAD_CONCURRENCY)
+
+        async def one(key: str) -> None:
+            async with limiter:
+                try:
+                    found[key] = await self.remote.head(key)
+                except NoSuchKey:
+                    pass
+
+        async with trio.open_nursery() as nursery:
+            for key in keys_:
+                nursery.start_soon(one, key)
+        return found
+
+    def _inode_from_object(self, txn: Txn, parent: int, name: bytes,
+                           info: ObjectInfo | None, *, is_dir: bool,
+                           fallback_ns: int) -> Inode:
+        fields = metadata.decode(
+            info.metadata if info is not None else None, is_dir=is_dir,
+            default_mode=self.defaults.dir_mode if is_dir else self.defaults.file_mode,
+            default_uid=self.defaults.uid, default_gid=self.defaults.gid,
+            fallback_mtime_ns=fallback_ns)
+        inode = Inode(ino=txn.new_ino(), parent=parent, name=name.decode(), **fields)
+        if is_dir:
+            inode.nlink = 2
+        return inode
+
+    # --- lookups --------------------------------------------------------------------
+    async def lookup(self, parent: int, name: bytes) -> Inode:
+        """Find ``name`` in ``parent``; bumps the inode's lookup count."""
+        await self.ensure_listed(parent)
+        with self.journal.read() as txn:
+            p = self._get(txn, parent)
+            if not stat.S_ISDIR(p.mode):
+                raise FsError(errno.ENOTDIR)
+            if name == b".":
+                ino = parent
+            elif name == b"..":
+                ino = p.parent
+            else:
+                if len(name) > keys.NAME_MAX:
+                    raise FsError(errno.ENAMETOOLONG)
+                found = txn.lookup(parent, name)
+                if found is None:
+                    raise FsError(errno.ENOENT)
+                ino = found
+            inode = self._get(txn, ino)
+        self.lookups[ino] = self.lookups.get(ino, 0) + 1
+        return inode
+
+    def add_lookup(self, ino: int) -> None:
+        self.lookups[ino] = self.lookups.get(ino, 0) + 1
+
+    def forget(self, items: list[tuple[int, int]]) -> None:
+        for ino, n in items:
+            left = self.lookups.get(ino, 0) - n
+            if left > 0:
+                self.lookups[ino] = left
+                continue
+            self.lookups.pop(ino, None)
+            self._maybe_purge(ino)
+
+    # --- attributes ---------------------------------------------------------------------
+    async def setattr(self, ino: int, changes: SetAttrs) -> Inode:
+        inode = self.get(ino)
+        if changes.size is not None:
+            if stat.S_ISDIR(inode.mode):
+                raise FsError(errno.EISDIR)
+            if not stat.S_ISREG(inode.mode):
+                raise FsError(errno.EINVAL)
+            if changes.size > 0 or not inode.cached:
+                if changes.size == 0:
+                    await self._start_empty(ino)
+                else:
+                    await self.ensure_cached(ino)
+        now = _now_ns()
+        pending: list[int] = []
+        with self.journal.write() as txn:
+            inode = self._get(txn, ino)
+            flags = 0
+            if changes.size is not None:
+                self.cache.truncate(ino, changes.size)
+                if changes.size != inode.size:
+                    inode.mtime_ns = now
+                inode.size = changes.size
+                flags |= DIRTY_DATA
+            if changes.mode is not None:
+                inode.mode = stat.S_IFMT(inode.mode) | stat.S_IMODE(changes.mode)
+                flags |= DIRTY_META
+            if changes.uid is not None:
+                inode.uid = changes.uid
+                flags |= DIRTY_META
+            if changes.gid is not None:
+                inode.gid = changes.gid
+                flags |= DIRTY_META
+            if changes.atime_ns is not None:
+                inode.atime_ns = changes.atime_ns
+                flags |= DIRTY_META
+            if changes.mtime_ns is not None:
+                inode.mtime_ns = changes.mtime_ns
+                flags |= DIRTY_META
+            inode.ctime_ns = now
+            if flags and inode.nlink > 0:
+                self._mark(txn, inode, flags, pending)
+            txn.put(inode)
+        self._notify(pending)
+        return inode
+
+    async def readlink(self, ino: int) -> bytes:
+        inode = self.get(ino)
+        if not stat.S_ISLNK(inode.mode):
+            raise FsError(errno.EINVAL)
+        if inode.target is None:
+            src_key, etag = self.read_source(inode)
+            if src_key is None:
+                raise FsError(errno.EIO, "symlink target unknown")
+            target = (await self.remote.get(src_key, if_match=etag)).decode("utf-8",
+                                                                           "surrogateescape")
+            with self.journal.write() as txn:
+                inode = self._get(txn, ino)
+                inode.target = target
+                txn.put(inode)
+        return inode.target.encode("utf-8", "surrogateescape")
+
+    # --- creating entries ---------------------------------------------------------------
+    async def _prepare_new(self, parent: int, name: bytes) -> str:
+        seg = keys.check_new_name(name)
+        await self.ensure_listed(parent)
+        return seg
+
+    def _add_entry(self, txn: Txn, parent: int, name: bytes, seg: str, mode: int,
+                   uid: int, gid: int, now: int, **fields: Any) -> Inode:
+        p = self._get(txn, parent)
+        if not stat.S_ISDIR(p.mode):
+            raise FsError(errno.ENOTDIR)
+        if p.nlink == 0:
+            raise FsError(errno.ENOENT, "directory was removed")
+        if txn.lookup(parent, name) is not None:
+            raise FsError(errno.EEXIST)
+        inode = Inode(ino=txn.new_ino(), mode=mode, uid=uid, gid=gid, parent=parent,
+                      name=seg, atime_ns=now, mtime_ns=now, ctime_ns=now, **fields)
+        txn.link(parent, name, inode.ino)
+        self._touch_dir(txn, parent, now, 1 if stat.S_ISDIR(mode) else 0)
+        return inode
+
+    async def create(self, parent: int, name: bytes, mode: int, uid: int, gid: int,
+                     writable: bool = True) -> tuple[int, Inode]:
+        """Create and open a regular file. Returns (fh, inode); bumps the lookup count."""
+        seg = await self._prepare_new(parent, name)
+        now = _now_ns()
+        pending: list[int] = []
+        with self.journal.write() as txn:
+            inode = self._add_entry(txn, parent, name, seg, stat.S_IFREG | stat.S_IMODE(mode),
+                                    uid, gid, now, cached=True)
+            self._mark(txn, inode, DIRTY_DATA, pending)
+            txn.put(inode)
+        self.cache.create(inode.ino)
+        self._notify(pending)
+        self.add_lookup(inode.ino)
+        self.open_count[inode.ino] = self.open_count.get(inode.ino, 0) + 1
+        return self._new_fh(Handle(inode.ino, writable)), inode
+
+    async def mknod(self, parent: int, name: bytes, mode: int, rdev: int, uid: int,
+                    gid: int) -> Inode:
+        seg = await self._prepare_new(parent, name)
+        kind = stat.S_IFMT(mode) or stat.S_IFREG
+        if kind not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
+            raise FsError(errno.EINVAL)
+        now = _now_ns()
+        pending: list[int] = []
+        with self.journal.write() as txn:
+            inode = self._add_entry(txn, parent, name, seg, kind | stat.S_IMODE(mode), uid,
+                                    gid, now, rdev=rdev, cached=True)
+            self._mark(txn, inode, DIRTY_DATA, pending)
+            txn.put(inode)
+        if kind == stat.S_IFREG:
+            self.cache.create(inode.ino)
+        self._notify(pending)
+        self.add_lookup(inode.ino)
+        return inode
+
+    async def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Inode:
+        seg = await self._prepare_new(parent, name)
+        now = _now_ns()
+        pending: list[int] = []
+        with self.journal.write() as txn:
+            inode = self._add_entry(txn, parent, name, seg, stat.S_IFDIR | stat.S_IMODE(mode),
+                                    uid, gid, now, nlink=2, listed=True)
+            self._mark(txn, inode, DIRTY_META, pending)
+            txn.put(inode)
+        self._notify(pending)
+        self.add_lookup(inode.ino)
+        return inode
+
+    async def symlink(self, parent: int, name: bytes, target: bytes, uid: int,
+                      gid: int) -> Inode:
+        seg = await self._prepare_new(parent, name)
+        now = _now_ns()
+        pending: list[int] = []
+        text = target.decode("utf-8", "surrogateescape")
+        with self.journal.write() as txn:
+            inode = self._add_entry(txn, parent, name, seg, stat.S_IFLNK | 0o777, uid, gid,
+                                    now, target=text, size=len(target), cached=True)
+            self._mark(txn, inode, DIRTY_DATA, pending)
+            txn.put(inode)
+        self._notify(pending)
+        self.add_lookup(inode.ino)
+        return inode
+
+    async def link(self, ino: int, parent: int, name: bytes) -> Inode:
+        raise FsError(errno.EPERM, "hard links are not supported")
+
+    # --- removing entries ---------------------------------------------------------------
+    def _drop_remote(self, txn: Txn, inode: Inode) -> None:
+        """The inode leaves the namespace: its object (if any) is deleted in order."""
+        if inode.remote_key is not None:
+            txn.append_op({"op": "delete", "key": inode.remote_key, "etag": inode.remote_etag,
+                           "ino": inode.ino})
+        inode.remote_key = inode.remote_etag = None
+        inode.dirty = 0
+        txn.clear_dirty(inode.ino)
+
+    def _keep_parent_dir(self, txn: Txn, parent: int, pending: list[int]) -> None:
+        """A directory that loses its last entry keeps existing in the bucket: make
+        sure a marker gets written for it."""
+        if parent == ROOT_INO or txn.has_children(parent):
+            return
+        d = self._get(txn, parent)
+        if d.remote_key is None and d.nlink > 0:
+            self._mark(txn, d, DIRTY_META, pending)
+            txn.put(d)
+
+    async def unlink(self, parent: int, name: bytes) -> None:
+        await self.ensure_listed(parent)
+        now = _now_ns()
+        pending: list[int] = []
+        with self.journal.write() as txn:
+            ino = txn.lookup(parent, name)
+            if ino is None:
+                raise FsError(errno.ENOENT)
+            inode = self._get(txn, ino)
+            if stat.S_ISDIR(inode.mode):
+                raise FsError(errno.EISDIR)
+            txn.unlink(parent, name)
+            self._touch_dir(txn, parent, now)
+            inode.nlink -= 1
+            inode.ctime_ns = now
+            if inode.nlink == 0:
+                self._drop_remote(txn, inode)
+            txn.put(inode)
+            self._keep_parent_dir(txn, parent, pending)
+        self._notify(pending)
+        self._maybe_purge(ino)
+
+    async def rmdir(self, parent: int, name: bytes) -> None:
+        await self.ensure_listed(parent)
+        with self.journal.read() as txn:
+            ino = txn.lookup(parent, name)
+        if ino is None:
+            raise FsError(errno.ENOENT)
+        await self.ensure_listed(ino)
+        now = _now_ns()
+        pending: list[int] = []
+        with self.journal.write() as txn:
+            if txn.lookup(parent, name) != ino:
+                raise FsError(errno.ENOENT)
+            inode = self._get(txn, ino)
+            if not stat.S_ISDIR(inode.mode):
+                raise FsError(errno.ENOTDIR)
+            if txn.has_children(ino):
+                raise FsError(errno.ENOTEMPTY)
+            txn.unlink(parent, name)
+            self._touch_dir(txn, parent, now, -1)
+            inode.nlink = 0
+            inode.ctime_ns = now
+            self._drop_remote(txn, inode)
+            txn.put(inode)
+            self._keep_parent_dir(txn, parent, pending)
+        self._notify(pending)
+        self._maybe_purge(ino)
+
+    # --- rename -------------------------------------------------------------------------
+    async def _ensure_subtree_listed(self, ino: int) -> None:
+        stack = [ino]
+        while stack:
+            d = stack.pop()
+            await self.ensure_listed(d)
+            with self.journal.read() as txn:
+                for _, child in txn.children(d):
+                    c = txn.get(child)
+                    if c is not None and stat.S_ISDIR(c.mode):
+                        stack.append(child)
+
+    def _subtree(self, txn: Txn, ino: int) -> Iterator[Inode]:
+        stack = [ino]
+        while stack:
+            inode = self._get(txn, stack.pop())
+            yield inode
+            if stat.S_ISDIR(inode.mode):
+                stack.extend(child for _, child in txn.children(inode.ino))
+
+    async def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes,
+                     flags: int = 0) -> None:
+        """Atomic rename, replacing an existing target (``os.replace``).
+
+        flags: 1 = RENAME_NOREPLACE, 2 = RENAME_EXCHANGE (EINVAL).
+        """
+        if flags & 2:
+            raise FsError(errno.EINVAL, "RENAME_EXCHANGE is not supported")
+        new_seg = keys.check_new_name(new_name)
+        await self.ensure_listed(old_parent)
+        await self.ensure_listed(new_parent)
+        with self.journal.read() as txn:
+            ino = txn.lookup(old_parent, old_name)
+            if ino is None:
+                raise FsError(errno.ENOENT)
+            moving = self._get(txn, ino)
+            target_ino = txn.lookup(new_parent, new_name)
+        if stat.S_ISDIR(moving.mode):
+            await self._ensure_subtree_listed(ino)
+        if target_ino is not None:
+            await self.ensure_listed(target_ino)
+
+        now = _now_ns()
+        pending: list[int] = []
+        with self.journal.write() as txn:
+            if txn.lookup(old_parent, old_name) != ino:
+                raise FsError(errno.ENOENT)
+            moving = self._get(txn, ino)
+            is_dir = stat.S_ISDIR(moving.mode)
+            np = self._get(txn, new_parent)
+            if not stat.S_ISDIR(np.mode):
+                raise FsError(errno.ENOTDIR)
+            if np.nlink == 0:
+                raise FsError(errno.ENOENT)
+            if is_dir:
+                # no moving a directory into itself or below itself
+                walk = np
+                while True:
+                    if walk.ino == ino:
+                        raise FsError(errno.EINVAL, "cannot move a directory into itself")
+                    if walk.ino == ROOT_INO:
+                        break
+                    walk = self._get(txn, walk.parent)
+            target_ino = txn.lookup(new_parent, new_name)
+            if target_ino == ino:
+                return
+            displaced: Inode | None = None
+            if target_ino is not None:
+                if flags & 1:
+                    raise FsError(errno.EEXIST)
+                displaced = self._get(txn, target_ino)
+                if stat.S_ISDIR(displaced.mode):
+                    if not is_dir:
+                        raise FsError(errno.EISDIR)
+                    if txn.has_children(target_ino):
+                        raise FsError(errno.ENOTEMPTY)
+                elif is_dir:
+                    raise FsError(errno.ENOTDIR)
+
+            # keys before the move, for every object that has to follow it
+            old_keys = {i.ino: self.object_key(txn, i) for i in self._subtree(txn, ino)}
+
+            # the namespace change itself
+            inherited: tuple[str, str | None] | None = None
+            if displaced is not None:
+                txn.unlink(new_parent, new_name)
+                displaced.nlink = 0 if stat.S_ISDIR(displaced.mode) else displaced.nlink - 1
+                displaced.ctime_ns = now
+                if displaced.nlink == 0:
+                    if displaced.remote_key is not None:
+                        # the moved inode overwrites this object: no delete needed
+                        inherited = (displaced.remote_key, displaced.remote_etag)
+                    displaced.remote_key = displaced.remote_etag = None
+                    displaced.dirty = 0
+                    txn.clear_dirty(displaced.ino)
+                if stat.S_ISDIR(displaced.mode):
+                    self._touch_dir(txn, new_parent, now, -1)
+                txn.put(displaced)
+            txn.unlink(old_parent, old_name)
+            txn.link(new_parent, new_name, ino)
+            moving = self._get(txn, ino)
+            moving.parent = new_parent
+            moving.name = new_seg
+            moving.ctime_ns = now
+            txn.put(moving)
+            dir_delta = 1 if is_dir else 0
+            self._touch_dir(txn, old_parent, now, -dir_delta)
+            self._touch_dir(txn, new_parent, now, dir_delta)
+
+            # bucket side: every object below the moved entry follows it
+            for node in self._subtree(txn, ino):
+                self._move_remote(txn, node, old_keys[node.ino],
+                                  inherited if node.ino == ino else None, pending)
+            self._keep_parent_dir(txn, old_parent, pending)
+        self._notify(pending)
+        if displaced is not None:
+            self._maybe_purge(displaced.ino)
+
+    def _move_remote(self, txn: Txn, node: Inode, old_key: str | None,
+                     inherited: tuple[str, str | None] | None, pending: list[int]) -> None:
+        """Queue the bucket work that makes ``node``'s object follow its new path.
+
+        ``inherited``: the object already at the new key that this node replaces; our
+        next upload there is conditioned on its ETag instead of deleting it first.
+        """
+        node = self._get(txn, node.ino)
+        new_key = self.object_key(txn, node)
+        is_dir = stat.S_ISDIR(node.mode)
+        had_remote = node.remote_key is not None
+        if had_remote and node.remote_key != new_key:
+            old = {"key": node.remote_key, "etag": node.remote_etag, "ino": node.ino}
+            if is_dir or node.dirty & DIRTY_DATA or new_key is None:
+                # rewritten from local state at the new key (or not at all)
+                txn.append_op({"op": "delete", **old})
+                node.remote_key = node.remote_etag = None
+            else:
+                # clean data stays server-side: copy, then delete the old key
+                txn.append_op({"op": "copy", "src": old["key"], "dst": new_key,
+                               "etag": old["etag"], "ino": node.ino})
+                txn.append_op({"op": "delete", **old})
+                node.remote_key, node.remote_etag = new_key, None
+                inherited = None  # the copy overwrites it
+        if new_key is None:
+            node.dirty = 0
+            txn.clear_dirty(node.ino)
+        else:
+            if inherited is not None and node.remote_key is None:
+                node.remote_key, node.remote_etag = inherited
+            if old_key is None:
+                # it was not exported before (e.g. under .s3fuse/): upload it now
+                self._mark(txn, node, DIRTY_META if is_dir else DIRTY_DATA | DIRTY_META,
+                           pending)
+            elif is_dir and (had_remote or inherited is not None):
+                # the directory's marker and attributes move with it
+                self._mark(txn, node, DIRTY_META, pending)
+        txn.put(node)
+
+    # --- file data ----------------------------------------------------------------------
+    def read_source(self, inode: Inode) -> tuple[str | None, str | None]:
+        """Where this inode's uncached bytes can be read right now: its object, or,
+        while a pending copy has not run yet, that copy's source."""
+        if self.flusher is not None:
+            src = self.flusher.pending_copy_source(inode.ino)
+            if src is not None:
+                return src
+        return inode.remote_key, inode.remote_etag
+
+    async def _start_empty(self, ino: int) -> None:
+        with self.journal.write() as txn:
+            inode = self._get(txn, ino)
+            self.cache.create(ino, 0)
+            inode.cached = True
+            txn.put(inode)
+
+    async def ensure_cached(self, ino: int) -> None:
+        """Fetch whatever part of the file is not in the cache yet (before a write:
+        a dirty file is always whole in the cache)."""
+        inode = self.get(ino)
+        if inode.cached or not stat.S_ISREG(inode.mode):
+            return
+        await self._fetch(ino, 0, inode.size, readahead=False)
+
+    async def _fetch(self, ino: int, offset: int, size: int, readahead: bool) -> None:
+        lock = self._fetch_locks.setdefault(ino, trio.Lock())
+        async with lock:
+            inode = self.get(ino)
+            if inode.cached:
+                return
+            if not self.cache.exists(ino) or self.cache.size(ino) != inode.size:
+                self.cache.create(ino, inode.size)
+            want = size + (READAHEAD_BYTES if readahead else 0)
+            runs = self.cache.missing(ino, offset, want, inode.size)
+            if runs:
+                key, etag = self.read_source(inode)
+                if key is None:
+                    raise FsError(errno.EIO, "file data is neither cached nor in the bucket")
+                # split into block-sized requests fetched in parallel
+                pieces = [(s, min(s + BLOCK_BYTES * 4, e)) for a, e in runs
+                          for s in range(a, e, BLOCK_BYTES * 4)]
+                got: dict[int, bytes] = {}
+
+                async def one(start: int, end: int) -> None:
+                    try:
+                        got[start] = await self.remote.get(key, start, end, if_match=etag)
+                    except PreconditionFailed:
+                        raise FsError(errno.EIO, f"{key} changed in the bucket") from None
+                    except NoSuchKey:
+                        raise FsError(errno.EIO, f"{key} vanished from the bucket") from None
+
+                async with trio.open_nursery() as nursery:
+                    for start, end in pieces:
+                        nursery.start_soon(one, start, end)
+                for start, data in got.items():
+                    self.cache.fill(ino, start, data)
+            if self.cache.all_present(ino, inode.size):
+                with self.journal.write() as txn:
+                    fresh = txn.get(ino)
+                    if fresh is not None:
+                        fresh.cached = True
+                        txn.put(fresh)
+                self.cache.forget_presence(ino)
+
+    async def open(self, ino: int, flags: int) -> int:
+        inode = self.get(ino)
+        if stat.S_ISDIR(inode.mode):
+            raise FsError(errno.EISDIR)
+        writable = (flags & os.O_ACCMODE) != os.O_RDONLY
+        self.open_count[ino] = self.open_count.get(ino, 0) + 1
+        return self._new_fh(Handle(ino, writable))
+
+    def _handle(self, fh: int) -> Handle:
+        h = self.handles.get(fh)
+        if not isinstance(h, Handle):
+            raise FsError(errno.EBADF)
+        return h
+
+    async def read(self, fh: int, offset: int, size: int) -> bytes:
+        h = self._handle(fh)
+        inode = self.get(h.ino)
+        if offset >= inode.size:
+            return b""
+        if not inode.cached:
+            await self._fetch(h.ino, offset, size, readahead=True)
+        return self.cache.read(h.ino, offset, min(size, inode.size - offset))
+
+    async def write(self, fh: int, offset: int, data: bytes) -> int:
+        h = self._handle(fh)
+        inode = self.get(h.ino)
+        if not inode.cached:
+            await self.ensure_cached(h.ino)
+        now = _now_ns()
+        pending: list[int] = []
+        self.cache.write(h.ino, offset, data)
+        with self.journal.write() as txn:
+            inode = self._get(txn, h.ino)
+            inode.size = max(inode.size, offset + len(data))
+            inode.mtime_ns = inode.ctime_ns = now
+            if inode.nlink > 0:
+                self._mark(txn, inode, DIRTY_DATA, pending)
+            txn.put(inode)
+        self._notify(pending)
+        return len(data)
+
+    async def fsync(self, fh: int) -> None:
+        h = self._handle(fh)
+        self.cache.fsync(h.ino)
+        self.journal.sync()
+        if self.flusher is not None and self.flusher.fsync_upload:
+            await self.flusher.upload_now([h.ino])
+
+    async def release(self, fh: int) -> None:
+        h = self.handles.pop(fh, None)
+        if not isinstance(h, Handle):
+            return
+        left = self.open_count.get(h.ino, 0) - 1
+        if left > 0:
+            self.open_count[h.ino] = left
+            return
+        self.open_count.pop(h.ino, None)
+        self.cache.close(h.ino)
+        self._maybe_purge(h.ino)
+
+    # --- directories ----------------------------------------------------------------------
+    async def opendir(self, ino: int) -> int:
+        inode = self.get(ino)
+        if not stat.S_ISDIR(inode.mode):
+            raise FsError(errno.ENOTDIR)
+        await self.ensure_listed(ino)
+        with self.journal.read() as txn:
+            entries = list(txn.children(ino))
+        return self._new_fh(DirHandle(ino, entries))
+
+    def readdir(self, fh: int, start: int) -> Iterator[tuple[bytes, Inode, int]]:
+        """Entries from position ``start`` of the listing taken at opendir: a stable
+        snapshot, so changes while listing skip or repeat nothing."""
+        h = self.handles.get(fh)
+        if not isinstance(h, DirHandle):
+            raise FsError(errno.EBADF)
+        with self.journal.read() as txn:
+            for pos in range(start, len(h.entries)):
+                name, ino = h.entries[pos]
+                inode = txn.get(ino)
+                if inode is None or inode.nlink == 0:
+                    continue
+                yield name, inode, pos + 1
+
+    def releasedir(self, fh: int) -> None:
+        self.handles.pop(fh, None)
+
+    # --- extended attributes ------------------------------------------------------------
+    def sync_state(self, inode: Inode) -> str:
+        if self.flusher is not None and self.flusher.is_uploading(inode.ino):
+            return "uploading"
+        with self.journal.read() as txn:
+            if self.object_key(txn, inode) is None and inode.ino != ROOT_INO:
+                return "local-only"
+        return "dirty" if inode.dirty else "synced"
+
+    def getxattr(self, ino: int, name: str) -> bytes:
+        inode = self.get(ino)
+        if name == STATE_XATTR:
+            return self.sync_state(inode).encode()
+        if name not in inode.xattrs:
+            raise FsError(errno.ENODATA)
+        return metadata.xattr_value(inode.xattrs[name])
+
+    def listxattr(self, ino: int) -> list[str]:
+        return sorted(self.get(ino).xattrs)
+
+    def setxattr(self, ino: int, name: str, value: bytes) -> None:
+        if not name.startswith("user.") or name == STATE_XATTR:
+            raise FsError(errno.EOPNOTSUPP if not name.startswith("user.") else errno.EPERM)
+        pending: list[int] = []
+        with self.journal.write() as txn:
+            inode = self._get(txn, ino)
+            xattrs = dict(inode.xattrs)
+            xattrs[name] = metadata.xattr_encode(value)
+            md = self._metadata(inode, xattrs=xattrs)
+            if metadata.metadata_size(md) > metadata.METADATA_LIMIT_BYTES:
+                raise FsError(errno.E2BIG, "object metadata is limited to 2 KiB")
+            inode.xattrs = xattrs
+            inode.ctime_ns = _now_ns()
+            self._mark(txn, inode, DIRTY_META, pending)
+            txn.put(inode)
+        self._notify(pending)
+
+    def removexattr(self, ino: int, name: str) -> None:
+        pending: list[int] = []
+        with self.journal.write() as txn:
+            inode = self._get(txn, ino)
+            if name not in inode.xattrs:
+                raise FsError(errno.ENODATA)
+            del inode.xattrs[name]
+            inode.ctime_ns = _now_ns()
+            self._mark(txn, inode, DIRTY_META, pending)
+            txn.put(inode)
+        self._notify(pending)
+
+    def _metadata(self, inode: Inode, xattrs: dict[str, str] | None = None) -> dict[str, str]:
+        return metadata.encode(mode=inode.mode, uid=inode.uid, gid=inode.gid,
+                               mtime_ns=inode.mtime_ns, atime_ns=inode.atime_ns,
+                               ctime_ns=inode.ctime_ns, rdev=inode.rdev,
+                               xattrs=inode.xattrs if xattrs is None else xattrs,
+                               extra=inode.extra)
+
+    def object_metadata(self, inode: Inode) -> dict[str, str]:
+        """The user metadata the object for ``inode`` carries in the bucket."""
+        return self._metadata(inode)

@@ -1,0 +1,419 @@
+"""Write-back: the aggregation window, the op log, and upload commits.
+
+Two kinds of bucket work come out of the journal:
+
+* the **op log** (server-side copies and deletes left by renames and unlinks of
+  objects already in the bucket), carried out strictly in order, one at a time;
+* **dirty inodes**, each uploaded whole (PUT, or a metadata-only server-side copy
+  onto itself) once it has been quiet for ``window_s`` seconds, and at most
+  ``window_s`` after its first unflushed change, even while a writer keeps it open.
+
+An upload to a key waits while any pending op names that key, so the bucket sees
+the mount's history in order. Every upload is conditional: ``If-Match`` the ETag we
+last saw at that key, or ``If-None-Match: *`` where we believe there is nothing.
+
+A crash anywhere here is repaired by replay, because the journal changes only after
+the bucket did:
+
+* crash before or during a PUT: the inode is still dirty; the PUT is made again.
+* crash after the PUT, before the commit: the inode is still dirty and still has
+  the old ETag; the repeated PUT's ``If-Match`` fails against our own object. The
+  flusher then HEADs the key: an object carrying our ``s3fuse-seq`` marker for this
+  very change is ours, and is adopted instead of being treated as a conflict.
+* crash between a rename's COPY and its DELETE: the op log still holds the op that
+  was running; copies and deletes are idempotent and are simply done again.
+
+Timing uses ``trio.current_time()`` so tests drive the window with ``MockClock``.
+"""
+
+from __future__ import annotations
+
+import logging
+import stat
+import time
+from collections import Counter, deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import trio
+
+from .errors import FsError, NoSuchKey, PreconditionFailed, StoreError
+from .journal import DIRTY_DATA, Inode
+
+if TYPE_CHECKING:
+    from .filesystem import Filesystem
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_S = 30.0
+SEQ_META = "s3fuse-seq"
+
+
+@dataclass
+class FlushError:
+    when: float
+    path: str
+    operation: str
+    message: str
+
+
+class Flusher:
+    def __init__(self, fs: Filesystem, window_s: float, max_uploads: int = 8,
+                 fsync_upload: bool = False, instance_id: str = "") -> None:
+        self.fs = fs
+        self.journal = fs.journal
+        self.window_s = window_s
+        self.max_uploads = max_uploads
+        self.fsync_upload = fsync_upload
+        self.instance_id = instance_id
+        self._due: dict[int, list[float]] = {}  # ino -> [first change, last change]
+        self._inflight: dict[int, str] = {}
+        self._busy: Counter[str] = Counter()
+        self._retry_at: dict[int, float] = {}
+        self._backoff: dict[int, float] = {}
+        self._ops_retry_at = 0.0
+        self._ops_backoff = 0.0
+        self._wake = trio.Event()
+        self._progress = trio.Event()
+        self._pump_lock = trio.Lock()
+        self._nursery: trio.Nursery | None = None
+        self.errors: deque[FlushError] = deque(maxlen=100)
+        self.counts: Counter[str] = Counter()
+
+    # --- bookkeeping called by the filesystem ----------------------------------------
+    def load(self) -> None:
+        """Schedule everything the journal holds as dirty, due at once (replay)."""
+        now = trio.current_time()
+        with self.journal.read() as txn:
+            for ino in txn.dirty_inos():
+                self._due[ino] = [now - self.window_s, now - self.window_s]
+        self._wake.set()
+
+    def note_change(self, ino: int) -> None:
+        now = trio.current_time()
+        due = self._due.get(ino)
+        if due is None:
+            self._due[ino] = [now, now]
+        else:
+            due[1] = now
+
+    def forget(self, ino: int) -> None:
+        self._due.pop(ino, None)
+        self._retry_at.pop(ino, None)
+        self._backoff.pop(ino, None)
+
+    def is_uploading(self, ino: int) -> bool:
+        return ino in self._inflight
+
+    def pending_copy_source(self, ino: int) -> tuple[str, str | None] | None:
+        """The source of the first pending copy op of ``ino``: where its bytes are
+        until that copy has run."""
+        with self.journal.read() as txn:
+            for _, op in txn.ops():
+                if op["op"] == "copy" and op.get("ino") == ino:
+                    return op["src"], op.get("etag")
+        return None
+
+    def pending(self) -> dict:
+        with self.journal.read() as txn:
+            ops = len(txn.ops())
+            dirty = txn.dirty_inos()
+            dirty_bytes = 0
+            for ino in dirty:
+                inode = txn.get(ino)
+                if inode is not None and inode.dirty & DIRTY_DATA:
+                    dirty_bytes += inode.size
+        oldest = min((d[0] for d in self._due.values()), default=None)
+        return {
+            "dirty_files": len(dirty),
+            "dirty_bytes": dirty_bytes,
+            "pending_ops": ops,
+            "uploads_in_flight": len(self._inflight),
+            "oldest_pending_age_s": (trio.current_time() - oldest) if oldest is not None
+            else 0.0,
+        }
+
+    def _record_error(self, path: str, operation: str, exc: BaseException) -> None:
+        self.errors.append(FlushError(time.time(), path, operation, str(exc)))
+        log.warning("%s %s failed: %s", operation, path, exc)
+
+    def _progressed(self) -> None:
+        self._progress.set()
+        self._progress = trio.Event()
+
+    # --- the loop ---------------------------------------------------------------------
+    def _tick_s(self) -> float:
+        return max(0.05, min(1.0, self.window_s / 4))
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            while True:
+                await self.pump()
+                with trio.move_on_after(self._tick_s()):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def pump(self, force: bool = False) -> None:
+        """One round: run the op log, then start the uploads that are due."""
+        async with self._pump_lock:
+            await self._run_ops()
+            self._start_uploads(force)
+
+    def _start_uploads(self, force: bool) -> None:
+        assert self._nursery is not None, "Flusher.run() is not running"
+        now = trio.current_time()
+        with self.journal.read() as txn:
+            blocked = {k for _, op in txn.ops() for k in _op_keys(op)}
+        for ino, (first, last) in list(self._due.items()):
+            if len(self._inflight) >= self.max_uploads:
+                break
+            if ino in self._inflight or self._retry_at.get(ino, 0.0) > now:
+                continue
+            if not force and now - last < self.window_s and now - first < self.window_s:
+                continue
+            key = self._key_for(ino)
+            if key is None:
+                continue
+            if key in blocked or self._busy[key]:
+                continue
+            self._inflight[ino] = key
+            self._busy[key] += 1
+            self._nursery.start_soon(self._upload, ino, key)
+
+    def _key_for(self, ino: int) -> str | None:
+        """The key to upload ``ino`` to, or None after settling an inode that has
+        nothing to upload (gone, unlinked, clean, or not exported)."""
+        with self.journal.write() as txn:
+            inode = txn.get(ino)
+            key = None
+            if inode is not None and inode.nlink > 0 and inode.dirty:
+                key = self.fs.object_key(txn, inode)
+            if key is None:
+                txn.clear_dirty(ino)
+                if inode is not None and inode.dirty:
+                    inode.dirty = 0
+                    txn.put(inode)
+        if key is None:
+            self.forget(ino)
+        return key
+
+    # --- uploads ------------------------------------------------------------------------
+    async def _upload(self, ino: int, key: str) -> None:
+        try:
+            await self._upload_inner(ino, key)
+        finally:
+            self._inflight.pop(ino, None)
+            self._busy[key] -= 1
+            if self._busy[key] <= 0:
+                del self._busy[key]
+            self._progressed()
+            self._wake.set()
+
+    async def _upload_inner(self, ino: int, key: str) -> None:
+        fs = self.fs
+        try:
+            inode = fs.get(ino)
+            if stat.S_ISREG(inode.mode) and not inode.cached and (
+                    inode.dirty & DIRTY_DATA or inode.remote_key != key):
+                await fs.ensure_cached(ino)
+        except FsError as exc:
+            self._failed(ino, key, "fetch", exc)
+            return
+        # From here to the request: no await, so the snapshot, its sequence number
+        # and the condition are one consistent view.
+        with self.journal.read() as txn:
+            inode = txn.get(ino)
+            if inode is None or inode.nlink == 0 or not inode.dirty \
+                    or fs.object_key(txn, inode) != key:
+                return
+            blocked = any(key in _op_keys(op) for _, op in txn.ops())
+        if blocked:
+            return
+        if inode.remote_key == key and inode.remote_etag is None:
+            return  # a copy to this key has not committed yet
+        seq = inode.change_seq
+        md = fs.object_metadata(inode)
+        md[SEQ_META] = f"{self.instance_id}:{ino}:{seq}"
+        if_match = inode.remote_etag if inode.remote_key == key else None
+        body: bytes | str = b""
+        as_copy = False
+        if stat.S_ISREG(inode.mode):
+            if not inode.dirty & DIRTY_DATA and inode.remote_key == key:
+                as_copy = True
+            else:
+                body = fs.cache.snapshot(ino, inode.size)
+        elif stat.S_ISLNK(inode.mode):
+            body = (inode.target or "").encode("utf-8", "surrogateescape")
+        try:
+            if as_copy:
+                etag = await fs.remote.copy(key, key, md, src_if_match=if_match)
+                self.counts["copy"] += 1
+            else:
+                etag = await fs.remote.put(key, body, md, if_match=if_match,
+                                           if_none_match=if_match is None)
+                self.counts["put"] += 1
+        except PreconditionFailed as exc:
+            etag = await self._our_object(key, md[SEQ_META])
+            if etag is None:
+                self._failed(ino, key, "conflict", exc)
+                return
+        except StoreError as exc:
+            self._failed(ino, key, "copy" if as_copy else "put", exc)
+            return
+        finally:
+            fs.cache.drop_snapshot(body)
+        self._commit(ino, key, etag, seq)
+
+    async def _our_object(self, key: str, seq_tag: str) -> str | None:
+        """After a failed condition: is the object at ``key`` the very upload we are
+        making (a PUT that landed before a crash or a lost reply)? Its ETag if so."""
+        try:
+            info = await self.fs.remote.head(key)
+        except StoreError:
+            return None
+        if info.metadata and info.metadata.get(SEQ_META) == seq_tag:
+            return info.etag
+        return None
+
+    def _failed(self, ino: int, key: str, operation: str, exc: BaseException) -> None:
+        self._record_error(key, operation, exc)
+        delay = min(MAX_BACKOFF_S, max(1.0, self._backoff.get(ino, 0.5) * 2))
+        self._backoff[ino] = delay
+        self._retry_at[ino] = trio.current_time() + delay
+
+    def _commit(self, ino: int, key: str, etag: str, seq: int) -> None:
+        clean = False
+        with self.journal.write() as txn:
+            inode = txn.get(ino)
+            if inode is not None and inode.nlink > 0 and self.fs.object_key(txn, inode) == key:
+                inode.remote_key, inode.remote_etag = key, etag
+                if inode.change_seq == seq:
+                    inode.dirty = 0
+                    txn.clear_dirty(ino)
+                    clean = True
+                txn.put(inode)
+            else:
+                # It moved or went away while we uploaded: the object we just wrote
+                # belongs to whoever holds that path now, or to nobody.
+                holder = self.fs.inode_at_key(txn, key)
+                if holder is not None and holder.ino != ino \
+                        and holder.remote_key in (None, key):
+                    holder.remote_key, holder.remote_etag = key, etag
+                    txn.put(holder)
+                else:
+                    txn.append_op({"op": "delete", "key": key, "etag": etag, "ino": ino})
+        self._backoff.pop(ino, None)
+        self._retry_at.pop(ino, None)
+        if clean:
+            self._due.pop(ino, None)
+        elif ino in self._due:
+            self._due[ino][0] = trio.current_time()
+
+    # --- the op log ---------------------------------------------------------------------
+    async def _run_ops(self) -> None:
+        if trio.current_time() < self._ops_retry_at:
+            return
+        while True:
+            with self.journal.read() as txn:
+                first = next(iter(txn.ops()), None)
+            if first is None:
+                return
+            seq, op = first
+            keys = _op_keys(op)
+            if any(self._busy[k] for k in keys):
+                return
+            for k in keys:
+                self._busy[k] += 1
+            try:
+                etag = await self._run_op(op)
+            except StoreError as exc:
+                self._record_error(keys[-1], op["op"], exc)
+                self._ops_backoff = min(MAX_BACKOFF_S, max(1.0, self._ops_backoff * 2))
+                self._ops_retry_at = trio.current_time() + self._ops_backoff
+                return
+            finally:
+                for k in keys:
+                    self._busy[k] -= 1
+                    if self._busy[k] <= 0:
+                        del self._busy[k]
+            self._ops_backoff = 0.0
+            self._finish_op(seq, op, etag)
+            self._progressed()
+
+    async def _run_op(self, op: dict) -> str | None:
+        remote = self.fs.remote
+        if op["op"] == "delete":
+            await remote.delete(op["key"], if_match=op.get("etag"))
+            self.counts["delete"] += 1
+            return None
+        if op["op"] == "copy":
+            try:
+                etag = await remote.copy(op["src"], op["dst"], None, src_if_match=op.get("etag"))
+            except (NoSuchKey, PreconditionFailed) as exc:
+                # changed or removed in the bucket meanwhile; resolved in _finish_op
+                log.warning("copy %s -> %s: source changed in the bucket: %s",
+                            op["src"], op["dst"], exc)
+                return ""
+            self.counts["copy"] += 1
+            return etag
+        raise ValueError(f"unknown op {op!r}")
+
+    def _finish_op(self, seq: int, op: dict, etag: str | None) -> None:
+        pending: list[int] = []
+        with self.journal.write() as txn:
+            txn.remove_op(seq)
+            if op["op"] != "copy":
+                return
+            inode: Inode | None = txn.get(op.get("ino", 0))
+            if inode is None or inode.remote_key != op["dst"]:
+                return
+            if etag:
+                inode.remote_etag = etag
+            else:
+                # the source was gone: what we have locally (if anything) is the
+                # newest version the mount knows; upload it as new
+                inode.remote_key = inode.remote_etag = None
+                if inode.cached and inode.nlink > 0:
+                    self.fs._mark(txn, inode, DIRTY_DATA, pending)
+            txn.put(inode)
+        self.fs._notify(pending)
+
+    # --- waiting for the bucket ---------------------------------------------------------
+    def _idle(self, inos: Iterable[int] | None = None) -> bool:
+        with self.journal.read() as txn:
+            if inos is None:
+                return not txn.ops() and not txn.dirty_inos() and not self._inflight
+            dirty = set(txn.dirty_inos())
+            return not any(i in dirty for i in inos) and not txn.ops()
+
+    async def drain(self, timeout_s: float, inos: Iterable[int] | None = None) -> bool:
+        """Upload everything pending (or just ``inos``) now, and wait until it is in
+        the bucket. False if ``timeout_s`` passed first; nothing is dropped then."""
+        inos = list(inos) if inos is not None else None
+        for ino in inos if inos is not None else list(self._due):
+            if ino in self._due:
+                self._due[ino][0] = -float("inf")
+        with trio.move_on_after(timeout_s):
+            while not self._idle(inos):
+                progress = self._progress
+                await self.pump(force=True)
+                with trio.move_on_after(min(1.0, self._tick_s())):
+                    await progress.wait()
+            return True
+        return False
+
+    async def upload_now(self, inos: list[int]) -> None:
+        if not await self.drain(MAX_BACKOFF_S * 4, inos):
+            raise FsError(5, "upload did not complete (bucket unreachable?)")
+
+
+def _op_keys(op: dict) -> list[str]:
+    if op["op"] == "copy":
+        return [op["src"], op["dst"]]
+    return [op["key"]]

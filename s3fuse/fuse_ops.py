@@ -1,0 +1,233 @@
+"""The pyfuse3 adapter: translate requests to ``Filesystem`` calls, and nothing else.
+
+Every handler goes through ``_guard``: domain errors become ``FUSEError`` with the
+errno from ``errors.to_errno``; an unexpected exception is logged with its traceback
+and answered with EIO, so a bug fails one call and never takes the mount down.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+from typing import Any
+from collections.abc import Callable
+
+import pyfuse3
+
+from .errors import to_errno
+from .filesystem import Filesystem, SetAttrs
+from .journal import Inode
+
+log = logging.getLogger(__name__)
+
+# Control attributes on the mount's root directory, used by the s3fuse CLI.
+CONTROL_DRAIN = "user.s3fuse.drain"
+CONTROL_STATUS = "user.s3fuse.status"
+CONTROL_PID = "user.s3fuse.pid"
+
+
+def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    async def wrapper(self: FuseOps, *args: Any) -> Any:
+        try:
+            return await fn(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - this is the one place that must
+            err = to_errno(exc)
+            if err == errno.EIO:
+                log.exception("%s%r failed", fn.__name__, args[:2])
+            raise pyfuse3.FUSEError(err) from None
+    return wrapper
+
+
+class FuseOps(pyfuse3.Operations):
+    enable_writeback_cache = False
+
+    def __init__(self, fs: Filesystem, timeout_s: float, control: Any = None) -> None:
+        super().__init__()
+        self.fs = fs
+        self.timeout_s = timeout_s
+        self.control = control  # the daemon: drain() and status() for the CLI
+
+    def _attr(self, inode: Inode) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = inode.ino
+        a.generation = 0
+        a.entry_timeout = self.timeout_s
+        a.attr_timeout = self.timeout_s
+        a.st_mode = inode.mode
+        a.st_nlink = inode.nlink
+        a.st_uid = inode.uid
+        a.st_gid = inode.gid
+        a.st_rdev = inode.rdev
+        a.st_size = inode.size
+        a.st_blksize = 4096
+        a.st_blocks = (inode.size + 511) // 512
+        a.st_atime_ns = inode.atime_ns
+        a.st_mtime_ns = inode.mtime_ns
+        a.st_ctime_ns = inode.ctime_ns
+        return a
+
+    @_guard
+    async def lookup(self, parent_inode, name, ctx):
+        return self._attr(await self.fs.lookup(parent_inode, name))
+
+    async def forget(self, inode_list):
+        try:
+            self.fs.forget(list(inode_list))
+        except Exception:  # forget must never raise
+            log.exception("forget failed")
+
+    @_guard
+    async def getattr(self, inode, ctx):
+        return self._attr(self.fs.get(inode))
+
+    @_guard
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        changes = SetAttrs(
+            mode=attr.st_mode if fields.update_mode else None,
+            uid=attr.st_uid if fields.update_uid else None,
+            gid=attr.st_gid if fields.update_gid else None,
+            size=attr.st_size if fields.update_size else None,
+            atime_ns=attr.st_atime_ns if fields.update_atime else None,
+            mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+        )
+        return self._attr(await self.fs.setattr(inode, changes))
+
+    @_guard
+    async def readlink(self, inode, ctx):
+        return await self.fs.readlink(inode)
+
+    @_guard
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        return self._attr(await self.fs.mknod(parent_inode, name, mode, rdev, ctx.uid, ctx.gid))
+
+    @_guard
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        return self._attr(await self.fs.mkdir(parent_inode, name, mode, ctx.uid, ctx.gid))
+
+    @_guard
+    async def unlink(self, parent_inode, name, ctx):
+        await self.fs.unlink(parent_inode, name)
+
+    @_guard
+    async def rmdir(self, parent_inode, name, ctx):
+        await self.fs.rmdir(parent_inode, name)
+
+    @_guard
+    async def symlink(self, parent_inode, name, target, ctx):
+        return self._attr(await self.fs.symlink(parent_inode, name, target, ctx.uid, ctx.gid))
+
+    @_guard
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        fl = 0
+        if flags & pyfuse3.RENAME_NOREPLACE:
+            fl |= 1
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            fl |= 2
+        await self.fs.rename(parent_inode_old, name_old, parent_inode_new, name_new, fl)
+
+    @_guard
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        return self._attr(await self.fs.link(inode, new_parent_inode, new_name))
+
+    @_guard
+    async def open(self, inode, flags, ctx):
+        fh = await self.fs.open(inode, flags)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    @_guard
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        writable = (flags & os.O_ACCMODE) != os.O_RDONLY
+        fh, inode = await self.fs.create(parent_inode, name, mode, ctx.uid, ctx.gid, writable)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._attr(inode)
+
+    @_guard
+    async def read(self, fh, off, size):
+        return await self.fs.read(fh, off, size)
+
+    @_guard
+    async def write(self, fh, off, buf):
+        return await self.fs.write(fh, off, buf)
+
+    @_guard
+    async def flush(self, fh):
+        return None
+
+    @_guard
+    async def release(self, fh):
+        await self.fs.release(fh)
+
+    @_guard
+    async def fsync(self, fh, datasync):
+        await self.fs.fsync(fh)
+
+    @_guard
+    async def opendir(self, inode, ctx):
+        return await self.fs.opendir(inode)
+
+    @_guard
+    async def readdir(self, fh, start_id, token):
+        for name, inode, next_id in self.fs.readdir(fh, start_id):
+            if not pyfuse3.readdir_reply(token, name, self._attr(inode), next_id):
+                break
+            self.fs.add_lookup(inode.ino)
+
+    @_guard
+    async def releasedir(self, fh):
+        self.fs.releasedir(fh)
+
+    @_guard
+    async def fsyncdir(self, fh, datasync):
+        self.fs.journal.sync()
+
+    @_guard
+    async def statfs(self, ctx):
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = 4096
+        total = 1 << 38  # 1 PiB in 4 KiB blocks: a bucket has no fixed size
+        s.f_blocks = total
+        s.f_bfree = s.f_bavail = total
+        s.f_files = 1 << 32
+        s.f_ffree = s.f_favail = 1 << 32
+        s.f_namemax = 255
+        return s
+
+    @_guard
+    async def setxattr(self, inode, name, value, ctx):
+        key = name.decode("utf-8", "surrogateescape")
+        if inode == pyfuse3.ROOT_INODE and key == CONTROL_DRAIN and self.control is not None:
+            if ctx.uid not in (0, self.fs.defaults.uid):
+                raise pyfuse3.FUSEError(errno.EPERM)
+            if not await self.control.drain(value):
+                raise pyfuse3.FUSEError(errno.EAGAIN)
+            return
+        self.fs.setxattr(inode, key, value)
+
+    @_guard
+    async def getxattr(self, inode, name, ctx):
+        key = name.decode("utf-8", "surrogateescape")
+        if inode == pyfuse3.ROOT_INODE and self.control is not None:
+            if key == CONTROL_STATUS:
+                return self.control.status_json().encode()
+            if key == CONTROL_PID:
+                return str(os.getpid()).encode()
+        return self.fs.getxattr(inode, key)
+
+    @_guard
+    async def listxattr(self, inode, ctx):
+        return [n.encode() for n in self.fs.listxattr(inode)]
+
+    @_guard
+    async def removexattr(self, inode, name, ctx):
+        self.fs.removexattr(inode, name.decode("utf-8", "surrogateescape"))
+
+    @_guard
+    async def access(self, inode, mode, ctx):
+        # default_permissions: the kernel checks modes; existence is all we add
+        self.fs.get(inode)
+        return True
+

@@ -1,0 +1,266 @@
+"""The metadata journal: the only module that imports lmdb.
+
+Everything the mount knows that the bucket may not know yet lives here, so that a
+crash or ``kill -9`` loses nothing that was acknowledged. One LMDB environment in
+``CACHE_DIR/journal/`` with these sub-databases (integers are 8-byte big-endian so
+that keys sort numerically):
+
+``inodes``   ino -> Inode record (compact JSON, see ``Inode``). Every inode the mount
+             knows: directories, files, symlinks, special files, including files that
+             are unlinked but still open (nlink 0) until their last handle and
+             lookup go away.
+``dirents``  parent_ino + name bytes -> child ino. A range scan over one parent gives
+             that directory's entries in name order (readdir offsets are positions in
+             that order, resumed by name so concurrent changes skip nothing).
+``dirty``    ino -> b"". The set of inodes whose data or attributes differ from the
+             bucket; the flusher's work list, rebuilt into its schedule at start.
+``ops``      seq -> bucket operation (JSON), the ordered log of server-side work that
+             renames and unlinks of already-uploaded objects leave behind: ``copy``
+             (src -> dst, pinned to the source ETag) and ``delete`` (key, ETag). The
+             flusher executes them strictly in order; an upload of a key waits while
+             any pending op names that key.
+``meta``     counters: ``next_ino``, ``next_op``, and ``format`` (layout version).
+
+Invariant kept by every write transaction: once the pending ``ops`` are carried out,
+each live inode's ``remote_key`` equals the key of its path (or is None), so an upload
+never needs to know about history, only about the inode's current path.
+
+The environment is opened without a sync per commit (``sync=False``): a daemon crash
+(kill -9) loses nothing because committed pages are in the OS page cache; ``sync()``
+forces them to disk, and ``fsync(2)`` on the mount, the periodic checkpoint and
+unmount call it. A host crash can lose changes made since the last ``sync()``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import lmdb
+
+FORMAT_VERSION = 1
+ROOT_INO = 1
+
+# Inode.dirty flags
+DIRTY_DATA = 1  # the bytes differ from the bucket: upload the whole object
+DIRTY_META = 2  # only attributes/xattrs differ: rewrite metadata (server-side copy)
+
+_U64 = struct.Struct(">Q")
+
+
+def _k(n: int) -> bytes:
+    return _U64.pack(n)
+
+
+@dataclass
+class Inode:
+    """One inode as stored in the ``inodes`` sub-database.
+
+    ``remote_key``/``remote_etag``: the object in the bucket that holds this inode's
+    last uploaded state (for a directory, its ``dir/`` marker), or None if there is
+    none. ``remote_etag`` is None while a pending copy op will produce it.
+    ``cached``: the whole content is in the cache file (always true for dirty data).
+    ``meta_loaded``: attributes were read from the object's headers (HEAD), or the
+    inode was made here; False for entries known only from a listing.
+    ``listed``: for directories, the bucket prefix has been listed into ``dirents``.
+    ``change_seq``: bumped on every change; the flusher clears ``dirty`` only if the
+    record still has the sequence number its upload snapshot was taken at.
+    ``extra``: user metadata other tools put on the object, kept on rewrite.
+    """
+
+    ino: int
+    mode: int
+    uid: int
+    gid: int
+    parent: int
+    name: str
+    size: int = 0
+    atime_ns: int = 0
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+    nlink: int = 1
+    rdev: int = 0
+    target: str | None = None
+    xattrs: dict[str, str] = field(default_factory=dict)  # name -> base64 value
+    extra: dict[str, str] = field(default_factory=dict)
+    remote_key: str | None = None
+    remote_etag: str | None = None
+    dirty: int = 0
+    cached: bool = False
+    meta_loaded: bool = True
+    listed: bool = False
+    change_seq: int = 0
+
+    def encode(self) -> bytes:
+        d = asdict(self)
+        # keep records small: drop fields at their defaults
+        for name, default in _DEFAULTS.items():
+            if d[name] == default:
+                del d[name]
+        return json.dumps(d, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Inode:
+        return cls(**json.loads(raw))
+
+
+_DEFAULTS: dict[str, Any] = {
+    "size": 0, "atime_ns": 0, "mtime_ns": 0, "ctime_ns": 0, "nlink": 1, "rdev": 0,
+    "target": None, "xattrs": {}, "extra": {}, "remote_key": None, "remote_etag": None,
+    "dirty": 0, "cached": False, "meta_loaded": True, "listed": False, "change_seq": 0,
+}
+
+
+class Txn:
+    """A journal transaction with typed helpers. Use via ``Journal.write()/read()``."""
+
+    def __init__(self, journal: Journal, txn: lmdb.Transaction) -> None:
+        self._j = journal
+        self.txn = txn
+
+    # --- inodes -------------------------------------------------------------------
+    def get(self, ino: int) -> Inode | None:
+        raw = self.txn.get(_k(ino), db=self._j.db_inodes)
+        return Inode.decode(raw) if raw is not None else None
+
+    def put(self, inode: Inode) -> None:
+        self.txn.put(_k(inode.ino), inode.encode(), db=self._j.db_inodes)
+
+    def delete_inode(self, ino: int) -> None:
+        self.txn.delete(_k(ino), db=self._j.db_inodes)
+        self.txn.delete(_k(ino), db=self._j.db_dirty)
+
+    def new_ino(self) -> int:
+        raw = self.txn.get(b"next_ino", db=self._j.db_meta)
+        ino = _U64.unpack(raw)[0] if raw else ROOT_INO + 1
+        self.txn.put(b"next_ino", _k(ino + 1), db=self._j.db_meta)
+        return ino
+
+    def all_inodes(self) -> Iterator[Inode]:
+        with self.txn.cursor(db=self._j.db_inodes) as cur:
+            for _, raw in cur:
+                yield Inode.decode(raw)
+
+    # --- directory entries --------------------------------------------------------
+    def lookup(self, parent: int, name: bytes) -> int | None:
+        raw = self.txn.get(_k(parent) + name, db=self._j.db_dirents)
+        return _U64.unpack(raw)[0] if raw is not None else None
+
+    def link(self, parent: int, name: bytes, ino: int) -> None:
+        self.txn.put(_k(parent) + name, _k(ino), db=self._j.db_dirents)
+
+    def unlink(self, parent: int, name: bytes) -> None:
+        self.txn.delete(_k(parent) + name, db=self._j.db_dirents)
+
+    def children(self, parent: int, after: bytes | None = None) -> Iterator[tuple[bytes, int]]:
+        """Entries of ``parent`` in name order, strictly after ``after`` if given."""
+        prefix = _k(parent)
+        with self.txn.cursor(db=self._j.db_dirents) as cur:
+            start = prefix + after if after is not None else prefix
+            if not cur.set_range(start):
+                return
+            for key, raw in cur:
+                if not key.startswith(prefix):
+                    return
+                name = key[8:]
+                if after is not None and name == after:
+                    continue
+                yield name, _U64.unpack(raw)[0]
+
+    def has_children(self, parent: int) -> bool:
+        return next(self.children(parent), None) is not None
+
+    # --- dirty set ----------------------------------------------------------------
+    def mark_dirty(self, ino: int) -> None:
+        self.txn.put(_k(ino), b"", db=self._j.db_dirty)
+
+    def clear_dirty(self, ino: int) -> None:
+        self.txn.delete(_k(ino), db=self._j.db_dirty)
+
+    def dirty_inos(self) -> list[int]:
+        with self.txn.cursor(db=self._j.db_dirty) as cur:
+            return [_U64.unpack(k)[0] for k, _ in cur]
+
+    # --- op log -------------------------------------------------------------------
+    def append_op(self, op: dict[str, Any]) -> int:
+        raw = self.txn.get(b"next_op", db=self._j.db_meta)
+        seq = _U64.unpack(raw)[0] if raw else 1
+        self.txn.put(b"next_op", _k(seq + 1), db=self._j.db_meta)
+        self.txn.put(_k(seq), json.dumps(op, separators=(",", ":")).encode(), db=self._j.db_ops)
+        return seq
+
+    def ops(self) -> list[tuple[int, dict[str, Any]]]:
+        with self.txn.cursor(db=self._j.db_ops) as cur:
+            return [(_U64.unpack(k)[0], json.loads(v)) for k, v in cur]
+
+    def update_op(self, seq: int, op: dict[str, Any]) -> None:
+        self.txn.put(_k(seq), json.dumps(op, separators=(",", ":")).encode(), db=self._j.db_ops)
+
+    def remove_op(self, seq: int) -> None:
+        self.txn.delete(_k(seq), db=self._j.db_ops)
+
+
+class Journal:
+    """The LMDB environment. All calls happen on the daemon's event-loop thread;
+    a write transaction never spans an ``await``, which is what makes every
+    namespace change (rename of a whole directory included) atomic."""
+
+    def __init__(self, path: str, map_size: int = 1 << 36) -> None:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        self.path = path
+        self.env = lmdb.open(path, map_size=map_size, max_dbs=8, sync=False,
+                             metasync=False, subdir=True, mode=0o600)
+        self.db_inodes = self.env.open_db(b"inodes")
+        self.db_dirents = self.env.open_db(b"dirents")
+        self.db_dirty = self.env.open_db(b"dirty")
+        self.db_ops = self.env.open_db(b"ops")
+        self.db_meta = self.env.open_db(b"meta")
+        with self.env.begin(write=True) as txn:
+            fmt = txn.get(b"format", db=self.db_meta)
+            if fmt is None:
+                txn.put(b"format", str(FORMAT_VERSION).encode(), db=self.db_meta)
+            elif int(fmt) != FORMAT_VERSION:
+                raise RuntimeError(f"journal {path} has format {int(fmt)}, "
+                                   f"this s3fuse reads {FORMAT_VERSION}")
+
+    def write(self) -> _TxnContext:
+        return _TxnContext(self, write=True)
+
+    def read(self) -> _TxnContext:
+        return _TxnContext(self, write=False)
+
+    def get_meta(self, key: bytes) -> bytes | None:
+        with self.env.begin() as txn:
+            return txn.get(key, db=self.db_meta)
+
+    def set_meta(self, key: bytes, value: bytes) -> None:
+        with self.env.begin(write=True) as txn:
+            txn.put(key, value, db=self.db_meta)
+
+    def sync(self) -> None:
+        """Force every committed transaction to disk."""
+        self.env.sync(True)
+
+    def close(self) -> None:
+        self.env.sync(True)
+        self.env.close()
+
+
+class _TxnContext:
+    def __init__(self, journal: Journal, write: bool) -> None:
+        self._journal = journal
+        self._write = write
+
+    def __enter__(self) -> Txn:
+        self._lmdb = self._journal.env.begin(write=self._write)
+        return Txn(self._journal, self._lmdb)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self._lmdb.commit()
+        else:
+            self._lmdb.abort()

@@ -1,0 +1,87 @@
+"""The object store seen from the event loop: every call runs in a worker thread.
+
+A ``CapacityLimiter`` bounds how many store calls run at once (and so how many
+threads and connections). Foreground reads retry transient errors a few times with
+backoff before answering EIO; the flusher does its own, longer, retrying.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any, TypeVar
+from collections.abc import Callable
+
+import trio
+
+from .errors import TransientStoreError
+from .store.base import Body, Capabilities, ListPage, ObjectInfo, ObjectStore
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Remote:
+    def __init__(self, store: ObjectStore, max_concurrency: int = 16,
+                 read_attempts: int = 4, inline: bool = False) -> None:
+        """``inline``: call the store on the event loop itself. Only for in-memory
+        stores in unit tests, where it makes trio's MockClock deterministic."""
+        self.store = store
+        self.inline = inline
+        self.limiter = trio.CapacityLimiter(max_concurrency)
+        self.read_attempts = read_attempts
+        self.capabilities = Capabilities()
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if self.inline:
+            await trio.lowlevel.checkpoint()
+            return fn(*args, **kwargs)
+        return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs),
+                                             limiter=self.limiter)
+
+    async def _read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """A read-only call, retried on transient errors with backoff."""
+        delay = 0.2
+        for attempt in range(self.read_attempts):
+            try:
+                return await self._call(fn, *args, **kwargs)
+            except TransientStoreError as exc:
+                if attempt == self.read_attempts - 1:
+                    raise
+                log.warning("retrying after transient error: %s", exc)
+                await trio.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    async def head(self, key: str) -> ObjectInfo:
+        return await self._read(self.store.head, key)
+
+    async def get(self, key: str, start: int = 0, end: int | None = None, *,
+                  if_match: str | None = None) -> bytes:
+        return await self._read(self.store.get, key, start, end, if_match=if_match)
+
+    async def list_all(self, prefix: str, delimiter: str | None = "/") -> ListPage:
+        """Every page of a listing, merged."""
+        merged = ListPage()
+        token = None
+        while True:
+            page = await self._read(self.store.list, prefix, delimiter, token)
+            merged.objects.extend(page.objects)
+            merged.prefixes.extend(page.prefixes)
+            token = page.next_token
+            if token is None:
+                return merged
+
+    async def put(self, key: str, body: Body, metadata: dict[str, str], *,
+                  if_match: str | None = None, if_none_match: bool = False) -> str:
+        return await self._call(self.store.put, key, body, metadata, if_match=if_match,
+                                if_none_match=if_none_match)
+
+    async def copy(self, src: str, dst: str, metadata: dict[str, str] | None = None, *,
+                   src_if_match: str | None = None) -> str:
+        return await self._call(self.store.copy, src, dst, metadata, src_if_match=src_if_match)
+
+    async def delete(self, key: str, *, if_match: str | None = None) -> None:
+        if not self.capabilities.conditional_delete:
+            if_match = None
+        await self._call(self.store.delete, key, if_match=if_match)

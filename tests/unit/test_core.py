@@ -1,0 +1,318 @@
+"""The filesystem core and the flusher on the in-memory store, with trio's MockClock.
+
+These assert request counts, the point of the aggregation window: what reaches the
+bucket, and how many requests it took. The same behaviours are exercised through a
+real mount in tests/fuse.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+import pytest
+import trio
+import trio.testing
+
+from s3fuse.cache import Cache
+from s3fuse.errors import FsError
+from s3fuse.filesystem import Defaults, Filesystem, SetAttrs
+from s3fuse.flusher import Flusher
+from s3fuse.journal import ROOT_INO, Journal
+from s3fuse.remote import Remote
+from s3fuse.store.memory import MemoryStore
+
+WINDOW = 60.0
+
+
+class Rig:
+    """A filesystem + flusher over a MemoryStore, in one cache directory."""
+
+    def __init__(self, tmp_path, store: MemoryStore | None = None, prefix: str = "") -> None:
+        self.tmp_path = tmp_path
+        self.store = store if store is not None else MemoryStore()
+        self.journal = Journal(str(tmp_path / "journal"))
+        self.cache = Cache(str(tmp_path), 1 << 30)
+        self.fs = Filesystem(self.journal, self.cache, Remote(self.store, inline=True), prefix,
+                             Defaults(uid=1000, gid=1000))
+        self.fs.init()
+        self.flusher = Flusher(self.fs, WINDOW, instance_id="test")
+        self.fs.flusher = self.flusher
+        self.flusher.load()
+
+    def close(self) -> None:
+        self.cache.close_all()
+        self.journal.close()
+
+    def counts(self) -> dict[str, int]:
+        c = self.store.counts
+        return {k: c.get(k, 0) for k in ("put", "copy", "delete")}
+
+    def bucket(self) -> dict[str, bytes]:
+        return {k: v[0] for k, v in self.store.snapshot().items()}
+
+    async def write_file(self, parent: int, name: bytes, data: bytes) -> int:
+        fh, inode = await self.fs.create(parent, name, 0o644, 1000, 1000)
+        await self.fs.write(fh, 0, data)
+        await self.fs.release(fh)
+        return inode.ino
+
+
+def run(tmp_path, scenario, store: MemoryStore | None = None):
+    """Run ``scenario(rig)`` with the flusher running, on a MockClock."""
+
+    async def main():
+        rig = Rig(tmp_path, store)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(rig.flusher.run)
+                await scenario(rig)
+                nursery.cancel_scope.cancel()
+        finally:
+            rig.close()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_hundred_writes_in_one_window_make_one_put(tmp_path):
+    async def scenario(rig: Rig):
+        fh, inode = await rig.fs.create(ROOT_INO, b"log.txt", 0o640, 1000, 1000)
+        for i in range(100):
+            await rig.fs.write(fh, i * 10, b"%010d" % i)
+            await trio.sleep(0.2)  # 20 s of writing, always inside the window
+        await rig.fs.release(fh)
+        assert rig.counts()["put"] == 0
+        await trio.sleep(WINDOW + 5)
+        assert rig.counts() == {"put": 1, "copy": 0, "delete": 0}
+        body, md = rig.store.snapshot()["log.txt"]
+        assert body == b"".join(b"%010d" % i for i in range(100))
+        assert int(md["mode"]) == stat.S_IFREG | 0o640
+        assert md["uid"] == "1000"
+        await trio.sleep(WINDOW * 3)
+        assert rig.counts()["put"] == 1  # nothing left to upload
+
+    run(tmp_path, scenario)
+
+
+def test_busy_writer_is_uploaded_within_one_window_of_first_change(tmp_path):
+    async def scenario(rig: Rig):
+        fh, _ = await rig.fs.create(ROOT_INO, b"busy", 0o644, 0, 0)
+        start = trio.current_time()
+        while rig.counts()["put"] == 0:
+            await rig.fs.write(fh, 0, b"x")
+            await trio.sleep(1)  # never quiet for a whole window
+            assert trio.current_time() - start < WINDOW + 5, "never uploaded"
+        await rig.fs.release(fh)
+
+    run(tmp_path, scenario)
+
+
+def test_tempfile_and_replace_is_one_put_no_copy(tmp_path):
+    async def scenario(rig: Rig):
+        await rig.write_file(ROOT_INO, b"model.bin", b"v1")
+        await trio.sleep(WINDOW + 5)
+        assert rig.counts() == {"put": 1, "copy": 0, "delete": 0}
+        for round_ in range(5):
+            await rig.write_file(ROOT_INO, b".tmp1234", b"v%d" % (round_ + 2))
+            await rig.fs.rename(ROOT_INO, b".tmp1234", ROOT_INO, b"model.bin")
+            await trio.sleep(1)
+        await trio.sleep(WINDOW + 5)
+        assert rig.counts() == {"put": 2, "copy": 0, "delete": 0}
+        assert rig.bucket() == {"model.bin": b"v6"}
+
+    run(tmp_path, scenario)
+
+
+def test_rename_of_uploaded_file_is_one_copy_and_one_delete(tmp_path):
+    async def scenario(rig: Rig):
+        await rig.write_file(ROOT_INO, b"a.txt", b"hello")
+        await trio.sleep(WINDOW + 5)
+        before = rig.counts()
+        await rig.fs.rename(ROOT_INO, b"a.txt", ROOT_INO, b"b.txt")
+        await trio.sleep(WINDOW + 5)
+        after = rig.counts()
+        assert {k: after[k] - before[k] for k in after} == {"put": 0, "copy": 1, "delete": 1}
+        assert rig.bucket() == {"b.txt": b"hello"}
+
+    run(tmp_path, scenario)
+
+
+def test_directory_rename_moves_every_object(tmp_path):
+    async def scenario(rig: Rig):
+        d = await rig.fs.mkdir(ROOT_INO, b"src", 0o755, 0, 0)
+        sub = await rig.fs.mkdir(d.ino, b"sub", 0o755, 0, 0)
+        await rig.write_file(d.ino, b"one", b"1")
+        await rig.write_file(sub.ino, b"two", b"2")
+        await trio.sleep(WINDOW + 5)
+        assert set(rig.bucket()) == {"src/", "src/sub/", "src/one", "src/sub/two"}
+        await rig.fs.rename(ROOT_INO, b"src", ROOT_INO, b"dst")
+        await trio.sleep(WINDOW + 5)
+        assert rig.bucket() == {"dst/": b"", "dst/sub/": b"", "dst/one": b"1",
+                                "dst/sub/two": b"2"}
+
+    run(tmp_path, scenario)
+
+
+def test_created_and_removed_inside_window_never_reaches_bucket(tmp_path):
+    async def scenario(rig: Rig):
+        await rig.write_file(ROOT_INO, b"scratch", b"temporary")
+        await rig.fs.unlink(ROOT_INO, b"scratch")
+        d = await rig.fs.mkdir(ROOT_INO, b"tmpdir", 0o755, 0, 0)
+        await rig.write_file(d.ino, b"x", b"y")
+        await rig.fs.rename(d.ino, b"x", ROOT_INO, b"kept")
+        await rig.fs.rmdir(ROOT_INO, b"tmpdir")
+        await trio.sleep(WINDOW * 2)
+        assert rig.counts() == {"put": 1, "copy": 0, "delete": 0}
+        assert rig.bucket() == {"kept": b"y"}
+
+    run(tmp_path, scenario)
+
+
+def test_unlink_of_uploaded_file_deletes_it_and_keeps_the_directory(tmp_path):
+    async def scenario(rig: Rig):
+        d = await rig.fs.mkdir(ROOT_INO, b"dir", 0o755, 0, 0)
+        await rig.write_file(d.ino, b"f", b"data")
+        await trio.sleep(WINDOW + 5)
+        await rig.fs.unlink(d.ino, b"f")
+        await trio.sleep(WINDOW + 5)
+        assert rig.bucket() == {"dir/": b""}
+
+    run(tmp_path, scenario)
+
+
+def test_outside_objects_are_listed_with_their_attributes(tmp_path):
+    store = MemoryStore()
+    store.put("plain.txt", b"no attributes", {})
+    store.put("dir/script.sh", b"#!/bin/sh\n", {"mode": str(stat.S_IFREG | 0o755),
+                                                "uid": "42", "mtime": "1700000000.5"})
+    store.put("link", b"plain.txt", {"mode": str(stat.S_IFLNK | 0o777)})
+    store.put("implicit/deep/file", b"x", {})
+
+    async def scenario(rig: Rig):
+        plain = await rig.fs.lookup(ROOT_INO, b"plain.txt")
+        assert plain.mode == stat.S_IFREG | 0o644 and plain.uid == 1000
+        assert plain.size == len(b"no attributes")
+        d = await rig.fs.lookup(ROOT_INO, b"dir")
+        assert stat.S_ISDIR(d.mode)
+        script = await rig.fs.lookup(d.ino, b"script.sh")
+        assert script.mode == stat.S_IFREG | 0o755 and script.uid == 42
+        assert script.mtime_ns == 1_700_000_000_500_000_000
+        link = await rig.fs.lookup(ROOT_INO, b"link")
+        assert stat.S_ISLNK(link.mode)
+        assert await rig.fs.readlink(link.ino) == b"plain.txt"
+        fh = await rig.fs.open(plain.ino, os.O_RDONLY)
+        assert await rig.fs.read(fh, 3, 100) == b"attributes"
+        imp = await rig.fs.lookup(ROOT_INO, b"implicit")
+        deep = await rig.fs.lookup(imp.ino, b"deep")
+        assert (await rig.fs.lookup(deep.ino, b"file")).size == 1
+
+    run(tmp_path, scenario, store)
+
+
+def test_hostile_keys_are_skipped(tmp_path):
+    store = MemoryStore()
+    for key in ("../x", "a/../../b", "/abs", "a//b", ".", "./y", "n" * 300, "ok",
+                "both", "both/inner"):
+        store.put(key, b"z", {})
+
+    async def scenario(rig: Rig):
+        fh = await rig.fs.opendir(ROOT_INO)
+        names = sorted(name for name, _, _ in rig.fs.readdir(fh, 0))
+        assert names == [b"a", b"both", b"ok"]
+        both = await rig.fs.lookup(ROOT_INO, b"both")
+        assert stat.S_ISDIR(both.mode)  # the directory wins
+        a = await rig.fs.lookup(ROOT_INO, b"a")
+        fh2 = await rig.fs.opendir(a.ino)
+        assert list(rig.fs.readdir(fh2, 0)) == []
+        assert "both" in rig.fs.skipped_keys and "n" * 300 in rig.fs.skipped_keys
+
+    run(tmp_path, scenario, store)
+
+
+def test_errno_cases(tmp_path):
+    async def scenario(rig: Rig):
+        d = await rig.fs.mkdir(ROOT_INO, b"d", 0o755, 0, 0)
+        await rig.write_file(d.ino, b"f", b"1")
+        with pytest.raises(FsError) as e:
+            await rig.fs.rmdir(ROOT_INO, b"d")
+        assert e.value.errno == errno.ENOTEMPTY
+        with pytest.raises(FsError) as e:
+            await rig.fs.mkdir(ROOT_INO, b"d", 0o755, 0, 0)
+        assert e.value.errno == errno.EEXIST
+        with pytest.raises(FsError) as e:
+            await rig.fs.rename(ROOT_INO, b"d", d.ino, b"inside")
+        assert e.value.errno == errno.EINVAL
+        with pytest.raises(FsError) as e:
+            await rig.fs.lookup(ROOT_INO, b"x" * 256)
+        assert e.value.errno == errno.ENAMETOOLONG
+        await rig.write_file(ROOT_INO, b"g", b"2")
+        with pytest.raises(FsError) as e:
+            await rig.fs.rename(ROOT_INO, b"g", d.ino, b"f", flags=1)
+        assert e.value.errno == errno.EEXIST
+        with pytest.raises(FsError) as e:
+            await rig.fs.rename(ROOT_INO, b"g", ROOT_INO, b"d")
+        assert e.value.errno == errno.EISDIR
+
+    run(tmp_path, scenario)
+
+
+def test_truncate_and_sparse_write(tmp_path):
+    async def scenario(rig: Rig):
+        fh, inode = await rig.fs.create(ROOT_INO, b"sparse", 0o644, 0, 0)
+        await rig.fs.write(fh, 1 << 20, b"end")
+        assert await rig.fs.read(fh, 0, 4) == b"\0\0\0\0"
+        await rig.fs.setattr(inode.ino, SetAttrs(size=10))
+        assert rig.fs.get(inode.ino).size == 10
+        await rig.fs.setattr(inode.ino, SetAttrs(size=20))
+        assert await rig.fs.read(fh, 0, 100) == b"\0" * 20
+        await rig.fs.release(fh)
+        await trio.sleep(WINDOW + 5)
+        assert rig.bucket() == {"sparse": b"\0" * 20}
+
+    run(tmp_path, scenario)
+
+
+def test_journal_replays_pending_work_after_a_crash(tmp_path):
+    store = MemoryStore()
+
+    async def before_crash():
+        rig = Rig(tmp_path, store)
+        await rig.write_file(ROOT_INO, b"uploaded", b"old")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(rig.flusher.run)
+            await trio.sleep(WINDOW + 5)
+            nursery.cancel_scope.cancel()
+        assert rig.bucket() == {"uploaded": b"old"}
+        # pending work at the moment of the "crash": a rename and a new file
+        await rig.fs.rename(ROOT_INO, b"uploaded", ROOT_INO, b"moved")
+        await rig.write_file(ROOT_INO, b"new", b"fresh")
+        rig.close()  # no drain: as if killed
+
+    async def after_restart():
+        rig = Rig(tmp_path, store)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(rig.flusher.run)
+            assert await rig.flusher.drain(30)
+            nursery.cancel_scope.cancel()
+        assert rig.bucket() == {"moved": b"old", "new": b"fresh"}
+        rig.close()
+
+    trio.run(before_crash, clock=trio.testing.MockClock(autojump_threshold=0))
+    trio.run(after_restart, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_outside_change_is_not_overwritten(tmp_path):
+    async def scenario(rig: Rig):
+        await rig.write_file(ROOT_INO, b"shared", b"ours v1")
+        await trio.sleep(WINDOW + 5)
+        rig.store.put("shared", b"theirs", {})
+        inode = await rig.fs.lookup(ROOT_INO, b"shared")
+        fh = await rig.fs.open(inode.ino, os.O_WRONLY)
+        await rig.fs.write(fh, 0, b"ours v2")
+        await rig.fs.release(fh)
+        await trio.sleep(WINDOW + 5)
+        assert rig.bucket()["shared"] == b"theirs"
+        assert any(e.operation == "conflict" for e in rig.flusher.errors)
+
+    run(tmp_path, scenario)
