@@ -813,6 +813,10 @@ class Filesystem:
         if stat.S_ISDIR(inode.mode):
             raise FsError(errno.EISDIR)
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
+        if flags & os.O_TRUNC and writable and stat.S_ISREG(inode.mode) and \
+                (inode.size or not inode.cached):
+            # libfuse negotiates atomic O_TRUNC: the truncation comes with the open
+            await self.setattr(ino, SetAttrs(size=0))
         self.open_count[ino] = self.open_count.get(ino, 0) + 1
         return self._new_fh(Handle(ino, writable))
 
@@ -877,6 +881,13 @@ class Filesystem:
         with self.journal.read() as txn:
             entries = list(txn.children(ino))
         return self._new_fh(DirHandle(ino, entries))
+
+    def dir_handle(self, fh: int) -> Inode:
+        """The directory an opendir handle lists."""
+        h = self.handles.get(fh)
+        if not isinstance(h, DirHandle):
+            raise FsError(errno.EBADF)
+        return self.get(h.ino)
 
     def readdir(self, fh: int, start: int) -> Iterator[tuple[bytes, Inode, int]]:
         """Entries from position ``start`` of the listing taken at opendir: a stable

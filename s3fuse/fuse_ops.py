@@ -171,8 +171,16 @@ class FuseOps(pyfuse3.Operations):
 
     @_guard
     async def readdir(self, fh, start_id, token):
-        for name, inode, next_id in self.fs.readdir(fh, start_id):
-            if not pyfuse3.readdir_reply(token, name, self._attr(inode), next_id):
+        # positions 0 and 1 are "." and ".." (no lookup count for those)
+        if start_id < 2:
+            d = self.fs.dir_handle(fh)
+            dots = [(b".", d), (b"..", self.fs.get(d.parent))]
+            for pos in range(start_id, 2):
+                name, inode = dots[pos]
+                if not pyfuse3.readdir_reply(token, name, self._attr(inode), pos + 1):
+                    return
+        for name, inode, next_id in self.fs.readdir(fh, max(0, start_id - 2)):
+            if not pyfuse3.readdir_reply(token, name, self._attr(inode), next_id + 2):
                 break
             self.fs.add_lookup(inode.ino)
 

@@ -1,0 +1,171 @@
+"""Real mounts for the FUSE tests: ``s3fuse mount`` run as a user runs it.
+
+``mount`` is parametrized over the embedded ``file://`` store and S3 (the moto server
+the suite starts on 127.0.0.1); ``file_mount`` is the file store only, for tests
+whose point is not the backend. Each mount gets its own cache directory and a short
+flush window; teardown unmounts (lazily if it must) and never leaves a dead mount.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from s3fuse.store import open_store
+
+S3FUSE = os.path.join(os.path.dirname(sys.executable), "s3fuse")
+
+needs_fuse = pytest.mark.skipif(
+    not os.path.exists("/dev/fuse") or os.geteuid() != 0 or not shutil.which("fusermount3"),
+    reason="real mounts need /dev/fuse, fusermount3 and root")
+
+
+def is_mounted(path: str) -> bool:
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1] == path for line in f)
+
+
+@dataclass
+class Mount:
+    """One s3fuse mount under test, and a direct view of its bucket."""
+
+    source: str
+    path: str
+    cache_dir: str
+    endpoint: str | None = None
+    extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+    def args(self) -> list[str]:
+        a = [S3FUSE, "mount", self.source, self.path, "--cache-dir", self.cache_dir,
+             "--flush-window", "1", "--drain-timeout", "60", *self.extra_args]
+        if self.endpoint:
+            a += ["--endpoint-url", self.endpoint]
+        return a
+
+    def mount(self) -> None:
+        res = subprocess.run(self.args(), capture_output=True, text=True, timeout=60,
+                             env={**os.environ, **self.env})
+        assert res.returncode == 0, f"mount failed: {res.stdout} {res.stderr}"
+        assert is_mounted(self.path)
+
+    def umount(self) -> None:
+        res = subprocess.run([S3FUSE, "umount", self.path], capture_output=True, text=True,
+                             timeout=120)
+        assert res.returncode == 0, f"umount failed: {res.stdout} {res.stderr}"
+        assert not is_mounted(self.path)
+
+    def remount(self) -> None:
+        self.umount()
+        self.mount()
+
+    def sync(self) -> None:
+        res = subprocess.run([S3FUSE, "sync", self.path], capture_output=True, text=True,
+                             timeout=120)
+        assert res.returncode == 0, f"sync failed: {res.stdout} {res.stderr}"
+
+    def p(self, rel: str) -> str:
+        return os.path.join(self.path, rel)
+
+    # --- the bucket, seen directly -------------------------------------------------
+    def store(self):
+        store, prefix = open_store(self.source, endpoint_url=self.endpoint)
+        return store, prefix
+
+    def objects(self) -> dict[str, bytes]:
+        """Every object under the mount's prefix: relative key -> bytes."""
+        store, prefix = self.store()
+        try:
+            out = {}
+            token = None
+            while True:
+                page = store.list(prefix, None, token)
+                for obj in page.objects:
+                    if ".s3fuse-probe" in obj.key:
+                        continue
+                    out[obj.key[len(prefix):]] = store.get(obj.key)
+                token = page.next_token
+                if token is None:
+                    return out
+        finally:
+            store.close()
+
+    def head(self, rel_key: str) -> dict[str, str]:
+        store, prefix = self.store()
+        try:
+            return store.head(prefix + rel_key).metadata or {}
+        finally:
+            store.close()
+
+    def put(self, rel_key: str, body: bytes, metadata: dict[str, str] | None = None) -> None:
+        store, prefix = self.store()
+        try:
+            store.put(prefix + rel_key, body, metadata or {})
+        finally:
+            store.close()
+
+    def cleanup(self) -> None:
+        if not is_mounted(self.path):
+            return
+        subprocess.run([S3FUSE, "umount", self.path], capture_output=True, timeout=120,
+                       check=False)
+        if is_mounted(self.path):
+            subprocess.run(["fusermount3", "-uz", self.path], capture_output=True, timeout=30,
+                           check=False)
+        deadline = time.monotonic() + 10
+        while is_mounted(self.path) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+def _make(tmp_path: Path, source: str, endpoint: str | None) -> Mount:
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    return Mount(source=source, path=str(mp), cache_dir=str(tmp_path / "cache"),
+                 endpoint=endpoint)
+
+
+@pytest.fixture
+def file_source(tmp_path) -> str:
+    root = tmp_path / "bucket"
+    root.mkdir()
+    return f"file://{root}"
+
+
+@pytest.fixture(params=["file", "s3"])
+def unmounted(request, tmp_path):
+    """A Mount not mounted yet, on each backend (pre-seed the bucket, then mount())."""
+    if request.param == "file":
+        root = tmp_path / "bucket"
+        root.mkdir()
+        m = _make(tmp_path, f"file://{root}", None)
+    else:
+        endpoint = request.getfixturevalue("moto_endpoint")
+        bucket = request.getfixturevalue("s3_bucket")
+        m = _make(tmp_path, f"s3://{bucket}/data", endpoint)
+    yield m
+    m.cleanup()
+
+
+@pytest.fixture
+def mount(unmounted):
+    if not (os.path.exists("/dev/fuse") and os.geteuid() == 0):
+        pytest.skip("real mounts need /dev/fuse and root")
+    unmounted.mount()
+    return unmounted
+
+
+@pytest.fixture
+def file_mount(tmp_path, file_source):
+    if not (os.path.exists("/dev/fuse") and os.geteuid() == 0):
+        pytest.skip("real mounts need /dev/fuse and root")
+    m = _make(tmp_path, file_source, None)
+    m.mount()
+    yield m
+    m.cleanup()
