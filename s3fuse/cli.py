@@ -120,6 +120,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
             or source.startswith("memory://")):
         raise UsageError(f"invalid source {source!r}: expected s3://BUCKET[/PREFIX] or "
                          "file:///PATH")
+    if args.fsync not in ("local", "upload"):
+        raise UsageError(f"invalid fsync mode {args.fsync!r}: expected local or upload")
+    if str(args.log_level).upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise UsageError(f"invalid log level {args.log_level!r}")
     cache_dir = args.cache_dir
     if not cache_dir:
         digest = hashlib.sha256(f"{source} {args.endpoint_url or ''}".encode()).hexdigest()
@@ -145,7 +149,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         fsync_upload=args.fsync == "upload",
         max_uploads=max_uploads,
         drain_timeout_s=parse_seconds(args.drain_timeout, "--drain-timeout"),
-        log_level=args.log_level,
+        log_level=str(args.log_level).upper(),
         fuse_options=tuple(fuse_opts),
     )
 
@@ -357,8 +361,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_COMMANDS = ("mount", "umount", "sync", "status", "demo", "mount-helper")
+
+
+def mount_helper_argv(argv: list[str]) -> list[str]:
+    """mount(8) runs ``mount.fuse.s3fuse SOURCE MOUNTPOINT [-o OPTS] [-n] [-s] [-v]``
+    (and mount.fuse3 runs ``s3fuse SOURCE MOUNTPOINT -o OPTS``): turn that into a
+    ``mount`` command line. -n/-s/-v/-f mean nothing to us and are dropped."""
+    out = ["mount"]
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "-o" and i + 1 < len(argv):
+            out += ["-o", argv[i + 1]]
+            i += 2
+            continue
+        if a.startswith("-o") and len(a) > 2:
+            out += ["-o", a[2:]]
+        elif a in ("-n", "-s", "-v", "-f", "--"):
+            pass
+        else:
+            out.append(a)
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "mount-helper":
+        argv = mount_helper_argv(argv[1:])
+    elif argv and "://" in argv[0] and argv[0] not in _COMMANDS:
+        argv = mount_helper_argv(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "mount":
