@@ -1,0 +1,104 @@
+"""S3 listing semantics shared by the local backends (memory and file).
+
+S3 lists keys in ascending UTF-8 byte order. For valid Unicode strings that is the
+same as Python's code-point order on ``str``, so plain ``str`` comparisons are used.
+
+Continuation tokens are opaque to callers. Ours name the last entry returned and
+whether it was a key (``K...``: resume strictly after that key) or a common prefix
+(``P...``: resume after every key starting with that prefix).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from s3fuse.errors import StoreError
+from s3fuse.store.base import ListPage, ObjectInfo
+
+@dataclass(frozen=True)
+class Resume:
+    """Where a page starts: strictly after ``after`` (and, for a prefix token,
+    after every key that starts with it)."""
+
+    after: str = ""
+    is_prefix: bool = False
+
+    def admits(self, key: str) -> bool:
+        """True when ``key`` (an object key or a common prefix) belongs after the token."""
+        if self.is_prefix and key.startswith(self.after):
+            return False
+        return key > self.after
+
+    def admits_subtree(self, prefix: str) -> bool:
+        """True when some key starting with ``prefix`` may come after the token.
+
+        Lets a walker skip a whole directory without reading it.
+        """
+        if self.is_prefix and prefix.startswith(self.after):
+            return False
+        # Every key starting with ``prefix`` sorts before ``after`` iff ``after`` is
+        # greater than ``prefix`` and does not itself start with it.
+        return not (self.after > prefix and not self.after.startswith(prefix))
+
+
+def decode_token(token: str | None) -> Resume:
+    """Parse a continuation token made by ``paginate``."""
+    if token is None:
+        return Resume()
+    if len(token) < 2 or token[0] not in "KP":
+        raise StoreError(f"invalid continuation token {token[:40]!r}")
+    return Resume(token[1:], token[0] == "P")
+
+
+def check_max_keys(max_keys: int) -> None:
+    """Reject page sizes S3 would also reject."""
+    if max_keys < 1:
+        raise ValueError(f"max_keys must be >= 1, not {max_keys}")
+
+
+def roll_up(objects: Iterable[ObjectInfo], prefix: str,
+            delimiter: str | None) -> Iterator[ObjectInfo | str]:
+    """Apply S3 delimiter semantics to ``objects`` (sorted, all under ``prefix``).
+
+    A key with ``delimiter`` after the prefix is replaced by its common prefix (the key
+    up to and including the first delimiter after ``prefix``); each common prefix is
+    yielded once, at the position of its first key.
+    """
+    if not delimiter:
+        yield from objects
+        return
+    last_prefix = None
+    for info in objects:
+        cut = info.key.find(delimiter, len(prefix))
+        if cut < 0:
+            yield info
+            continue
+        common = info.key[: cut + len(delimiter)]
+        if common != last_prefix:
+            last_prefix = common
+            yield common
+
+
+def paginate(entries: Iterable[ObjectInfo | str], max_keys: int) -> ListPage:
+    """Take one page of at most ``max_keys`` entries from a sorted entry stream.
+
+    Reads one entry more than the page to know whether another page follows, so a lazy
+    ``entries`` is consumed only as far as needed.
+    """
+    check_max_keys(max_keys)
+    page = ListPage()
+    last: ObjectInfo | str | None = None
+    for taken, entry in enumerate(entries):
+        if taken == max_keys:
+            if isinstance(last, str):
+                page.next_token = "P" + last
+            elif last is not None:
+                page.next_token = "K" + last.key
+            break
+        if isinstance(entry, str):
+            page.prefixes.append(entry)
+        else:
+            page.objects.append(entry)
+        last = entry
+    return page

@@ -1,0 +1,814 @@
+"""``file:///PATH``: a local directory that behaves like a bucket.
+
+Layout (chosen so a person can look at the files directly):
+
+* object ``KEY`` is the regular file ``ROOT/KEY``; its ETag, user metadata and the
+  (size, mtime) it was written with live in the JSON xattr ``user.s3fuse.obj``;
+* a directory marker ``a/b/`` is the directory ``ROOT/a/b/`` carrying the JSON xattr
+  ``user.s3fuse.marker``; an unmarked directory is only a prefix while it holds objects;
+* ``ROOT/.s3fuse-store/`` is private (``tmp/`` for uploads in progress, ``lock``); it
+  never shows up in listings and keys under it are refused.
+
+Files put into ROOT by hand are objects too: with no (or an outdated) xattr their ETag
+is derived from (size, mtime_ns) and their metadata is empty (or kept from the xattr).
+
+Safety: keys are validated (``InvalidKey``) and every path is resolved one component at
+a time from a descriptor of ROOT with ``O_NOFOLLOW``, so neither ``..`` nor a symlink
+planted inside ROOT can make the store touch anything outside it. Symlinks and other
+special files inside ROOT are not objects: listings skip them, reads treat them as
+absent, writes through or over them raise ``InvalidKey``.
+
+Atomicity: a put streams into a temp file under ``.s3fuse-store/tmp``, fsyncs it, sets
+the xattr, and renames it into place, so readers never see a partial object and a crash
+leaves at most an invisible temp file. Conditional checks and the rename (and every
+other change to the tree) run under a lock: a ``threading.Lock`` for the threads of
+this process plus ``flock`` on ``.s3fuse-store/lock`` for other processes on the root.
+Readers take no lock: they read through a descriptor of one file version, and writers
+only ever replace files by rename.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import stat
+import threading
+import time
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from s3fuse.errors import (
+    AccessDenied,
+    InvalidKey,
+    KeyConflict,
+    NoSuchBucket,
+    NoSuchKey,
+    NotSupported,
+    PreconditionFailed,
+    StoreError,
+)
+from s3fuse.store._body import CHUNK, EMPTY_ETAG, body_size, check_range, iter_body
+from s3fuse.store._listing import Resume, decode_token, paginate, roll_up
+from s3fuse.store.base import Body, Capabilities, ListPage, ObjectInfo
+
+PRIVATE = ".s3fuse-store"
+XATTR_OBJ = "user.s3fuse.obj"
+XATTR_MARKER = "user.s3fuse.marker"
+
+#: temp files older than this are leftovers of a crash; ``check()`` removes them
+STALE_TMP_SECONDS = 24 * 3600
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: opening a FIFO someone planted in ROOT must not hang the store.
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_NO_XATTR = (errno.ENODATA, errno.ENOTSUP)
+
+
+def _fail_key(key: str, why: str) -> InvalidKey:
+    return InvalidKey(f"file store cannot hold key {key[:80]!r}: {why}")
+
+
+def split_key(key: str) -> tuple[list[str], bool]:
+    """Validate ``key`` and split it into path segments.
+
+    Returns ``(segments, is_marker)``; a marker key ends in a single ``/``.
+    Raises InvalidKey for anything that is not a plain relative path inside ROOT.
+    """
+    if not isinstance(key, str) or not key:
+        raise _fail_key(str(key), "empty key")
+    if key.startswith("/"):
+        raise _fail_key(key, "absolute path")
+    if "\0" in key:
+        raise _fail_key(key, "NUL byte")
+    is_marker = key.endswith("/")
+    segments = (key[:-1] if is_marker else key).split("/")
+    for seg in segments:
+        if seg in ("", ".", ".."):
+            raise _fail_key(key, f"path segment {seg!r}")
+        try:
+            size = len(seg.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise _fail_key(key, "not valid UTF-8") from None
+        if size > 255:
+            raise _fail_key(key, "a path segment is longer than 255 bytes")
+    if segments[0] == PRIVATE:
+        raise _fail_key(key, f"{PRIVATE}/ is private to the store")
+    return segments, is_marker
+
+
+def _derived_etag(st: os.stat_result) -> str:
+    """ETag of a file we did not write: changes whenever size or mtime change."""
+    return hashlib.md5(f"{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
+
+
+def _load_json_xattr(fd: int, name: str) -> dict | None:
+    try:
+        raw = os.getxattr(fd, name)
+    except OSError as e:
+        if e.errno in _NO_XATTR:
+            return None
+        raise
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _clean_meta(value: object) -> dict[str, str]:
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def _file_info(fd: int, key: str, st: os.stat_result, with_metadata: bool) -> ObjectInfo:
+    """ObjectInfo of the regular file open as ``fd``."""
+    record = _load_json_xattr(fd, XATTR_OBJ)
+    etag = None
+    meta: dict[str, str] = {}
+    if record is not None:
+        meta = _clean_meta(record.get("meta"))
+        # The recorded ETag is the md5 of what we wrote; trust it only while the file
+        # still has the size and mtime it had then (someone may have edited it by hand).
+        if record.get("size") == st.st_size and record.get("mtime_ns") == st.st_mtime_ns:
+            etag = record.get("etag")
+    if not isinstance(etag, str) or not etag:
+        etag = _derived_etag(st)
+    return ObjectInfo(key, st.st_size, etag, st.st_mtime_ns, meta if with_metadata else None)
+
+
+def _marker_info(fd: int, key: str, with_metadata: bool) -> ObjectInfo | None:
+    """ObjectInfo of the marker on the directory open as ``fd``, or None if unmarked."""
+    record = _load_json_xattr(fd, XATTR_MARKER)
+    if record is None:
+        return None
+    mtime_ns = record.get("mtime_ns")
+    if not isinstance(mtime_ns, int):
+        mtime_ns = os.fstat(fd).st_mtime_ns
+    etag = record.get("etag") if isinstance(record.get("etag"), str) else EMPTY_ETAG
+    meta = _clean_meta(record.get("meta"))
+    return ObjectInfo(key, 0, etag, mtime_ns, meta if with_metadata else None)
+
+
+def _open_file(dir_fd: int, name: str) -> tuple[int, os.stat_result] | None:
+    """Open the regular file ``name`` in ``dir_fd``; None if absent or not a regular file."""
+    try:
+        fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ELOOP, errno.ENXIO, errno.ENOTDIR):
+            return None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        return None
+    return fd, st
+
+
+def _open_dir(dir_fd: int, name: str) -> int | None:
+    """Open the real directory ``name`` in ``dir_fd``; None if absent, a file or a symlink."""
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            return None
+        raise
+
+
+def _lstat(dir_fd: int, name: str) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _has_objects(dir_fd: int) -> bool:
+    """True if the directory ``dir_fd`` is marked or holds an object at any depth."""
+    if _load_json_xattr(dir_fd, XATTR_MARKER) is not None:
+        return True
+    with os.scandir(dir_fd) as it:
+        subdirs = []
+        for entry in it:
+            if not _listable_name(entry.name):
+                continue
+            if entry.is_file(follow_symlinks=False):
+                return True
+            if entry.is_dir(follow_symlinks=False):
+                subdirs.append(entry.name)
+    for name in subdirs:
+        child = _open_dir(dir_fd, name)
+        if child is None:
+            continue
+        try:
+            if _has_objects(child):
+                return True
+        finally:
+            os.close(child)
+    return False
+
+
+def _listable_name(name: str) -> bool:
+    """Names that can be a key segment (undecodable names are skipped)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _remove_empty_tree(dir_fd: int, name: str) -> bool:
+    """Remove directory ``name`` if it holds nothing but empty unmarked directories."""
+    child = _open_dir(dir_fd, name)
+    if child is None:
+        return False
+    try:
+        if _load_json_xattr(child, XATTR_MARKER) is not None:
+            return False
+        with os.scandir(child) as it:
+            entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+        for sub, is_dir in entries:
+            if not is_dir or not _remove_empty_tree(child, sub):
+                return False
+    finally:
+        os.close(child)
+    try:
+        os.rmdir(name, dir_fd=dir_fd)
+    except OSError:
+        return False
+    return True
+
+
+def _copy_fd(src: int, dst: int, size: int) -> None:
+    """Copy ``size`` bytes from ``src`` to ``dst`` inside the kernel where possible."""
+    offset = 0
+    try:
+        while offset < size:
+            n = os.copy_file_range(src, dst, size - offset, offset, offset)
+            if n == 0:
+                break
+            offset += n
+        return
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+    while offset < size:  # fallback for filesystems without copy_file_range
+        block = os.pread(src, min(CHUNK, size - offset), offset)
+        if not block:
+            break
+        os.pwrite(dst, block, offset)
+        offset += len(block)
+
+
+class FileStore:
+    """An ``ObjectStore`` kept in a local directory. See the module docstring."""
+
+    def __init__(self, root: str | os.PathLike[str], *, durable: bool = True) -> None:
+        """``durable=False`` skips every fsync: puts are still atomic for readers, but
+        a host crash may lose objects that were acknowledged. Only for scratch data
+        (tests, demos); mounts keep the default."""
+        self.root = os.path.abspath(os.fspath(root))
+        self.durable = durable
+        self.description = f"file://{self.root}"
+        self._lock = threading.Lock()
+        self._lock_fd: int | None = None
+        self._lock_fd_guard = threading.Lock()
+
+    # --- descriptors and locking -------------------------------------------------------
+
+    def _fsync(self, fd: int) -> None:
+        if self.durable:
+            os.fsync(fd)
+
+    @contextlib.contextmanager
+    def _root(self) -> Iterator[int]:
+        """A descriptor of ROOT (ROOT itself may be a symlink: that is the user's choice)."""
+        try:
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            raise NoSuchBucket(f"{self.root}: no such directory (file:// store)") from None
+        except PermissionError:
+            raise AccessDenied(f"{self.root}: permission denied (file:// store)") from None
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    def _private_dir(self, root_fd: int, *parts: str) -> int:
+        """Open (creating) ``ROOT/.s3fuse-store/<parts...>``; refuse a planted symlink."""
+        fd = os.dup(root_fd)
+        try:
+            for name in (PRIVATE, *parts):
+                try:
+                    os.mkdir(name, 0o700, dir_fd=fd)
+                except FileExistsError:
+                    pass
+                child = _open_dir(fd, name)
+                if child is None:
+                    raise StoreError(f"{self.root}: {PRIVATE} is not a plain directory")
+                os.close(fd)
+                fd = child
+            return fd
+        except PermissionError:
+            os.close(fd)
+            raise AccessDenied(f"{self.root}: not writable (file:// store)") from None
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _get_lock_fd(self, root_fd: int) -> int:
+        with self._lock_fd_guard:
+            if self._lock_fd is None:
+                priv = self._private_dir(root_fd)
+                try:
+                    self._lock_fd = os.open(
+                        "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                        0o600, dir_fd=priv)
+                finally:
+                    os.close(priv)
+            return self._lock_fd
+
+    @contextlib.contextmanager
+    def _locked(self, root_fd: int) -> Iterator[None]:
+        """Exclusive right to change the tree, against threads and other processes."""
+        lock_fd = self._get_lock_fd(root_fd)
+        with self._lock:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock_fd, fcntl.LOCK_UN)
+
+    def _open_dirs(self, root_fd: int, segments: list[str], key: str, *,
+                   create: bool = False, writing: bool = False) -> int | None:
+        """Descriptor of the directory ROOT/segments, walked without following symlinks.
+
+        Returns None if a component is missing (and ``create`` is False). When reading,
+        a file or symlink in the way also gives None (the key does not exist). When
+        ``writing``, a regular file in the way raises KeyConflict and a symlink or
+        special file raises InvalidKey. ``create`` makes missing directories (call it
+        under the lock so pruning cannot race with it).
+        """
+        fd = os.dup(root_fd)
+        try:
+            for name in segments:
+                child = _open_dir(fd, name)
+                if child is None:
+                    st = _lstat(fd, name)
+                    if st is None and create:
+                        with contextlib.suppress(FileExistsError):
+                            os.mkdir(name, 0o777, dir_fd=fd)
+                        self._fsync(fd)  # the new entry must survive a crash with the object
+                        child = _open_dir(fd, name)
+                    elif st is None or not (writing or create):
+                        os.close(fd)
+                        return None
+                    elif stat.S_ISREG(st.st_mode):
+                        raise KeyConflict(
+                            f"file store: {key!r} needs a directory where a file is")
+                    else:
+                        raise _fail_key(key, "a path component is a symlink or special file")
+                    if child is None:
+                        raise KeyConflict(f"file store: {key!r}: directory vanished, retry")
+                os.close(fd)
+                fd = child
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    # --- reading ------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _open_object(self, key: str) -> Iterator[tuple[int | None, ObjectInfo]]:
+        """Open ``key`` for reading: yields ``(fd, info)``; fd is None for a marker.
+
+        Raises NoSuchKey. The fd pins one version of the object: writers replace files
+        by rename, so the content read through it matches ``info.etag``.
+        """
+        segments, is_marker = split_key(key)
+        with self._root() as root_fd:
+            dirs = segments if is_marker else segments[:-1]
+            dir_fd = self._open_dirs(root_fd, dirs, key)
+        if dir_fd is None:
+            raise NoSuchKey(f"file store: no such key {key!r}")
+        try:
+            if is_marker:
+                info = _marker_info(dir_fd, key, with_metadata=True)
+                if info is None:
+                    raise NoSuchKey(f"file store: no such key {key!r}")
+                yield None, info
+                return
+            opened = _open_file(dir_fd, segments[-1])
+        finally:
+            os.close(dir_fd)
+        if opened is None:
+            raise NoSuchKey(f"file store: no such key {key!r}")
+        fd, st = opened
+        try:
+            yield fd, _file_info(fd, key, st, with_metadata=True)
+        finally:
+            os.close(fd)
+
+    def check(self) -> None:
+        """ROOT must be a writable directory on a filesystem with user xattrs.
+
+        Also removes temp files that a crash left behind long ago.
+        """
+        with self._root() as root_fd:
+            tmp = self._private_dir(root_fd, "tmp")
+            try:
+                self._reap_stale_tmp(tmp)
+                name = f"check-{secrets.token_hex(8)}"
+                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                             0o600, dir_fd=tmp)
+                try:
+                    os.setxattr(fd, XATTR_OBJ, b"{}")
+                except OSError as e:
+                    raise NotSupported(
+                        f"{self.root}: the filesystem does not support user xattrs "
+                        f"({os.strerror(e.errno or 0)}); file:// needs them") from None
+                finally:
+                    os.close(fd)
+                    os.unlink(name, dir_fd=tmp)
+            finally:
+                os.close(tmp)
+
+    @staticmethod
+    def _reap_stale_tmp(tmp_fd: int) -> None:
+        cutoff = time.time() - STALE_TMP_SECONDS
+        with os.scandir(tmp_fd) as it:
+            for entry in it:
+                with contextlib.suppress(OSError):
+                    if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                        os.unlink(entry.name, dir_fd=tmp_fd)
+
+    def head(self, key: str) -> ObjectInfo:
+        with self._open_object(key) as (_fd, info):
+            return info
+
+    def get(self, key: str, start: int = 0, end: int | None = None, *,
+            if_match: str | None = None) -> bytes:
+        check_range(start, end)
+        with self._open_object(key) as (fd, info):
+            _check_pin(key, info, if_match)
+            stop = info.size if end is None else min(end, info.size)
+            if fd is None or stop <= start:
+                return b""
+            parts = []
+            offset = start
+            while offset < stop:
+                block = os.pread(fd, min(CHUNK * 16, stop - offset), offset)
+                if not block:
+                    break
+                parts.append(block)
+                offset += len(block)
+            return b"".join(parts)
+
+    def get_into(self, key: str, fileobj: BinaryIO, start: int = 0, end: int | None = None,
+                 *, if_match: str | None = None) -> int:
+        check_range(start, end)
+        with self._open_object(key) as (fd, info):
+            _check_pin(key, info, if_match)
+            stop = info.size if end is None else min(end, info.size)
+            offset = start
+            while fd is not None and offset < stop:
+                block = os.pread(fd, min(CHUNK, stop - offset), offset)
+                if not block:
+                    break
+                fileobj.write(block)
+                offset += len(block)
+            return max(0, offset - start)
+
+    # --- writing ------------------------------------------------------------------------
+
+    def put(self, key: str, body: Body, metadata: dict[str, str], *,
+            if_match: str | None = None, if_none_match: bool = False) -> str:
+        segments, is_marker = split_key(key)
+        if is_marker:
+            if body_size(body):
+                raise _fail_key(key, "a key ending in '/' is a directory and must be empty")
+            return self._put_marker(key, segments, metadata, if_match, if_none_match)
+
+        def fill(fd: int) -> str:
+            digest = hashlib.md5()
+            for block in iter_body(body):
+                digest.update(block)
+                _write_all(fd, block)
+            return digest.hexdigest()
+
+        return self._write_object(key, segments, fill, metadata, if_match, if_none_match)
+
+    def copy(self, src_key: str, dst_key: str, metadata: dict[str, str] | None = None, *,
+             src_if_match: str | None = None) -> str:
+        dst_segments, dst_marker = split_key(dst_key)
+        with self._open_object(src_key) as (src_fd, info):
+            _check_pin(src_key, info, src_if_match)
+            meta = info.metadata if metadata is None else metadata
+            assert meta is not None
+            if dst_marker:
+                if info.size:
+                    raise _fail_key(dst_key, "a key ending in '/' must be an empty object")
+                return self._put_marker(dst_key, dst_segments, meta, None, False)
+
+            def fill(fd: int) -> str | None:
+                if src_fd is not None:
+                    _copy_fd(src_fd, fd, info.size)
+                # Same bytes, same ETag (as S3 for a single-part copy). A source we did
+                # not write has a derived ETag that describes the source file only; the
+                # copy then gets its own, derived from its own size and mtime.
+                if src_fd is None or info.etag != _derived_etag(os.fstat(src_fd)):
+                    return info.etag
+                return None
+
+            return self._write_object(dst_key, dst_segments, fill, meta, None, False)
+
+    def _write_object(self, key: str, segments: list[str], fill, metadata: dict[str, str],
+                      if_match: str | None, if_none_match: bool) -> str:
+        """Write a new version of ``key`` via a temp file and rename it into place.
+
+        ``fill(fd)`` writes the content and returns its ETag (None: derive one).
+        """
+        with self._root() as root_fd:
+            tmp_fd = self._private_dir(root_fd, "tmp")
+            tmp_name = f"{secrets.token_hex(12)}.tmp"
+            try:
+                fd = os.open(tmp_name,
+                             os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             0o666, dir_fd=tmp_fd)
+                try:
+                    etag = fill(fd)
+                    self._fsync(fd)
+                    st = os.fstat(fd)
+                    etag = etag or _derived_etag(st)
+                    record = {"etag": etag, "meta": dict(metadata),
+                              "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+                    _set_record(fd, XATTR_OBJ, record, key)
+                finally:
+                    os.close(fd)
+                with self._locked(root_fd):
+                    self._place(root_fd, key, segments, tmp_fd, tmp_name,
+                                if_match, if_none_match)
+                return etag
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp_name, dir_fd=tmp_fd)  # only still there on failure
+                os.close(tmp_fd)
+
+    def _place(self, root_fd: int, key: str, segments: list[str], tmp_fd: int,
+               tmp_name: str, if_match: str | None, if_none_match: bool) -> None:
+        """Check the conditions and rename the temp file to ``key``. Under the lock."""
+        name = segments[-1]
+        parent = self._open_dirs(root_fd, segments[:-1], key, writing=True)
+        try:
+            current = None
+            if parent is not None:
+                st = _lstat(parent, name)
+                if st is not None and stat.S_ISDIR(st.st_mode):
+                    # An empty unmarked directory is nothing; anything else is a prefix.
+                    if not _remove_empty_tree(parent, name):
+                        raise KeyConflict(
+                            f"file store: {key!r} is a directory holding other keys")
+                elif st is not None and not stat.S_ISREG(st.st_mode):
+                    raise _fail_key(key, "a symlink or special file is in the way")
+                elif st is not None:
+                    opened = _open_file(parent, name)
+                    if opened is not None:
+                        fd, fst = opened
+                        try:
+                            current = _file_info(fd, key, fst, with_metadata=False)
+                        finally:
+                            os.close(fd)
+            _check_conditions(key, current, if_match, if_none_match)
+            if parent is None:
+                parent = self._open_dirs(root_fd, segments[:-1], key, create=True)
+                assert parent is not None
+            os.rename(tmp_name, name, src_dir_fd=tmp_fd, dst_dir_fd=parent)
+            self._fsync(parent)  # the rename is what makes the object durable
+        finally:
+            if parent is not None:
+                os.close(parent)
+
+    def _put_marker(self, key: str, segments: list[str], metadata: dict[str, str],
+                    if_match: str | None, if_none_match: bool) -> str:
+        record = {"etag": EMPTY_ETAG, "meta": dict(metadata), "mtime_ns": time.time_ns()}
+        with self._root() as root_fd, self._locked(root_fd):
+            parent = self._open_dirs(root_fd, segments[:-1], key, writing=True)
+            current = None
+            if parent is not None:
+                try:
+                    st = _lstat(parent, segments[-1])
+                    if st is not None and stat.S_ISREG(st.st_mode):
+                        raise KeyConflict(f"file store: {key!r}: a file has that name")
+                    if st is not None and not stat.S_ISDIR(st.st_mode):
+                        raise _fail_key(key, "a symlink or special file is in the way")
+                    if st is not None:
+                        dir_fd = _open_dir(parent, segments[-1])
+                        if dir_fd is not None:
+                            try:
+                                current = _marker_info(dir_fd, key, with_metadata=False)
+                            finally:
+                                os.close(dir_fd)
+                finally:
+                    os.close(parent)
+            _check_conditions(key, current, if_match, if_none_match)
+            dir_fd = self._open_dirs(root_fd, segments, key, create=True)
+            assert dir_fd is not None
+            try:
+                _set_record(dir_fd, XATTR_MARKER, record, key)
+                self._fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        return EMPTY_ETAG
+
+    def delete(self, key: str, *, if_match: str | None = None) -> None:
+        segments, is_marker = split_key(key)
+        dirs = segments if is_marker else segments[:-1]
+        with self._root() as root_fd, self._locked(root_fd):
+            dir_fd = self._open_dirs(root_fd, dirs, key)
+            if dir_fd is None:
+                return
+            try:
+                if is_marker:
+                    current = _marker_info(dir_fd, key, with_metadata=False)
+                    if current is None:
+                        return
+                    _check_conditions(key, current, if_match, False)
+                    os.removexattr(dir_fd, XATTR_MARKER)
+                else:
+                    opened = _open_file(dir_fd, segments[-1])
+                    if opened is None:
+                        return  # absent (or not an object): deleting succeeds
+                    fd, st = opened
+                    try:
+                        current = _file_info(fd, key, st, with_metadata=False)
+                    finally:
+                        os.close(fd)
+                    _check_conditions(key, current, if_match, False)
+                    os.unlink(segments[-1], dir_fd=dir_fd)
+                # No fsync here: deletes are idempotent and the daemon's journal replays
+                # them after a crash; an fsync per unlink would make `rm -r` crawl.
+            finally:
+                os.close(dir_fd)
+            self._prune(root_fd, dirs)
+
+    def _prune(self, root_fd: int, dirs: list[str]) -> None:
+        """Remove now-empty unmarked directories from ROOT/dirs upwards. Under the lock."""
+        for depth in range(len(dirs), 0, -1):
+            parent = self._open_dirs(root_fd, dirs[: depth - 1], "/".join(dirs))
+            if parent is None:
+                return
+            try:
+                child = _open_dir(parent, dirs[depth - 1])
+                if child is None:
+                    return
+                try:
+                    if _load_json_xattr(child, XATTR_MARKER) is not None:
+                        return  # a marked directory stays, empty or not
+                finally:
+                    os.close(child)
+                try:
+                    os.rmdir(dirs[depth - 1], dir_fd=parent)
+                except OSError as e:
+                    if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
+                        return
+                    raise
+            finally:
+                os.close(parent)
+
+    # --- listing ------------------------------------------------------------------------
+
+    def list(self, prefix: str, delimiter: str | None = "/", token: str | None = None,
+             max_keys: int = 1000) -> ListPage:
+        resume = decode_token(token)
+        delimiter = delimiter or None
+        with self._root() as root_fd:
+            entries = self._entries(root_fd, prefix, resume, rollup=delimiter == "/")
+            with contextlib.closing(entries):
+                if delimiter not in (None, "/"):
+                    return paginate(roll_up(entries, prefix, delimiter), max_keys)
+                return paginate(entries, max_keys)
+
+    def _entries(self, root_fd: int, prefix: str, resume: Resume,
+                 rollup: bool) -> Iterator[ObjectInfo | str]:
+        """Objects (and, with ``rollup``, "/" common prefixes) under ``prefix`` in order."""
+        dir_part, _, name_part = prefix.rpartition("/")
+        dirs = dir_part.split("/") if dir_part else []
+        try:
+            if "/" in prefix:
+                split_key(dir_part)
+        except InvalidKey:
+            return  # no valid key can start with this prefix ("/", "../", "a//", ...)
+        dir_fd = self._open_dirs(root_fd, dirs, prefix)
+        if dir_fd is None:
+            return
+        try:
+            if dirs and not name_part:
+                # Listing inside "dir/": the marker "dir/" is itself an object here.
+                marker = _marker_info(dir_fd, prefix, with_metadata=False)
+                if marker is not None and resume.admits(prefix):
+                    yield marker
+            path = dir_part + "/" if dir_part else ""
+            yield from self._walk(dir_fd, path, name_part, resume, rollup)
+        finally:
+            os.close(dir_fd)
+
+    def _walk(self, dir_fd: int, path: str, name_part: str, resume: Resume,
+              rollup: bool) -> Iterator[ObjectInfo | str]:
+        """Walk the directory ``dir_fd`` (whose keys start with ``path``) in key order.
+
+        Each entry sorts by its name, plus "/" for a directory: every key below a
+        directory ``d`` starts with ``path + "d/"``, and no two such sort keys are
+        prefixes of one another, so a depth-first walk in this order yields keys in
+        ascending order overall ("a.txt" < "a/b" because "." < "/").
+        """
+        entries = []
+        with os.scandir(dir_fd) as it:
+            for entry in it:
+                name = entry.name
+                if not name.startswith(name_part) or not _listable_name(name):
+                    continue
+                if not path and name == PRIVATE:
+                    continue
+                if entry.is_file(follow_symlinks=False):
+                    entries.append((path + name, name, False))
+                elif entry.is_dir(follow_symlinks=False):
+                    entries.append((path + name + "/", name, True))
+                # symlinks, FIFOs, sockets, devices: not objects
+        entries.sort()
+        for key, name, is_dir in entries:
+            if not is_dir:
+                if resume.admits(key):
+                    opened = _open_file(dir_fd, name)
+                    if opened is not None:
+                        fd, st = opened
+                        try:
+                            yield _file_info(fd, key, st, with_metadata=False)
+                        finally:
+                            os.close(fd)
+                continue
+            if not resume.admits_subtree(key):
+                continue
+            child = _open_dir(dir_fd, name)
+            if child is None:
+                continue
+            try:
+                if rollup:
+                    if resume.admits(key) and _has_objects(child):
+                        yield key
+                    continue
+                marker = _marker_info(child, key, with_metadata=False)
+                if marker is not None and resume.admits(key):
+                    yield marker
+                yield from self._walk(child, key, "", resume, rollup=False)
+            finally:
+                os.close(child)
+
+    # --- the rest -----------------------------------------------------------------------
+
+    def probe(self, scratch_key: str) -> Capabilities:
+        # Every condition is checked under the store lock: all of them hold.
+        return Capabilities(conditional_put=True, conditional_copy=True,
+                            conditional_delete=True)
+
+    def close(self) -> None:
+        with self._lock_fd_guard:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _set_record(fd: int, name: str, record: dict, key: str) -> None:
+    try:
+        os.setxattr(fd, name, json.dumps(record, separators=(",", ":")).encode())
+    except OSError as e:
+        if e.errno in (errno.E2BIG, errno.ENOSPC, errno.ERANGE):
+            raise StoreError(f"file store: metadata of {key!r} is too large") from None
+        if e.errno == errno.ENOTSUP:
+            raise NotSupported("file store: the filesystem does not support user xattrs") from None
+        raise
+
+
+def _check_pin(key: str, info: ObjectInfo, if_match: str | None) -> None:
+    if if_match is not None and info.etag != if_match:
+        raise PreconditionFailed(f"file store: {key!r} changed (etag {info.etag})")
+
+
+def _check_conditions(key: str, current: ObjectInfo | None, if_match: str | None,
+                      if_none_match: bool) -> None:
+    if if_none_match and current is not None:
+        raise PreconditionFailed(f"file store: {key!r} already exists")
+    if if_match is not None and (current is None or current.etag != if_match):
+        seen = current.etag if current else "no object"
+        raise PreconditionFailed(f"file store: {key!r} is not at etag {if_match} ({seen})")

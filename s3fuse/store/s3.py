@@ -1,0 +1,609 @@
+"""The S3 backend (AWS or any S3-compatible endpoint). The only module using boto3.
+
+One boto3 client per store (boto3 clients are thread-safe), credentials from the
+standard AWS chain. Every botocore error is turned into an ``s3fuse.errors`` class with
+a one-line message naming the operation, bucket and key; messages never contain
+credentials (server messages are scrubbed of the secret key and session token too).
+
+Conditional requests: ETags go into ``If-Match`` quoted, as S3 and moto expect. A
+conditional put that S3 answers with 404 (``If-Match`` on a missing key) is reported
+as ``PreconditionFailed``, like every backend does. Large puts go up as multipart
+uploads; their conditions are checked with a HEAD before the upload starts (so a doomed
+upload fails before sending gigabytes) and sent again on CompleteMultipartUpload,
+where servers that support it check them atomically.
+"""
+
+from __future__ import annotations
+
+import calendar
+import contextlib
+import logging
+import math
+import os
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import Any, BinaryIO
+from urllib.parse import urlsplit, urlunsplit
+
+import boto3
+import botocore.session
+import urllib3.exceptions
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    CredentialRetrievalError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ProxyConnectionError,
+    ReadTimeoutError,
+)
+
+from s3fuse.errors import (
+    AccessDenied,
+    InvalidKey,
+    NoSuchBucket,
+    NoSuchKey,
+    NotSupported,
+    PreconditionFailed,
+    StoreError,
+    TransientStoreError,
+)
+from s3fuse.store._body import CHUNK, body_size, check_range, is_bytes
+from s3fuse.store.base import Body, Capabilities, ListPage, ObjectInfo
+
+log = logging.getLogger(__name__)
+
+MiB = 1 << 20
+GiB = 1 << 30
+#: S3 refuses parts smaller than this (except the last one)
+MIN_PART_SIZE = 5 * MiB
+MAX_PARTS = 10_000
+#: CopyObject refuses sources larger than this; bigger copies go part by part
+MAX_COPY_SIZE = 5 * GiB
+
+_ACCESS_CODES = {
+    "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
+    "InvalidToken", "TokenRefreshRequired", "AllAccessDisabled", "AccountProblem",
+    "RequestTimeTooSkewed", "InvalidSecurity", "Forbidden",
+}
+_TRANSIENT_CODES = {
+    "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
+    "TooManyRequests", "TooManyRequestsException", "RequestTimeout", "InternalError",
+    "ServiceUnavailable", "OperationAborted", "ConditionalRequestConflict",
+    "NoSuchUpload",  # a multipart upload vanished under us: redo the whole put
+    "RequestThrottled", "BandwidthLimitExceeded",
+}
+_NETWORK_ERRORS = (
+    EndpointConnectionError, ConnectTimeoutError, ProxyConnectionError, ReadTimeoutError,
+    urllib3.exceptions.HTTPError, ConnectionError, TimeoutError,
+)
+
+
+_loader_lock = threading.Lock()
+_shared_loader: Any = None
+
+
+def _new_session() -> boto3.session.Session:
+    """A fresh boto3 session (own credential resolution) sharing one botocore data
+    loader: parsing the S3 service model once per process instead of per client cuts
+    client creation from ~0.2 s to ~0.03 s. The loader only caches read-only data."""
+    global _shared_loader
+    core = botocore.session.Session()
+    with _loader_lock:
+        if _shared_loader is None:
+            _shared_loader = core.get_component("data_loader")
+        else:
+            core.register_component("data_loader", _shared_loader)
+    return boto3.session.Session(botocore_session=core)
+
+
+def _quote(etag: str) -> str:
+    return f'"{etag}"'
+
+
+def _unquote(etag: str) -> str:
+    return etag.strip('"')
+
+
+def _mtime_ns(when: datetime) -> int:
+    return calendar.timegm(when.utctimetuple()) * 10**9 + when.microsecond * 1000
+
+
+def safe_endpoint(endpoint_url: str | None) -> str:
+    """The endpoint for messages: without any user:password part."""
+    if not endpoint_url:
+        return "AWS S3"
+    parts = urlsplit(endpoint_url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+class S3Store:
+    """An ``ObjectStore`` on one S3 bucket.
+
+    ``multipart_threshold``: bodies larger than this go up as multipart uploads of
+    ``part_size`` parts (raised as needed to stay within 10,000 parts), with up to
+    ``multipart_concurrency`` parts in flight. ``copy_part_size`` and ``max_copy_size``
+    tune copies of objects beyond CopyObject's 5 GiB limit (UploadPartCopy).
+    ``max_attempts`` is the number of tries per request, the first one included
+    (botocore "standard" retry mode: 5xx, throttling and connection errors, with
+    jittered exponential backoff).
+    """
+
+    def __init__(self, bucket: str, *, endpoint_url: str | None = None,
+                 region: str | None = None, multipart_threshold: int = 16 * MiB,
+                 part_size: int = 16 * MiB, multipart_concurrency: int = 4,
+                 copy_part_size: int = 512 * MiB, max_copy_size: int = MAX_COPY_SIZE,
+                 max_attempts: int = 5, connect_timeout: float = 5, read_timeout: float = 60,
+                 max_pool_connections: int = 32) -> None:
+        if part_size < MIN_PART_SIZE or copy_part_size < MIN_PART_SIZE:
+            raise ValueError(f"part sizes must be at least {MIN_PART_SIZE} bytes")
+        self.bucket = bucket
+        self.endpoint = safe_endpoint(endpoint_url)
+        self.description = f"s3://{bucket} at {self.endpoint}"
+        self.multipart_threshold = max(multipart_threshold, 0)
+        self.part_size = part_size
+        self.multipart_concurrency = max(1, multipart_concurrency)
+        self.copy_part_size = copy_part_size
+        self.max_copy_size = max_copy_size
+        self._endpoint_url = endpoint_url
+        self._session = _new_session()
+        self.region = region or self._session.region_name or "us-east-1"
+        self._client = self._make_client(Config(
+            # total_max_attempts counts the first try ("max_attempts" would not).
+            retries={"mode": "standard", "total_max_attempts": max_attempts},
+            connect_timeout=connect_timeout, read_timeout=read_timeout,
+            max_pool_connections=max_pool_connections))
+        self._closed = False
+
+    def _make_client(self, config: Config) -> Any:
+        base = Config(
+            region_name=self.region,
+            # S3-compatible servers (MinIO, Ceph, R2...) only understand path-style
+            # addressing reliably, and a plain IP endpoint cannot do virtual hosts.
+            s3={"addressing_style": "path"} if self._endpoint_url else {},
+            # Newer botocore adds CRC checksums to every upload by default; many
+            # S3-compatible servers reject them. Send them only where S3 requires them.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        return self._session.client("s3", endpoint_url=self._endpoint_url,
+                                    config=base.merge(config))
+
+    # --- errors -------------------------------------------------------------------------
+
+    def _where(self, key: str | None) -> str:
+        return f"s3://{self.bucket}/{key}" if key is not None else f"s3://{self.bucket}"
+
+    def _scrub(self, text: str) -> str:
+        """One line of at most 200 characters, with any credential string removed."""
+        text = " ".join(str(text).split())[:200]
+        with contextlib.suppress(Exception):
+            creds = self._session.get_credentials()
+            if creds is not None:
+                frozen = creds.get_frozen_credentials()
+                for secret in (frozen.secret_key, frozen.token):
+                    # (Real secrets are long; replacing a 1-character test secret
+                    # would only garble the message.)
+                    if secret and len(secret) >= 8:
+                        text = text.replace(secret, "***")
+        return text
+
+    def _map(self, exc: BaseException, op: str, key: str | None = None, *,
+             conditional: bool = False) -> BaseException:
+        """The ``s3fuse.errors`` exception for a botocore/network error."""
+        where = f"{op} {self._where(key)}"
+        if isinstance(exc, ClientError):
+            return self._map_client_error(exc, where, conditional=conditional)
+        if isinstance(exc, (NoCredentialsError, PartialCredentialsError,
+                            CredentialRetrievalError)):
+            return AccessDenied(
+                f"{where}: no usable AWS credentials (environment, profile or instance role)")
+        if isinstance(exc, ReadTimeoutError):
+            return TransientStoreError(f"{where}: timed out waiting for {self.endpoint}")
+        if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError,
+                            ProxyConnectionError)):
+            return TransientStoreError(f"{where}: cannot reach {self.endpoint}")
+        if isinstance(exc, _NETWORK_ERRORS) or _looks_like_network(exc):
+            return TransientStoreError(f"{where}: connection to {self.endpoint} failed "
+                                       f"({type(exc).__name__})")
+        if isinstance(exc, BotoCoreError):
+            return StoreError(f"{where}: {self._scrub(str(exc))}")
+        return exc
+
+    def _map_client_error(self, exc: ClientError, where: str, *,
+                          conditional: bool) -> StoreError:
+        error = exc.response.get("Error", {}) or {}
+        code = str(error.get("Code", "") or "")
+        status = (exc.response.get("ResponseMetadata", {}) or {}).get("HTTPStatusCode") or 0
+        message = self._scrub(error.get("Message", "") or "")
+        detail = f"{where}: {code or status}"
+        if message and message != code:
+            detail += f" ({message})"
+        if code == "NoSuchBucket":
+            return NoSuchBucket(detail)
+        if code in _TRANSIENT_CODES:
+            return TransientStoreError(detail)
+        if code in ("NoSuchKey", "NotFound") or status == 404:
+            # S3 answers If-Match on a missing key with 404: the condition failed.
+            return PreconditionFailed(detail) if conditional else NoSuchKey(detail)
+        if code in _ACCESS_CODES or status in (401, 403):
+            return AccessDenied(detail)
+        if code == "PreconditionFailed" or status == 412:
+            return PreconditionFailed(detail)
+        if code == "NotImplemented" or status == 501:
+            return NotSupported(detail)
+        if status == 409 or status == 429 or status >= 500:
+            return TransientStoreError(detail)
+        if code == "KeyTooLongError":
+            return InvalidKey(detail)
+        return StoreError(detail)
+
+    @contextlib.contextmanager
+    def _op(self, op: str, key: str | None = None, *,
+            conditional: bool = False) -> Iterator[None]:
+        """Run a request, translating botocore and network errors."""
+        try:
+            yield
+        except (ClientError, BotoCoreError, *_NETWORK_ERRORS) as exc:
+            raise self._map(exc, op, key, conditional=conditional) from exc
+
+    # --- reading ------------------------------------------------------------------------
+
+    def check(self) -> None:
+        """HEAD the bucket with a quick-failing client (2 attempts, short timeouts)."""
+        client = self._make_client(Config(
+            retries={"mode": "standard", "total_max_attempts": 2},
+            connect_timeout=2, read_timeout=10))
+        try:
+            client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if status == 404 or code in ("NoSuchBucket", "NotFound", "404"):
+                raise NoSuchBucket(
+                    f"bucket {self.bucket!r} does not exist at {self.endpoint}") from None
+            if status in (401, 403) or code in _ACCESS_CODES:
+                raise AccessDenied(
+                    f"access to bucket {self.bucket!r} at {self.endpoint} denied "
+                    f"({code or status}): check the credentials") from None
+            raise self._map(exc, "HEAD bucket") from None
+        except (EndpointConnectionError, ConnectTimeoutError, ProxyConnectionError,
+                ReadTimeoutError, urllib3.exceptions.HTTPError, ConnectionError,
+                TimeoutError) as exc:
+            raise TransientStoreError(
+                f"cannot reach {self.endpoint} for bucket {self.bucket!r} "
+                f"({type(exc).__name__})") from None
+        except BotoCoreError as exc:
+            raise self._map(exc, "HEAD bucket") from None
+        finally:
+            client.close()
+
+    def head(self, key: str) -> ObjectInfo:
+        self._check_key(key)
+        with self._op("HEAD", key):
+            r = self._client.head_object(Bucket=self.bucket, Key=key)
+        return self._info(key, r)
+
+    @staticmethod
+    def _info(key: str, r: dict) -> ObjectInfo:
+        meta = {str(k).lower(): v for k, v in (r.get("Metadata") or {}).items()}
+        return ObjectInfo(key, int(r.get("ContentLength", 0)), _unquote(r.get("ETag", "")),
+                          _mtime_ns(r["LastModified"]), meta)
+
+    def _head_pinned(self, key: str, if_match: str | None, op: str = "GET") -> dict:
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        if if_match is not None:
+            kwargs["IfMatch"] = _quote(if_match)
+        with self._op(op, key):
+            return self._client.head_object(**kwargs)
+
+    def _get_object(self, key: str, start: int, end: int | None,
+                    if_match: str | None) -> dict | None:
+        """GetObject for ``[start, end)``; None when the range holds no bytes."""
+        self._check_key(key)
+        check_range(start, end)
+        if end is not None and end <= start:
+            self._head_pinned(key, if_match)  # still: NoSuchKey / PreconditionFailed
+            return None
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        if start or end is not None:
+            kwargs["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+        if if_match is not None:
+            kwargs["IfMatch"] = _quote(if_match)
+        with self._op("GET", key):
+            try:
+                return self._client.get_object(**kwargs)
+            except ClientError as exc:
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                if status != 416 and exc.response.get("Error", {}).get("Code") != "InvalidRange":
+                    raise
+        # 416: the range starts at or past the end. Confirm the pin, then: no bytes.
+        self._head_pinned(key, if_match)
+        return None
+
+    def get(self, key: str, start: int = 0, end: int | None = None, *,
+            if_match: str | None = None) -> bytes:
+        r = self._get_object(key, start, end, if_match)
+        if r is None:
+            return b""
+        with self._op("GET", key), contextlib.closing(r["Body"]) as body:
+            return body.read()
+
+    def get_into(self, key: str, fileobj: BinaryIO, start: int = 0, end: int | None = None,
+                 *, if_match: str | None = None) -> int:
+        """See ``ObjectStore.get_into``. If the transfer breaks, part of the range may
+        already be in ``fileobj`` (TransientStoreError is raised; redo the range)."""
+        r = self._get_object(key, start, end, if_match)
+        if r is None:
+            return 0
+        written = 0
+        with self._op("GET", key), contextlib.closing(r["Body"]) as body:
+            for block in body.iter_chunks(CHUNK):
+                fileobj.write(block)
+                written += len(block)
+        return written
+
+    def list(self, prefix: str, delimiter: str | None = "/", token: str | None = None,
+             max_keys: int = 1000) -> ListPage:
+        if max_keys < 1:
+            raise ValueError(f"max_keys must be >= 1, not {max_keys}")
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix,
+                                  "MaxKeys": max_keys}
+        if delimiter:
+            kwargs["Delimiter"] = delimiter
+        if token:
+            kwargs["ContinuationToken"] = token
+        with self._op("LIST", prefix):
+            r = self._client.list_objects_v2(**kwargs)
+        objects = [ObjectInfo(o["Key"], int(o.get("Size", 0)), _unquote(o.get("ETag", "")),
+                              _mtime_ns(o["LastModified"]))
+                   for o in r.get("Contents", [])]
+        prefixes = [p["Prefix"] for p in r.get("CommonPrefixes", [])]
+        next_token = r.get("NextContinuationToken") if r.get("IsTruncated") else None
+        return ListPage(objects, prefixes, next_token)
+
+    # --- writing ------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_key(key: str) -> None:
+        if not key:
+            raise InvalidKey("empty key")
+        try:
+            size = len(key.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise InvalidKey(f"key is not valid UTF-8: {key[:80]!r}") from None
+        if size > 1024:
+            raise InvalidKey(f"key longer than 1024 bytes: {key[:80]!r}...")
+
+    @staticmethod
+    def _conditions(if_match: str | None, if_none_match: bool) -> dict[str, str]:
+        cond = {}
+        if if_match is not None:
+            cond["IfMatch"] = _quote(if_match)
+        if if_none_match:
+            cond["IfNoneMatch"] = "*"
+        return cond
+
+    def put(self, key: str, body: Body, metadata: dict[str, str], *,
+            if_match: str | None = None, if_none_match: bool = False) -> str:
+        self._check_key(key)
+        size = body_size(body)
+        if size > self.multipart_threshold:
+            return self._put_multipart(key, body, size, metadata, if_match, if_none_match)
+        cond = self._conditions(if_match, if_none_match)
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key,
+                                  "Metadata": dict(metadata), **cond}
+        with contextlib.ExitStack() as stack:
+            if is_bytes(body):
+                kwargs["Body"] = bytes(body)  # type: ignore[arg-type]
+            else:
+                # A real file: botocore streams it and seeks back to retry.
+                kwargs["Body"] = stack.enter_context(open(body, "rb"))  # type: ignore[arg-type]
+            with self._op("PUT", key, conditional=bool(cond)):
+                r = self._client.put_object(**kwargs)
+        return _unquote(r["ETag"])
+
+    def _precheck(self, key: str, if_match: str | None, if_none_match: bool) -> None:
+        """Fail early (before uploading parts) when the put's conditions cannot hold."""
+        if if_match is None and not if_none_match:
+            return
+        try:
+            current = _unquote(self._head_pinned(key, None, op="PUT")["ETag"])
+        except NoSuchKey:
+            current = None
+        if if_none_match and current is not None:
+            raise PreconditionFailed(f"PUT {self._where(key)}: the object already exists")
+        if if_match is not None and current != if_match:
+            raise PreconditionFailed(
+                f"PUT {self._where(key)}: the object is not at etag {if_match}")
+
+    def _put_multipart(self, key: str, body: Body, size: int, metadata: dict[str, str],
+                       if_match: str | None, if_none_match: bool) -> str:
+        self._precheck(key, if_match, if_none_match)
+        part_size = max(self.part_size, math.ceil(size / MAX_PARTS))
+        count = max(1, math.ceil(size / part_size))
+        with contextlib.ExitStack() as stack:
+            if is_bytes(body):
+                view = memoryview(body)  # type: ignore[arg-type]
+
+                def read_part(offset: int, length: int) -> bytes:
+                    return bytes(view[offset:offset + length])
+            else:
+                fd = os.open(body, os.O_RDONLY | os.O_CLOEXEC)  # type: ignore[arg-type]
+                stack.callback(os.close, fd)
+
+                def read_part(offset: int, length: int) -> bytes:
+                    return _pread_exact(fd, length, offset)
+
+            def upload(upload_id: str, number: int) -> dict:
+                offset = (number - 1) * part_size
+                data = read_part(offset, min(part_size, size - offset))
+                r = self._client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                             PartNumber=number, Body=data)
+                return {"PartNumber": number, "ETag": r["ETag"]}
+
+            return self._multipart(key, {"Metadata": dict(metadata)}, count, upload,
+                                   self._conditions(if_match, if_none_match))
+
+    def _multipart(self, key: str, create_args: dict, count: int, upload_part,
+                   complete_cond: dict[str, str], op: str = "PUT") -> str:
+        """Create a multipart upload, run ``upload_part(upload_id, n)`` for parts
+        1..count (some in parallel), and complete it; abort it on any failure."""
+        with self._op(op, key):
+            upload_id = self._client.create_multipart_upload(
+                Bucket=self.bucket, Key=key, **create_args)["UploadId"]
+        try:
+            with self._op(op, key), ThreadPoolExecutor(
+                    max_workers=min(self.multipart_concurrency, count),
+                    thread_name_prefix="s3fuse-part") as pool:
+                parts = list(pool.map(lambda n: upload_part(upload_id, n),
+                                      range(1, count + 1)))
+            with self._op(op, key, conditional=bool(complete_cond)):
+                r = self._client.complete_multipart_upload(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id,
+                    MultipartUpload={"Parts": parts}, **complete_cond)
+            return _unquote(r["ETag"])
+        except BaseException:
+            try:
+                self._client.abort_multipart_upload(Bucket=self.bucket, Key=key,
+                                                    UploadId=upload_id)
+            except Exception as exc:  # the bucket's lifecycle rules must clean it up
+                log.warning("could not abort multipart upload of %s: %s",
+                            self._where(key), type(exc).__name__)
+            raise
+
+    def copy(self, src_key: str, dst_key: str, metadata: dict[str, str] | None = None, *,
+             src_if_match: str | None = None) -> str:
+        """Server-side copy. Objects over ``max_copy_size`` are copied part by part
+        (UploadPartCopy), every part pinned to the source's ETag."""
+        self._check_key(src_key)
+        self._check_key(dst_key)
+        # One HEAD first: it pins/validates the source, gives its size (which copy API
+        # to use) and the headers that a metadata REPLACE would otherwise reset.
+        head = self._head_pinned(src_key, src_if_match, op="COPY")
+        size = int(head.get("ContentLength", 0))
+        keep = {name: head[name] for name in (
+            "ContentType", "ContentEncoding", "ContentDisposition", "ContentLanguage",
+            "CacheControl", "Expires") if head.get(name)}
+        source = {"Bucket": self.bucket, "Key": src_key}
+        if size > self.max_copy_size:
+            pin = src_if_match or _unquote(head["ETag"])
+            new_meta = head.get("Metadata", {}) if metadata is None else metadata
+            return self._copy_multipart(dst_key, source, size, pin,
+                                        {"Metadata": dict(new_meta), **keep})
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": dst_key,
+                                  "CopySource": source}
+        if metadata is None:
+            kwargs["MetadataDirective"] = "COPY"
+        else:
+            kwargs.update(MetadataDirective="REPLACE", Metadata=dict(metadata), **keep)
+        if src_if_match is not None:
+            kwargs["CopySourceIfMatch"] = _quote(src_if_match)
+        with self._op("COPY", f"{src_key} -> {dst_key}"):
+            r = self._client.copy_object(**kwargs)
+        return _unquote(r["CopyObjectResult"]["ETag"])
+
+    def _copy_multipart(self, dst_key: str, source: dict, size: int, pin: str,
+                        create_args: dict) -> str:
+        part_size = max(self.copy_part_size, math.ceil(size / MAX_PARTS))
+        count = max(1, math.ceil(size / part_size))
+
+        def copy_part(upload_id: str, number: int) -> dict:
+            first = (number - 1) * part_size
+            last = min(first + part_size, size) - 1
+            r = self._client.upload_part_copy(
+                Bucket=self.bucket, Key=dst_key, UploadId=upload_id, PartNumber=number,
+                CopySource=source, CopySourceRange=f"bytes={first}-{last}",
+                CopySourceIfMatch=_quote(pin))
+            return {"PartNumber": number, "ETag": r["CopyPartResult"]["ETag"]}
+
+        return self._multipart(dst_key, create_args, count, copy_part, {}, op="COPY")
+
+    def delete(self, key: str, *, if_match: str | None = None) -> None:
+        self._check_key(key)
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        if if_match is not None:
+            kwargs["IfMatch"] = _quote(if_match)
+        try:
+            with self._op("DELETE", key):
+                self._client.delete_object(**kwargs)
+        except NoSuchKey:
+            pass  # a conditional delete of a missing key: already gone, as wanted
+
+    # --- the rest -----------------------------------------------------------------------
+
+    def probe(self, scratch_key: str) -> Capabilities:
+        """Ask the server which conditions it honours, using ``scratch_key``.
+
+        Each check sends a condition that must fail: a refusal (412) proves support;
+        success, or a 400/501 for the unknown header, means no support. Network,
+        credential and bucket errors propagate.
+        """
+
+        def refused(request) -> bool:
+            try:
+                request()
+            except PreconditionFailed:
+                return True
+            except (TransientStoreError, AccessDenied, NoSuchBucket):
+                raise
+            except StoreError as exc:
+                log.info("probe: %s", exc)
+                return False
+            return False
+
+        wrong = "0" * 32
+        self.delete(scratch_key)
+        try:
+            self.put(scratch_key, b"s3fuse probe\n", {}, if_none_match=True)
+            none_match = refused(lambda: self.put(scratch_key, b"again\n", {},
+                                                  if_none_match=True))
+            match = refused(lambda: self.put(scratch_key, b"again\n", {}, if_match=wrong))
+
+            def raw_copy() -> None:  # CopyObject itself, without copy()'s HEAD pin
+                with self._op("COPY", scratch_key):
+                    self._client.copy_object(
+                        Bucket=self.bucket, Key=scratch_key,
+                        CopySource={"Bucket": self.bucket, "Key": scratch_key},
+                        MetadataDirective="REPLACE", Metadata={"probe": "1"},
+                        CopySourceIfMatch=_quote(wrong))
+
+            copy_ok = refused(raw_copy)
+            delete_ok = refused(lambda: self.delete(scratch_key, if_match=wrong))
+        finally:
+            self.delete(scratch_key)
+        return Capabilities(conditional_put=none_match and match,
+                            conditional_copy=copy_ok, conditional_delete=delete_ok)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._client.close()
+
+
+def _looks_like_network(exc: BaseException) -> bool:
+    """botocore's connection-level errors (ConnectionClosedError, ResponseStreamingError,
+    IncompleteReadError, ...) share no base class beyond BotoCoreError."""
+    name = type(exc).__name__
+    return isinstance(exc, BotoCoreError) and any(
+        word in name for word in ("Connection", "Read", "Streaming", "HTTPClient"))
+
+
+def _pread_exact(fd: int, length: int, offset: int) -> bytes:
+    parts = []
+    while length > 0:
+        block = os.pread(fd, length, offset)
+        if not block:
+            raise StoreError("upload body file shrank while uploading")
+        parts.append(block)
+        length -= len(block)
+        offset += len(block)
+    return b"".join(parts)

@@ -1,0 +1,53 @@
+"""Fixtures shared by every test directory: the moto S3 server and fresh buckets.
+
+FUSE fixtures live in tests/fuse/conftest.py.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from servers import MotoServer
+
+#: credentials moto accepts; nothing from the host's AWS configuration leaks in
+FAKE_AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing-access-key",
+    "AWS_SECRET_ACCESS_KEY": "testing-secret-key",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_CONFIG_FILE": "/nonexistent/s3fuse-tests/config",
+    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/s3fuse-tests/credentials",
+    "AWS_EC2_METADATA_DISABLED": "true",
+    # The test server is local: never send its traffic through a proxy.
+    "NO_PROXY": "127.0.0.1,localhost",
+    "no_proxy": "127.0.0.1,localhost",
+}
+_HOST_AWS_VARS = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+                  "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION")
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    """URL of a moto S3 server on 127.0.0.1, started once per session.
+
+    Fake credentials are in os.environ for the whole session.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        for name in _HOST_AWS_VARS:
+            mp.delenv(name, raising=False)
+        for name, value in FAKE_AWS_ENV.items():
+            mp.setenv(name, value)
+        with MotoServer() as server:
+            yield server.endpoint
+
+
+@pytest.fixture
+def s3_bucket(moto_endpoint):
+    """Name of a new, empty bucket on the moto server."""
+    import boto3
+
+    name = f"s3fuse-test-{uuid.uuid4().hex[:16]}"
+    client = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket=name)
+    client.close()
+    yield name

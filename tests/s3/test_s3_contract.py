@@ -1,0 +1,41 @@
+"""The ObjectStore contract suite (tests/unit/test_store_contract.py) on S3 via moto.
+
+The test functions are imported from the unit module and collected here a second time,
+with this module's fixtures: pytest resolves ``store`` where a test is collected.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from s3fuse.store.s3 import S3Store
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "unit"))
+import test_store_contract as contract  # noqa: E402
+
+pytestmark = pytest.mark.s3
+
+for _name in dir(contract):
+    if _name.startswith("test_"):
+        globals()[_name] = getattr(contract, _name)
+
+
+@pytest.fixture
+def store(moto_endpoint, s3_bucket):
+    s = S3Store(s3_bucket, endpoint_url=moto_endpoint)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def many_keys():
+    return 150
+
+
+@pytest.fixture
+def atomic_conditions():
+    # moto looks at the current object and writes the new one in two steps.
+    return False
