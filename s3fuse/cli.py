@@ -253,6 +253,15 @@ def _drain(mp: str, timeout_s: float | None = None) -> None:
                          f"({exc.strerror}); see `s3fuse status {mp}`") from None
 
 
+def _alive(pid: int) -> bool:
+    """True while the daemon runs (a zombie waiting to be reaped has finished)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
 def cmd_umount(args: argparse.Namespace) -> int:
     try:
         mp = _require_mount(args.mountpoint)
@@ -266,11 +275,7 @@ def cmd_umount(args: argparse.Namespace) -> int:
         detail = (res.stderr.strip().splitlines() or ["failed"])[-1]
         return _fail(f"could not unmount {mp}: {detail} (everything pending was uploaded)")
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
+    while time.monotonic() < deadline and _alive(pid):
         time.sleep(0.05)
     print(f"s3fuse: unmounted {mp}; everything is in the bucket")
     return 0
@@ -339,8 +344,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_mount(parser.parse_args(argv), argv)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line (SPEC §7), pointing at --help."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"s3fuse: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="s3fuse", description="Mount an S3 bucket as a POSIX "
+    p = _Parser(prog="s3fuse", description="Mount an S3 bucket as a POSIX "
                                 "filesystem: local journal and cache, whole-object uploads, "
                                 "atomic rename, S3 wins on conflict.")
     p.add_argument("--version", action="version", version=f"s3fuse {__version__}")

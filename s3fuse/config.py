@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ def parse_seconds(text: str | float, what: str, minimum: float = 0.0) -> float:
         value = float(text)
     except (TypeError, ValueError):
         raise UsageError(f"invalid {what} {text!r}: expected seconds") from None
+    if not math.isfinite(value):
+        raise UsageError(f"invalid {what} {text!r}: expected a finite number of seconds")
     if value < minimum:
         raise UsageError(f"invalid {what} {text!r}: must be at least {minimum:g}")
     return value

@@ -32,7 +32,7 @@ import pyfuse3
 import trio
 
 from .cache import Cache
-from .config import Settings
+from .config import Settings, parse_seconds
 from .errors import StoreError, TransientStoreError, UsageError
 from .filesystem import Defaults, Filesystem
 from .flusher import Flusher
@@ -266,11 +266,11 @@ class Daemon:
     # --- control requests from the CLI (over xattrs on the mount's root) --------------
     async def drain(self, value: bytes) -> bool:
         timeout = self.settings.drain_timeout_s
-        try:
-            if value.strip():
-                timeout = float(value)
-        except ValueError:
-            pass
+        if value.strip():
+            try:
+                timeout = parse_seconds(value.decode(), "drain timeout")
+            except (UsageError, UnicodeDecodeError):
+                pass
         return await self._drain_logged(timeout)
 
     def status(self) -> dict:

@@ -349,7 +349,12 @@ class Flusher:
     async def _run_op(self, op: dict) -> str | None:
         remote = self.fs.remote
         if op["op"] == "delete":
-            await remote.delete(op["key"], if_match=op.get("etag"))
+            try:
+                await remote.delete(op["key"], if_match=op.get("etag"))
+            except PreconditionFailed:
+                # rewritten in the bucket since we saw it: S3 wins, the new version stays
+                log.warning("not deleting %s: it changed in the bucket", op["key"])
+                return None
             self.counts["delete"] += 1
             return None
         if op["op"] == "copy":

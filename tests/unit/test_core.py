@@ -316,3 +316,61 @@ def test_outside_change_is_not_overwritten(tmp_path):
         assert any(e.operation == "conflict" for e in rig.flusher.errors)
 
     run(tmp_path, scenario)
+
+
+class GatedStore(MemoryStore):
+    """A MemoryStore whose PUTs wait at a gate, to hold an upload in flight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import threading
+
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def put(self, key, body, metadata, **kwargs):
+        self.entered.set()
+        assert self.gate.wait(30), "gate never opened"
+        return super().put(key, body, metadata, **kwargs)
+
+
+async def _in_flight(tmp_path, store: GatedStore, during):
+    """Start an upload of ``f``, run ``during(rig)`` while it is in flight, finish."""
+    rig = Rig(tmp_path, store)
+    rig.fs.remote = Remote(store)  # real threads: the upload really is in flight
+    rig.flusher.window_s = 0.01
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(rig.flusher.run)
+            await rig.write_file(ROOT_INO, b"f", b"payload")
+            assert await trio.to_thread.run_sync(store.entered.wait, 10)
+            await during(rig)
+            store.gate.set()
+            assert await rig.flusher.drain(10)
+            nursery.cancel_scope.cancel()
+        return rig.bucket()
+    finally:
+        rig.close()
+
+
+def test_rename_while_uploading_ends_at_the_new_name(tmp_path):
+    async def during(rig: Rig):
+        await rig.fs.rename(ROOT_INO, b"f", ROOT_INO, b"g")
+
+    assert trio.run(_in_flight, tmp_path, GatedStore(), during) == {"g": b"payload"}
+
+
+def test_unlink_while_uploading_leaves_nothing(tmp_path):
+    async def during(rig: Rig):
+        await rig.fs.unlink(ROOT_INO, b"f")
+
+    assert trio.run(_in_flight, tmp_path, GatedStore(), during) == {}
+
+
+def test_new_file_at_the_name_while_old_upload_in_flight(tmp_path):
+    async def during(rig: Rig):
+        await rig.fs.rename(ROOT_INO, b"f", ROOT_INO, b"g")
+        await rig.write_file(ROOT_INO, b"f", b"second")
+
+    assert trio.run(_in_flight, tmp_path, GatedStore(), during) == {"g": b"payload",
+                                                                     "f": b"second"}
