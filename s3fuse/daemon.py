@@ -180,7 +180,8 @@ class Daemon:
                                  dir_mode=s.dir_mode))
         fs.init()
         flusher = Flusher(fs, s.flush_window_s, max_uploads=s.max_uploads,
-                          fsync_upload=s.fsync_upload, instance_id=self.instance_id)
+                          fsync_upload=s.fsync_upload, instance_id=self.instance_id,
+                          dirty_limit_bytes=s.cache_size_bytes)
         fs.flusher = flusher
         flusher.load()
         self.fs, self.flusher = fs, flusher

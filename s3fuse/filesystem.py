@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from . import keys, metadata
+from . import faults, keys, metadata
 from .cache import BLOCK_BYTES, Cache
 from .errors import FsError, NoSuchKey, PreconditionFailed
 from .journal import DIRTY_DATA, DIRTY_META, ROOT_INO, Inode, Journal, Txn
@@ -112,8 +112,29 @@ class Filesystem:
             orphans = [i.ino for i in txn.all_inodes() if i.nlink == 0]
             for ino in orphans:
                 txn.delete_inode(ino)
+            self._reconcile_dirty_sizes(txn)
         for ino in orphans:
             self.cache.remove(ino)
+
+    def _reconcile_dirty_sizes(self, txn: Txn) -> None:
+        """After a crash, a dirty file's cache may hold a write whose size change never
+        reached the journal: the cache file is the data, so its length wins."""
+        for ino in txn.dirty_inos():
+            inode = txn.get(ino)
+            if inode is None or not stat.S_ISREG(inode.mode) or not inode.cached:
+                continue
+            try:
+                size = os.path.getsize(self.cache.path(ino))
+            except FileNotFoundError:
+                log.error("cache file of dirty inode %d (%s) is missing: its unsynced "
+                          "data is lost", ino, inode.name)
+                inode.cached = False
+                inode.dirty &= ~DIRTY_DATA
+                txn.put(inode)
+                continue
+            if size != inode.size:
+                inode.size = size
+                txn.put(inode)
 
     # --- small helpers -------------------------------------------------------------
     def get(self, ino: int) -> Inode:
@@ -380,6 +401,8 @@ class Filesystem:
                     await self._start_empty(ino)
                 else:
                     await self.ensure_cached(ino)
+        if changes.size is not None:
+            self._dirty_before_data_change(ino)
         now = _now_ns()
         pending: list[int] = []
         with self.journal.write() as txn:
@@ -695,6 +718,7 @@ class Filesystem:
             self._touch_dir(txn, old_parent, now, -dir_delta)
             self._touch_dir(txn, new_parent, now, dir_delta)
 
+            faults.crash_point("mid-rename")  # the transaction is not committed yet
             # bucket side: every object below the moved entry follows it
             for node in self._subtree(txn, ino):
                 self._move_remote(txn, node, old_keys[node.ino],
@@ -752,6 +776,19 @@ class Filesystem:
             if src is not None:
                 return src
         return inode.remote_key, inode.remote_etag
+
+    def _dirty_before_data_change(self, ino: int) -> None:
+        """Commit DIRTY_DATA before the cache file changes. A crash in between then
+        leaves a dirty file to upload again, never a "clean" file whose cache differs
+        from its object. (No-op when already dirty: one extra commit per change run.)"""
+        pending: list[int] = []
+        with self.journal.write() as txn:
+            inode = self._get(txn, ino)
+            if inode.dirty & DIRTY_DATA or inode.nlink == 0:
+                return
+            self._mark(txn, inode, DIRTY_DATA, pending)
+            txn.put(inode)
+        self._notify(pending)
 
     async def _start_empty(self, ino: int) -> None:
         with self.journal.write() as txn:
@@ -840,6 +877,9 @@ class Filesystem:
         inode = self.get(h.ino)
         if not inode.cached:
             await self.ensure_cached(h.ino)
+        if self.flusher is not None:
+            await self.flusher.wait_for_room(h.ino, max(inode.size, offset + len(data)))
+        self._dirty_before_data_change(h.ino)
         now = _now_ns()
         pending: list[int] = []
         self.cache.write(h.ino, offset, data)

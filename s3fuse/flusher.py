@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from . import faults
 from .errors import FsError, NoSuchKey, PreconditionFailed, StoreError
 from .journal import DIRTY_DATA, Inode
 
@@ -60,7 +61,8 @@ class FlushError:
 
 class Flusher:
     def __init__(self, fs: Filesystem, window_s: float, max_uploads: int = 8,
-                 fsync_upload: bool = False, instance_id: str = "") -> None:
+                 fsync_upload: bool = False, instance_id: str = "",
+                 dirty_limit_bytes: int = 10 << 30) -> None:
         self.fs = fs
         self.journal = fs.journal
         self.window_s = window_s
@@ -78,6 +80,10 @@ class Flusher:
         self._progress = trio.Event()
         self._pump_lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
+        self.dirty_limit_bytes = dirty_limit_bytes
+        self._dirty_sizes: dict[int, int] = {}
+        self.dirty_total_bytes = 0
+        self._waiting_for_room = False
         self.errors: deque[FlushError] = deque(maxlen=100)
         self.counts: Counter[str] = Counter()
 
@@ -88,6 +94,9 @@ class Flusher:
         with self.journal.read() as txn:
             for ino in txn.dirty_inos():
                 self._due[ino] = [now - self.window_s, now - self.window_s]
+                inode = txn.get(ino)
+                if inode is not None and inode.dirty & DIRTY_DATA:
+                    self._note_size(ino, inode.size)
         self._wake.set()
 
     def note_change(self, ino: int) -> None:
@@ -98,7 +107,38 @@ class Flusher:
         else:
             due[1] = now
 
+    def _note_size(self, ino: int, size: int) -> None:
+        self.dirty_total_bytes += size - self._dirty_sizes.get(ino, 0)
+        self._dirty_sizes[ino] = size
+
+    def _drop_size(self, ino: int) -> None:
+        self.dirty_total_bytes -= self._dirty_sizes.pop(ino, 0)
+
+    async def wait_for_room(self, ino: int, new_size: int) -> None:
+        """Back-pressure: account a write growing ``ino`` to ``new_size`` dirty bytes,
+        and while dirty data exceeds the cache limit, push uploads and wait for them.
+        A single file larger than the limit is let through (waiting cannot help it)."""
+        self._note_size(ino, max(new_size, self._dirty_sizes.get(ino, 0)))
+        if self.dirty_total_bytes <= self.dirty_limit_bytes or \
+                self._dirty_sizes[ino] >= self.dirty_limit_bytes:
+            return
+        if not self._waiting_for_room:
+            log.warning("dirty data (%d bytes) is over the cache limit (%d bytes): writers "
+                        "wait for uploads", self.dirty_total_bytes, self.dirty_limit_bytes)
+        self._waiting_for_room = True
+        try:
+            while self.dirty_total_bytes > self.dirty_limit_bytes:
+                for other, due in self._due.items():
+                    if other != ino:
+                        due[0] = -float("inf")
+                progress = self._progress
+                self._wake.set()
+                await progress.wait()
+        finally:
+            self._waiting_for_room = False
+
     def forget(self, ino: int) -> None:
+        self._drop_size(ino)
         self._due.pop(ino, None)
         self._retry_at.pop(ino, None)
         self._backoff.pop(ino, None)
@@ -250,6 +290,7 @@ class Flusher:
                 body = fs.cache.snapshot(ino, inode.size)
         elif stat.S_ISLNK(inode.mode):
             body = (inode.target or "").encode("utf-8", "surrogateescape")
+        faults.crash_point("before-put")
         try:
             if as_copy:
                 etag = await fs.remote.copy(key, key, md, src_if_match=if_match)
@@ -259,27 +300,37 @@ class Flusher:
                                            if_none_match=if_match is None)
                 self.counts["put"] += 1
         except PreconditionFailed as exc:
-            etag = await self._our_object(key, md[SEQ_META])
-            if etag is None:
+            ours = await self._our_object(key, ino, seq)
+            if ours is None:
                 self._failed(ino, key, "conflict", exc)
                 return
+            # our own earlier upload landed (before a crash, or its reply was lost):
+            # adopt it; if it is older than this change, the next round replaces it
+            etag, seq = ours
         except StoreError as exc:
             self._failed(ino, key, "copy" if as_copy else "put", exc)
             return
         finally:
             fs.cache.drop_snapshot(body)
+        faults.crash_point("after-put")
         self._commit(ino, key, etag, seq)
 
-    async def _our_object(self, key: str, seq_tag: str) -> str | None:
-        """After a failed condition: is the object at ``key`` the very upload we are
-        making (a PUT that landed before a crash or a lost reply)? Its ETag if so."""
+    async def _our_object(self, key: str, ino: int, seq: int) -> tuple[str, int] | None:
+        """After a failed condition: is the object at ``key`` an upload of this very
+        inode by this journal, of this change or an earlier one (a PUT that landed
+        before a crash, or whose reply was lost)? Its (ETag, change_seq) if so."""
         try:
             info = await self.fs.remote.head(key)
         except StoreError:
             return None
-        if info.metadata and info.metadata.get(SEQ_META) == seq_tag:
-            return info.etag
-        return None
+        tag = (info.metadata or {}).get(SEQ_META, "")
+        instance, _, rest = tag.partition(":")
+        tag_ino, _, tag_seq = rest.partition(":")
+        if instance != self.instance_id or tag_ino != str(ino) or not tag_seq.isdigit():
+            return None
+        if int(tag_seq) > seq:
+            return None
+        return info.etag, int(tag_seq)
 
     def _failed(self, ino: int, key: str, operation: str, exc: BaseException) -> None:
         self._record_error(key, operation, exc)
@@ -312,6 +363,7 @@ class Flusher:
         self._retry_at.pop(ino, None)
         if clean:
             self._due.pop(ino, None)
+            self._drop_size(ino)
         elif ino in self._due:
             self._due[ino][0] = trio.current_time()
 
@@ -342,6 +394,8 @@ class Flusher:
                     self._busy[k] -= 1
                     if self._busy[k] <= 0:
                         del self._busy[k]
+            if op["op"] == "copy":
+                faults.crash_point("after-copy")
             self._ops_backoff = 0.0
             self._finish_op(seq, op, etag)
             self._progressed()
@@ -349,6 +403,7 @@ class Flusher:
     async def _run_op(self, op: dict) -> str | None:
         remote = self.fs.remote
         if op["op"] == "delete":
+            faults.crash_point("before-delete")
             try:
                 await remote.delete(op["key"], if_match=op.get("etag"))
             except PreconditionFailed:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import pyfuse3
 
+from . import faults
 from .errors import to_errno
 from .filesystem import Filesystem, SetAttrs
 from .journal import Inode
@@ -32,6 +33,8 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     async def wrapper(self: FuseOps, *args: Any) -> Any:
         try:
+            if faults.should_raise(fn.__name__):
+                raise RuntimeError(f"injected fault in {fn.__name__}")
             return await fn(self, *args)
         except pyfuse3.FUSEError:
             raise

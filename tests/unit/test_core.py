@@ -374,3 +374,59 @@ def test_new_file_at_the_name_while_old_upload_in_flight(tmp_path):
 
     assert trio.run(_in_flight, tmp_path, GatedStore(), during) == {"g": b"payload",
                                                                      "f": b"second"}
+
+
+def test_writers_wait_for_uploads_when_dirty_data_exceeds_the_cache(tmp_path):
+    async def scenario(rig: Rig):
+        rig.flusher.dirty_limit_bytes = 1 << 20
+        start = trio.current_time()
+        for i in range(10):
+            await rig.write_file(ROOT_INO, b"f%d" % i, b"z" * (300 << 10))
+            assert rig.flusher.dirty_total_bytes <= (1 << 20) + (300 << 10)
+        # uploads were forced long before the window would have sent them
+        assert trio.current_time() - start < WINDOW
+        assert rig.counts()["put"] >= 6
+        assert await rig.flusher.drain(30)
+        assert len(rig.bucket()) == 10
+
+    run(tmp_path, scenario)
+
+
+def test_an_upload_that_landed_before_a_crash_is_adopted_not_a_conflict(tmp_path):
+    store = MemoryStore()
+
+    async def crash_after_put():
+        rig = Rig(tmp_path, store)
+        await rig.write_file(ROOT_INO, b"a", b"v1")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(rig.flusher.run)
+            assert await rig.flusher.drain(30)
+            nursery.cancel_scope.cancel()
+        fh = await rig.fs.open((await rig.fs.lookup(ROOT_INO, b"a")).ino, os.O_WRONLY)
+        await rig.fs.write(fh, 0, b"v2")
+        await rig.fs.release(fh)
+        rig.flusher._commit = lambda *a: None  # the PUT lands, the journal never learns
+        async with trio.open_nursery() as nursery:
+            await nursery.start(rig.flusher.run)
+            await rig.flusher.pump(force=True)
+            await trio.sleep(1)
+            nursery.cancel_scope.cancel()
+        assert rig.bucket() == {"a": b"v2"}
+        rig.close()
+
+    async def replay():
+        rig = Rig(tmp_path, store)
+        puts = rig.counts()["put"]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(rig.flusher.run)
+            assert await rig.flusher.drain(30)
+            nursery.cancel_scope.cancel()
+        assert not rig.flusher.errors
+        assert rig.counts()["put"] == puts + 1  # the refused retry, then adopted
+        assert rig.bucket() == {"a": b"v2"}
+        with rig.journal.read() as txn:
+            assert txn.dirty_inos() == []
+        rig.close()
+
+    trio.run(crash_after_put, clock=trio.testing.MockClock(autojump_threshold=0))
+    trio.run(replay, clock=trio.testing.MockClock(autojump_threshold=0))

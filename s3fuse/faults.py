@@ -1,0 +1,58 @@
+"""Test-only fault injection, driven by the ``S3FUSE_TEST_FAULTS`` environment variable.
+
+Comma-separated entries:
+
+``crash@POINT``      ``os._exit(137)`` when the daemon reaches POINT (the first time)
+``crash@POINT#N``    ... the N-th time it reaches POINT
+``raise@HANDLER``    the FUSE handler HANDLER (``getattr``, ``read``...) raises
+                     RuntimeError, to exercise the "unexpected exception -> EIO" edge
+
+Crash points, each a moment the crash tests kill the daemon at:
+
+``before-put``       an upload is about to be sent
+``after-put``        the object is in the bucket, the journal does not know yet
+``after-copy``       a rename's server-side copy is done, its delete is not
+``before-delete``    a delete op is about to be sent
+``mid-rename``       inside a rename's journal transaction, before it commits
+
+Unset (always, outside tests) this module does nothing but one dict lookup.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+ENV = "S3FUSE_TEST_FAULTS"
+
+
+def _parse(spec: str) -> tuple[dict[str, int], set[str]]:
+    crashes: dict[str, int] = {}
+    raises: set[str] = set()
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        kind, _, target = item.partition("@")
+        if kind == "crash":
+            point, _, nth = target.partition("#")
+            crashes[point] = int(nth) if nth else 1
+        elif kind == "raise":
+            raises.add(target)
+    return crashes, raises
+
+
+_crashes, _raises = _parse(os.environ.get(ENV, ""))
+_seen: dict[str, int] = {}
+
+
+def crash_point(point: str) -> None:
+    """Exit on the spot, with no cleanup at all, if a test asked for it here."""
+    if point not in _crashes:
+        return
+    _seen[point] = _seen.get(point, 0) + 1
+    if _seen[point] == _crashes[point]:
+        sys.stderr.write(f"s3fuse: test fault: crashing at {point}\n")
+        sys.stderr.flush()
+        os._exit(137)
+
+
+def should_raise(handler: str) -> bool:
+    return handler in _raises
