@@ -8,6 +8,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from mounts import make_mount, require_fuse
 from servers import MotoServer
 
 #: credentials moto accepts; nothing from the host's AWS configuration leaks in
@@ -51,3 +52,44 @@ def s3_bucket(moto_endpoint):
     client.create_bucket(Bucket=name)
     client.close()
     yield name
+
+
+# --- real mounts (tests/fuse, tests/crash) ----------------------------------------
+
+
+@pytest.fixture
+def file_source(tmp_path) -> str:
+    root = tmp_path / "bucket"
+    root.mkdir()
+    return f"file://{root}"
+
+
+@pytest.fixture(params=["file", "s3"])
+def unmounted(request, tmp_path):
+    """A Mount not mounted yet, on each backend (pre-seed the bucket, then mount())."""
+    if request.param == "file":
+        root = tmp_path / "bucket"
+        root.mkdir()
+        m = make_mount(tmp_path, f"file://{root}", None)
+    else:
+        endpoint = request.getfixturevalue("moto_endpoint")
+        bucket = request.getfixturevalue("s3_bucket")
+        m = make_mount(tmp_path, f"s3://{bucket}/data", endpoint)
+    yield m
+    m.cleanup()
+
+
+@pytest.fixture
+def mount(unmounted):
+    require_fuse()
+    unmounted.mount()
+    return unmounted
+
+
+@pytest.fixture
+def file_mount(tmp_path, file_source):
+    require_fuse()
+    m = make_mount(tmp_path, file_source, None)
+    m.mount()
+    yield m
+    m.cleanup()

@@ -1,4 +1,4 @@
-"""Real mounts for the FUSE tests: ``s3fuse mount`` run as a user runs it.
+"""Real mounts for tests: ``s3fuse mount`` run as a user runs it.
 
 ``mount`` is parametrized over the embedded ``file://`` store and S3 (the moto server
 the suite starts on 127.0.0.1); ``file_mount`` is the file store only, for tests
@@ -22,9 +22,10 @@ from s3fuse.store import open_store
 
 S3FUSE = os.path.join(os.path.dirname(sys.executable), "s3fuse")
 
-needs_fuse = pytest.mark.skipif(
-    not os.path.exists("/dev/fuse") or os.geteuid() != 0 or not shutil.which("fusermount3"),
-    reason="real mounts need /dev/fuse, fusermount3 and root")
+def require_fuse() -> None:
+    """Skip (with the reason) where real mounts cannot run."""
+    if not (os.path.exists("/dev/fuse") and os.geteuid() == 0 and shutil.which("fusermount3")):
+        pytest.skip("real mounts need /dev/fuse, fusermount3 and root")
 
 
 def is_mounted(path: str) -> bool:
@@ -124,48 +125,10 @@ class Mount:
             time.sleep(0.1)
 
 
-def _make(tmp_path: Path, source: str, endpoint: str | None) -> Mount:
+def make_mount(tmp_path: Path, source: str, endpoint: str | None) -> Mount:
     mp = tmp_path / "mnt"
     mp.mkdir()
     return Mount(source=source, path=str(mp), cache_dir=str(tmp_path / "cache"),
                  endpoint=endpoint)
 
 
-@pytest.fixture
-def file_source(tmp_path) -> str:
-    root = tmp_path / "bucket"
-    root.mkdir()
-    return f"file://{root}"
-
-
-@pytest.fixture(params=["file", "s3"])
-def unmounted(request, tmp_path):
-    """A Mount not mounted yet, on each backend (pre-seed the bucket, then mount())."""
-    if request.param == "file":
-        root = tmp_path / "bucket"
-        root.mkdir()
-        m = _make(tmp_path, f"file://{root}", None)
-    else:
-        endpoint = request.getfixturevalue("moto_endpoint")
-        bucket = request.getfixturevalue("s3_bucket")
-        m = _make(tmp_path, f"s3://{bucket}/data", endpoint)
-    yield m
-    m.cleanup()
-
-
-@pytest.fixture
-def mount(unmounted):
-    if not (os.path.exists("/dev/fuse") and os.geteuid() == 0):
-        pytest.skip("real mounts need /dev/fuse and root")
-    unmounted.mount()
-    return unmounted
-
-
-@pytest.fixture
-def file_mount(tmp_path, file_source):
-    if not (os.path.exists("/dev/fuse") and os.geteuid() == 0):
-        pytest.skip("real mounts need /dev/fuse and root")
-    m = _make(tmp_path, file_source, None)
-    m.mount()
-    yield m
-    m.cleanup()
