@@ -67,14 +67,15 @@ def check_mountpoint(path: str) -> str:
     crashed daemon ("Transport endpoint is not connected")."""
     mp = os.path.abspath(path)
     try:
-        st = os.stat(mp)
+        # statfs always reaches a FUSE daemon (stat may be answered from the kernel's
+        # attribute cache), so it is what tells a dead mount from a live one
+        os.statvfs(mp)
     except OSError as exc:
         if exc.errno == errno.ENOTCONN:
             subprocess.run(["fusermount3", "-uz", mp], capture_output=True, check=False,
                            timeout=30)
             print(f"s3fuse: cleaned up a stale mount at {mp} left by a stopped daemon",
                   flush=True)
-            st = os.stat(mp)
         elif exc.errno == errno.ENOENT:
             raise UsageError(f"mount point {mp} does not exist") from None
         else:
@@ -83,7 +84,6 @@ def check_mountpoint(path: str) -> str:
         raise UsageError(f"mount point {mp} is not a directory")
     if os.path.ismount(mp):
         raise UsageError(f"mount point {mp} is in use (something is mounted there)")
-    del st
     return mp
 
 
