@@ -71,7 +71,7 @@ def check_mountpoint(path: str) -> str:
         # attribute cache), so it is what tells a dead mount from a live one
         os.statvfs(mp)
     except OSError as exc:
-        if exc.errno == errno.ENOTCONN:
+        if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED):
             subprocess.run(["fusermount3", "-uz", mp], capture_output=True, check=False,
                            timeout=30)
             print(f"s3fuse: cleaned up a stale mount at {mp} left by a stopped daemon",
