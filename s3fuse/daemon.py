@@ -119,6 +119,7 @@ class Daemon:
         self.flusher: Flusher | None = None
         self.started = time.time()
         self._stopping = False
+        self._signal_drain_failed = False
 
     # --- checks before anything is mounted --------------------------------------------
     def prepare(self) -> None:
@@ -200,7 +201,9 @@ class Daemon:
                 await pyfuse3.main()
                 sd_notify("STOPPING=1")
                 log.info("unmounted; uploading what is pending")
-                pending_left = not await self._drain_logged(s.drain_timeout_s)
+                # after a signal's drain already waited its time, do not wait twice
+                final_s = 1.0 if self._signal_drain_failed else s.drain_timeout_s
+                pending_left = not await self._drain_logged(final_s)
                 nursery.cancel_scope.cancel()
         finally:
             pyfuse3.close(unmount=True)
@@ -261,7 +264,8 @@ class Daemon:
                 self._stopping = True
                 log.info("%s received: uploading what is pending, then unmounting",
                          signal.Signals(signum).name)
-                await self._drain_logged(self.settings.drain_timeout_s)
+                if not await self._drain_logged(self.settings.drain_timeout_s):
+                    self._signal_drain_failed = True
                 pyfuse3.terminate()
 
     # --- control requests from the CLI (over xattrs on the mount's root) --------------

@@ -456,6 +456,9 @@ class Flusher:
         """Upload everything pending (or just ``inos``) now, and wait until it is in
         the bucket. False if ``timeout_s`` passed first; nothing is dropped then."""
         inos = list(inos) if inos is not None else None
+        # asked for explicitly: try again now rather than after the backoff
+        self._retry_at.clear()
+        self._ops_retry_at = 0.0
         for ino in inos if inos is not None else list(self._due):
             if ino in self._due:
                 self._due[ino][0] = -float("inf")

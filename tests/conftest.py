@@ -1,6 +1,5 @@
-"""Fixtures shared by every test directory: the moto S3 server and fresh buckets.
-
-FUSE fixtures live in tests/fuse/conftest.py.
+"""Fixtures shared by every test directory: the moto S3 server, fresh buckets, and
+real mounts (the Mount helper is in tests/mounts.py).
 """
 
 from __future__ import annotations
@@ -28,8 +27,8 @@ _HOST_AWS_VARS = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
 
 
 @pytest.fixture(scope="session")
-def moto_endpoint():
-    """URL of a moto S3 server on 127.0.0.1, started once per session.
+def moto_server():
+    """A moto S3 server on 127.0.0.1, started once per session.
 
     Fake credentials are in os.environ for the whole session.
     """
@@ -39,7 +38,13 @@ def moto_endpoint():
         for name, value in FAKE_AWS_ENV.items():
             mp.setenv(name, value)
         with MotoServer() as server:
-            yield server.endpoint
+            yield server
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint(moto_server):
+    """URL of the session's moto S3 server."""
+    return moto_server.endpoint
 
 
 @pytest.fixture

@@ -51,11 +51,12 @@ class Mount:
             a += ["--endpoint-url", self.endpoint]
         return a
 
-    def mount(self) -> None:
+    def mount(self) -> subprocess.CompletedProcess:
         res = subprocess.run(self.args(), capture_output=True, text=True, timeout=60,
                              env={**os.environ, **self.env})
         assert res.returncode == 0, f"mount failed: {res.stdout} {res.stderr}"
         assert is_mounted(self.path)
+        return res
 
     def umount(self) -> None:
         res = subprocess.run([S3FUSE, "umount", self.path], capture_output=True, text=True,

@@ -179,3 +179,89 @@ class StubS3Server:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class FaultProxy:
+    """A TCP proxy on 127.0.0.1 in front of a test server, to stage outages.
+
+    ``mode``: "pass" forwards; "refuse" closes every new connection at once and cuts
+    the open ones (a server that went away); "hang" accepts and never answers.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        import socket
+        import threading
+
+        self.upstream_port = upstream_port
+        self.mode = "pass"
+        self._lock = threading.Lock()
+        self._conns: list = []
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(64)
+        self.port = self._sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._stopped = False
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def set_mode(self, mode: str) -> None:
+        assert mode in ("pass", "refuse", "hang")
+        self.mode = mode
+        if mode != "pass":
+            with self._lock:
+                conns, self._conns = self._conns, []
+            for c in conns:
+                try:
+                    c.close()
+                except OSError:
+                    pass
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while not self._stopped:
+            try:
+                client, _ = self._sock.accept()
+            except OSError:
+                return
+            if self.mode == "refuse":
+                client.close()
+                continue
+            if self.mode == "hang":
+                with self._lock:
+                    self._conns.append(client)
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port), 5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._sock.close()
+        self.set_mode("refuse")
