@@ -32,7 +32,6 @@ import logging
 import stat
 import time
 from collections import Counter, deque
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -445,14 +444,28 @@ class Flusher:
         self.fs._notify(pending)
 
     # --- waiting for the bucket ---------------------------------------------------------
-    def _idle(self, inos: Iterable[int] | None = None) -> bool:
+    def _idle(self, inos: list[int] | None = None) -> bool:
+        """Nothing left to do (for ``inos``, or at all). Uses the in-memory schedule,
+        which mirrors the journal's dirty set; cheap enough to ask after every upload."""
         with self.journal.read() as txn:
-            if inos is None:
-                return not txn.ops() and not txn.dirty_inos() and not self._inflight
-            dirty = set(txn.dirty_inos())
-            return not any(i in dirty for i in inos) and not txn.ops()
+            if next(iter(txn.ops()), None) is not None:
+                return False
+        if inos is None:
+            return not self._due and not self._inflight
+        return not any(i in self._due or i in self._inflight for i in inos)
 
-    async def drain(self, timeout_s: float, inos: Iterable[int] | None = None) -> bool:
+    def _reschedule_strays(self) -> bool:
+        """Schedule dirty inodes the journal has and the schedule lacks (there should
+        be none); True if any were found."""
+        with self.journal.read() as txn:
+            strays = [i for i in txn.dirty_inos() if i not in self._due]
+        now = trio.current_time()
+        for ino in strays:
+            log.warning("inode %d was dirty but not scheduled; scheduling it", ino)
+            self._due[ino] = [-float("inf"), now]
+        return bool(strays)
+
+    async def drain(self, timeout_s: float, inos: list[int] | None = None) -> bool:
         """Upload everything pending (or just ``inos``) now, and wait until it is in
         the bucket. False if ``timeout_s`` passed first; nothing is dropped then."""
         inos = list(inos) if inos is not None else None
@@ -463,12 +476,14 @@ class Flusher:
             if ino in self._due:
                 self._due[ino][0] = -float("inf")
         with trio.move_on_after(timeout_s):
-            while not self._idle(inos):
-                progress = self._progress
-                await self.pump(force=True)
-                with trio.move_on_after(min(1.0, self._tick_s())):
-                    await progress.wait()
-            return True
+            while True:
+                while not self._idle(inos):
+                    progress = self._progress
+                    await self.pump(force=True)
+                    with trio.move_on_after(min(1.0, self._tick_s())):
+                        await progress.wait()
+                if inos is not None or not self._reschedule_strays():
+                    return True
         return False
 
     async def upload_now(self, inos: list[int]) -> None:

@@ -551,8 +551,13 @@ class FileStore:
                 finally:
                     os.close(fd)
                 with self._locked(root_fd):
-                    self._place(root_fd, key, segments, tmp_fd, tmp_name,
-                                if_match, if_none_match)
+                    parent = self._place(root_fd, key, segments, tmp_fd, tmp_name,
+                                         if_match, if_none_match)
+                try:
+                    # durability, not atomicity: no need to hold the lock for it
+                    self._fsync(parent)  # the rename is what makes the object durable
+                finally:
+                    os.close(parent)
                 return etag
             finally:
                 with contextlib.suppress(FileNotFoundError):
@@ -560,8 +565,10 @@ class FileStore:
                 os.close(tmp_fd)
 
     def _place(self, root_fd: int, key: str, segments: list[str], tmp_fd: int,
-               tmp_name: str, if_match: str | None, if_none_match: bool) -> None:
-        """Check the conditions and rename the temp file to ``key``. Under the lock."""
+               tmp_name: str, if_match: str | None, if_none_match: bool) -> int:
+        """Check the conditions and rename the temp file to ``key``. Under the lock.
+
+        Returns the parent directory's fd (the caller fsyncs and closes it)."""
         name = segments[-1]
         parent = self._open_dirs(root_fd, segments[:-1], key, writing=True)
         try:
@@ -588,10 +595,11 @@ class FileStore:
                 parent = self._open_dirs(root_fd, segments[:-1], key, create=True)
                 assert parent is not None
             os.rename(tmp_name, name, src_dir_fd=tmp_fd, dst_dir_fd=parent)
-            self._fsync(parent)  # the rename is what makes the object durable
-        finally:
+        except BaseException:
             if parent is not None:
                 os.close(parent)
+            raise
+        return parent
 
     def _put_marker(self, key: str, segments: list[str], metadata: dict[str, str],
                     if_match: str | None, if_none_match: bool) -> str:
