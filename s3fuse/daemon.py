@@ -180,6 +180,16 @@ class Daemon:
                         Defaults(uid=s.uid, gid=s.gid, file_mode=s.file_mode,
                                  dir_mode=s.dir_mode))
         fs.init()
+        fs.metadata_ttl_s = s.metadata_ttl_s
+        invalidations_in, self._invalidations = trio.open_memory_channel(10_000)
+
+        def notify_kernel(entries: list[tuple[int, bytes]], inodes: list[int]) -> None:
+            try:
+                invalidations_in.send_nowait((entries, inodes))
+            except trio.WouldBlock:
+                log.warning("too many kernel cache invalidations queued; dropping some")
+
+        fs.notify_kernel = notify_kernel
         flusher = Flusher(fs, s.flush_window_s, max_uploads=s.max_uploads,
                           fsync_upload=s.fsync_upload, instance_id=self.instance_id,
                           dirty_limit_bytes=s.cache_size_bytes)
@@ -198,6 +208,8 @@ class Daemon:
                 await nursery.start(flusher.run)
                 nursery.start_soon(self._checkpoint)
                 nursery.start_soon(self._signals)
+                nursery.start_soon(self._poller)
+                nursery.start_soon(self._invalidator)
                 await pyfuse3.main()
                 sd_notify("STOPPING=1")
                 log.info("unmounted; uploading what is pending")
@@ -230,6 +242,36 @@ class Daemon:
                       "cache directory uploads them", timeout_s, after["dirty_files"],
                       after["dirty_bytes"], after["pending_ops"])
         return ok
+
+    async def _poller(self) -> None:
+        """Re-list the directories in use every --poll-interval, so outside changes
+        (other tools, other mounts) show up."""
+        assert self.fs is not None
+        interval = self.settings.poll_interval_s
+        while True:
+            await trio.sleep(interval)
+            for ino in self.fs.dirs_to_poll(used_within_s=max(300.0, 4 * interval)):
+                try:
+                    await self.fs.poll_dir(ino)
+                except (StoreError, OSError) as exc:
+                    log.info("polling directory %d failed: %s", ino, exc)
+                except Exception:
+                    log.exception("polling directory %d failed", ino)
+
+    async def _invalidator(self) -> None:
+        """Tell the kernel to forget cached names and pages the bucket changed. Done
+        from here, never inside a request handler (that could deadlock the kernel)."""
+        async for entries, inodes in self._invalidations:
+            for parent, name in entries:
+                try:
+                    pyfuse3.invalidate_entry_async(parent, name)
+                except Exception as exc:  # the kernel may not know it: fine
+                    log.debug("invalidate entry %d/%r: %s", parent, name, exc)
+            for ino in inodes:
+                try:
+                    await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino)
+                except OSError as exc:
+                    log.debug("invalidate inode %d: %s", ino, exc)
 
     async def _checkpoint(self) -> None:
         assert self.journal is not None and self.fs is not None
@@ -284,7 +326,7 @@ class Daemon:
         caps = self.capabilities
         return {
             **pending,
-            "conflicts": [],
+            "conflicts": list(self.fs.conflicts),
             "not_exported": [],
             "skipped_keys": [{"key": k, "reason": r} for k, r in self.fs.skipped_keys.items()],
             "errors": [{"time": e.when, "path": e.path, "operation": e.operation,

@@ -19,19 +19,22 @@ pyfuse3 contract (an unlinked inode lives until its last lookup and handle are g
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import trio
+import xxhash
 
 from . import faults, keys, metadata
+from .reconcile import Decision, decide
 from .cache import BLOCK_BYTES, Cache
-from .errors import FsError, NoSuchKey, PreconditionFailed
+from .errors import FsError, NoSuchKey, PreconditionFailed, StoreError
 from .journal import DIRTY_DATA, DIRTY_META, ROOT_INO, Inode, Journal, Txn
 from .remote import Remote
 from .store.base import ObjectInfo
@@ -98,6 +101,12 @@ class Filesystem:
         self.skipped_keys: dict[str, str] = {}
         self._list_locks: dict[int, trio.Lock] = {}
         self._fetch_locks: dict[int, trio.Lock] = {}
+        self.metadata_ttl_s = 1.0
+        self._validated: dict[int, float] = {}  # ino -> monotonic time checked
+        self._dir_used: dict[int, float] = {}  # directory ino -> monotonic time used
+        self.conflicts: list[dict] = []
+        # set by the daemon: tells the kernel to drop cached names and pages
+        self.notify_kernel: Callable[[list[tuple[int, bytes]], list[int]], None] | None = None
 
     # --- start-up ----------------------------------------------------------------------
     def init(self) -> None:
@@ -109,6 +118,8 @@ class Filesystem:
                 txn.put(Inode(ino=ROOT_INO, mode=stat.S_IFDIR | self.defaults.dir_mode,
                               uid=self.defaults.uid, gid=self.defaults.gid, parent=ROOT_INO,
                               name="", nlink=2, atime_ns=now, mtime_ns=now, ctime_ns=now))
+            raw = txn.get_meta(b"conflicts")
+            self.conflicts = json.loads(raw) if raw else []
             orphans = [i.ino for i in txn.all_inodes() if i.nlink == 0]
             for ino in orphans:
                 txn.delete_inode(ino)
@@ -272,28 +283,7 @@ class Filesystem:
                     d.listed = True
                     txn.put(d)
                 return
-            page = await self.remote.list_all(prefix, "/")
-            dirs: dict[bytes, str] = {}
-            for p in page.prefixes:
-                seg = p[len(prefix):-1]
-                name = keys.name_from_segment(seg)
-                if name is None or (ino == ROOT_INO and name == keys.RESERVED_ROOT_NAME):
-                    self._skip(p, "not a usable directory name")
-                    continue
-                dirs[name] = p
-            files: dict[bytes, ObjectInfo] = {}
-            for obj in page.objects:
-                if obj.key == prefix:
-                    continue  # this directory's own marker
-                seg = obj.key[len(prefix):]
-                name = keys.name_from_segment(seg)
-                if name is None or (ino == ROOT_INO and name == keys.RESERVED_ROOT_NAME):
-                    self._skip(obj.key, "not a usable file name")
-                    continue
-                if name in dirs:
-                    self._skip(obj.key, "both a file and a directory; the directory wins")
-                    continue
-                files[name] = obj
+            dirs, files = await self._list_dir(ino, prefix)
             heads = await self._head_many([o.key for o in files.values()] + list(dirs.values()))
             now = _now_ns()
             with self.journal.write() as txn:
@@ -312,17 +302,42 @@ class Filesystem:
                     txn.link(ino, name, child.ino)
                     d.nlink += 1
                 for name, obj in files.items():
-                    if txn.lookup(ino, name) is not None:
-                        continue
-                    info = heads.get(obj.key) or obj
-                    child = self._inode_from_object(txn, ino, name, info, is_dir=False,
-                                                    fallback_ns=obj.mtime_ns)
-                    child.size = info.size
-                    child.remote_key, child.remote_etag = obj.key, info.etag
-                    txn.put(child)
-                    txn.link(ino, name, child.ino)
+                    if txn.lookup(ino, name) is None:
+                        self._add_from_object(txn, ino, name, heads.get(obj.key) or obj)
                 d.listed = True
                 txn.put(d)
+            checked = time.monotonic()
+            for name in files:
+                with self.journal.read() as txn:
+                    child_ino = txn.lookup(ino, name)
+                if child_ino is not None:
+                    self._validated[child_ino] = checked
+
+    async def _list_dir(self, ino: int, prefix: str
+                        ) -> tuple[dict[bytes, str], dict[bytes, ObjectInfo]]:
+        """The bucket's view of one directory: {name: prefix} of subdirectories and
+        {name: object} of files, without keys that cannot be paths (logged once)."""
+        page = await self.remote.list_all(prefix, "/")
+        dirs: dict[bytes, str] = {}
+        for p in page.prefixes:
+            name = keys.name_from_segment(p[len(prefix):-1])
+            if name is None or (ino == ROOT_INO and name == keys.RESERVED_ROOT_NAME):
+                self._skip(p, "not a usable directory name")
+                continue
+            dirs[name] = p
+        files: dict[bytes, ObjectInfo] = {}
+        for obj in page.objects:
+            if obj.key == prefix:
+                continue  # this directory's own marker
+            name = keys.name_from_segment(obj.key[len(prefix):])
+            if name is None or (ino == ROOT_INO and name == keys.RESERVED_ROOT_NAME):
+                self._skip(obj.key, "not a usable file name")
+                continue
+            if name in dirs:
+                self._skip(obj.key, "both a file and a directory; the directory wins")
+                continue
+            files[name] = obj
+        return dirs, files
 
     async def _head_many(self, keys_: list[str]) -> dict[str, ObjectInfo]:
         found: dict[str, ObjectInfo] = {}
@@ -339,6 +354,16 @@ class Filesystem:
             for key in keys_:
                 nursery.start_soon(one, key)
         return found
+
+    def _add_from_object(self, txn: Txn, parent: int, name: bytes, info: ObjectInfo) -> Inode:
+        """A new entry for a file object seen in the bucket (clean, not cached)."""
+        child = self._inode_from_object(txn, parent, name, info, is_dir=False,
+                                        fallback_ns=info.mtime_ns)
+        child.size = info.size
+        child.remote_key, child.remote_etag = info.key, info.etag
+        txn.put(child)
+        txn.link(parent, name, child.ino)
+        return child
 
     def _inode_from_object(self, txn: Txn, parent: int, name: bytes,
                            info: ObjectInfo | None, *, is_dir: bool,
@@ -357,6 +382,7 @@ class Filesystem:
     async def lookup(self, parent: int, name: bytes) -> Inode:
         """Find ``name`` in ``parent``; bumps the inode's lookup count."""
         await self.ensure_listed(parent)
+        self._dir_used[parent] = time.monotonic()
         with self.journal.read() as txn:
             p = self._get(txn, parent)
             if not stat.S_ISDIR(p.mode):
@@ -845,7 +871,10 @@ class Filesystem:
                         txn.put(fresh)
                 self.cache.forget_presence(ino)
 
-    async def open(self, ino: int, flags: int) -> int:
+    async def open(self, ino: int, flags: int) -> tuple[int, bool]:
+        """Open a file; returns (fh, changed): ``changed`` means the bucket had a newer
+        version (close-to-open), so the kernel must drop its cached pages."""
+        changed = await self.revalidate(ino)
         inode = self.get(ino)
         if stat.S_ISDIR(inode.mode):
             raise FsError(errno.EISDIR)
@@ -855,7 +884,7 @@ class Filesystem:
             # libfuse negotiates atomic O_TRUNC: the truncation comes with the open
             await self.setattr(ino, SetAttrs(size=0))
         self.open_count[ino] = self.open_count.get(ino, 0) + 1
-        return self._new_fh(Handle(ino, writable))
+        return self._new_fh(Handle(ino, writable)), changed
 
     def _handle(self, fh: int) -> Handle:
         h = self.handles.get(fh)
@@ -918,6 +947,7 @@ class Filesystem:
         if not stat.S_ISDIR(inode.mode):
             raise FsError(errno.ENOTDIR)
         await self.ensure_listed(ino)
+        self._dir_used[ino] = time.monotonic()
         with self.journal.read() as txn:
             entries = list(txn.children(ino))
         return self._new_fh(DirHandle(ino, entries))
@@ -946,10 +976,266 @@ class Filesystem:
     def releasedir(self, fh: int) -> None:
         self.handles.pop(fh, None)
 
+    # --- outside changes: S3 wins, nothing is lost --------------------------------------
+    async def revalidate(self, ino: int) -> bool:
+        """Close-to-open: a clean file whose attributes are older than the TTL is
+        checked against the bucket. True if its content changed there (refreshed).
+        A dirty file is not judged here: its upload's condition will find a conflict."""
+        inode = self.get(ino)
+        if not stat.S_ISREG(inode.mode) or inode.dirty or inode.remote_key is None \
+                or inode.remote_etag is None:
+            return False
+        if time.monotonic() - self._validated.get(ino, 0.0) < self.metadata_ttl_s:
+            return False
+        key = inode.remote_key
+        try:
+            info: ObjectInfo | None = await self.remote.head(key)
+        except NoSuchKey:
+            info = None
+        except StoreError as exc:
+            log.info("cannot revalidate %s (%s); serving the cached version", key, exc)
+            return False
+        self._validated[ino] = time.monotonic()
+        decision = self.apply_outside(ino, key, info)
+        if decision is Decision.REMOVE:
+            # this inode left the path (deleted, or replaced by a newer version while
+            # others hold it open): ESTALE makes the kernel look the path up again
+            raise FsError(errno.ESTALE, f"{key} changed in the bucket")
+        return decision is Decision.REFRESH
+
+    def apply_outside(self, ino: int, key: str, info: ObjectInfo | None,
+                      reason: str = "changed in the bucket") -> Decision:
+        """Bring ``ino`` (at ``key``) in line with what the bucket holds (``info``,
+        None if nothing), by the S3-wins rules of ``reconcile``. Re-checks the inode
+        in its own transaction, so it is safe after any await."""
+        entries: list[tuple[int, bytes]] = []
+        inodes: list[int] = []
+        now = _now_ns()
+        with self.journal.write() as txn:
+            inode = txn.get(ino)
+            if inode is None or inode.nlink == 0 or self.object_key(txn, inode) != key:
+                return Decision.KEEP
+            decision = decide(dirty=bool(inode.dirty), known_etag=inode.remote_etag,
+                              uploaded=inode.remote_key == key,
+                              bucket_etag=info.etag if info is not None else None)
+            if decision is Decision.KEEP:
+                return decision
+            if stat.S_ISDIR(inode.mode):
+                self._adopt_marker(txn, inode, info)
+                return Decision.REFRESH
+            if decision is Decision.REFRESH and self.open_count.get(ino):
+                # like an atomic replace on a local disk: open handles keep reading
+                # the version they opened, the path shows the new one
+                assert info is not None
+                self._remove_gone(txn, inode, now, entries)
+                self._add_from_object(txn, inode.parent, inode.name.encode(), info)
+                decision = Decision.REMOVE
+            elif decision is Decision.REFRESH:
+                assert info is not None
+                self._refresh(txn, inode, info)
+                inodes.append(ino)
+            elif decision is Decision.REMOVE:
+                self._remove_gone(txn, inode, now, entries)
+            else:
+                self._keep_ours(txn, inode, info, reason, now, entries)
+        if decision is Decision.REFRESH:
+            self.cache.remove(ino)
+        if decision is not Decision.REFRESH and self.flusher is not None:
+            self.flusher.forget(ino)
+        self._invalidate(entries, inodes)
+        if decision is Decision.REMOVE:
+            self._maybe_purge(ino)
+        return decision
+
+    def _invalidate(self, entries: list[tuple[int, bytes]], inodes: list[int]) -> None:
+        if self.notify_kernel is not None and (entries or inodes):
+            self.notify_kernel(entries, inodes)
+
+    def _refresh(self, txn: Txn, inode: Inode, info: ObjectInfo) -> None:
+        """REFRESH: the bucket's newer version replaces our clean copy."""
+        fields = metadata.decode(info.metadata, is_dir=False,
+                                 default_mode=self.defaults.file_mode,
+                                 default_uid=self.defaults.uid, default_gid=self.defaults.gid,
+                                 fallback_mtime_ns=info.mtime_ns)
+        for name, value in fields.items():
+            setattr(inode, name, value)
+        inode.size = info.size
+        inode.remote_key, inode.remote_etag = info.key, info.etag
+        inode.cached = False
+        inode.target = None
+        txn.put(inode)
+
+    def _adopt_marker(self, txn: Txn, inode: Inode, info: ObjectInfo | None) -> None:
+        """A directory marker changed outside: the bucket's attributes win; a marker
+        deleted outside is written again if the directory still needs one."""
+        if info is None:
+            inode.remote_key = inode.remote_etag = None
+        else:
+            fields = metadata.decode(info.metadata, is_dir=True,
+                                     default_mode=self.defaults.dir_mode,
+                                     default_uid=self.defaults.uid,
+                                     default_gid=self.defaults.gid,
+                                     fallback_mtime_ns=info.mtime_ns)
+            for name in ("mode", "uid", "gid", "mtime_ns", "atime_ns", "ctime_ns", "xattrs",
+                         "extra"):
+                setattr(inode, name, fields[name])
+            inode.remote_key, inode.remote_etag = info.key, info.etag
+            inode.dirty = 0
+            txn.clear_dirty(inode.ino)
+        txn.put(inode)
+
+    def _remove_gone(self, txn: Txn, inode: Inode, now: int,
+                     entries: list[tuple[int, bytes]]) -> None:
+        """REMOVE: deleted in the bucket, and nothing local to keep."""
+        name = inode.name.encode()
+        txn.unlink(inode.parent, name)
+        self._touch_dir(txn, inode.parent, now)
+        inode.nlink = 0
+        inode.remote_key = inode.remote_etag = None
+        txn.put(inode)
+        entries.append((inode.parent, name))
+        log.info("%s was deleted in the bucket; removed from the mount", inode.name)
+
+    def _lost_found(self, txn: Txn, now: int) -> int:
+        """The local directory ``.s3fuse/lost+found`` (made on first use). Nothing
+        under ``.s3fuse`` is ever uploaded."""
+        ino = ROOT_INO
+        for name in (keys.RESERVED_ROOT_NAME, b"lost+found"):
+            child = txn.lookup(ino, name)
+            if child is None:
+                d = Inode(ino=txn.new_ino(), mode=stat.S_IFDIR | 0o755, uid=self.defaults.uid,
+                          gid=self.defaults.gid, parent=ino, name=name.decode(), nlink=2,
+                          listed=True, atime_ns=now, mtime_ns=now, ctime_ns=now)
+                txn.put(d)
+                txn.link(ino, name, d.ino)
+                self._touch_dir(txn, ino, now, 1)
+                child = d.ino
+            ino = child
+        return ino
+
+    @staticmethod
+    def _conflict_name(txn: Txn, lost_found: int, path: str, now: int) -> bytes:
+        """``a%2Fb.txt.conflict-20261121T045000Z``: the path and the time in one name."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now // 1_000_000_000))
+        base = path.replace("%", "%25").replace("/", "%2F")
+        suffix = f".conflict-{stamp}"
+        if len((base + suffix).encode()) > 200:
+            digest = xxhash.xxh64(path.encode()).hexdigest()[:12]
+            base = base.encode()[:150].decode("utf-8", "ignore") + "~" + digest
+        name = (base + suffix).encode()
+        n = 1
+        while txn.lookup(lost_found, name) is not None:
+            n += 1
+            name = f"{base}{suffix}-{n}".encode()
+        return name
+
+    def _keep_ours(self, txn: Txn, inode: Inode, info: ObjectInfo | None, reason: str,
+                   now: int, entries: list[tuple[int, bytes]]) -> None:
+        """CONFLICT: our version moves, whole, to lost+found (same inode, so open
+        handles keep working); the bucket's version, if any, takes the path."""
+        path = "/".join(self.path_names(txn, inode))
+        parent, name = inode.parent, inode.name.encode()
+        lost_found = self._lost_found(txn, now)
+        new_name = self._conflict_name(txn, lost_found, path, now)
+        txn.unlink(parent, name)
+        txn.link(lost_found, new_name, inode.ino)
+        inode.parent, inode.name = lost_found, new_name.decode()
+        inode.remote_key = inode.remote_etag = None
+        inode.dirty = 0
+        inode.ctime_ns = now
+        txn.clear_dirty(inode.ino)
+        txn.put(inode)
+        self._touch_dir(txn, lost_found, now)
+        self._touch_dir(txn, parent, now)
+        if info is not None:
+            self._add_from_object(txn, parent, name, info)
+        entries.append((parent, name))
+        where = f"{keys.RESERVED_ROOT_NAME.decode()}/lost+found/{new_name.decode()}"
+        record = {"path": path, "lost_found": where, "time": now / 1e9,
+                  "reason": reason if info is not None else "deleted in the bucket"}
+        self.conflicts = (self.conflicts + [record])[-1000:]
+        txn.put_meta(b"conflicts", json.dumps(self.conflicts).encode())
+        log.warning("conflict on %s (%s): the bucket's version stays at the path, the "
+                    "mount's is kept at %s", path, record["reason"], where)
+
+    def in_lost_found(self, inode: Inode) -> bool:
+        with self.journal.read() as txn:
+            names = self.path_names(txn, inode)
+        return len(names) > 2 and names[0] == keys.RESERVED_ROOT_NAME.decode() \
+            and names[1] == "lost+found"
+
+    def dirs_to_poll(self, used_within_s: float) -> list[int]:
+        """Directories in use: looked into or listed within ``used_within_s``."""
+        cutoff = time.monotonic() - used_within_s
+        for ino in [i for i, t in self._dir_used.items() if t < cutoff]:
+            del self._dir_used[ino]
+        return list(self._dir_used)
+
+    async def poll_dir(self, ino: int) -> None:
+        """Re-list one directory and apply what changed in the bucket: new objects
+        appear, clean files changed outside are refreshed, clean files deleted outside
+        go away. Dirty files are left to their upload's condition."""
+        with self.journal.read() as txn:
+            d = txn.get(ino)
+            if d is None or d.nlink == 0 or not d.listed or not stat.S_ISDIR(d.mode):
+                return
+            if ino != ROOT_INO and self.object_key(txn, d) is None:
+                return
+            prefix = self._dir_prefix(txn, d)
+        dirs, files = await self._list_dir(ino, prefix)
+        with self.journal.read() as txn:
+            local = {name: txn.get(child) for name, child in txn.children(ino)}
+        new_files = {n: o for n, o in files.items() if n not in local}
+        new_dirs = {n: p for n, p in dirs.items() if n not in local}
+        changed: dict[int, ObjectInfo] = {}
+        gone: dict[int, str] = {}
+        for name, inode in local.items():
+            if inode is None or stat.S_ISDIR(inode.mode) or inode.dirty \
+                    or inode.remote_key is None or inode.remote_etag is None:
+                continue
+            obj = files.get(name)
+            if obj is None:
+                if name not in dirs:
+                    gone[inode.ino] = inode.remote_key
+            elif obj.key == inode.remote_key and obj.etag != inode.remote_etag:
+                changed[inode.ino] = obj
+        if not (new_files or new_dirs or changed or gone):
+            return
+        heads = await self._head_many([o.key for o in new_files.values()]
+                                      + [o.key for o in changed.values()]
+                                      + list(new_dirs.values()))
+        for child, obj in changed.items():
+            self.apply_outside(child, obj.key, heads.get(obj.key))
+        for child, key in gone.items():
+            self.apply_outside(child, key, None)
+        entries: list[tuple[int, bytes]] = []
+        now = _now_ns()
+        with self.journal.write() as txn:
+            d = txn.get(ino)
+            if d is None or d.nlink == 0:
+                return
+            for name, obj in new_files.items():
+                if txn.lookup(ino, name) is None:
+                    self._add_from_object(txn, ino, name, heads.get(obj.key) or obj)
+                    entries.append((ino, name))
+            for name, p in new_dirs.items():
+                if txn.lookup(ino, name) is None:
+                    child = self._inode_from_object(txn, ino, name, heads.get(p), is_dir=True,
+                                                    fallback_ns=now)
+                    if p in heads:
+                        child.remote_key, child.remote_etag = p, heads[p].etag
+                    txn.put(child)
+                    txn.link(ino, name, child.ino)
+                    self._touch_dir(txn, ino, now, 1)
+                    entries.append((ino, name))
+        self._invalidate(entries, [])
+
     # --- extended attributes ------------------------------------------------------------
     def sync_state(self, inode: Inode) -> str:
         if self.flusher is not None and self.flusher.is_uploading(inode.ino):
             return "uploading"
+        if self.in_lost_found(inode):
+            return "conflict"
         with self.journal.read() as txn:
             if self.object_key(txn, inode) is None and inode.ino != ROOT_INO:
                 return "local-only"

@@ -40,6 +40,8 @@ import trio
 from . import faults
 from .errors import FsError, NoSuchKey, PreconditionFailed, StoreError
 from .journal import DIRTY_DATA, Inode
+from .reconcile import Decision
+from .store.base import ObjectInfo
 
 if TYPE_CHECKING:
     from .filesystem import Filesystem
@@ -289,6 +291,14 @@ class Flusher:
                 body = fs.cache.snapshot(ino, inode.size)
         elif stat.S_ISLNK(inode.mode):
             body = (inode.target or "").encode("utf-8", "surrogateescape")
+        if not fs.remote.capabilities.conditional_put and not as_copy:
+            # the server ignores conditions: check first (best effort, not atomic)
+            if await self._changed_outside(ino, key, inode.remote_etag if if_match else None):
+                fs.cache.drop_snapshot(body)
+                return
+            if_match, unconditional = None, True
+        else:
+            unconditional = False
         faults.crash_point("before-put")
         try:
             if as_copy:
@@ -296,12 +306,17 @@ class Flusher:
                 self.counts["copy"] += 1
             else:
                 etag = await fs.remote.put(key, body, md, if_match=if_match,
-                                           if_none_match=if_match is None)
+                                           if_none_match=if_match is None and not unconditional)
                 self.counts["put"] += 1
-        except PreconditionFailed as exc:
-            ours = await self._our_object(key, ino, seq)
+        except PreconditionFailed:
+            try:
+                info = await self._head(key)
+            except StoreError as exc:
+                self._failed(ino, key, "put", exc)
+                return
+            ours = self._ours(info, ino, seq)
             if ours is None:
-                self._failed(ino, key, "conflict", exc)
+                self._conflict(ino, key, info)
                 return
             # our own earlier upload landed (before a crash, or its reply was lost):
             # adopt it; if it is older than this change, the next round replaces it
@@ -314,13 +329,44 @@ class Flusher:
         faults.crash_point("after-put")
         self._commit(ino, key, etag, seq)
 
-    async def _our_object(self, key: str, ino: int, seq: int) -> tuple[str, int] | None:
-        """After a failed condition: is the object at ``key`` an upload of this very
-        inode by this journal, of this change or an earlier one (a PUT that landed
-        before a crash, or whose reply was lost)? Its (ETag, change_seq) if so."""
+    async def _head(self, key: str) -> ObjectInfo | None:
         try:
-            info = await self.fs.remote.head(key)
-        except StoreError:
+            return await self.fs.remote.head(key)
+        except NoSuchKey:
+            return None
+
+    async def _changed_outside(self, ino: int, key: str, expect_etag: str | None) -> bool:
+        """For servers without conditional PUTs: HEAD first and resolve a conflict the
+        way a refused condition would. True if the upload must not go ahead."""
+        try:
+            info = await self._head(key)
+        except StoreError as exc:
+            self._failed(ino, key, "head", exc)
+            return True
+        if (info.etag if info else None) == expect_etag:
+            return False
+        if self._ours(info, ino, 1 << 62) is not None:
+            return False
+        self._conflict(ino, key, info)
+        return True
+
+    def _conflict(self, ino: int, key: str, info: ObjectInfo | None) -> None:
+        """The bucket changed under a dirty file: S3 wins, ours goes to lost+found."""
+        decision = self.fs.apply_outside(ino, key, info,
+                                         reason="changed both in the bucket and on the mount")
+        if decision is Decision.KEEP:
+            # the condition failed although the bucket holds what we expected (a
+            # server that compares ETags differently): retry later, never overwrite
+            self._failed(ino, key, "put", PreconditionFailed(
+                f"{key}: the server refused the condition but holds the expected ETag"))
+            return
+        self.counts["conflicts"] += 1
+
+    def _ours(self, info: ObjectInfo | None, ino: int, seq: int) -> tuple[str, int] | None:
+        """Is the object an upload of this very inode by this journal, of this change or
+        an earlier one (a PUT that landed before a crash, or whose reply was lost)?
+        Its (ETag, change_seq) if so."""
+        if info is None:
             return None
         tag = (info.metadata or {}).get(SEQ_META, "")
         instance, _, rest = tag.partition(":")

@@ -139,8 +139,8 @@ class FuseOps(pyfuse3.Operations):
 
     @_guard
     async def open(self, inode, flags, ctx):
-        fh = await self.fs.open(inode, flags)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+        fh, changed = await self.fs.open(inode, flags)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=not changed)
 
     @_guard
     async def create(self, parent_inode, name, mode, flags, ctx):

@@ -19,7 +19,10 @@ that keys sort numerically):
              (src -> dst, pinned to the source ETag) and ``delete`` (key, ETag). The
              flusher executes them strictly in order; an upload of a key waits while
              any pending op names that key.
-``meta``     counters: ``next_ino``, ``next_op``, and ``format`` (layout version).
+``meta``     counters: ``next_ino``, ``next_op``, ``format`` (layout version),
+             ``source`` and ``instance`` (which bucket, and this journal's id in the
+             ``s3fuse-seq`` tag of every upload), ``conflicts`` (JSON list of the
+             most recent conflicts: path, lost+found name, time, reason).
 
 Invariant kept by every write transaction: once the pending ``ops`` are carried out,
 each live inode's ``remote_key`` equals the key of its path (or is None), so an upload
@@ -144,6 +147,12 @@ class Txn:
         with self.txn.cursor(db=self._j.db_inodes) as cur:
             for _, raw in cur:
                 yield Inode.decode(raw)
+
+    def get_meta(self, key: bytes) -> bytes | None:
+        return self.txn.get(key, db=self._j.db_meta)
+
+    def put_meta(self, key: bytes, value: bytes) -> None:
+        self.txn.put(key, value, db=self._j.db_meta)
 
     # --- directory entries --------------------------------------------------------
     def lookup(self, parent: int, name: bytes) -> int | None:

@@ -201,7 +201,7 @@ def test_outside_objects_are_listed_with_their_attributes(tmp_path):
         link = await rig.fs.lookup(ROOT_INO, b"link")
         assert stat.S_ISLNK(link.mode)
         assert await rig.fs.readlink(link.ino) == b"plain.txt"
-        fh = await rig.fs.open(plain.ino, os.O_RDONLY)
+        fh, _ = await rig.fs.open(plain.ino, os.O_RDONLY)
         assert await rig.fs.read(fh, 3, 100) == b"attributes"
         imp = await rig.fs.lookup(ROOT_INO, b"implicit")
         deep = await rig.fs.lookup(imp.ino, b"deep")
@@ -306,14 +306,83 @@ def test_outside_change_is_not_overwritten(tmp_path):
     async def scenario(rig: Rig):
         await rig.write_file(ROOT_INO, b"shared", b"ours v1")
         await trio.sleep(WINDOW + 5)
-        rig.store.put("shared", b"theirs", {})
         inode = await rig.fs.lookup(ROOT_INO, b"shared")
-        fh = await rig.fs.open(inode.ino, os.O_WRONLY)
+        fh, _ = await rig.fs.open(inode.ino, os.O_WRONLY)  # opened before the change
+        rig.store.put("shared", b"theirs", {})
         await rig.fs.write(fh, 0, b"ours v2")
         await rig.fs.release(fh)
         await trio.sleep(WINDOW + 5)
-        assert rig.bucket()["shared"] == b"theirs"
-        assert any(e.operation == "conflict" for e in rig.flusher.errors)
+        # S3 wins at the path ...
+        assert rig.bucket() == {"shared": b"theirs"}
+        at_path = await rig.fs.lookup(ROOT_INO, b"shared")
+        assert at_path.ino != inode.ino and at_path.size == len(b"theirs")
+        fh, _ = await rig.fs.open(at_path.ino, os.O_RDONLY)
+        assert await rig.fs.read(fh, 0, 100) == b"theirs"
+        # ... and ours is kept whole, locally, in lost+found
+        s3 = await rig.fs.lookup(ROOT_INO, b".s3fuse")
+        lf = await rig.fs.lookup(s3.ino, b"lost+found")
+        [(name, kept, _)] = list(rig.fs.readdir(await rig.fs.opendir(lf.ino), 0))
+        assert name.startswith(b"shared.conflict-") and kept.ino == inode.ino
+        fh, _ = await rig.fs.open(kept.ino, os.O_RDONLY)
+        assert await rig.fs.read(fh, 0, 100) == b"ours v2"
+        assert rig.fs.sync_state(kept) == "conflict"
+        assert rig.fs.conflicts[-1]["path"] == "shared"
+        await trio.sleep(WINDOW * 2)
+        assert rig.bucket() == {"shared": b"theirs"}  # lost+found is never uploaded
+
+    run(tmp_path, scenario)
+
+
+def test_open_sees_outside_changes_and_deletes(tmp_path):
+    async def scenario(rig: Rig):
+        rig.fs.metadata_ttl_s = 0.0
+        await rig.write_file(ROOT_INO, b"doc", b"version one")
+        await rig.write_file(ROOT_INO, b"gone", b"bye")
+        await trio.sleep(WINDOW + 5)
+        rig.store.put("doc", b"version two, longer", {"mode": str(stat.S_IFREG | 0o600)})
+        rig.store.delete("gone")
+        doc = await rig.fs.lookup(ROOT_INO, b"doc")
+        fh, changed = await rig.fs.open(doc.ino, os.O_RDONLY)
+        assert changed
+        assert await rig.fs.read(fh, 0, 100) == b"version two, longer"
+        assert stat.S_IMODE(rig.fs.get(doc.ino).mode) == 0o600
+        gone = await rig.fs.lookup(ROOT_INO, b"gone")
+        with pytest.raises(FsError) as e:
+            await rig.fs.open(gone.ino, os.O_RDONLY)
+        assert e.value.errno == errno.ESTALE  # the kernel then looks the path up again
+        with pytest.raises(FsError):
+            await rig.fs.lookup(ROOT_INO, b"gone")
+
+    run(tmp_path, scenario)
+
+
+def test_poll_shows_new_changed_and_deleted_objects(tmp_path):
+    async def scenario(rig: Rig):
+        await rig.write_file(ROOT_INO, b"kept", b"k")
+        await rig.write_file(ROOT_INO, b"edited", b"e1")
+        await rig.write_file(ROOT_INO, b"removed", b"r")
+        await rig.write_file(ROOT_INO, b"dirty", b"d1")
+        await trio.sleep(WINDOW + 5)
+        rig.store.put("new.txt", b"from outside", {})
+        rig.store.put("newdir/inner", b"x", {})
+        rig.store.put("edited", b"e2-outside", {})
+        rig.store.delete("removed")
+        dirty = await rig.fs.lookup(ROOT_INO, b"dirty")
+        fh, _ = await rig.fs.open(dirty.ino, os.O_WRONLY)
+        await rig.fs.write(fh, 0, b"d2")
+        await rig.fs.release(fh)
+        rig.store.delete("dirty")  # deleted outside while dirty here
+        await rig.fs.poll_dir(ROOT_INO)
+        names = sorted(n for n, _, _ in rig.fs.readdir(await rig.fs.opendir(ROOT_INO), 0))
+        assert names == [b"dirty", b"edited", b"kept", b"new.txt", b"newdir"]
+        edited = await rig.fs.lookup(ROOT_INO, b"edited")
+        fh, _ = await rig.fs.open(edited.ino, os.O_RDONLY)
+        assert await rig.fs.read(fh, 0, 100) == b"e2-outside"
+        await trio.sleep(WINDOW + 5)
+        # the dirty file deleted outside: kept in lost+found, gone from its path
+        assert "dirty" not in rig.bucket()
+        assert [c["path"] for c in rig.fs.conflicts] == ["dirty"]
+        assert rig.fs.conflicts[0]["reason"] == "deleted in the bucket"
 
     run(tmp_path, scenario)
 
@@ -402,7 +471,7 @@ def test_an_upload_that_landed_before_a_crash_is_adopted_not_a_conflict(tmp_path
             await nursery.start(rig.flusher.run)
             assert await rig.flusher.drain(30)
             nursery.cancel_scope.cancel()
-        fh = await rig.fs.open((await rig.fs.lookup(ROOT_INO, b"a")).ino, os.O_WRONLY)
+        fh, _ = await rig.fs.open((await rig.fs.lookup(ROOT_INO, b"a")).ino, os.O_WRONLY)
         await rig.fs.write(fh, 0, b"v2")
         await rig.fs.release(fh)
         rig.flusher._commit = lambda *a: None  # the PUT lands, the journal never learns
