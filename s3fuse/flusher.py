@@ -476,7 +476,11 @@ class Flusher:
             if op["op"] != "copy":
                 return
             inode: Inode | None = txn.get(op.get("ino", 0))
-            if inode is None or inode.remote_key != op["dst"]:
+            if inode is None or inode.nlink == 0 or inode.remote_key != op["dst"]:
+                # renamed over meanwhile: the copy's object belongs to whoever holds
+                # that path now (it inherited the key, waiting for this ETag)
+                inode = self.fs.inode_at_key(txn, op["dst"])
+            if inode is None or inode.remote_key != op["dst"] or inode.remote_etag is not None:
                 return
             if etag:
                 inode.remote_etag = etag
