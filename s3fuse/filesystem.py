@@ -493,6 +493,11 @@ class Filesystem:
             raise FsError(errno.ENOENT, "directory was removed")
         if txn.lookup(parent, name) is not None:
             raise FsError(errno.EEXIST)
+        if p.mode & stat.S_ISGID:
+            # a setgid directory passes its group on (and the bit, to directories)
+            gid = p.gid
+            if stat.S_ISDIR(mode):
+                mode |= stat.S_ISGID
         inode = Inode(ino=txn.new_ino(), mode=mode, uid=uid, gid=gid, parent=parent,
                       name=seg, atime_ns=now, mtime_ns=now, ctime_ns=now, **fields)
         txn.link(parent, name, inode.ino)

@@ -320,3 +320,16 @@ def test_objects_written_by_other_tools(unmounted):
     md = unmounted.head("tagged.txt")
     assert md["project"] == "apollo"  # foreign metadata kept on rewrite
     assert unmounted.objects()["tagged.txt"] == b"t+"
+
+
+def test_setgid_directory_passes_its_group_on(file_mount):
+    d = file_mount.p("shared")
+    os.mkdir(d)
+    os.chown(d, 0, 4321)
+    os.chmod(d, 0o2775)
+    with open(os.path.join(d, "f"), "w") as f:
+        f.write("x")
+    os.mkdir(os.path.join(d, "sub"))
+    assert os.stat(os.path.join(d, "f")).st_gid == 4321
+    sub = os.stat(os.path.join(d, "sub"))
+    assert sub.st_gid == 4321 and sub.st_mode & stat.S_ISGID
