@@ -327,7 +327,7 @@ class Daemon:
         return {
             **pending,
             "conflicts": list(self.fs.conflicts),
-            "not_exported": [],
+            "not_exported": self.fs.not_exported_paths(),
             "skipped_keys": [{"key": k, "reason": r} for k, r in self.fs.skipped_keys.items()],
             "errors": [{"time": e.when, "path": e.path, "operation": e.operation,
                         "message": e.message} for e in self.flusher.errors],

@@ -105,6 +105,8 @@ class Filesystem:
         self._validated: dict[int, float] = {}  # ino -> monotonic time checked
         self._dir_used: dict[int, float] = {}  # directory ino -> monotonic time used
         self.conflicts: list[dict] = []
+        # paths kept only locally because their key would pass S3's 1,024 bytes
+        self.not_exported: dict[int, str] = {}
         # set by the daemon: tells the kernel to drop cached names and pages
         self.notify_kernel: Callable[[list[tuple[int, bytes]], list[int]], None] | None = None
 
@@ -185,6 +187,7 @@ class Filesystem:
         if stat.S_ISDIR(inode.mode):
             key += "/"
         if len(key.encode()) > keys.KEY_MAX:
+            self.not_exported[inode.ino] = "/".join(names)
             return None
         return key
 
@@ -1162,6 +1165,19 @@ class Filesystem:
         txn.put_meta(b"conflicts", json.dumps(self.conflicts).encode())
         log.warning("conflict on %s (%s): the bucket's version stays at the path, the "
                     "mount's is kept at %s", path, record["reason"], where)
+
+    def not_exported_paths(self) -> list[dict]:
+        """Live files and directories whose key would be too long for S3."""
+        out = []
+        with self.journal.read() as txn:
+            for ino in list(self.not_exported):
+                inode = txn.get(ino)
+                if inode is None or inode.nlink == 0 or self.object_key(txn, inode) is not None:
+                    self.not_exported.pop(ino, None)
+                    continue
+                out.append({"path": self.not_exported[ino],
+                            "reason": f"key longer than {keys.KEY_MAX} bytes"})
+        return out
 
     def in_lost_found(self, inode: Inode) -> bool:
         with self.journal.read() as txn:

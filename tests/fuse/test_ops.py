@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import json
 import mmap
 import os
 import stat
@@ -333,3 +334,22 @@ def test_setgid_directory_passes_its_group_on(file_mount):
     assert os.stat(os.path.join(d, "f")).st_gid == 4321
     sub = os.stat(os.path.join(d, "sub"))
     assert sub.st_gid == 4321 and sub.st_mode & stat.S_ISGID
+
+
+def test_paths_too_long_for_s3_are_kept_local_and_listed(file_mount):
+    deep = file_mount.path
+    for i in range(6):
+        deep = os.path.join(deep, f"{i}" * 200)
+        os.mkdir(deep)
+    with open(os.path.join(deep, "file"), "w") as f:
+        f.write("still works")
+    assert open(os.path.join(deep, "file")).read() == "still works"
+    assert os.getxattr(os.path.join(deep, "file"), "user.s3fuse.state") == b"local-only"
+    file_mount.sync()
+    out = subprocess.run([sys.executable, "-m", "s3fuse.cli", "status", "--json",
+                          file_mount.path], capture_output=True, text=True, timeout=30)
+    listed = [e["path"] for e in json.loads(out.stdout)["not_exported"]]
+    assert any(p.endswith("/file") for p in listed)
+    keys = file_mount.objects()
+    assert keys and all(len(k.encode()) <= 1024 for k in keys)
+    assert not any(k.endswith("/file") for k in keys)
