@@ -10,7 +10,6 @@ socket and the filesystem's own permission checks apply.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -19,7 +18,7 @@ import sys
 import time
 
 from . import __version__
-from .config import (Settings, default_cache_root, parse_mode, parse_seconds, parse_size)
+from .config import Settings, default_cache_dir, parse_mode, parse_seconds, parse_size
 from .errors import S3FuseError, UsageError
 from .fuse_ops import CONTROL_DRAIN, CONTROL_PID, CONTROL_STATUS
 
@@ -126,8 +125,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         raise UsageError(f"invalid log level {args.log_level!r}")
     cache_dir = args.cache_dir
     if not cache_dir:
-        digest = hashlib.sha256(f"{source} {args.endpoint_url or ''}".encode()).hexdigest()
-        cache_dir = os.path.join(default_cache_root(), digest[:16])
+        cache_dir = default_cache_dir(source, args.endpoint_url)
     max_uploads = int(args.max_uploads)
     if max_uploads < 1:
         raise UsageError("--max-uploads must be at least 1")
@@ -313,6 +311,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fsck(args: argparse.Namespace) -> int:
+    """Offline: compare the journal and cache with the bucket; exit 0 clean (or all
+    repaired), 1 problems remain, 2 could not check (in use, wrong source, ...)."""
+    from . import fsck
+
+    try:
+        return fsck.run(args.source, cache_dir=args.cache_dir, endpoint_url=args.endpoint_url,
+                        region=args.region, repair=args.repair, as_json=args.json)
+    except UsageError as exc:
+        return _fail(str(exc), 2)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Mount a small demo tree on the embedded file:// backend."""
     store_root = "/var/lib/s3fuse-demo/bucket" if os.geteuid() == 0 else \
@@ -370,6 +380,19 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("mountpoint")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("demo", help="mount a demo tree on the embedded file:// backend")
+    fk = sub.add_parser("fsck", help="offline: compare the journal and cache with the bucket",
+                        description="Compare an unmounted cache directory (journal and "
+                                    "cache files) with the bucket; report the differences "
+                                    "and, with --repair, fix what is safe to fix.")
+    fk.add_argument("source", help="the mount's source, s3://BUCKET[/PREFIX] or file:///PATH")
+    fk.add_argument("--cache-dir", help="the mount's cache directory (default: the one "
+                                        "s3fuse mount uses for this source)")
+    fk.add_argument("--endpoint-url", help="S3-compatible endpoint, as given to mount")
+    fk.add_argument("--region", help="S3 region")
+    fk.add_argument("--repair", action="store_true",
+                    help="fix what is safe: the bucket wins for clean files; data pending "
+                         "upload is never dropped")
+    fk.add_argument("--json", action="store_true", help="machine-readable output")
     return p
 
 
@@ -416,6 +439,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_status(args)
     if args.command == "demo":
         return cmd_demo(args)
+    if args.command == "fsck":
+        return cmd_fsck(args)
     return _fail(f"unknown command {args.command}", 2)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
@@ -47,6 +48,13 @@ def default_cache_root() -> str:
         return "/var/cache/s3fuse"
     base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
     return os.path.join(base, "s3fuse")
+
+
+def default_cache_dir(source: str, endpoint_url: str | None) -> str:
+    """The cache directory of a mount given none: one per bucket source, so mounting
+    the same source again (anywhere) replays the same journal."""
+    digest = hashlib.sha256(f"{source} {endpoint_url or ''}".encode()).hexdigest()
+    return os.path.join(default_cache_root(), digest[:16])
 
 
 @dataclass(frozen=True)

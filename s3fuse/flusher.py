@@ -277,7 +277,10 @@ class Flusher:
         if blocked:
             return
         if inode.remote_key == key and inode.remote_etag is None:
-            return  # a copy to this key has not committed yet
+            # a copy to this key has not committed yet: look again after a tick (an
+            # immediate retry would spin, since nothing here waits)
+            self._retry_at[ino] = trio.current_time() + self._tick_s()
+            return
         seq = inode.change_seq
         md = fs.object_metadata(inode)
         md[SEQ_META] = f"{self.instance_id}:{ino}:{seq}"

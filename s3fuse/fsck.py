@@ -1,0 +1,891 @@
+"""``s3fuse fsck``: check a cache directory (journal and cache files) against its
+bucket, offline; report what differs and repair what is safe to repair.
+
+``check(journal, cache_dir, store, prefix)`` is the core: synchronous, no FUSE, no
+trio, so unit tests run it after every scenario as the invariant check. ``run`` is the
+command: it refuses a cache directory a running mount holds (the ``CACHE_DIR/lock``
+flock) or one that belongs to another source, and holds that lock itself while it
+works, so no mount can start in the middle.
+
+What is checked (``kind`` of each finding; *info* kinds never make the exit non-zero):
+
+Journal, no bucket needed
+  ``root``             the root inode is missing or not a directory.
+  ``dangling-dirent``  an entry names an inode that does not exist. Repair: remove it.
+  ``dirent``           an entry whose parent is missing or not a directory, a second
+                       entry for one inode, an entry whose inode records another
+                       (parent, name), an entry for an unlinked inode.
+  ``unreachable``      a live inode (nlink > 0) that no chain of entries reaches from
+                       the root. Never repaired: it may hold data.
+  ``unlinked-inode``   (info) nlink 0: kept for a handle open when the daemon stopped;
+                       the next mount drops it. Repair: drop it now.
+  ``nlink``            a directory's nlink is not 2 + its subdirectories (a file's not
+                       1). Repair: set it.
+  ``dirty-set``        the ``dirty`` flag and the ``dirty`` sub-database disagree.
+                       Repair: a dirty inode joins the set (so it gets uploaded); a
+                       clean or missing one leaves it.
+  ``dirty-not-cached`` dirty data that is not whole in the cache: nothing to upload.
+  ``cache-missing``    a file marked cached has no cache file. Repair when clean:
+                       cached=False (read from the bucket). Dirty: its data is lost.
+  ``cache-size``       the cache file's length is not the file's size. Repair: clean,
+                       drop the cache file; dirty, the cache file is the data and its
+                       length wins (as the next mount does).
+  ``orphan-cache-file`` a cache file without an inode, or for a non-regular inode.
+                       Repair: delete it.
+  ``bad-op``           a pending op that is malformed or names a key outside the prefix.
+  ``remote-key``       an inode's ``remote_key`` is not the key of its path (the
+                       journal's invariant), or an unlinked inode still owns an object.
+  ``etag-unknown``     ``remote_key`` without an ETag and no pending copy to produce
+                       it. Repair (with the bucket): adopt the bucket's object.
+  ``counter``          ``next_ino``/``next_op`` not above every inode / op.
+  ``pending-upload``   (info) a dirty inode; the next mount uploads it.
+  ``pending-op``       (info) a pending copy or delete; the next mount carries it out.
+
+Journal against the bucket (every exported, reachable inode whose keys no pending op
+names; each listed directory is LISTed once, other objects are HEADed)
+  ``deleted-outside``  a clean inode's object is gone. Repair (S3 wins): the entry is
+                       removed from the journal; a directory that still has entries
+                       only loses its marker. A directory with nothing left under its
+                       prefix goes too.
+  ``changed-outside``  a clean inode's object has another ETag (or the journal knew no
+                       object where the bucket has one). Repair (S3 wins): ETag, size
+                       and attributes from a HEAD, cache file dropped: the bucket's
+                       bytes are read next time.
+  ``size``             same ETag, another size. Repair: as ``changed-outside``.
+  ``not-uploaded``     a clean, exported inode with local content and no object.
+                       Repair: mark it dirty, so the next mount uploads it.
+  ``no-data``          a clean file neither cached nor in the bucket. Repair: remove it.
+  ``conflict``         a dirty inode whose object changed, vanished or appeared in the
+                       bucket since we last saw it (and not by our own interrupted
+                       upload): the upload will be refused. Never repaired here:
+                       nothing acknowledged may be lost.
+  ``new-outside``      (info) an object or prefix in a listed directory that the
+                       journal does not know. Repair: mark the directory unlisted, so
+                       the next mount lists it again (``ensure_listed`` adds the new
+                       names and keeps every existing one); not while pending ops
+                       touch that directory.
+
+Repairs are applied at the end, in one journal transaction (then the cache files are
+deleted), and only with ``repair=True``; without it the report says what a repair
+would do. Key rules are the filesystem's own (``Filesystem.object_key``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from . import keys, metadata
+from .config import default_cache_dir
+from .errors import FsError, InvalidKey, NoSuchKey, StoreError, UsageError
+from .filesystem import Defaults, Filesystem
+from .flusher import SEQ_META
+from .journal import DIRTY_DATA, DIRTY_META, ROOT_INO, Inode, Journal, Txn
+from .store.base import ObjectInfo, ObjectStore
+
+INFO_KINDS = frozenset({"pending-upload", "pending-op", "new-outside", "unlinked-inode"})
+
+_U64 = struct.Struct(">Q")
+_PROBE_PREFIX = ".s3fuse-probe-"
+
+
+@dataclass
+class Finding:
+    """One difference. ``subject`` is an inode number, or a key / cache file name."""
+
+    kind: str
+    subject: int | str
+    detail: str
+    repaired: bool = False
+    path: str | None = None  # the inode's path on the mount, when there is one
+
+    @property
+    def severity(self) -> str:
+        return "info" if self.kind in INFO_KINDS else "problem"
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "severity": self.severity, "subject": self.subject,
+                "path": self.path, "detail": self.detail, "repaired": self.repaired}
+
+    def __str__(self) -> str:
+        where = self.path if self.path is not None else str(self.subject)
+        if self.path is not None and isinstance(self.subject, int):
+            where += f" (ino {self.subject})"
+        done = " [repaired]" if self.repaired else ""
+        return f"{self.severity:7} {self.kind:17} {where}: {self.detail}{done}"
+
+
+@dataclass
+class Report:
+    findings: list[Finding] = field(default_factory=list)
+    repair: bool = False
+    bucket_checked: bool = False
+
+    @property
+    def problems(self) -> list[Finding]:
+        """Findings that still stand: not informational, not repaired."""
+        return [f for f in self.findings if f.severity == "problem" and not f.repaired]
+
+    @property
+    def clean(self) -> bool:
+        return not self.problems
+
+    def kinds(self) -> set[str]:
+        return {f.kind for f in self.findings}
+
+    def of_kind(self, kind: str) -> list[Finding]:
+        return [f for f in self.findings if f.kind == kind]
+
+    def as_dict(self) -> dict:
+        return {"clean": self.clean, "repair": self.repair,
+                "bucket_checked": self.bucket_checked,
+                "problems": len(self.problems),
+                "repaired": sum(1 for f in self.findings if f.repaired),
+                "findings": [f.as_dict() for f in self.findings]}
+
+    def summary(self) -> str:
+        problems = [f for f in self.findings if f.severity == "problem"]
+        notes = len(self.findings) - len(problems)
+        fixed = sum(1 for f in problems if f.repaired)
+        left = len(problems) - fixed
+        tail = f", {notes} notes" if notes else ""
+        if not problems:
+            return f"clean{tail}"
+        if self.repair:
+            return (f"{fixed} of {len(problems)} problems repaired{tail}"
+                    + (f"; {left} not safe to repair automatically" if left else ""))
+        return f"{len(problems)} problems{tail}; --repair fixes what is safe to fix"
+
+
+def check(journal: Journal, cache_dir: str, store: ObjectStore | None = None,
+          prefix: str = "", *, repair: bool = False) -> Report:
+    """Check ``journal`` and the cache files in ``cache_dir`` (and, given a store,
+    the bucket under ``prefix``); with ``repair``, fix what is safe to fix.
+
+    The caller makes sure no mount uses the cache directory. Store calls are made
+    synchronously; a ``StoreError`` other than a missing key propagates, before any
+    repair is applied.
+    """
+    checker = _Checker(journal, cache_dir, store, prefix, repair)
+    checker.run()
+    return checker.report
+
+
+class _Checker:
+    def __init__(self, journal: Journal, cache_dir: str, store: ObjectStore | None,
+                 prefix: str, repair: bool) -> None:
+        self.journal = journal
+        self.data_dir = os.path.join(cache_dir, "data")
+        self.store = store
+        self.prefix = prefix
+        self.repair = repair
+        # Only its key rules (path_names, object_key) are used: they read the journal
+        # and nothing else, so no cache, remote or trio is needed.
+        self.fs = Filesystem(journal, None, None, prefix, Defaults(uid=0, gid=0))  # type: ignore[arg-type]
+        self.report = Report(repair=repair, bucket_checked=store is not None)
+        self.instance = (journal.get_meta(b"instance") or b"").decode()
+        self._actions: list[Callable[[Txn], None]] = []
+        self._unlink_paths: dict[str, None] = {}
+
+    # --- bookkeeping ----------------------------------------------------------------
+    def find(self, kind: str, subject: int | str, detail: str, *,
+             fix: Callable[[Txn], None] | None = None, files: Iterable[str] = ()) -> None:
+        files = list(files)
+        fixable = fix is not None or bool(files)
+        path = self.path_of.get(subject) if isinstance(subject, int) else None
+        self.report.findings.append(Finding(kind, subject, detail,
+                                            repaired=self.repair and fixable, path=path))
+        if self.repair and fixable:
+            if fix is not None:
+                self._actions.append(fix)
+            for p in files:
+                self._unlink_paths[p] = None
+
+    def cache_path(self, ino: int) -> str:
+        return os.path.join(self.data_dir, str(ino))
+
+    def run(self) -> None:
+        self.path_of: dict[int, str] = {}
+        self.load()
+        self.check_tree()
+        self.check_inodes()
+        self.check_cache()
+        self.check_ops()
+        self.check_remote_keys()
+        self.check_counters()
+        if self.store is not None:
+            self.check_bucket()
+        for ino in sorted(self.etag_unknown):
+            if self.inodes[ino].dirty:
+                self.find("etag-unknown", ino, "remote key without an ETag, and no pending "
+                          "copy will produce one: its upload waits for that ETag forever")
+            else:
+                self.find("etag-unknown", ino, "remote key without an ETag, and no pending "
+                          "copy will produce one (check with the bucket to repair)")
+        for f in self.report.findings:
+            if f.path is None and isinstance(f.subject, int):
+                f.path = self.path_of.get(f.subject)
+        if self.repair:
+            self.apply()
+
+    def load(self) -> None:
+        with self.journal.read() as txn:
+            self.inodes: dict[int, Inode] = {i.ino: i for i in txn.all_inodes()}
+            self.raw_dirents: list[tuple[int, bytes, int]] = []
+            with txn.txn.cursor(db=self.journal.db_dirents) as cur:
+                for k, v in cur:
+                    self.raw_dirents.append((_U64.unpack(k[:8])[0], bytes(k[8:]),
+                                             _U64.unpack(v)[0]))
+            self.dirty_set = set(txn.dirty_inos())
+            self.ops = txn.ops()
+            self.next_ino = _meta_int(txn, self.journal, b"next_ino")
+            self.next_op = _meta_int(txn, self.journal, b"next_op")
+
+    def apply(self) -> None:
+        if self._actions:
+            with self.journal.write() as txn:
+                for action in self._actions:
+                    action(txn)
+            self.journal.sync()
+        # after the commit: a crash in between leaves orphan cache files (found by
+        # the next fsck), never a "cached" inode without its file
+        for p in self._unlink_paths:
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+
+    # --- the tree -------------------------------------------------------------------
+    def check_tree(self) -> None:
+        inodes = self.inodes
+        root = inodes.get(ROOT_INO)
+        if root is None or not stat.S_ISDIR(root.mode):
+            self.find("root", ROOT_INO, "the root inode is missing or not a directory")
+        self.children: dict[int, dict[bytes, int]] = {}
+        self.entry_of: dict[int, tuple[int, bytes]] = {}
+        for parent, name, child in self.raw_dirents:
+            where = f"entry {name!r} of directory {parent}"
+            c = inodes.get(child)
+            p = inodes.get(parent)
+            if c is None:
+                self.find("dangling-dirent", child,
+                          f"{where} names inode {child}, which does not exist",
+                          fix=_unlink_entry(parent, name, child))
+                continue
+            if p is None or not stat.S_ISDIR(p.mode):
+                self.find("dirent", child, f"{where}: that parent is missing or not a "
+                                           "directory")
+                continue
+            if child in self.entry_of:
+                other = self.entry_of[child]
+                self.find("dirent", child, f"{where} and entry {other[1]!r} of directory "
+                                           f"{other[0]} both name inode {child}")
+                continue
+            if c.parent != parent or _name_bytes(c.name) != name:
+                self.find("dirent", child, f"{where} names inode {child}, whose record "
+                                           f"says parent {c.parent}, name {c.name!r}")
+            if c.nlink == 0:
+                self.find("dirent", child, f"{where} names inode {child}, which is unlinked")
+            self.children.setdefault(parent, {})[name] = child
+            self.entry_of[child] = (parent, name)
+
+        # reachability: each inode has at most one entry, so this walk is a tree walk
+        self.reachable: set[int] = set()
+        self.dir_order: list[int] = []  # directories, parents before children
+        stack = [ROOT_INO] if root is not None and stat.S_ISDIR(root.mode) else []
+        while stack:
+            ino = stack.pop()
+            if ino in self.reachable:
+                continue
+            self.reachable.add(ino)
+            inode = inodes[ino]
+            if stat.S_ISDIR(inode.mode):
+                self.dir_order.append(ino)
+                stack.extend(self.children.get(ino, {}).values())
+
+        self.key_of: dict[int, str | None] = {}
+        with self.journal.read() as txn:
+            for ino in self.reachable:
+                inode = inodes[ino]
+                try:
+                    self.key_of[ino] = self.fs.object_key(txn, inode)
+                    names = self.fs.path_names(txn, inode)
+                except FsError:
+                    self.key_of[ino] = None
+                    continue
+                self.path_of[ino] = "/" + "/".join(names)
+
+    def check_inodes(self) -> None:
+        for ino, inode in sorted(self.inodes.items()):
+            if ino == ROOT_INO:
+                pass
+            elif inode.nlink == 0:
+                if ino not in self.entry_of:
+                    self.find("unlinked-inode", ino,
+                              f"{inode.name!r} is unlinked (it was open when the daemon "
+                              "stopped); the next mount drops it",
+                              fix=_delete_inode(ino),
+                              files=[self.cache_path(ino)])
+                continue
+            elif ino not in self.reachable:
+                self.find("unreachable", ino,
+                          f"{inode.name!r} (parent {inode.parent}) is not reachable from "
+                          "the root" + (" and has data pending upload" if inode.dirty
+                                        else ""))
+                continue
+            if stat.S_ISDIR(inode.mode):
+                want = 2 + sum(1 for c in self.children.get(ino, {}).values()
+                               if stat.S_ISDIR(self.inodes[c].mode))
+            else:
+                want = 1
+            if inode.nlink != want:
+                self.find("nlink", ino, f"nlink is {inode.nlink}, expected {want}; "
+                                        "repair: set it",
+                          fix=_set_fields(ino, nlink=want))
+
+        # dirty flag <=> dirty set
+        for ino in sorted(self.dirty_set - self.inodes.keys()):
+            self.find("dirty-set", ino, "the dirty set names an inode that does not "
+                                              "exist; repair: leave the set",
+                      fix=_clear_dirty(ino))
+        for ino, inode in sorted(self.inodes.items()):
+            if inode.dirty and ino not in self.dirty_set and inode.nlink > 0:
+                self.find("dirty-set", ino, "marked dirty but missing from the dirty set: "
+                                            "it would never be uploaded; repair: add it",
+                          fix=_mark_dirty(ino))
+            elif not inode.dirty and ino in self.dirty_set:
+                self.find("dirty-set", ino, "in the dirty set but not marked dirty; repair: "
+                                                 "leave the set",
+                          fix=_clear_dirty(ino))
+            if inode.dirty and inode.nlink > 0 and ino in self.reachable:
+                what = []
+                if inode.dirty & DIRTY_DATA:
+                    what.append("data")
+                if inode.dirty & DIRTY_META:
+                    what.append("attributes")
+                self.find("pending-upload", ino, f"{' and '.join(what) or 'changes'} not "
+                                                 "uploaded yet; the next mount uploads it")
+
+    def check_cache(self) -> None:
+        try:
+            names = os.listdir(self.data_dir)
+        except FileNotFoundError:
+            names = []
+        for name in sorted(names):
+            if not name.isdigit():
+                continue
+            ino = int(name)
+            inode = self.inodes.get(ino)
+            if inode is None:
+                self.find("orphan-cache-file", f"data/{name}",
+                          "cache file of no inode; repair: delete it",
+                          files=[self.cache_path(ino)])
+            elif not stat.S_ISREG(inode.mode):
+                self.find("orphan-cache-file", f"data/{name}",
+                          f"cache file of inode {ino}, which is not a regular file; "
+                          "repair: delete it",
+                          files=[self.cache_path(ino)])
+        for ino, inode in sorted(self.inodes.items()):
+            if not stat.S_ISREG(inode.mode) or inode.nlink == 0:
+                continue
+            dirty_data = bool(inode.dirty & DIRTY_DATA)
+            if dirty_data and not inode.cached:
+                self.find("dirty-not-cached", ino, "data marked dirty is not whole in the "
+                                                   "cache: there is nothing to upload")
+            if not inode.cached:
+                continue
+            try:
+                size = os.stat(self.cache_path(ino)).st_size
+            except FileNotFoundError:
+                if dirty_data:
+                    self.find("cache-missing", ino, "the cache file of data pending upload "
+                                                    "is missing: that data is lost")
+                else:
+                    self.find("cache-missing", ino, "marked cached but has no cache file; "
+                                                    "repair: read the bucket",
+                              fix=_set_fields(ino, cached=False))
+                continue
+            if size == inode.size:
+                continue
+            if dirty_data:
+                self.find("cache-size", ino, f"cache file is {size} bytes, the journal says "
+                                             f"{inode.size}; repair: the cache file is the "
+                                             "data, its length wins",
+                          fix=_set_fields(ino, size=size))
+            else:
+                self.find("cache-size", ino, f"cache file is {size} bytes, the journal says "
+                                             f"{inode.size}; repair: drop it, read the bucket",
+                          fix=_set_fields(ino, cached=False), files=[self.cache_path(ino)])
+
+    def check_ops(self) -> None:
+        self.op_keys: set[str] = set()
+        self.copy_dsts: set[str] = set()
+        for seq, op in self.ops:
+            kind = op.get("op") if isinstance(op, dict) else None
+            if kind == "copy":
+                named = [op.get("src"), op.get("dst")]
+            elif kind == "delete":
+                named = [op.get("key")]
+            else:
+                self.find("bad-op", f"op {seq}", f"unknown operation {op!r}")
+                continue
+            bad = [k for k in named if not self._valid_key(k)]
+            if bad:
+                self.find("bad-op", f"op {seq}", f"{kind} names keys that cannot be ours: "
+                                                 f"{bad!r}")
+                continue
+            self.op_keys.update(named)  # type: ignore[arg-type]
+            if kind == "copy":
+                self.copy_dsts.add(op["dst"])
+                self.find("pending-op", op["dst"], f"copy from {op['src']} pending; the next "
+                                                   "mount carries it out")
+            else:
+                self.find("pending-op", op["key"], "delete pending; the next mount carries it "
+                                                   "out")
+
+    def _valid_key(self, key: object) -> bool:
+        if not isinstance(key, str) or not key.startswith(self.prefix):
+            return False
+        rel = key[len(self.prefix):]
+        rel = rel[:-1] if rel.endswith("/") else rel
+        return bool(rel) and all(keys.name_from_segment(s) is not None
+                                 for s in rel.split("/"))
+
+    def check_remote_keys(self) -> None:
+        """The journal's invariant: a live inode's remote_key is its path's key."""
+        self.etag_unknown: set[int] = set()
+        for ino, inode in sorted(self.inodes.items()):
+            r = inode.remote_key
+            if r is None or ino == ROOT_INO:
+                continue
+            if inode.nlink == 0:
+                self.find("remote-key", ino, f"unlinked inode {inode.name!r} still owns "
+                                             f"object {r!r}: nothing will delete it")
+                continue
+            if ino not in self.reachable:
+                continue
+            k = self.key_of.get(ino)
+            if r != k:
+                pending = " (a pending op names it)" if r in self.op_keys else ""
+                self.find("remote-key", ino, f"remote key {r!r} is not the key of its path "
+                                             f"{k!r}{pending}")
+            elif inode.remote_etag is None and r not in self.copy_dsts:
+                self.etag_unknown.add(ino)
+
+    def check_counters(self) -> None:
+        top_ino = max(self.inodes, default=ROOT_INO)
+        nxt = self.next_ino if self.next_ino is not None else ROOT_INO + 1
+        if nxt <= top_ino:
+            self.find("counter", "next_ino", f"next_ino is {nxt}, but inode {top_ino} exists",
+                      fix=_set_counter(self.journal, b"next_ino", top_ino + 1))
+        top_op = max((seq for seq, _ in self.ops), default=0)
+        nxt = self.next_op if self.next_op is not None else 1
+        if nxt <= top_op:
+            self.find("counter", "next_op", f"next_op is {nxt}, but op {top_op} is pending",
+                      fix=_set_counter(self.journal, b"next_op", top_op + 1))
+
+    # --- the bucket ---------------------------------------------------------------------
+    def check_bucket(self) -> None:
+        # children before their parents, so a directory is judged on what is left
+        for ino in reversed(self.dir_order):
+            self._check_dir(ino)
+
+    def _list(self, prefix: str) -> tuple[dict[str, ObjectInfo], list[str]]:
+        assert self.store is not None
+        objects: dict[str, ObjectInfo] = {}
+        prefixes: list[str] = []
+        token = None
+        while True:
+            try:
+                page = self.store.list(prefix, "/", token)
+            except InvalidKey:
+                return objects, prefixes
+            objects.update((o.key, o) for o in page.objects)
+            prefixes.extend(page.prefixes)
+            token = page.next_token
+            if token is None:
+                return objects, prefixes
+
+    def _head(self, key: str) -> ObjectInfo | None:
+        assert self.store is not None
+        try:
+            return self.store.head(key)
+        except (NoSuchKey, InvalidKey):
+            return None
+
+    def _exists_under(self, prefix: str) -> bool:
+        assert self.store is not None
+        try:
+            page = self.store.list(prefix, "/", None, max_keys=1)
+        except InvalidKey:
+            return False
+        return bool(page.objects or page.prefixes)
+
+    def _blocked(self, inode: Inode, key: str) -> bool:
+        """A pending op names one of its keys: the state is in flux until it runs."""
+        return key in self.op_keys or (inode.remote_key is not None
+                                       and inode.remote_key in self.op_keys)
+
+    def _check_dir(self, ino: int) -> None:
+        d = self.inodes[ino]
+        k = self.prefix if ino == ROOT_INO else self.key_of.get(ino)
+        if k is None:
+            return  # not exported (.s3fuse/, too long a key): nothing in the bucket
+        listing = self._list(k) if d.listed else None
+        for _name, child in sorted(self.children.get(ino, {}).items()):
+            c = self.inodes[child]
+            ck = self.key_of.get(child)
+            if stat.S_ISDIR(c.mode) or ck is None:
+                continue
+            info = listing[0].get(ck) if listing is not None else self._head(ck)
+            self._check_entry(c, ck, info)
+        if listing is not None:
+            self._new_outside(d, k, listing)
+        if ino == ROOT_INO:
+            return
+        if listing is not None:
+            marker = listing[0].get(k)
+            under = bool(listing[0] or listing[1])
+
+            def exists_under() -> bool:
+                return under
+        else:
+            marker = self._head(k) if d.remote_key is not None or d.dirty else None
+
+            def exists_under() -> bool:
+                return self._exists_under(k)
+        self._check_dir_itself(d, k, marker, exists_under)
+
+    def _check_dir_itself(self, d: Inode, k: str, marker: ObjectInfo | None,
+                          exists_under: Callable[[], bool]) -> None:
+        if self._blocked(d, k):
+            return
+        if d.dirty:
+            self._check_pending(d, k, marker)
+            return
+        if d.remote_key not in (None, k):
+            return  # reported as remote-key
+        has_entries = bool(self.children.get(d.ino))
+        if d.remote_key is None:
+            if not has_entries and not exists_under():
+                self._drop(d, "deleted-outside", "the directory is gone from the bucket: "
+                                                 "no marker, nothing under its prefix")
+            return
+        if marker is None:
+            if not has_entries and not exists_under():
+                self._drop(d, "deleted-outside", "its marker was deleted from the bucket, "
+                                                 "and nothing is left under its prefix")
+            else:
+                self.find("deleted-outside", d.ino, "its marker was deleted from the bucket; "
+                                                    "repair: the directory stays, unmarked (it has "
+                                                    "entries)",
+                          fix=_set_fields(d.ino, remote_key=None, remote_etag=None))
+            return
+        if d.ino in self.etag_unknown:
+            self.etag_unknown.discard(d.ino)
+            self._refresh(d, k, "etag-unknown", "remote key without an ETag and no pending "
+                                                "copy; repair: take the bucket's marker")
+        elif marker.etag != d.remote_etag:
+            self._refresh(d, k, "changed-outside",
+                          f"its marker changed in the bucket (ETag {d.remote_etag} -> "
+                          f"{marker.etag}); repair: take its attributes")
+
+    def _check_entry(self, c: Inode, k: str, info: ObjectInfo | None) -> None:
+        if self._blocked(c, k):
+            return
+        if c.dirty:
+            self._check_pending(c, k, info)
+            return
+        if c.remote_key is None:
+            if info is not None:
+                self._refresh(c, k, "changed-outside",
+                              "the journal knew no object here, the bucket has one; "
+                              "repair: take the bucket's version")
+            elif _has_local_content(c):
+                self.find("not-uploaded", c.ino, "clean, but not in the bucket; repair: "
+                                                 "mark it dirty, the next mount uploads it",
+                          fix=_mark_dirty(c.ino, DIRTY_DATA | DIRTY_META))
+            else:
+                self._drop(c, "no-data", "neither cached nor in the bucket: nothing to read")
+            return
+        if c.remote_key != k:
+            return  # reported as remote-key
+        if info is None:
+            self._drop(c, "deleted-outside", "the object was deleted from the bucket")
+        elif c.ino in self.etag_unknown:
+            self.etag_unknown.discard(c.ino)
+            self._refresh(c, k, "etag-unknown", "remote key without an ETag and no pending "
+                                                "copy; repair: take the bucket's object")
+        elif info.etag != c.remote_etag:
+            self._refresh(c, k, "changed-outside",
+                          f"the object changed in the bucket (ETag {c.remote_etag} -> "
+                          f"{info.etag}); repair: take the bucket's version")
+        elif stat.S_ISREG(c.mode) and info.size != c.size:
+            self._refresh(c, k, "size", f"size {c.size} in the journal, {info.size} in the "
+                                        "bucket with the same ETag")
+
+    def _check_pending(self, x: Inode, k: str, info: ObjectInfo | None) -> None:
+        """A dirty inode: will its conditional upload find what it expects?"""
+        if x.remote_key not in (None, k):
+            return  # reported as remote-key
+        if x.remote_key is not None and x.remote_etag is None:
+            return  # reported as etag-unknown: the upload waits for an ETag
+        expected = x.remote_etag if x.remote_key == k else None
+        if info is None and expected is None:
+            return
+        if info is not None and info.etag == expected:
+            return
+        if info is not None and self._ours(k, x):
+            return  # our own upload landed before the daemon stopped: adopted on mount
+        what = ("deleted from" if info is None else
+                "created in" if expected is None else "changed in")
+        self.find("conflict", x.ino, f"pending upload, but {k!r} was {what} the bucket "
+                                     "meanwhile: the upload will be refused (S3 wins); "
+                                     "copy the local version away, then remove it")
+
+    def _ours(self, key: str, x: Inode) -> bool:
+        """Does the object at ``key`` carry our upload marker for this inode, from this
+        change or an earlier one (as the flusher's adoption rule)?"""
+        head = self._head(key)
+        tag = ((head.metadata or {}).get(SEQ_META, "") if head is not None else "")
+        instance, _, rest = tag.partition(":")
+        tag_ino, _, tag_seq = rest.partition(":")
+        return (bool(self.instance) and instance == self.instance and tag_ino == str(x.ino)
+                and tag_seq.isdigit() and int(tag_seq) <= x.change_seq)
+
+    def _refresh(self, x: Inode, k: str, kind: str, detail: str) -> None:
+        """S3 wins: take the object's ETag, size and attributes; drop cached bytes."""
+        head = self._head(k)
+        if head is None:  # gone between the listing and now
+            self._drop(x, "deleted-outside", "the object was deleted from the bucket")
+            return
+        is_dir = stat.S_ISDIR(x.mode)
+        self.find(kind, x.ino, detail, fix=_adopt(x.ino, k, head),
+                  files=[] if is_dir else [self.cache_path(x.ino)])
+
+    def _drop(self, x: Inode, kind: str, detail: str) -> None:
+        """S3 wins: the entry leaves the journal (never a dirty one)."""
+        assert not x.dirty
+        parent, name = self.entry_of[x.ino]
+        is_dir = stat.S_ISDIR(x.mode)
+        self.find(kind, x.ino, detail + "; repair: remove it from the journal",
+                  fix=_drop_entry(parent, name, x.ino, is_dir),
+                  files=[] if is_dir else [self.cache_path(x.ino)])
+        # what a repair would leave, also when only checking: the parent is judged on it
+        self.children.get(parent, {}).pop(name, None)
+
+    def _new_outside(self, d: Inode, k: str, listing: tuple[dict[str, ObjectInfo],
+                                                            list[str]]) -> None:
+        objects, prefixes = listing
+        kids = self.children.get(d.ino, {})
+        is_root = d.ino == ROOT_INO
+        new: list[str] = []
+        dir_names: set[bytes] = set()
+        for p in prefixes:
+            name = keys.name_from_segment(p[len(k):-1])
+            if name is None or (is_root and name == keys.RESERVED_ROOT_NAME):
+                continue  # the mount skips it too
+            dir_names.add(name)
+            if name in kids:
+                if not stat.S_ISDIR(self.inodes[kids[name]].mode):
+                    self.find("new-outside", p, "a directory in the bucket where the "
+                                                "journal has a file; the file stays on this "
+                                                "cache directory's mounts")
+                continue
+            if any(b.startswith(p) for b in self.op_keys):
+                continue  # a pending rename or delete still has to move it
+            new.append(p)
+        for key in objects:
+            if key == k:
+                continue  # this directory's own marker
+            seg = key[len(k):]
+            name = keys.name_from_segment(seg)
+            if name is None or (is_root and (name == keys.RESERVED_ROOT_NAME
+                                             or seg.startswith(_PROBE_PREFIX))):
+                continue
+            if name in dir_names or name in kids or key in self.op_keys:
+                continue
+            new.append(key)
+        if not new:
+            return
+        busy = any(b.startswith(k) for b in self.op_keys)
+        for key in new:
+            if busy:
+                self.find("new-outside", key, "in the bucket, not in the journal; pending "
+                                              "operations in this directory: mount, then "
+                                              "fsck --repair again to have it listed")
+            else:
+                self.find("new-outside", key, "in the bucket, not in the journal; repair: "
+                                              "the next mount lists the directory again",
+                          fix=_set_fields(d.ino, listed=False))
+
+
+# --- repair actions: each re-reads what it changes inside the repair transaction -------
+
+def _set_fields(ino: int, **values) -> Callable[[Txn], None]:
+    def fix(txn: Txn) -> None:
+        inode = txn.get(ino)
+        if inode is not None:
+            for name, value in values.items():
+                setattr(inode, name, value)
+            txn.put(inode)
+    return fix
+
+
+def _mark_dirty(ino: int, flags: int = 0) -> Callable[[Txn], None]:
+    def fix(txn: Txn) -> None:
+        inode = txn.get(ino)
+        if inode is None:
+            return
+        if flags:
+            inode.dirty |= flags
+            inode.change_seq += 1
+            txn.put(inode)
+        txn.mark_dirty(ino)
+    return fix
+
+
+def _clear_dirty(ino: int) -> Callable[[Txn], None]:
+    def fix(txn: Txn) -> None:
+        txn.clear_dirty(ino)
+    return fix
+
+
+def _delete_inode(ino: int) -> Callable[[Txn], None]:
+    def fix(txn: Txn) -> None:
+        txn.delete_inode(ino)
+    return fix
+
+
+def _unlink_entry(parent: int, name: bytes, ino: int) -> Callable[[Txn], None]:
+    def fix(txn: Txn) -> None:
+        if txn.lookup(parent, name) == ino:
+            txn.unlink(parent, name)
+    return fix
+
+
+def _drop_entry(parent: int, name: bytes, ino: int, is_dir: bool) -> Callable[[Txn], None]:
+    def fix(txn: Txn) -> None:
+        if txn.lookup(parent, name) != ino:
+            return
+        txn.unlink(parent, name)
+        txn.delete_inode(ino)
+        p = txn.get(parent)
+        if is_dir and p is not None:
+            p.nlink -= 1
+            txn.put(p)
+    return fix
+
+
+def _adopt(ino: int, key: str, head: ObjectInfo) -> Callable[[Txn], None]:
+    def fix(txn: Txn) -> None:
+        inode = txn.get(ino)
+        if inode is None:
+            return
+        is_dir = stat.S_ISDIR(inode.mode)
+        # what the object says, with this inode's attributes where it says nothing
+        fields = metadata.decode(head.metadata, is_dir=is_dir,
+                                 default_mode=stat.S_IMODE(inode.mode),
+                                 default_uid=inode.uid, default_gid=inode.gid,
+                                 fallback_mtime_ns=head.mtime_ns)
+        mode = fields.pop("mode")
+        if stat.S_ISDIR(mode) != is_dir:
+            mode = stat.S_IFMT(inode.mode) | stat.S_IMODE(mode)
+        inode.mode = mode
+        for name, value in fields.items():
+            setattr(inode, name, value)
+        inode.remote_key, inode.remote_etag = key, head.etag
+        inode.meta_loaded = True
+        if not is_dir:
+            inode.size = head.size
+            inode.cached = False
+            inode.target = None  # a symlink's target is read from the object again
+        txn.put(inode)
+    return fix
+
+
+def _set_counter(journal: Journal, name: bytes, value: int) -> Callable[[Txn], None]:
+    def fix(txn: Txn) -> None:
+        txn.txn.put(name, _U64.pack(value), db=journal.db_meta)
+    return fix
+
+
+def _meta_int(txn: Txn, journal: Journal, name: bytes) -> int | None:
+    raw = txn.txn.get(name, db=journal.db_meta)
+    return _U64.unpack(raw)[0] if raw is not None else None
+
+
+def _name_bytes(name: str) -> bytes:
+    return name.encode("utf-8", "surrogatepass")  # as keys.name_from_segment
+
+
+def _has_local_content(inode: Inode) -> bool:
+    """Could the next mount upload this inode from local state alone?"""
+    if stat.S_ISREG(inode.mode):
+        return inode.cached
+    if stat.S_ISLNK(inode.mode):
+        return inode.target is not None
+    return True  # FIFOs, sockets, devices: the object is empty, the mode is all
+
+
+# --- the command ------------------------------------------------------------------------
+
+def run(source: str, *, cache_dir: str | None, endpoint_url: str | None = None,
+        region: str | None = None, repair: bool = False, as_json: bool = False) -> int:
+    """``s3fuse fsck``: 0 clean (or all repaired), 1 problems remain. Raises UsageError
+    (exit 2) when it cannot check: no journal, cache directory in use by a mount,
+    another source, unreachable bucket."""
+    from .daemon import CacheLock
+    from .store import open_store
+
+    cache_dir = os.path.abspath(cache_dir or default_cache_dir(source, endpoint_url))
+    journal_dir = os.path.join(cache_dir, "journal")
+    if not os.path.isfile(os.path.join(journal_dir, "data.mdb")):
+        raise UsageError(f"no s3fuse journal in {cache_dir} (nothing was mounted with "
+                         "this cache directory)")
+    store, prefix = open_store(source, endpoint_url=endpoint_url, region=region)
+    try:
+        try:
+            lock = CacheLock(cache_dir)
+        except UsageError as exc:
+            raise UsageError(f"{exc}; fsck works offline: unmount it first") from None
+        except OSError as exc:
+            raise UsageError(f"cannot lock {cache_dir}: {exc.strerror}") from None
+        try:
+            try:
+                journal = Journal(journal_dir)
+            except Exception as exc:  # lmdb's errors, a format this version cannot read
+                raise UsageError(f"cannot open the journal in {cache_dir}: {exc}") from None
+            try:
+                ident = f"{source} {endpoint_url or ''}".strip()
+                known = (journal.get_meta(b"source") or b"").decode()
+                if not known:
+                    raise UsageError(f"the journal in {cache_dir} records no source; "
+                                     "mount it once first")
+                if known != ident:
+                    raise UsageError(f"cache directory {cache_dir} belongs to {known!r}, "
+                                     f"not {ident!r}")
+                try:
+                    store.check()
+                    report = check(journal, cache_dir, store, prefix, repair=repair)
+                except StoreError as exc:
+                    raise UsageError(f"could not read the bucket: {exc}") from None
+            finally:
+                journal.close()
+        finally:
+            lock.release()
+    finally:
+        store.close()
+    if as_json:
+        print(json.dumps({"source": source, "cache_dir": cache_dir, **report.as_dict()},
+                         indent=2, sort_keys=True))
+    else:
+        print(f"s3fuse fsck {source} (cache {cache_dir})")
+        for f in report.findings:
+            print(f"  {f}")
+        print(f"s3fuse fsck: {report.summary()}")
+    return 0 if report.clean else 1
