@@ -1203,7 +1203,15 @@ class Filesystem:
             if ino != ROOT_INO and self.object_key(txn, d) is None:
                 return
             prefix = self._dir_prefix(txn, d)
+        before = self.flusher.op_generation() if self.flusher is not None else None
         dirs, files = await self._list_dir(ino, prefix)
+        if self.flusher is not None:
+            if self.flusher.op_generation() != before:
+                return  # the op log moved while we listed: this listing may be stale
+            # keys our own pending copies and deletes are about to move or remove
+            in_flight = self.flusher.pending_op_keys()
+            files = {n: o for n, o in files.items() if o.key not in in_flight}
+            dirs = {n: p for n, p in dirs.items() if p not in in_flight}
         with self.journal.read() as txn:
             local = {name: txn.get(child) for name, child in txn.children(ino)}
         new_files = {n: o for n, o in files.items() if n not in local}

@@ -81,6 +81,7 @@ class Flusher:
         self._progress = trio.Event()
         self._pump_lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
+        self.ops_finished = 0
         self.dirty_limit_bytes = dirty_limit_bytes
         self._dirty_sizes: dict[int, int] = {}
         self.dirty_total_bytes = 0
@@ -155,6 +156,16 @@ class Flusher:
                 if op["op"] == "copy" and op.get("ino") == ino:
                     return op["src"], op.get("etag")
         return None
+
+    def pending_op_keys(self) -> set[str]:
+        with self.journal.read() as txn:
+            return {k for _, op in txn.ops() for k in _op_keys(op)}
+
+    def op_generation(self) -> tuple[int, bytes | None]:
+        """Changes whenever an op is appended or finished: a listing taken across a
+        change may show keys the op log has since removed or is about to."""
+        with self.journal.read() as txn:
+            return self.ops_finished, txn.get_meta(b"next_op")
 
     def pending(self) -> dict:
         with self.journal.read() as txn:
@@ -473,6 +484,7 @@ class Flusher:
         raise ValueError(f"unknown op {op!r}")
 
     def _finish_op(self, seq: int, op: dict, etag: str | None) -> None:
+        self.ops_finished += 1
         pending: list[int] = []
         with self.journal.write() as txn:
             txn.remove_op(seq)

@@ -43,6 +43,7 @@ class Mount:
     endpoint: str | None = None
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    fsck_allow: tuple[str, ...] = ()
 
     def args(self) -> list[str]:
         a = [S3FUSE, "mount", self.source, self.path, "--cache-dir", self.cache_dir,
@@ -58,11 +59,19 @@ class Mount:
         assert is_mounted(self.path)
         return res
 
-    def umount(self) -> None:
+    def umount(self, fsck: bool = True) -> None:
+        """Unmount (everything pending goes up first), then, like S3QL's tests, check
+        the journal against the bucket: after a clean unmount fsck must find nothing
+        but what outside writers left (``fsck_allow``)."""
         res = subprocess.run([S3FUSE, "umount", self.path], capture_output=True, text=True,
                              timeout=120)
         assert res.returncode == 0, f"umount failed: {res.stdout} {res.stderr}"
         assert not is_mounted(self.path)
+        if fsck:
+            from fsck_helper import assert_fsck_clean
+
+            assert_fsck_clean(self.cache_dir, self.source, self.endpoint,
+                              allow=self.fsck_allow)
 
     def remount(self) -> None:
         self.umount()
