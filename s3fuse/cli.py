@@ -1,4 +1,4 @@
-"""Command line: ``s3fuse mount | umount | sync | status | demo``.
+"""Command line: ``s3fuse mount | umount | sync | status | fsck | demo``.
 
 ``mount`` without ``--foreground`` starts the daemon as a child process and returns
 once the mount is ready (exit 0), or prints the daemon's one-line error (exit 1).
@@ -15,6 +15,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 
 from . import __version__
@@ -242,8 +243,8 @@ def _require_mount(mountpoint: str) -> str:
     return mp
 
 
-def _drain(mp: str, timeout_s: float | None = None) -> None:
-    value = b"" if timeout_s is None else str(timeout_s).encode()
+def _drain(mp: str, timeout_s: float | None = None, paths: list[str] | None = None) -> None:
+    value = json.dumps({"timeout": timeout_s, "paths": paths}).encode()
     try:
         os.setxattr(mp, CONTROL_DRAIN, value)
     except OSError as exc:
@@ -279,13 +280,63 @@ def cmd_umount(args: argparse.Namespace) -> int:
     return 0
 
 
+def _relative_paths(mp: str, paths: list[str]) -> list[str]:
+    out = []
+    for p in paths:
+        full = os.path.abspath(p if os.path.isabs(p) else os.path.join(os.getcwd(), p))
+        if full != mp and not full.startswith(mp + os.sep):
+            raise UsageError(f"{p} is not inside the mount {mp}")
+        out.append(os.path.relpath(full, mp) if full != mp else "")
+    return out
+
+
+def _progress(mp: str, done: threading.Event, tty: bool) -> None:
+    """Report pending files and bytes until ``done``: a bar on a terminal, a plain
+    line (when it changes) otherwise."""
+    first = None
+    last_line = ""
+    while not done.wait(0.3 if tty else 2.0):
+        try:
+            st = json.loads(os.getxattr(mp, CONTROL_STATUS))
+        except OSError:
+            return
+        files, size = st["dirty_files"] + st["pending_ops"], st["dirty_bytes"]
+        first = first or (files, size)
+        total_files = max(first[0], files, 1)
+        share = 1 - files / total_files
+        if tty:
+            bar = "#" * int(share * 30)
+            sys.stderr.write(f"\rsyncing [{bar:<30}] {files} files, {size} bytes left ")
+            sys.stderr.flush()
+        else:
+            line = f"syncing: {files} files, {size} bytes left"
+            if line != last_line:
+                print(line, flush=True)
+                last_line = line
+    if tty and first is not None:
+        sys.stderr.write("\n")
+
+
 def cmd_sync(args: argparse.Namespace) -> int:
     try:
         mp = _require_mount(args.mountpoint)
-        _drain(mp, args.timeout)
+        paths = _relative_paths(mp, args.paths) if args.paths else None
     except UsageError as exc:
         return _fail(str(exc))
-    print(f"s3fuse: everything pending at {mp} is in the bucket")
+    done = threading.Event()
+    reporter = threading.Thread(target=_progress, args=(mp, done, sys.stderr.isatty()),
+                                daemon=True)
+    reporter.start()
+    try:
+        _drain(mp, args.timeout, paths)
+    except UsageError as exc:
+        return _fail(str(exc))
+    finally:
+        done.set()
+        reporter.join(timeout=5)
+    what = "everything pending" if not paths else "everything pending under " + \
+        ", ".join(args.paths)
+    print(f"s3fuse: {what} at {mp} is in the bucket")
     return 0
 
 

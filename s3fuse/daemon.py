@@ -312,13 +312,24 @@ class Daemon:
 
     # --- control requests from the CLI (over xattrs on the mount's root) --------------
     async def drain(self, value: bytes) -> bool:
+        """A drain asked for by ``s3fuse sync``/``umount``: the value is JSON
+        ``{"timeout": seconds or null, "paths": [mount-relative paths] or null}``."""
+        assert self.flusher is not None and self.fs is not None
+        try:
+            request = json.loads(value or b"{}")
+        except ValueError:
+            request = {}
         timeout = self.settings.drain_timeout_s
-        if value.strip():
+        if request.get("timeout") is not None:
             try:
-                timeout = parse_seconds(value.decode(), "drain timeout")
-            except (UsageError, UnicodeDecodeError):
+                timeout = parse_seconds(request["timeout"], "drain timeout")
+            except UsageError:
                 pass
-        return await self._drain_logged(timeout)
+        paths = request.get("paths")
+        if not paths:
+            return await self._drain_logged(timeout)
+        inos = self.fs.inodes_under([p.encode() for p in paths])
+        return await self.flusher.drain(timeout, inos)
 
     def status(self) -> dict:
         assert self.flusher is not None and self.fs is not None

@@ -1179,6 +1179,19 @@ class Filesystem:
                             "reason": f"key longer than {keys.KEY_MAX} bytes"})
         return out
 
+    def inodes_under(self, paths: list[bytes]) -> list[int]:
+        """Every inode at or below these mount-relative paths (as far as the journal
+        knows them; an unlisted directory holds nothing pending)."""
+        found: list[int] = []
+        with self.journal.read() as txn:
+            for path in paths:
+                ino: int | None = ROOT_INO
+                for part in filter(None, path.split(b"/")):
+                    ino = txn.lookup(ino, part) if ino is not None else None
+                if ino is not None:
+                    found.extend(i.ino for i in self._subtree(txn, ino))
+        return found
+
     def in_lost_found(self, inode: Inode) -> bool:
         with self.journal.read() as txn:
             names = self.path_names(txn, inode)

@@ -544,7 +544,8 @@ class Flusher:
             while True:
                 while not self._idle(inos):
                     progress = self._progress
-                    await self.pump(force=True)
+                    # only ``inos`` are marked due when given: the rest keep their window
+                    await self.pump(force=inos is None)
                     with trio.move_on_after(min(1.0, self._tick_s())):
                         await progress.wait()
                 if inos is not None or not self._reschedule_strays():
