@@ -355,8 +355,17 @@ def cmd_status(args: argparse.Namespace) -> int:
           f"{status['oldest_pending_age_s']:.0f} s")
     print(f"  uploads in flight: {status['uploads_in_flight']}")
     print(f"  cache: {status['cache_bytes']} of {status['cache_limit_bytes']} bytes")
-    print(f"  skipped keys: {len(status['skipped_keys'])}; recent errors: "
-          f"{len(status['errors'])}")
+    caps = status["capabilities"]
+    print("  conflict detection: " + ("conditional uploads" if caps["conditional_put"]
+                                      else "best effort (the server ignores conditions)"))
+    print(f"  conflicts: {len(status['conflicts'])}")
+    for c in status["conflicts"][-10:]:
+        print(f"    {c['path']} ({c['reason']})\n      -> {c['lost_found']}")
+    print(f"  not exported: {len(status['not_exported'])}; skipped keys: "
+          f"{len(status['skipped_keys'])}")
+    for item in (status["not_exported"] + status["skipped_keys"])[:10]:
+        print(f"    {item.get('path') or item.get('key')}: {item['reason']}")
+    print(f"  recent errors: {len(status['errors'])}")
     for err in status["errors"][-5:]:
         print(f"    {err['operation']} {err['path']}: {err['message']}")
     return 0
