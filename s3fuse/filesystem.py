@@ -439,8 +439,7 @@ class Filesystem:
             flags = 0
             if changes.size is not None:
                 self.cache.truncate(ino, changes.size)
-                if changes.size != inode.size:
-                    inode.mtime_ns = now
+                inode.mtime_ns = now  # also for the same size, as ext4 does
                 inode.size = changes.size
                 flags |= DIRTY_DATA
             if changes.mode is not None:
@@ -887,9 +886,10 @@ class Filesystem:
         if stat.S_ISDIR(inode.mode):
             raise FsError(errno.EISDIR)
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
-        if flags & os.O_TRUNC and writable and stat.S_ISREG(inode.mode) and \
-                (inode.size or not inode.cached):
-            # libfuse negotiates atomic O_TRUNC: the truncation comes with the open
+        if flags & os.O_TRUNC and stat.S_ISREG(inode.mode):
+            # libfuse negotiates atomic O_TRUNC: the truncation comes with the open,
+            # even read-only (the kernel checked write permission) and even when empty
+            # (the times still move)
             await self.setattr(ino, SetAttrs(size=0))
         self.open_count[ino] = self.open_count.get(ino, 0) + 1
         return self._new_fh(Handle(ino, writable)), changed

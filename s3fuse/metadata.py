@@ -26,8 +26,11 @@ _VALID_TYPES = {stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFIFO, stat.S_I
 
 
 def format_time_ns(ns: int) -> str:
-    sec, frac = divmod(ns, 1_000_000_000)
-    return f"{sec}.{frac:09d}"
+    """Seconds with a nine-digit fraction; times before 1970 carry a leading minus
+    (-1 ns is "-0.000000001", not "-1.999999999")."""
+    sign = "-" if ns < 0 else ""
+    sec, frac = divmod(abs(ns), 1_000_000_000)
+    return f"{sign}{sec}.{frac:09d}"
 
 
 def parse_time_ns(text: str) -> int | None:
