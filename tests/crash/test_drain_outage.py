@@ -181,3 +181,35 @@ def test_unreachable_bucket_on_stop_keeps_data_for_next_mount(proxied):
     m.mount()
     m.sync()
     assert direct.objects() == {"precious": b"keep me"}
+
+
+def test_full_cache_disk_gives_enospc_and_loses_nothing(tmp_path, file_source):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(cache)],
+                         capture_output=True, text=True, timeout=30)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+    m = make_mount(tmp_path, file_source, None)
+    m.cache_dir = str(cache)
+    m.extra_args = ["--flush-window", "3600"]
+    try:
+        m.mount()
+        with open(m.p("small"), "wb") as f:
+            f.write(b"acknowledged before the disk filled")
+        with pytest.raises(OSError) as exc, open(m.p("huge"), "wb") as f:
+            for _ in range(64):
+                f.write(b"z" * (1 << 20))
+                f.flush()
+        assert exc.value.errno == errno.ENOSPC
+        os.unlink(m.p("huge"))  # room again: the mount keeps working
+        with open(m.p("after"), "wb") as f:
+            f.write(b"still writable")
+        m.umount()  # also runs fsck: the journal is consistent
+        objects = m.objects()
+        assert objects["small"] == b"acknowledged before the disk filled"
+        assert objects["after"] == b"still writable" and "huge" not in objects
+    finally:
+        m.cleanup()
+        subprocess.run(["umount", "-l", str(cache)], capture_output=True, timeout=30,
+                       check=False)
