@@ -40,7 +40,7 @@ import json
 import os
 import struct
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import lmdb
@@ -99,11 +99,9 @@ class Inode:
     change_seq: int = 0
 
     def encode(self) -> bytes:
-        d = asdict(self)
-        # keep records small: drop fields at their defaults
-        for name, default in _DEFAULTS.items():
-            if d[name] == default:
-                del d[name]
+        # keep records small: drop fields at their defaults (and skip asdict's deep
+        # copy: this runs on every journal write)
+        d = {k: v for k, v in self.__dict__.items() if _DEFAULTS.get(k, _MISSING) != v}
         return json.dumps(d, separators=(",", ":")).encode()
 
     @classmethod
@@ -111,6 +109,7 @@ class Inode:
         return cls(**json.loads(raw))
 
 
+_MISSING = object()
 _DEFAULTS: dict[str, Any] = {
     "size": 0, "atime_ns": 0, "mtime_ns": 0, "ctime_ns": 0, "nlink": 1, "rdev": 0,
     "target": None, "xattrs": {}, "extra": {}, "remote_key": None, "remote_etag": None,
