@@ -5,18 +5,24 @@ standard AWS chain. Every botocore error is turned into an ``s3fuse.errors`` cla
 a one-line message naming the operation, bucket and key; messages never contain
 credentials (server messages are scrubbed of the secret key and session token too).
 
-Conditional requests: ETags go into ``If-Match`` quoted, as S3 and moto expect. A
-conditional put that S3 answers with 404 (``If-Match`` on a missing key) is reported
-as ``PreconditionFailed``, like every backend does. Large puts go up as multipart
-uploads; their conditions are checked with a HEAD before the upload starts (so a doomed
-upload fails before sending gigabytes) and sent again on CompleteMultipartUpload,
-where servers that support it check them atomically.
+Conditional requests: ETags go into ``If-Match`` quoted, as S3 and moto expect. Ceph
+RGW compares a PUT's ``If-Match`` with the bare ETag and refuses the quoted form: a put
+refused with 412 while a HEAD shows the object at exactly the expected ETag is sent
+once more with the other form, which the store then keeps using (``probe()`` learns it
+at mount time). A conditional put that S3 answers with 404 (``If-Match`` on a missing
+key) is reported as ``PreconditionFailed``, like every backend does. Large puts go up
+as multipart uploads; their conditions are checked with a HEAD before the upload starts
+(so a doomed upload fails before sending gigabytes) and sent again on
+CompleteMultipartUpload, where servers that support it check them atomically (Ceph
+RGW 16 ignores them there; it also completes with an empty ETag, which is then
+computed from the parts' ETags as S3 does).
 """
 
 from __future__ import annotations
 
 import calendar
 import contextlib
+import hashlib
 import logging
 import math
 import os
@@ -161,6 +167,8 @@ class S3Store:
             retries={"mode": "standard", "total_max_attempts": max_attempts},
             connect_timeout=connect_timeout, read_timeout=read_timeout,
             max_pool_connections=max_pool_connections))
+        #: send a PUT's If-Match without quotes (Ceph RGW); learnt from a refused put
+        self._bare_put_if_match = False
         self._closed = False
 
     def _make_client(self, config: Config) -> Any:
@@ -384,13 +392,42 @@ class S3Store:
             raise InvalidKey(f"key longer than 1024 bytes: {key[:80]!r}...")
 
     @staticmethod
-    def _conditions(if_match: str | None, if_none_match: bool) -> dict[str, str]:
+    def _conditions(if_match: str | None, if_none_match: bool,
+                    bare: bool = False) -> dict[str, str]:
         cond = {}
         if if_match is not None:
-            cond["IfMatch"] = _quote(if_match)
+            cond["IfMatch"] = if_match if bare else _quote(if_match)
         if if_none_match:
             cond["IfNoneMatch"] = "*"
         return cond
+
+    def _conditional_write(self, key: str, if_match: str | None, if_none_match: bool,
+                           send: Any) -> Any:
+        """``send(conditions)`` for a PUT or a multipart completion. If the server
+        refuses an ``If-Match`` (412) although the object is at exactly that ETag, it
+        wants the ETag quoted the other way (Ceph RGW compares a PUT's If-Match with
+        the bare ETag; S3 and moto with the quoted one): send once more that way and
+        keep that form for later writes."""
+        bare = self._bare_put_if_match
+        try:
+            return send(self._conditions(if_match, if_none_match, bare))
+        except PreconditionFailed as exc:
+            if if_match is None:
+                raise
+            refusal = exc
+        try:
+            current = _unquote(self._head_pinned(key, None, op="PUT")["ETag"])
+        except TransientStoreError:
+            raise  # cannot tell now: the write stays pending and is tried again
+        except StoreError:
+            current = None  # gone, or the HEAD refused too
+        if current != if_match:
+            raise refusal  # a real conflict: the object changed (or is gone)
+        # (Assigned, not toggled: concurrent writes that learn it agree.)
+        self._bare_put_if_match = not bare
+        log.info("%s refuses %s If-Match ETags on PUT; sending them %s", self.endpoint,
+                 "bare" if bare else "quoted", "quoted" if bare else "bare")
+        return send(self._conditions(if_match, if_none_match, not bare))
 
     def put(self, key: str, body: Body, metadata: dict[str, str], *,
             if_match: str | None = None, if_none_match: bool = False) -> str:
@@ -398,17 +435,23 @@ class S3Store:
         size = body_size(body)
         if size > self.multipart_threshold:
             return self._put_multipart(key, body, size, metadata, if_match, if_none_match)
-        cond = self._conditions(if_match, if_none_match)
+        conditional = if_match is not None or if_none_match
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key,
-                                  "Metadata": dict(metadata), **cond}
+                                  "Metadata": dict(metadata)}
         with contextlib.ExitStack() as stack:
             if is_bytes(body):
                 kwargs["Body"] = bytes(body)  # type: ignore[arg-type]
             else:
                 # A real file: botocore streams it and seeks back to retry.
                 kwargs["Body"] = stack.enter_context(open(body, "rb"))  # type: ignore[arg-type]
-            with self._op("PUT", key, conditional=bool(cond)):
-                r = self._client.put_object(**kwargs)
+
+            def send(cond: dict[str, str]) -> dict:
+                if not isinstance(kwargs["Body"], bytes):
+                    kwargs["Body"].seek(0)
+                with self._op("PUT", key, conditional=conditional):
+                    return self._client.put_object(**kwargs, **cond)
+
+            r = self._conditional_write(key, if_match, if_none_match, send)
         return _unquote(r["ETag"])
 
     def _precheck(self, key: str, if_match: str | None, if_none_match: bool) -> None:
@@ -451,12 +494,14 @@ class S3Store:
                 return {"PartNumber": number, "ETag": r["ETag"]}
 
             return self._multipart(key, {"Metadata": dict(metadata)}, count, upload,
-                                   self._conditions(if_match, if_none_match))
+                                   (if_match, if_none_match))
 
     def _multipart(self, key: str, create_args: dict, count: int, upload_part,
-                   complete_cond: dict[str, str], op: str = "PUT") -> str:
+                   complete_cond: tuple[str | None, bool] = (None, False),
+                   op: str = "PUT") -> str:
         """Create a multipart upload, run ``upload_part(upload_id, n)`` for parts
-        1..count (some in parallel), and complete it; abort it on any failure."""
+        1..count (some in parallel), and complete it under the conditions
+        ``(if_match, if_none_match)``; abort it on any failure."""
         with self._op(op, key):
             upload_id = self._client.create_multipart_upload(
                 Bucket=self.bucket, Key=key, **create_args)["UploadId"]
@@ -466,11 +511,22 @@ class S3Store:
                     thread_name_prefix="s3fuse-part") as pool:
                 parts = list(pool.map(lambda n: upload_part(upload_id, n),
                                       range(1, count + 1)))
-            with self._op(op, key, conditional=bool(complete_cond)):
-                r = self._client.complete_multipart_upload(
-                    Bucket=self.bucket, Key=key, UploadId=upload_id,
-                    MultipartUpload={"Parts": parts}, **complete_cond)
-            return _unquote(r["ETag"])
+            if_match, if_none_match = complete_cond
+
+            def complete(cond: dict[str, str]) -> dict:
+                with self._op(op, key, conditional=bool(cond)):
+                    return self._client.complete_multipart_upload(
+                        Bucket=self.bucket, Key=key, UploadId=upload_id,
+                        MultipartUpload={"Parts": parts}, **cond)
+
+            r = self._conditional_write(key, if_match, if_none_match, complete)
+            etag = _unquote(r.get("ETag") or "")
+            if not etag:
+                # Ceph RGW 16 completes with an empty <ETag>. The ETag of a multipart
+                # object is the MD5 of its parts' MD5s, "-", the number of parts.
+                etag = _multipart_etag(parts) or _unquote(
+                    self._head_pinned(key, None, op=op)["ETag"])
+            return etag
         except BaseException:
             try:
                 self._client.abort_multipart_upload(Bucket=self.bucket, Key=key,
@@ -525,7 +581,7 @@ class S3Store:
                 CopySourceIfMatch=_quote(pin))
             return {"PartNumber": number, "ETag": r["CopyPartResult"]["ETag"]}
 
-        return self._multipart(dst_key, create_args, count, copy_part, {}, op="COPY")
+        return self._multipart(dst_key, create_args, count, copy_part, op="COPY")
 
     def delete(self, key: str, *, if_match: str | None = None) -> None:
         self._check_key(key)
@@ -544,8 +600,9 @@ class S3Store:
         """Ask the server which conditions it honours, using ``scratch_key``.
 
         Each check sends a condition that must fail: a refusal (412) proves support;
-        success, or a 400/501 for the unknown header, means no support. Network,
-        credential and bucket errors propagate.
+        success, or a 400/501 for the unknown header, means no support. A put with
+        the right ``If-Match`` must succeed too (this is where the store learns how the
+        server wants the ETag quoted). Network, credential and bucket errors propagate.
         """
 
         def refused(request) -> bool:
@@ -563,10 +620,15 @@ class S3Store:
         wrong = "0" * 32
         self.delete(scratch_key)
         try:
-            self.put(scratch_key, b"s3fuse probe\n", {}, if_none_match=True)
+            etag = self.put(scratch_key, b"s3fuse probe\n", {}, if_none_match=True)
             none_match = refused(lambda: self.put(scratch_key, b"again\n", {},
                                                   if_none_match=True))
             match = refused(lambda: self.put(scratch_key, b"again\n", {}, if_match=wrong))
+            if match and refused(lambda: self.put(scratch_key, b"again\n", {},
+                                                  if_match=etag)):
+                log.warning("%s refuses PUTs with the object's own ETag in If-Match",
+                            self.endpoint)
+                match = False
 
             def raw_copy() -> None:  # CopyObject itself, without copy()'s HEAD pin
                 with self._op("COPY", scratch_key):
@@ -587,6 +649,18 @@ class S3Store:
         if not self._closed:
             self._closed = True
             self._client.close()
+
+
+def _multipart_etag(parts: list[dict]) -> str | None:
+    """The ETag S3 gives the object completed from ``parts`` (their ETags in order),
+    or None where a part's ETag is not an MD5."""
+    try:
+        digests = [bytes.fromhex(_unquote(p["ETag"])) for p in parts]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not digests or any(len(d) != 16 for d in digests):
+        return None
+    return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"
 
 
 def _looks_like_network(exc: BaseException) -> bool:

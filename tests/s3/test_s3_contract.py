@@ -1,4 +1,5 @@
-"""The ObjectStore contract suite (tests/unit/test_store_contract.py) on S3 via moto.
+"""The ObjectStore contract suite (tests/unit/test_store_contract.py) on S3: on moto,
+and on Ceph RGW where it is installed (``s3_target``).
 
 The test functions are imported from the unit module and collected here a second time,
 with this module's fixtures: pytest resolves ``store`` where a test is collected.
@@ -24,8 +25,8 @@ for _name in dir(contract):
 
 
 @pytest.fixture
-def store(moto_endpoint, s3_bucket):
-    s = S3Store(s3_bucket, endpoint_url=moto_endpoint)
+def store(s3_target):
+    s = S3Store(s3_target.bucket, endpoint_url=s3_target.endpoint)
     yield s
     s.close()
 
@@ -36,6 +37,7 @@ def many_keys():
 
 
 @pytest.fixture
-def atomic_conditions():
-    # moto looks at the current object and writes the new one in two steps.
-    return False
+def atomic_conditions(s3_target):
+    # moto looks at the current object and writes the new one in two steps; RGW
+    # guards the write of the object's head with the state it checked.
+    return s3_target.server == "rgw"

@@ -1,5 +1,6 @@
-"""S3 backend specifics on moto: multipart uploads and copies, check(), probe(),
-credentials kept out of error messages."""
+"""S3 backend specifics: multipart uploads and copies, check(), probe(), the If-Match
+quoting of Ceph RGW (on moto, and on Ceph RGW where installed: ``s3_target``);
+credentials kept out of error messages (on moto)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import io
 import os
 import time
 
-import boto3
 import pytest
 from botocore.exceptions import ClientError
+from conftest import s3_client
 from servers import MotoServer, closed_port
 
 from s3fuse.errors import (
@@ -30,24 +31,30 @@ SECRET = "SENTINEL-secret-key-4f3a2b1c0d9e"
 
 
 @pytest.fixture
-def raw(moto_endpoint):
-    client = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+def raw(s3_target):
+    client = s3_client(s3_target.endpoint)
     yield client
     client.close()
 
 
 @pytest.fixture
-def store(moto_endpoint, s3_bucket):
-    s = S3Store(s3_bucket, endpoint_url=moto_endpoint)
+def bucket(s3_target):
+    return s3_target.bucket
+
+
+@pytest.fixture
+def store(s3_target):
+    s = S3Store(s3_target.bucket, endpoint_url=s3_target.endpoint)
     yield s
     s.close()
 
 
 @pytest.fixture
-def small(moto_endpoint, s3_bucket):
+def small(s3_target):
     """Multipart above 5 MiB in 5 MiB parts; part-wise copies above 6 MiB."""
-    s = S3Store(s3_bucket, endpoint_url=moto_endpoint, multipart_threshold=5 * MiB,
-                part_size=5 * MiB, max_copy_size=6 * MiB, copy_part_size=5 * MiB)
+    s = S3Store(s3_target.bucket, endpoint_url=s3_target.endpoint,
+                multipart_threshold=5 * MiB, part_size=5 * MiB, max_copy_size=6 * MiB,
+                copy_part_size=5 * MiB)
     yield s
     s.close()
 
@@ -59,7 +66,7 @@ def pending_uploads(raw, bucket):
 # --- multipart ---------------------------------------------------------------------------------
 
 
-def test_multipart_put_from_path(small, raw, s3_bucket, tmp_path, monkeypatch):
+def test_multipart_put_from_path(small, raw, bucket, tmp_path, monkeypatch):
     data = os.urandom(12 * MiB + 123)
     path = tmp_path / "big.bin"
     path.write_bytes(data)
@@ -81,10 +88,10 @@ def test_multipart_put_from_path(small, raw, s3_bucket, tmp_path, monkeypatch):
     buf = io.BytesIO()
     assert small.get_into("big/file.bin", buf, 10 * MiB, if_match=etag) == 2 * MiB + 123
     assert buf.getvalue() == data[10 * MiB:]
-    assert pending_uploads(raw, s3_bucket) == []
+    assert pending_uploads(raw, bucket) == []
 
 
-def test_multipart_put_conditions(small, raw, s3_bucket, monkeypatch):
+def test_multipart_put_conditions(small, raw, bucket, monkeypatch, s3_target):
     first = os.urandom(6 * MiB)
     e1 = small.put("mp", first, {}, if_none_match=True)
     with pytest.raises(PreconditionFailed):
@@ -98,13 +105,19 @@ def test_multipart_put_conditions(small, raw, s3_bucket, monkeypatch):
 
     # Without the early HEAD check the condition is the server's, on completion.
     monkeypatch.setattr(small, "_precheck", lambda *args: None)
-    with pytest.raises(PreconditionFailed):
-        small.put("mp", os.urandom(6 * MiB), {}, if_none_match=True)
-    assert small.head("mp").etag == e2
-    assert pending_uploads(raw, s3_bucket) == []  # the refused upload was aborted
+    if s3_target.server == "rgw":
+        # Ceph RGW 16 ignores conditions on CompleteMultipartUpload: there only the
+        # HEAD check guards a multipart put (not atomically).
+        e3 = small.put("mp", os.urandom(6 * MiB), {}, if_none_match=True)
+        assert small.head("mp").etag == e3 != e2
+    else:
+        with pytest.raises(PreconditionFailed):
+            small.put("mp", os.urandom(6 * MiB), {}, if_none_match=True)
+        assert small.head("mp").etag == e2
+    assert pending_uploads(raw, bucket) == []  # the refused upload was aborted
 
 
-def test_multipart_failure_aborts_the_upload(small, raw, s3_bucket, monkeypatch):
+def test_multipart_failure_aborts_the_upload(small, raw, bucket, monkeypatch):
     calls = []
     upload_part = small._client.upload_part
 
@@ -119,7 +132,7 @@ def test_multipart_failure_aborts_the_upload(small, raw, s3_bucket, monkeypatch)
     with pytest.raises(TransientStoreError):
         small.put("broken", os.urandom(11 * MiB), {})
     assert 2 in calls
-    assert pending_uploads(raw, s3_bucket) == []
+    assert pending_uploads(raw, bucket) == []
     with pytest.raises(NoSuchKey):
         small.head("broken")
 
@@ -141,29 +154,29 @@ def test_part_wise_copy_of_large_objects(small):
         small.head("dst3")
 
 
-def test_metadata_replace_keeps_content_headers(store, raw, s3_bucket):
-    raw.put_object(Bucket=s3_bucket, Key="page.html", Body=b"<p>hi</p>",
+def test_metadata_replace_keeps_content_headers(store, raw, bucket):
+    raw.put_object(Bucket=bucket, Key="page.html", Body=b"<p>hi</p>",
                    ContentType="text/html", CacheControl="max-age=60",
                    Metadata={"owner": "web"})
     store.copy("page.html", "page.html", {"mode": "33188"})
-    head = raw.head_object(Bucket=s3_bucket, Key="page.html")
+    head = raw.head_object(Bucket=bucket, Key="page.html")
     assert head["ContentType"] == "text/html"
     assert head["CacheControl"] == "max-age=60"
     assert head["Metadata"] == {"mode": "33188"}
 
 
-def test_metadata_names_come_back_lower_case(store, raw, s3_bucket):
-    raw.put_object(Bucket=s3_bucket, Key="k", Body=b"x", Metadata={"Mode": "33188"})
+def test_metadata_names_come_back_lower_case(store, raw, bucket):
+    raw.put_object(Bucket=bucket, Key="k", Body=b"x", Metadata={"Mode": "33188"})
     assert store.head("k").metadata == {"mode": "33188"}
 
 
 # --- check and probe ---------------------------------------------------------------------------
 
 
-def test_check(moto_endpoint, s3_bucket):
-    S3Store(s3_bucket, endpoint_url=moto_endpoint).check()
+def test_check(s3_target):
+    S3Store(s3_target.bucket, endpoint_url=s3_target.endpoint).check()
     with pytest.raises(NoSuchBucket) as e:
-        S3Store("no-such-bucket-here", endpoint_url=moto_endpoint).check()
+        S3Store("no-such-bucket-here", endpoint_url=s3_target.endpoint).check()
     assert "no-such-bucket-here" in str(e.value) and "\n" not in str(e.value)
 
 
@@ -188,14 +201,135 @@ def test_requests_to_unreachable_endpoint_are_transient(moto_endpoint):
     assert time.monotonic() - started < 30
 
 
-def test_probe_reports_what_moto_honours(store):
-    # moto 5.x: If-None-Match and If-Match on PutObject, If-Match on DeleteObject; it
-    # ignores x-amz-copy-source-if-match on CopyObject.
-    assert store.probe("probe/.s3fuse-probe") == Capabilities(
-        conditional_put=True, conditional_copy=False, conditional_delete=True)
+#: what each server honours: moto 5.x: If-None-Match and If-Match on PutObject,
+#: If-Match on DeleteObject, not x-amz-copy-source-if-match on CopyObject. Ceph RGW 16:
+#: If-None-Match and If-Match (bare ETags only) on PutObject, neither the copy source
+#: condition nor If-Match on DeleteObject.
+HONOURS = {
+    "moto": Capabilities(conditional_put=True, conditional_copy=False,
+                         conditional_delete=True),
+    "rgw": Capabilities(conditional_put=True, conditional_copy=False,
+                        conditional_delete=False),
+}
+
+
+def test_probe_reports_what_the_server_honours(store, s3_target):
+    assert store.probe("probe/.s3fuse-probe") == HONOURS[s3_target.server]
     with pytest.raises(NoSuchKey):
         store.head("probe/.s3fuse-probe")
     assert store.list("", None).objects == []
+
+
+# --- If-Match quoting --------------------------------------------------------------------------
+
+
+def test_probe_learns_how_to_quote_if_match(store, s3_target):
+    store.probe("probe/.s3fuse-probe")
+    # RGW refuses a quoted ETag in a PUT's If-Match; S3 and moto want it quoted.
+    assert store._bare_put_if_match == (s3_target.server == "rgw")
+    e1 = store.put("k", b"one", {})
+    requests = count_requests(store)
+    store.put("k", b"two", {}, if_match=e1)
+    assert requests == ["PutObject"]  # no refused first try once probed
+
+
+def count_requests(store) -> list[str]:
+    """The names of the S3 operations ``store`` sends from now on."""
+    seen: list[str] = []
+    store._client.meta.events.register("before-call.s3",
+                                       lambda model, **kw: seen.append(model.name))
+    return seen
+
+
+@pytest.mark.parametrize("multipart", [False, True], ids=["put", "multipart"])
+def test_put_if_match_either_quoting(small, s3_target, multipart):
+    """Whatever quoting the store starts with, a put with the object's current ETag
+    goes through (the refused form is retried once with the other form and kept), and
+    a stale ETag is still refused."""
+    size = 6 * MiB if multipart else 100
+    e1 = small.put("k", os.urandom(size), {"v": "1"})
+    for start_bare in (False, True, False):
+        small._bare_put_if_match = start_bare
+        body = os.urandom(size)
+        e2 = small.put("k", body, {"v": "2"}, if_match=e1)
+        assert small.get("k") == body and small.head("k").etag == e2
+        with pytest.raises(PreconditionFailed):
+            small.put("k", os.urandom(size), {}, if_match=e1)
+        assert small.head("k").etag == e2
+        e1 = e2
+    with pytest.raises(PreconditionFailed):
+        small.put("absent", os.urandom(size), {}, if_match=e1)
+    with pytest.raises(NoSuchKey):
+        small.head("absent")
+
+
+def refuse_quoted_if_match(store) -> list[str]:
+    """Make ``store``'s server behave like Ceph RGW: a PUT (or multipart completion)
+    with a quoted If-Match is refused with 412 before it is sent. Returns the If-Match
+    values seen."""
+    seen: list[str] = []
+
+    class Refusal:
+        status_code = 412
+        headers: dict = {}
+        content = b""
+
+    def hook(model, params, **kwargs):
+        value = params["headers"].get("If-Match")
+        if value is None:
+            return None
+        seen.append(value)
+        if value.startswith('"'):
+            return Refusal(), {"Error": {"Code": "PreconditionFailed", "Message": "quoted"},
+                               "ResponseMetadata": {"HTTPStatusCode": 412}}
+        return None
+
+    for op in ("PutObject", "CompleteMultipartUpload"):
+        store._client.meta.events.register(f"before-call.s3.{op}", hook)
+    return seen
+
+
+@pytest.mark.parametrize("multipart", [False, True], ids=["put", "multipart"])
+def test_a_server_that_wants_bare_etags(moto_endpoint, s3_bucket, multipart, tmp_path):
+    """Where Ceph RGW is not installed too: its quirk, staged on moto."""
+    store = S3Store(s3_bucket, endpoint_url=moto_endpoint, multipart_threshold=5 * MiB,
+                    part_size=5 * MiB)
+    size = 6 * MiB if multipart else 10
+    e1 = store.put("k", os.urandom(size), {})
+    seen = refuse_quoted_if_match(store)
+    body = os.urandom(size)
+    path = tmp_path / "body"
+    path.write_bytes(body)  # a file body: sent again from its start
+    e2 = store.put("k", path, {}, if_match=e1)  # refused quoted, then sent bare
+    assert seen == [f'"{e1}"', e1] and store._bare_put_if_match
+    assert store.get("k") == body and store.head("k").etag == e2
+    e3 = store.put("k", os.urandom(size), {}, if_match=e2)  # bare from the start
+    assert seen[2:] == [e2] and store.head("k").etag == e3
+    with pytest.raises(PreconditionFailed):
+        store.put("k", os.urandom(size), {}, if_match=e1)  # stale: refused either way
+    assert store.head("k").etag == e3
+    store.close()
+
+
+def test_probe_learns_the_quirk(moto_endpoint, s3_bucket):
+    store = S3Store(s3_bucket, endpoint_url=moto_endpoint)
+    refuse_quoted_if_match(store)
+    assert store.probe("probe/.s3fuse-probe").conditional_put
+    assert store._bare_put_if_match
+    store.close()
+
+
+def test_a_real_conflict_is_not_retried(store, raw, bucket, monkeypatch):
+    """412 with the object at another ETag: a conflict, no second try, no learning."""
+    e1 = store.put("k", b"one", {})
+    raw.put_object(Bucket=bucket, Key="k", Body=b"changed outside")
+    before = store._bare_put_if_match
+    requests = count_requests(store)
+    with pytest.raises(PreconditionFailed):
+        store.put("k", b"mine", {}, if_match=e1)
+    assert requests == ["PutObject", "HeadObject"]
+    assert store._bare_put_if_match == before
+    assert store.get("k") == b"changed outside"
 
 
 # --- credentials -------------------------------------------------------------------------------
