@@ -319,6 +319,8 @@ class Daemon:
             request = json.loads(value or b"{}")
         except ValueError:
             request = {}
+        if not isinstance(request, dict):  # a bare number: a timeout
+            request = {"timeout": request} if isinstance(request, (int, float)) else {}
         timeout = self.settings.drain_timeout_s
         if request.get("timeout") is not None:
             try:

@@ -39,7 +39,7 @@ import trio
 
 from . import faults
 from .errors import FsError, NoSuchKey, PreconditionFailed, StoreError
-from .journal import DIRTY_DATA, Inode
+from .journal import DIRTY_DATA, Inode, Txn
 from .reconcile import Decision
 from .store.base import ObjectInfo
 
@@ -408,6 +408,11 @@ class Flusher:
                     txn.clear_dirty(ino)
                     clean = True
                 txn.put(inode)
+            elif _copy_pending_to(txn, key):
+                # It moved or went away while we uploaded, and a queued server-side
+                # copy will overwrite what we wrote: that copy's ETag is the one the
+                # holder of this path must see (_finish_op gives it), not ours.
+                pass
             else:
                 # It moved or went away while we uploaded: the object we just wrote
                 # belongs to whoever holds that path now, or to nobody.
@@ -490,12 +495,14 @@ class Flusher:
             txn.remove_op(seq)
             if op["op"] != "copy":
                 return
+            if _copy_pending_to(txn, op["dst"]):
+                return  # a later copy overwrites this object: its ETag is the one
             inode: Inode | None = txn.get(op.get("ino", 0))
             if inode is None or inode.nlink == 0 or inode.remote_key != op["dst"]:
                 # renamed over meanwhile: the copy's object belongs to whoever holds
                 # that path now (it inherited the key, waiting for this ETag)
                 inode = self.fs.inode_at_key(txn, op["dst"])
-            if inode is None or inode.remote_key != op["dst"] or inode.remote_etag is not None:
+            if inode is None or inode.remote_key != op["dst"]:
                 return
             if etag:
                 inode.remote_etag = etag
@@ -555,6 +562,11 @@ class Flusher:
     async def upload_now(self, inos: list[int]) -> None:
         if not await self.drain(MAX_BACKOFF_S * 4, inos):
             raise FsError(5, "upload did not complete (bucket unreachable?)")
+
+
+def _copy_pending_to(txn: Txn, key: str) -> bool:
+    """A server-side copy to ``key`` is still queued in the op log."""
+    return any(op["op"] == "copy" and op["dst"] == key for _, op in txn.ops())
 
 
 def _op_keys(op: dict) -> list[str]:
