@@ -200,3 +200,68 @@ def test_two_mounts_converge(tmp_path, file_source):
     finally:
         a.cleanup()
         b.cleanup()
+
+
+def test_two_mounts_under_a_random_workload_converge(tmp_path, file_source):
+    import random
+
+    rng = random.Random(7)
+    mounts = []
+    for side in ("a", "b"):
+        (tmp_path / side).mkdir()
+        mounts.append(make_mount(tmp_path / side, file_source, None))
+    try:
+        for m in mounts:
+            fast(m, window="0.5")
+            os.listdir(m.path)  # both watch the root
+        last: dict[str, bytes] = {}  # every version either side wrote last per name
+        for step in range(60):
+            m = rng.choice(mounts)
+            name = rng.choice(["n1", "n2", "n3", "n4"])
+            if rng.random() < 0.8:
+                body = f"{m.path[-8:]}-{step}".encode()
+                try:
+                    write(m.p(name), body)
+                    last[(m.path, name)] = body
+                except FileNotFoundError:
+                    pass
+            else:
+                try:
+                    os.unlink(m.p(name))
+                except FileNotFoundError:
+                    pass
+                last.pop((m.path, name), None)
+            time.sleep(rng.uniform(0, 0.2))
+        for _ in range(3):  # upload, let each side poll the other's changes, again
+            for m in mounts:
+                m.sync()
+            time.sleep(1.0)
+        store, _ = mounts[0].store()
+        bucket = {n: store.get(n) for n in ("n1", "n2", "n3", "n4") if _exists(store, n)}
+        store.close()
+
+        def trees_agree() -> bool:
+            return all({n: read(m.p(n)) for n in os.listdir(m.path) if n != ".s3fuse"}
+                       == bucket for m in mounts)
+
+        wait_for(trees_agree, what="both mounts to show the bucket")
+        kept = set()
+        for m in mounts:
+            kept |= set(lost_found(m).values())
+        # nothing either side wrote last was silently dropped: it is in the bucket,
+        # in a lost+found, or the other side overwrote it after seeing it
+        for (path, name), body in last.items():
+            others = {b for (p, n), b in last.items() if n == name and p != path}
+            assert body in bucket.values() or body in kept or others, \
+                f"{name} from {path} was lost"
+    finally:
+        for m in mounts:
+            m.cleanup()
+
+
+def _exists(store, key: str) -> bool:
+    try:
+        store.head(key)
+        return True
+    except Exception:
+        return False
