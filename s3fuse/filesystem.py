@@ -239,6 +239,11 @@ class Filesystem:
         self.handles[fh] = h
         return fh
 
+    def note_bucket_state(self, ino: int) -> None:
+        """The mount just learnt what the bucket holds for ``ino`` (an upload or copy
+        committed): a listing taken before now must not judge it."""
+        self._validated[ino] = time.monotonic()
+
     def in_use(self, ino: int) -> bool:
         return self.lookups.get(ino, 0) > 0 or self.open_count.get(ino, 0) > 0
 
@@ -1217,6 +1222,7 @@ class Filesystem:
                 return
             prefix = self._dir_prefix(txn, d)
         before = self.flusher.op_generation() if self.flusher is not None else None
+        listed_at = time.monotonic()
         dirs, files = await self._list_dir(ino, prefix)
         if self.flusher is not None:
             if self.flusher.op_generation() != before:
@@ -1235,6 +1241,8 @@ class Filesystem:
             if inode is None or stat.S_ISDIR(inode.mode) or inode.dirty \
                     or inode.remote_key is None or inode.remote_etag is None:
                 continue
+            if self._validated.get(inode.ino, 0.0) >= listed_at:
+                continue  # its upload committed after the listing was taken: newer
             obj = files.get(name)
             if obj is None:
                 if name not in dirs:

@@ -402,6 +402,7 @@ class Flusher:
         with self.journal.write() as txn:
             inode = txn.get(ino)
             if inode is not None and inode.nlink > 0 and self.fs.object_key(txn, inode) == key:
+                self.fs.note_bucket_state(ino)
                 inode.remote_key, inode.remote_etag = key, etag
                 if inode.change_seq == seq:
                     inode.dirty = 0
@@ -419,6 +420,7 @@ class Flusher:
                 holder = self.fs.inode_at_key(txn, key)
                 if holder is not None and holder.ino != ino \
                         and holder.remote_key in (None, key):
+                    self.fs.note_bucket_state(holder.ino)
                     holder.remote_key, holder.remote_etag = key, etag
                     txn.put(holder)
                 else:
@@ -437,7 +439,7 @@ class Flusher:
             return
         while True:
             with self.journal.read() as txn:
-                first = next(iter(txn.ops()), None)
+                first = txn.first_op()  # not ops(): that decodes the whole log each time
             if first is None:
                 return
             seq, op = first
@@ -504,6 +506,7 @@ class Flusher:
                 inode = self.fs.inode_at_key(txn, op["dst"])
             if inode is None or inode.remote_key != op["dst"]:
                 return
+            self.fs.note_bucket_state(inode.ino)
             if etag:
                 inode.remote_etag = etag
             else:
@@ -520,7 +523,7 @@ class Flusher:
         """Nothing left to do (for ``inos``, or at all). Uses the in-memory schedule,
         which mirrors the journal's dirty set; cheap enough to ask after every upload."""
         with self.journal.read() as txn:
-            if next(iter(txn.ops()), None) is not None:
+            if txn.first_op() is not None:
                 return False
         if inos is None:
             return not self._due and not self._inflight

@@ -205,6 +205,13 @@ class Txn:
         with self.txn.cursor(db=self._j.db_ops) as cur:
             return [(_U64.unpack(k)[0], json.loads(v)) for k, v in cur]
 
+    def first_op(self) -> tuple[int, dict[str, Any]] | None:
+        """The oldest pending op, without reading the whole log."""
+        with self.txn.cursor(db=self._j.db_ops) as cur:
+            if not cur.first():
+                return None
+            return _U64.unpack(cur.key())[0], json.loads(cur.value())
+
     def update_op(self, seq: int, op: dict[str, Any]) -> None:
         self.txn.put(_k(seq), json.dumps(op, separators=(",", ":")).encode(), db=self._j.db_ops)
 

@@ -499,3 +499,21 @@ def test_an_upload_that_landed_before_a_crash_is_adopted_not_a_conflict(tmp_path
 
     trio.run(crash_after_put, clock=trio.testing.MockClock(autojump_threshold=0))
     trio.run(replay, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_poll_never_removes_a_file_whose_upload_committed_after_the_listing(tmp_path):
+    async def scenario(rig: Rig):
+        await rig.write_file(ROOT_INO, b"fresh", b"data")
+        original = rig.fs._list_dir
+
+        async def list_then_upload(ino, prefix):
+            result = await original(ino, prefix)  # taken before "fresh" is uploaded
+            assert await rig.flusher.drain(30)  # ... whose upload commits right after
+            return result
+
+        rig.fs._list_dir = list_then_upload
+        await rig.fs.poll_dir(ROOT_INO)
+        assert (await rig.fs.lookup(ROOT_INO, b"fresh")).size == 4
+        assert rig.bucket() == {"fresh": b"data"}
+
+    run(tmp_path, scenario)
