@@ -851,8 +851,11 @@ class Filesystem:
                 return
             if not self.cache.exists(ino) or self.cache.size(ino) != inode.size:
                 self.cache.create(ino, inode.size)
-            want = size + (READAHEAD_BYTES if readahead else 0)
-            runs = self.cache.missing(ino, offset, want, inode.size)
+            runs = self.cache.missing(ino, offset, size, inode.size)
+            if runs and readahead:
+                # the reader needs bytes we lack: fetch a whole read-ahead window now
+                # (sliding it one block per read would make every block its own GET)
+                runs = self.cache.missing(ino, offset, size + READAHEAD_BYTES, inode.size)
             if runs:
                 key, etag = self.read_source(inode)
                 if key is None:
