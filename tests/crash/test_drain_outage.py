@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -202,8 +203,12 @@ def test_full_cache_disk_gives_enospc_and_loses_nothing(tmp_path, file_source):
                 f.write(b"z" * (1 << 20))
                 f.flush()
         assert exc.value.errno == errno.ENOSPC
-        os.unlink(m.p("huge"))  # room again: the mount keeps working
-        with open(m.p("after"), "wb") as f:
+        os.unlink(m.p("huge"))  # room again once its last handle is released
+        deadline = time.monotonic() + 20
+        while shutil.disk_usage(cache).free < (8 << 20):
+            assert time.monotonic() < deadline, "the cache space was never freed"
+            time.sleep(0.1)
+        with open(m.p("after"), "wb") as f:  # and the mount keeps working
             f.write(b"still writable")
         m.umount()  # also runs fsck: the journal is consistent
         objects = m.objects()
