@@ -450,18 +450,11 @@ class Filesystem:
             if changes.mode is not None:
                 inode.mode = stat.S_IFMT(inode.mode) | stat.S_IMODE(changes.mode)
                 flags |= DIRTY_META
-            if changes.uid is not None:
-                inode.uid = changes.uid
-                flags |= DIRTY_META
-            if changes.gid is not None:
-                inode.gid = changes.gid
-                flags |= DIRTY_META
-            if changes.atime_ns is not None:
-                inode.atime_ns = changes.atime_ns
-                flags |= DIRTY_META
-            if changes.mtime_ns is not None:
-                inode.mtime_ns = changes.mtime_ns
-                flags |= DIRTY_META
+            for name in ("uid", "gid", "atime_ns", "mtime_ns"):
+                value = getattr(changes, name)
+                if value is not None:
+                    setattr(inode, name, value)
+                    flags |= DIRTY_META
             inode.ctime_ns = now
             if flags and inode.nlink > 0:
                 self._mark(txn, inode, flags, pending)
