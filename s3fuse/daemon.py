@@ -288,8 +288,8 @@ class Daemon:
             inode = self.fs.get(ino)
         except Exception:
             return True
-        if inode.dirty:
-            return False
+        if inode.dirty or inode.links:
+            return False  # (every name of a hard-linked file uploads from its cache file)
         if inode.cached:
             with self.fs.journal.write() as txn:
                 fresh = txn.get(ino)

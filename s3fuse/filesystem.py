@@ -85,6 +85,11 @@ def _now_ns() -> int:
     return time.time_ns()
 
 
+def _name(inode: Inode) -> bytes:
+    """The entry name a record holds (as ``keys.name_from_segment`` made it)."""
+    return inode.name.encode("utf-8", "surrogatepass")
+
+
 class Filesystem:
     def __init__(self, journal: Journal, cache: Cache, remote: Remote, prefix: str,
                  defaults: Defaults) -> None:
@@ -163,6 +168,65 @@ class Filesystem:
             raise FsError(errno.ENOENT, f"inode {ino}")
         return inode
 
+    # --- hard links: one inode, a name record per name (see ``journal.Inode``) --------
+    def data_of(self, txn: Txn, rec: Inode) -> Inode:
+        """The inode whose bytes and attributes a name record's object carries."""
+        return self._get(txn, rec.link_of) if rec.link_of else rec
+
+    def _records(self, txn: Txn, inode: Inode) -> list[Inode]:
+        """Every name record of ``inode``: itself, then its link records."""
+        return [inode] + [self._get(txn, ino) for ino in inode.links]
+
+    def record_at(self, txn: Txn, parent: int, name: bytes, inode: Inode) -> Inode:
+        """The name record of ``inode`` for its entry ``name`` in ``parent``."""
+        if not inode.links or (inode.parent == parent and _name(inode) == name):
+            return inode
+        for ino in inode.links:
+            rec = self._get(txn, ino)
+            if rec.parent == parent and _name(rec) == name:
+                return rec
+        raise FsError(errno.EIO, f"inode {inode.ino} has no record of its name {name!r}")
+
+    def _remove_name(self, txn: Txn, inode: Inode, parent: int, name: bytes, now: int,
+                     pending: list[int], dropped: list[int]) -> tuple[str, str | None] | None:
+        """The entry ``name`` of ``parent`` (already unlinked by the caller) no longer
+        names the non-directory ``inode``. Returns that name's object (key, ETag), for
+        the caller to delete or, renaming over it, to inherit; None if it has none.
+        Records dropped from the journal are added to ``dropped`` (for the flusher)."""
+        rec = self.record_at(txn, parent, name, inode)
+        remote = (rec.remote_key, rec.remote_etag)
+        inode.nlink -= 1
+        inode.ctime_ns = now
+        if rec is not inode:
+            inode.links.remove(rec.ino)
+            txn.delete_inode(rec.ino)
+            dropped.append(rec.ino)
+        elif inode.links:
+            # its first name goes: the next name's record becomes the inode's own
+            nxt = self._get(txn, inode.links.pop(0))
+            inode.parent, inode.name = nxt.parent, nxt.name
+            inode.remote_key, inode.remote_etag = nxt.remote_key, nxt.remote_etag
+            inode.dirty = nxt.dirty
+            inode.change_seq = max(inode.change_seq, nxt.change_seq) + 1
+            txn.clear_dirty(inode.ino)
+            if inode.dirty:
+                txn.mark_dirty(inode.ino)
+                pending.append(inode.ino)
+            txn.delete_inode(nxt.ino)
+            dropped.append(nxt.ino)
+        else:
+            inode.remote_key = inode.remote_etag = None
+            inode.dirty = 0
+            txn.clear_dirty(inode.ino)
+        if inode.nlink > 0:
+            self._mark(txn, inode, DIRTY_META, pending)  # the names left carry the ctime
+        return remote if remote[0] is not None else None
+
+    def _forget_records(self, dropped: list[int]) -> None:
+        if self.flusher is not None:
+            for ino in dropped:
+                self.flusher.forget(ino)
+
     def path_names(self, txn: Txn, inode: Inode) -> list[str]:
         names: list[str] = []
         depth = 0
@@ -197,16 +261,18 @@ class Filesystem:
             return None
         rel = key[len(self.prefix):]
         want_dir = rel.endswith("/")
-        ino = ROOT_INO
+        ino = parent = ROOT_INO
+        name = b""
         for part in rel.rstrip("/").split("/"):
-            found = txn.lookup(ino, part.encode())
+            name = part.encode()
+            found = txn.lookup(ino, name)
             if found is None:
                 return None
-            ino = found
+            parent, ino = ino, found
         inode = txn.get(ino)
         if inode is None or stat.S_ISDIR(inode.mode) != want_dir:
             return None
-        return inode
+        return self.record_at(txn, parent, name, inode)
 
     def _dir_prefix(self, txn: Txn, inode: Inode) -> str:
         if inode.ino == ROOT_INO:
@@ -220,13 +286,18 @@ class Filesystem:
         txn.put(d)
 
     def _mark(self, txn: Txn, inode: Inode, flags: int, pending: list[int]) -> None:
-        """Record a change to upload; the caller has ``txn.put`` the inode after."""
-        if self.object_key(txn, inode) is None:
-            return
-        inode.dirty |= flags
-        inode.change_seq += 1
-        txn.mark_dirty(inode.ino)
-        pending.append(inode.ino)
+        """Record a change to upload; the caller has ``txn.put`` the inode after. The
+        other names of a hard-linked file are marked too: each name's object holds the
+        same bytes and attributes."""
+        if self.object_key(txn, inode) is not None:
+            inode.dirty |= flags
+            inode.change_seq += 1
+            txn.mark_dirty(inode.ino)
+            pending.append(inode.ino)
+        for ino in inode.links:
+            rec = self._get(txn, ino)
+            self._mark(txn, rec, flags, pending)
+            txn.put(rec)
 
     def _notify(self, pending: list[int]) -> None:
         if self.flusher is not None:
@@ -484,8 +555,9 @@ class Filesystem:
         await self.ensure_listed(parent)
         return seg
 
-    def _add_entry(self, txn: Txn, parent: int, name: bytes, seg: str, mode: int,
-                   uid: int, gid: int, now: int, **fields: Any) -> Inode:
+    def _new_entry_dir(self, txn: Txn, parent: int, name: bytes) -> Inode:
+        """The directory a new entry ``name`` goes into, checked: a live directory
+        without that name."""
         p = self._get(txn, parent)
         if not stat.S_ISDIR(p.mode):
             raise FsError(errno.ENOTDIR)
@@ -493,6 +565,11 @@ class Filesystem:
             raise FsError(errno.ENOENT, "directory was removed")
         if txn.lookup(parent, name) is not None:
             raise FsError(errno.EEXIST)
+        return p
+
+    def _add_entry(self, txn: Txn, parent: int, name: bytes, seg: str, mode: int,
+                   uid: int, gid: int, now: int, **fields: Any) -> Inode:
+        p = self._new_entry_dir(txn, parent, name)
         if p.mode & stat.S_ISGID:
             # a setgid directory passes its group on (and the bit, to directories)
             gid = p.gid
@@ -569,7 +646,42 @@ class Filesystem:
         return inode
 
     async def link(self, ino: int, parent: int, name: bytes) -> Inode:
-        raise FsError(errno.EPERM, "hard links are not supported")
+        """A further name for a file. It gets a link record (see ``journal.Inode``) and,
+        in the bucket, an object of its own with the same bytes and attributes. Bumps
+        the lookup count."""
+        seg = await self._prepare_new(parent, name)
+        inode = self.get(ino)
+        if stat.S_ISDIR(inode.mode):
+            raise FsError(errno.EPERM, "hard links to directories are not allowed")
+        # every name's upload reads the file from here: have it whole first (a linked
+        # file is never evicted from the cache)
+        if stat.S_ISLNK(inode.mode):
+            await self.readlink(ino)
+        await self.ensure_cached(ino)
+        now = _now_ns()
+        pending: list[int] = []
+        with self.journal.write() as txn:
+            inode = self._get(txn, ino)
+            if inode.nlink == 0:
+                raise FsError(errno.ENOENT, "the file was removed")
+            self._new_entry_dir(txn, parent, name)
+            rec = Inode(ino=txn.new_ino(), mode=inode.mode, uid=inode.uid, gid=inode.gid,
+                        parent=parent, name=seg, link_of=ino)
+            txn.put(rec)
+            txn.link(parent, name, ino)
+            self._touch_dir(txn, parent, now)
+            inode.links.append(rec.ino)
+            inode.nlink += 1
+            inode.ctime_ns = now
+            # every name's object gets the new ctime; the new name's is written whole
+            self._mark(txn, inode, DIRTY_META, pending)
+            rec = self._get(txn, rec.ino)
+            self._mark(txn, rec, DIRTY_DATA, pending)
+            txn.put(rec)
+            txn.put(inode)
+        self._notify(pending)
+        self.add_lookup(ino)
+        return inode
 
     # --- removing entries ---------------------------------------------------------------
     def _drop_remote(self, txn: Txn, inode: Inode) -> None:
@@ -595,6 +707,7 @@ class Filesystem:
         await self.ensure_listed(parent)
         now = _now_ns()
         pending: list[int] = []
+        dropped: list[int] = []
         with self.journal.write() as txn:
             ino = txn.lookup(parent, name)
             if ino is None:
@@ -604,13 +717,14 @@ class Filesystem:
                 raise FsError(errno.EISDIR)
             txn.unlink(parent, name)
             self._touch_dir(txn, parent, now)
-            inode.nlink -= 1
-            inode.ctime_ns = now
-            if inode.nlink == 0:
-                self._drop_remote(txn, inode)
+            remote = self._remove_name(txn, inode, parent, name, now, pending, dropped)
+            if remote is not None:
+                txn.append_op({"op": "delete", "key": remote[0], "etag": remote[1],
+                               "ino": ino})
             txn.put(inode)
             self._keep_parent_dir(txn, parent, pending)
         self._notify(pending)
+        self._forget_records(dropped)
         self._maybe_purge(ino)
 
     async def rmdir(self, parent: int, name: bytes) -> None:
@@ -652,13 +766,18 @@ class Filesystem:
                     if c is not None and stat.S_ISDIR(c.mode):
                         stack.append(child)
 
-    def _subtree(self, txn: Txn, ino: int) -> Iterator[Inode]:
-        stack = [ino]
+    def _subtree(self, txn: Txn, top: Inode) -> Iterator[Inode]:
+        """``top`` (a name record) and, for a directory, every name record below it:
+        a hard-linked file once per name it has there."""
+        stack = [top]
         while stack:
-            inode = self._get(txn, stack.pop())
-            yield inode
-            if stat.S_ISDIR(inode.mode):
-                stack.extend(child for _, child in txn.children(inode.ino))
+            rec = stack.pop()
+            yield rec
+            if stat.S_ISDIR(rec.mode):
+                for name, child in txn.children(rec.ino):
+                    c = self._get(txn, child)
+                    stack.append(c if stat.S_ISDIR(c.mode)
+                                 else self.record_at(txn, rec.ino, name, c))
 
     async def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes,
                      flags: int = 0) -> None:
@@ -684,6 +803,7 @@ class Filesystem:
 
         now = _now_ns()
         pending: list[int] = []
+        dropped: list[int] = []
         with self.journal.write() as txn:
             if txn.lookup(old_parent, old_name) != ino:
                 raise FsError(errno.ENOENT)
@@ -719,43 +839,53 @@ class Filesystem:
                 elif is_dir:
                     raise FsError(errno.ENOTDIR)
 
-            # keys before the move, for every object that has to follow it
-            old_keys = {i.ino: self.object_key(txn, i) for i in self._subtree(txn, ino)}
+            # the name record that moves (a hard-linked file has one per name), and
+            # the keys before the move of every object that has to follow it
+            rec = moving if is_dir else self.record_at(txn, old_parent, old_name, moving)
+            old_keys = {i.ino: self.object_key(txn, i) for i in self._subtree(txn, rec)}
 
             # the namespace change itself
+            # (the moved inode overwrites the displaced name's object: no delete needed)
             inherited: tuple[str, str | None] | None = None
             if displaced is not None:
                 txn.unlink(new_parent, new_name)
-                displaced.nlink = 0 if stat.S_ISDIR(displaced.mode) else displaced.nlink - 1
-                displaced.ctime_ns = now
-                if displaced.nlink == 0:
+                if stat.S_ISDIR(displaced.mode):
+                    displaced.nlink = 0
+                    displaced.ctime_ns = now
                     if displaced.remote_key is not None:
-                        # the moved inode overwrites this object: no delete needed
                         inherited = (displaced.remote_key, displaced.remote_etag)
                     displaced.remote_key = displaced.remote_etag = None
                     displaced.dirty = 0
                     txn.clear_dirty(displaced.ino)
-                if stat.S_ISDIR(displaced.mode):
                     self._touch_dir(txn, new_parent, now, -1)
+                else:
+                    inherited = self._remove_name(txn, displaced, new_parent, new_name, now,
+                                                  pending, dropped)
                 txn.put(displaced)
             txn.unlink(old_parent, old_name)
             txn.link(new_parent, new_name, ino)
             moving = self._get(txn, ino)
-            moving.parent = new_parent
-            moving.name = new_seg
             moving.ctime_ns = now
-            txn.put(moving)
+            if rec.ino == ino:
+                moving.parent, moving.name = new_parent, new_seg
+                txn.put(moving)
+            else:
+                txn.put(moving)
+                rec = self._get(txn, rec.ino)
+                rec.parent, rec.name = new_parent, new_seg
+                txn.put(rec)
             dir_delta = 1 if is_dir else 0
             self._touch_dir(txn, old_parent, now, -dir_delta)
             self._touch_dir(txn, new_parent, now, dir_delta)
 
             faults.crash_point("mid-rename")  # the transaction is not committed yet
             # bucket side: every object below the moved entry follows it
-            for node in self._subtree(txn, ino):
+            for node in self._subtree(txn, self._get(txn, rec.ino)):
                 self._move_remote(txn, node, old_keys[node.ino],
-                                  inherited if node.ino == ino else None, pending)
+                                  inherited if node.ino == rec.ino else None, pending)
             self._keep_parent_dir(txn, old_parent, pending)
         self._notify(pending)
+        self._forget_records(dropped)
         if displaced is not None:
             self._maybe_purge(displaced.ino)
 
@@ -813,10 +943,13 @@ class Filesystem:
         leaves a dirty file to upload again, never a "clean" file whose cache differs
         from its object. (No-op when already dirty: one extra commit per change run.)"""
         pending: list[int] = []
+        with self.journal.read() as txn:
+            inode = self._get(txn, ino)
+            if inode.nlink == 0 or all(r.dirty & DIRTY_DATA
+                                       for r in self._records(txn, inode)):
+                return
         with self.journal.write() as txn:
             inode = self._get(txn, ino)
-            if inode.dirty & DIRTY_DATA or inode.nlink == 0:
-                return
             self._mark(txn, inode, DIRTY_DATA, pending)
             txn.put(inode)
         self._notify(pending)
@@ -992,8 +1125,8 @@ class Filesystem:
         A dirty file is not judged here: its upload's condition will find a conflict."""
         inode = self.get(ino)
         if not stat.S_ISREG(inode.mode) or inode.dirty or inode.remote_key is None \
-                or inode.remote_etag is None:
-            return False
+                or inode.remote_etag is None or inode.links:
+            return False  # (a hard-linked file's names are judged by the poller)
         if time.monotonic() - self._validated.get(ino, 0.0) < self.metadata_ttl_s:
             return False
         key = inode.remote_key
@@ -1016,7 +1149,8 @@ class Filesystem:
                       reason: str = "changed in the bucket") -> Decision:
         """Bring ``ino`` (at ``key``) in line with what the bucket holds (``info``,
         None if nothing), by the S3-wins rules of ``reconcile``. Re-checks the inode
-        in its own transaction, so it is safe after any await."""
+        in its own transaction, so it is safe after any await. ``ino`` may be a link
+        record: one name of a hard-linked file."""
         entries: list[tuple[int, bytes]] = []
         inodes: list[int] = []
         now = _now_ns()
@@ -1029,6 +1163,8 @@ class Filesystem:
                               bucket_etag=info.etag if info is not None else None)
             if decision is Decision.KEEP:
                 return decision
+            if inode.link_of or inode.links:
+                return self._split_name(txn, inode, info, now)
             if stat.S_ISDIR(inode.mode):
                 self._adopt_marker(txn, inode, info)
                 return Decision.REFRESH
@@ -1055,6 +1191,33 @@ class Filesystem:
         if decision is Decision.REMOVE:
             self._maybe_purge(ino)
         return decision
+
+    def _split_name(self, txn: Txn, rec: Inode, info: ObjectInfo | None,
+                    now: int) -> Decision:
+        """S3 wins at one name of a hard-linked file: that name leaves the file (whose
+        other names keep its data, and upload it as before), and the bucket's object,
+        if there is one, takes the path as a file of its own. Returns REMOVE: this
+        record left its path. Finishes what ``apply_outside`` does after its
+        transaction itself (the caller's transaction commits after this returns, and
+        the kernel notices are queued for a background task)."""
+        data = self.data_of(txn, rec)
+        parent, name = rec.parent, _name(rec)
+        pending: list[int] = []
+        dropped: list[int] = []
+        txn.unlink(parent, name)
+        self._touch_dir(txn, parent, now)
+        # the object at this key is the bucket's now: not deleted
+        self._remove_name(txn, data, parent, name, now, pending, dropped)
+        txn.put(data)
+        if info is not None:
+            self._add_from_object(txn, parent, name, info)
+        log.warning("%s of a hard-linked file %s in the bucket: that name now holds the "
+                    "bucket's version, the file keeps its other names", rec.name,
+                    "changed" if info is not None else "was deleted")
+        self._notify(pending)
+        self._forget_records(dropped)
+        self._invalidate([(parent, name)], [data.ino])
+        return Decision.REMOVE
 
     def _invalidate(self, entries: list[tuple[int, bytes]], inodes: list[int]) -> None:
         if self.notify_kernel is not None and (entries or inodes):
@@ -1187,10 +1350,14 @@ class Filesystem:
         with self.journal.read() as txn:
             for path in paths:
                 ino: int | None = ROOT_INO
+                parent, name = ROOT_INO, b""
                 for part in filter(None, path.split(b"/")):
+                    parent, name = ino or 0, part
                     ino = txn.lookup(ino, part) if ino is not None else None
-                if ino is not None:
-                    found.extend(i.ino for i in self._subtree(txn, ino))
+                inode = txn.get(ino) if ino is not None else None
+                if inode is not None:
+                    rec = inode if ino == ROOT_INO else self.record_at(txn, parent, name, inode)
+                    found.extend(i.ino for i in self._subtree(txn, rec))
         return found
 
     def in_lost_found(self, inode: Inode) -> bool:
@@ -1228,7 +1395,11 @@ class Filesystem:
             files = {n: o for n, o in files.items() if o.key not in in_flight}
             dirs = {n: p for n, p in dirs.items() if p not in in_flight}
         with self.journal.read() as txn:
-            local = {name: txn.get(child) for name, child in txn.children(ino)}
+            local: dict[bytes, Inode | None] = {}
+            for name, child in txn.children(ino):
+                c = txn.get(child)
+                # a hard-linked file: the record of this name, with its own object
+                local[name] = self.record_at(txn, ino, name, c) if c is not None else None
         new_files = {n: o for n, o in files.items() if n not in local}
         new_dirs = {n: p for n, p in dirs.items() if n not in local}
         changed: dict[int, ObjectInfo] = {}
@@ -1278,14 +1449,18 @@ class Filesystem:
 
     # --- extended attributes ------------------------------------------------------------
     def sync_state(self, inode: Inode) -> str:
-        if self.flusher is not None and self.flusher.is_uploading(inode.ino):
+        with self.journal.read() as txn:
+            records = self._records(txn, inode)
+            exported = inode.ino == ROOT_INO or any(self.object_key(txn, r) is not None
+                                                     for r in records)
+        if self.flusher is not None and any(self.flusher.is_uploading(r.ino)
+                                            for r in records):
             return "uploading"
         if self.in_lost_found(inode):
             return "conflict"
-        with self.journal.read() as txn:
-            if self.object_key(txn, inode) is None and inode.ino != ROOT_INO:
-                return "local-only"
-        return "dirty" if inode.dirty else "synced"
+        if not exported:
+            return "local-only"
+        return "dirty" if any(r.dirty for r in records) else "synced"
 
     def getxattr(self, ino: int, name: str) -> bytes:
         inode = self.get(ino)

@@ -269,11 +269,15 @@ class Flusher:
 
     async def _upload_inner(self, ino: int, key: str) -> None:
         fs = self.fs
+        # ``ino`` may be a link record (one name of a hard-linked file): its own key,
+        # ETag and dirty flags; the bytes and attributes are the data record's
         try:
-            inode = fs.get(ino)
-            if stat.S_ISREG(inode.mode) and not inode.cached and (
+            with self.journal.read() as txn:
+                inode = fs._get(txn, ino)
+                data = fs.data_of(txn, inode)
+            if stat.S_ISREG(data.mode) and not data.cached and (
                     inode.dirty & DIRTY_DATA or inode.remote_key != key):
-                await fs.ensure_cached(ino)
+                await fs.ensure_cached(data.ino)
         except FsError as exc:
             self._failed(ino, key, "fetch", exc)
             return
@@ -284,6 +288,9 @@ class Flusher:
             if inode is None or inode.nlink == 0 or not inode.dirty \
                     or fs.object_key(txn, inode) != key:
                 return
+            data = txn.get(inode.link_of) if inode.link_of else inode
+            if data is None or data.nlink == 0:
+                return
             blocked = any(key in _op_keys(op) for _, op in txn.ops())
         if blocked:
             return
@@ -293,18 +300,18 @@ class Flusher:
             self._retry_at[ino] = trio.current_time() + self._tick_s()
             return
         seq = inode.change_seq
-        md = fs.object_metadata(inode)
+        md = fs.object_metadata(data)
         md[SEQ_META] = f"{self.instance_id}:{ino}:{seq}"
         if_match = inode.remote_etag if inode.remote_key == key else None
         body: bytes | str = b""
         as_copy = False
-        if stat.S_ISREG(inode.mode):
+        if stat.S_ISREG(data.mode):
             if not inode.dirty & DIRTY_DATA and inode.remote_key == key:
                 as_copy = True
             else:
-                body = fs.cache.snapshot(ino, inode.size)
-        elif stat.S_ISLNK(inode.mode):
-            body = (inode.target or "").encode("utf-8", "surrogateescape")
+                body = fs.cache.snapshot(data.ino, data.size)
+        elif stat.S_ISLNK(data.mode):
+            body = (data.target or "").encode("utf-8", "surrogateescape")
         if not fs.remote.capabilities.conditional_put and not as_copy:
             # the server ignores conditions: check first (best effort, not atomic)
             if await self._changed_outside(ino, key, inode.remote_etag if if_match else None):
@@ -513,7 +520,7 @@ class Flusher:
                 # the source was gone: what we have locally (if anything) is the
                 # newest version the mount knows; upload it as new
                 inode.remote_key = inode.remote_etag = None
-                if inode.cached and inode.nlink > 0:
+                if self.fs.data_of(txn, inode).cached and inode.nlink > 0:
                     self.fs._mark(txn, inode, DIRTY_DATA, pending)
             txn.put(inode)
         self.fs._notify(pending)

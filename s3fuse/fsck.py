@@ -20,7 +20,10 @@ Journal, no bucket needed
   ``unlinked-inode``   (info) nlink 0: kept for a handle open when the daemon stopped;
                        the next mount drops it. Repair: drop it now.
   ``nlink``            a directory's nlink is not 2 + its subdirectories (a file's not
-                       1). Repair: set it.
+                       1 + its link records). Repair: set it.
+  ``link``             a hard link's records disagree: a link record whose inode is
+                       missing or does not list it, or an inode listing a record that
+                       is missing or belongs to another. Never repaired.
   ``dirty-set``        the ``dirty`` flag and the ``dirty`` sub-database disagree.
                        Repair: a dirty inode joins the set (so it gets uploaded); a
                        clean or missing one leaves it.
@@ -280,18 +283,20 @@ class _Checker:
                 self.find("dirent", child, f"{where}: that parent is missing or not a "
                                            "directory")
                 continue
-            if child in self.entry_of:
-                other = self.entry_of[child]
+            # a hard-linked file: each of its names has a record of its own
+            rec = self._record_for(c, parent, name)
+            if rec.ino in self.entry_of:
+                other = self.entry_of[rec.ino]
                 self.find("dirent", child, f"{where} and entry {other[1]!r} of directory "
                                            f"{other[0]} both name inode {child}")
                 continue
-            if c.parent != parent or _name_bytes(c.name) != name:
+            if rec.parent != parent or _name_bytes(rec.name) != name:
                 self.find("dirent", child, f"{where} names inode {child}, whose record "
                                            f"says parent {c.parent}, name {c.name!r}")
             if c.nlink == 0:
                 self.find("dirent", child, f"{where} names inode {child}, which is unlinked")
-            self.children.setdefault(parent, {})[name] = child
-            self.entry_of[child] = (parent, name)
+            self.children.setdefault(parent, {})[name] = rec.ino
+            self.entry_of[rec.ino] = (parent, name)
 
         # reachability: each inode has at most one entry, so this walk is a tree walk
         self.reachable: set[int] = set()
@@ -319,7 +324,37 @@ class _Checker:
                     continue
                 self.path_of[ino] = "/" + "/".join(names)
 
+    def _record_for(self, c: Inode, parent: int, name: bytes) -> Inode:
+        """The record of ``c`` for the entry ``name`` of ``parent``: ``c`` itself,
+        or the link record holding that name (``c`` when none does)."""
+        if c.parent == parent and _name_bytes(c.name) == name:
+            return c
+        for ino in c.links:
+            r = self.inodes.get(ino)
+            if r is not None and r.link_of == c.ino and r.parent == parent \
+                    and _name_bytes(r.name) == name:
+                return r
+        return c
+
+    def _data(self, rec: Inode) -> Inode:
+        """The inode whose bytes and attributes a name record stands for."""
+        return self.inodes.get(rec.link_of, rec) if rec.link_of else rec
+
+    def check_links(self) -> None:
+        for ino, inode in sorted(self.inodes.items()):
+            if inode.link_of:
+                owner = self.inodes.get(inode.link_of)
+                if owner is None or ino not in owner.links:
+                    self.find("link", ino, f"link record {inode.name!r} of inode "
+                                           f"{inode.link_of}, which does not list it")
+            for rec in inode.links:
+                r = self.inodes.get(rec)
+                if r is None or r.link_of != ino:
+                    self.find("link", ino, f"lists link record {rec}, which is missing or "
+                                           "belongs to another inode")
+
     def check_inodes(self) -> None:
+        self.check_links()
         for ino, inode in sorted(self.inodes.items()):
             if ino == ROOT_INO:
                 pass
@@ -341,7 +376,7 @@ class _Checker:
                 want = 2 + sum(1 for c in self.children.get(ino, {}).values()
                                if stat.S_ISDIR(self.inodes[c].mode))
             else:
-                want = 1
+                want = 1 + len(inode.links)
             if inode.nlink != want:
                 self.find("nlink", ino, f"nlink is {inode.nlink}, expected {want}; "
                                         "repair: set it",
@@ -390,8 +425,8 @@ class _Checker:
                           "repair: delete it",
                           files=[self.cache_path(ino)])
         for ino, inode in sorted(self.inodes.items()):
-            if not stat.S_ISREG(inode.mode) or inode.nlink == 0:
-                continue
+            if not stat.S_ISREG(inode.mode) or inode.nlink == 0 or inode.link_of:
+                continue  # (a link record's bytes are its inode's cache file)
             dirty_data = bool(inode.dirty & DIRTY_DATA)
             if dirty_data and not inode.cached:
                 self.find("dirty-not-cached", ino, "data marked dirty is not whole in the "
@@ -605,7 +640,7 @@ class _Checker:
                 self._refresh(c, k, "changed-outside",
                               "the journal knew no object here, the bucket has one; "
                               "repair: take the bucket's version")
-            elif _has_local_content(c):
+            elif _has_local_content(self._data(c)):
                 self.find("not-uploaded", c.ino, "clean, but not in the bucket; repair: "
                                                  "mark it dirty, the next mount uploads it",
                           fix=_mark_dirty(c.ino, DIRTY_DATA | DIRTY_META))
@@ -624,9 +659,9 @@ class _Checker:
             self._refresh(c, k, "changed-outside",
                           f"the object changed in the bucket (ETag {c.remote_etag} -> "
                           f"{info.etag}); repair: take the bucket's version")
-        elif stat.S_ISREG(c.mode) and info.size != c.size:
-            self._refresh(c, k, "size", f"size {c.size} in the journal, {info.size} in the "
-                                        "bucket with the same ETag")
+        elif stat.S_ISREG(c.mode) and info.size != self._data(c).size:
+            self._refresh(c, k, "size", f"size {self._data(c).size} in the journal, "
+                                        f"{info.size} in the bucket with the same ETag")
 
     def _check_pending(self, x: Inode, k: str, info: ObjectInfo | None) -> None:
         """A dirty inode: will its conditional upload find what it expects?"""
@@ -664,6 +699,11 @@ class _Checker:
             self._drop(x, "deleted-outside", "the object was deleted from the bucket")
             return
         is_dir = stat.S_ISDIR(x.mode)
+        if x.link_of or x.links:
+            # the mount splits that name off the hard-linked file; not done offline
+            self.find(kind, x.ino, detail + " (one name of a hard-linked file: mount to "
+                                            "take the bucket's version at that name)")
+            return
         self.find(kind, x.ino, detail, fix=_adopt(x.ino, k, head),
                   files=[] if is_dir else [self.cache_path(x.ino)])
 
@@ -672,6 +712,11 @@ class _Checker:
         assert not x.dirty
         parent, name = self.entry_of[x.ino]
         is_dir = stat.S_ISDIR(x.mode)
+        if x.link_of or x.links:
+            self.find(kind, x.ino, detail + " (one name of a hard-linked file: mount to "
+                                            "have that name removed)")
+            self.children.get(parent, {}).pop(name, None)
+            return
         self.find(kind, x.ino, detail + "; repair: remove it from the journal",
                   fix=_drop_entry(parent, name, x.ino, is_dir),
                   files=[] if is_dir else [self.cache_path(x.ino)])

@@ -8,7 +8,8 @@ that keys sort numerically):
 ``inodes``   ino -> Inode record (compact JSON, see ``Inode``). Every inode the mount
              knows: directories, files, symlinks, special files, including files that
              are unlinked but still open (nlink 0) until their last handle and
-             lookup go away.
+             lookup go away; and the link records of a hard-linked file's further
+             names (see ``Inode``).
 ``dirents``  parent_ino + name bytes -> child ino. A range scan over one parent gives
              that directory's entries in name order (readdir offsets are positions in
              that order, resumed by name so concurrent changes skip nothing).
@@ -25,8 +26,8 @@ that keys sort numerically):
              most recent conflicts: path, lost+found name, time, reason).
 
 Invariant kept by every write transaction: once the pending ``ops`` are carried out,
-each live inode's ``remote_key`` equals the key of its path (or is None), so an upload
-never needs to know about history, only about the inode's current path.
+each live inode's (and link record's) ``remote_key`` equals the key of its path (or is
+None), so an upload never needs to know about history, only about the inode's current path.
 
 The environment is opened without a sync per commit (``sync=False``): a daemon crash
 (kill -9) loses nothing because committed pages are in the OS page cache; ``sync()``
@@ -73,6 +74,15 @@ class Inode:
     ``change_seq``: bumped on every change; the flusher clears ``dirty`` only if the
     record still has the sequence number its upload snapshot was taken at.
     ``extra``: user metadata other tools put on the object, kept on rewrite.
+
+    Hard links: the inode the kernel sees (the *data record*) holds the data, the
+    attributes and its first name (``parent``/``name``/``remote_*``/``dirty``). Each
+    further name is a *link record*: an inode number of its own that the kernel never
+    sees, with ``link_of`` = the data record, its own ``parent``/``name``, and the
+    ``remote_*``/``dirty``/``change_seq`` of its own object. The data record lists its
+    link records in ``links``; its ``nlink`` is 1 + len(links). ``dirents`` map every
+    name to the data record. The flusher uploads each record's object from the data
+    record's bytes and attributes, so every name's object holds the same.
     """
 
     ino: int
@@ -97,6 +107,8 @@ class Inode:
     meta_loaded: bool = True
     listed: bool = False
     change_seq: int = 0
+    links: list[int] = field(default_factory=list)
+    link_of: int = 0
 
     def encode(self) -> bytes:
         # keep records small: drop fields at their defaults (and skip asdict's deep
@@ -114,6 +126,7 @@ _DEFAULTS: dict[str, Any] = {
     "size": 0, "atime_ns": 0, "mtime_ns": 0, "ctime_ns": 0, "nlink": 1, "rdev": 0,
     "target": None, "xattrs": {}, "extra": {}, "remote_key": None, "remote_etag": None,
     "dirty": 0, "cached": False, "meta_loaded": True, "listed": False, "change_seq": 0,
+    "links": [], "link_of": 0,
 }
 
 

@@ -184,10 +184,10 @@ log = open(log_path, "a", buffering=1)
 os.makedirs(root, exist_ok=True)
 names = [f"f{i}" for i in range(12)]
 for step in range(100000):
-    kind = rng.choice(["write", "write", "write", "rename", "unlink"])
+    kind = rng.choice(["write", "write", "write", "rename", "unlink", "link", "append"])
     a, b = rng.choice(names), rng.choice(names)
     body = f"{seed}-{step}-{rng.random()}".encode() * rng.randint(1, 300)
-    log.write(f"start {step}\n")
+    log.write(f"start {step} {kind} {a} {b} {body.hex()}\n")
     try:
         if kind == "write":
             tmp = os.path.join(root, f"tmp.{step}")
@@ -196,40 +196,92 @@ for step in range(100000):
                 if rng.random() < 0.3:
                     f.flush(); os.fsync(f.fileno())
             os.replace(tmp, os.path.join(root, a))
-            log.write(f"write {step} {a} {body.hex()}\n")
         elif kind == "rename":
             os.rename(os.path.join(root, a), os.path.join(root, b))
-            log.write(f"rename {step} {a} {b}\n")
-        else:
+        elif kind == "unlink":
             os.unlink(os.path.join(root, a))
-            log.write(f"unlink {step} {a}\n")
-    except FileNotFoundError:
+        elif kind == "link":
+            os.link(os.path.join(root, a), os.path.join(root, b))
+        else:  # append through one name: every name of the inode sees it
+            with open(os.path.join(root, a), "r+b") as f:
+                f.seek(0, 2)
+                f.write(body[:64])
+        log.write(f"ok {step}\n")
+    except (FileNotFoundError, FileExistsError):
         log.write(f"noop {step}\n")
     except OSError:
         sys.exit(0)  # the daemon is gone
 """
 
 
-def replay_log(lines: list[str], model: dict[str, bytes]) -> tuple[dict, dict | None]:
-    """(state after every acknowledged op, state if the op in flight also happened)."""
-    pending_start = None
-    last_ack: dict[str, bytes] = dict(model)
+class Model:
+    """Names -> inodes -> bytes: what the workload's acknowledged steps left."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, int] = {}
+        self.data: dict[int, bytes] = {}
+        self.next = 0
+
+    def copy(self) -> Model:
+        m = Model()
+        m.names, m.data, m.next = dict(self.names), dict(self.data), self.next
+        return m
+
+    def apply(self, kind: str, a: str, b: str, body: bytes) -> None:
+        if kind == "write":
+            self.next += 1
+            self.names[a] = self.next
+            self.data[self.next] = body
+        elif kind == "rename" and a in self.names:
+            if self.names.get(b) != self.names[a]:  # two names of one inode: no-op
+                self.names[b] = self.names.pop(a)
+        elif kind == "unlink":
+            self.names.pop(a, None)
+        elif kind == "link" and a in self.names and b not in self.names:
+            self.names[b] = self.names[a]
+        elif kind == "append" and a in self.names:
+            self.data[self.names[a]] += body[:64]
+
+    def files(self) -> dict[str, bytes]:
+        return {name: self.data[ino] for name, ino in self.names.items()}
+
+    def links(self) -> list[list[str]]:
+        groups: dict[int, list[str]] = {}
+        for name, ino in self.names.items():
+            groups.setdefault(ino, []).append(name)
+        return sorted(sorted(g) for g in groups.values() if len(g) > 1)
+
+
+def replay_log(lines: list[str]) -> tuple[Model, Model | None]:
+    """(the model after every acknowledged step, the model if the step in flight at
+    the kill also happened, or None if no step was in flight)."""
+    model = Model()
+    pending: list[str] | None = None
     for line in lines:
         parts = line.split()
         if not parts:
             continue
         if parts[0] == "start":
-            pending_start = parts[1]
-            continue
-        pending_start = None
-        if parts[0] == "write":
-            last_ack[parts[2]] = bytes.fromhex(parts[3])
-        elif parts[0] == "rename":
-            if parts[2] != parts[3]:
-                last_ack[parts[3]] = last_ack.pop(parts[2])
-        elif parts[0] == "unlink":
-            last_ack.pop(parts[2], None)
-    return last_ack, pending_start
+            pending = parts
+        elif parts[0] == "ok":
+            assert pending is not None and pending[1] == parts[1]
+            model.apply(pending[2], pending[3], pending[4], bytes.fromhex(pending[5]))
+            pending = None
+        else:
+            pending = None
+    if pending is None or len(pending) < 6:
+        return model, None
+    other = model.copy()
+    other.apply(pending[2], pending[3], pending[4], bytes.fromhex(pending[5]))
+    return model, other
+
+
+def link_groups(root: str) -> list[list[str]]:
+    groups: dict[int, list[str]] = {}
+    for name in os.listdir(root):
+        if not name.startswith("tmp."):
+            groups.setdefault(os.lstat(os.path.join(root, name)).st_ino, []).append(name)
+    return sorted(sorted(g) for g in groups.values() if len(g) > 1)
 
 
 def test_random_kills_lose_nothing_acknowledged(tmp_path, file_source, cleanup):
@@ -237,7 +289,7 @@ def test_random_kills_lose_nothing_acknowledged(tmp_path, file_source, cleanup):
     cleanup(m)
     m.mount()
     rng = random.Random(1234)
-    models: dict[str, dict[str, bytes]] = {}
+    models: dict[str, Model] = {}
     kills = 0
     for cycle in range(8):
         sub = f"c{cycle}"
@@ -252,23 +304,26 @@ def test_random_kills_lose_nothing_acknowledged(tmp_path, file_source, cleanup):
         wait_dead(pid)
         m.mount()  # stale mount cleaned, journal replayed
         with open(log_path) as f:
-            acked, in_flight = replay_log(f.read().splitlines(), {})
+            acked, in_flight = replay_log(f.read().splitlines())
+        seen = {k: v for k, v in tree(m.p(sub)).items() if not k.startswith("tmp.")}
+        # the step in flight at the kill may or may not have happened; nothing else
+        if in_flight is not None and seen == in_flight.files():
+            acked = in_flight
         models[sub] = acked
-        # every earlier cycle's files are exactly as acknowledged
+        # every cycle's files (and hard links) are exactly as acknowledged, also
+        # the earlier cycles' after this kill
         for name, expect in models.items():
             seen = {k: v for k, v in tree(m.p(name)).items() if not k.startswith("tmp.")}
-            if name != sub or in_flight is None:
-                assert seen == expect, f"cycle {name} differs after kill {kills}"
-            else:
-                # the op in flight at the kill may or may not have happened
-                same = {k for k in expect if seen.get(k) == expect[k]}
-                assert len(set(expect) - same) + len(set(seen) - set(expect)) <= 2
-                models[sub] = seen
+            assert seen == expect.files(), f"cycle {name} differs after kill {kills}"
+            assert link_groups(m.p(name)) == expect.links(), \
+                f"cycle {name}: hard links differ after kill {kills}"
     m.sync()
     final = tree(m.path)
     m.umount()
     assert bucket_tree(m.objects()) == final
-    files = sum(len(model) for model in models.values())
-    checked = sum(len(body) for model in models.values() for body in model.values())
-    print(f"\n{kills} kills survived; {files} files, {checked} bytes checked")
+    files = sum(len(model.names) for model in models.values())
+    checked = sum(len(body) for model in models.values() for body in model.files().values())
+    linked = sum(len(g) for model in models.values() for g in model.links())
+    print(f"\n{kills} kills survived; {files} files ({linked} hard-linked names), "
+          f"{checked} bytes checked")
     assert kills == 8 and files >= 40  # the workload really ran between kills

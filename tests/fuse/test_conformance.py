@@ -11,33 +11,27 @@ as root and as unprivileged users (forked children with setuid/setgid; the mount
 Every check runs on the reference (a directory on the local disk that holds the
 test's temporary files) and on the mount, on the ``file://`` store and on S3 (moto),
 and the observations must be equal, except the ones listed in ``DIVERGENCES``, and
-each of those must really differ: the table is honest both ways. Hard-link checks
-skip while ``link(2)`` answers ``EPERM`` on the mount and start running by themselves
-once hard links land.
+each of those must really differ: the table is honest both ways.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
 import mmap
 import os
-import pickle
-import select
 import shutil
-import signal
 import socket
 import stat
 import tempfile
 import time
-import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
 from mounts import Mount, require_fuse
+from users import run_as
 
 pytestmark = [pytest.mark.fuse]
 
@@ -68,6 +62,13 @@ DIVERGENCES: dict[str, str] = {
     "time_file_data:mmap_write_then_utime.mtime": (
         "FUSE: without the writeback cache a page written through a mapping reaches "
         "s3fuse as a write at writeback time, after the utime, and moves mtime again"),
+    "link_remount:fresh_cache.one_inode": (
+        "S3: each name is an object of its own (SPEC §1: plain objects, no manifest), so "
+        "a mount with a fresh cache (or another host) sees separate files; the journal "
+        "keeps them one inode across remounts with the same cache"),
+    "link_remount:fresh_cache.nlink": "S3: follows from link_remount:fresh_cache.one_inode",
+    "link_remount:fresh_cache.shared_data": (
+        "S3: follows from link_remount:fresh_cache.one_inode"),
     "xattrs:trusted_as_root": "CHOICE: README: only user.* xattrs are stored",
     "xattrs:value_3000_bytes": "S3: user metadata is limited to 2 KiB in all (E2BIG)",
     "special_files_remount:fifo_io_times": (
@@ -259,65 +260,15 @@ class Site:
 def as_user(user: str, fn: Callable, *args) -> object:
     """Run ``fn(*args)`` in a forked child with the user's uid, gid and groups;
     returns what it returned (it must pickle)."""
-    uid, gid, groups = USERS[user]
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never return into pytest
-        code = 0
-        try:
-            os.close(r)
-            os.setgroups(groups)
-            os.setgid(gid)
-            os.setuid(uid)
-            os.umask(0o022)
-            try:
-                result = ("ok", fn(*args))
-            except BaseException:  # noqa: BLE001 - reported to the parent
-                result = ("error", traceback.format_exc())
-            data = pickle.dumps(result)
-            while data:
-                data = data[os.write(w, data):]
-        except BaseException:  # noqa: BLE001
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(w)
-    chunks = []
-    deadline = time.monotonic() + CHILD_TIMEOUT_S
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([r], [], [], left)[0]:
-                os.kill(pid, signal.SIGKILL)
-                raise AssertionError(f"{fn.__name__} as {user} did not finish in time")
-            chunk = os.read(r, 1 << 16)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        os.close(r)
-        os.waitpid(pid, 0)
-    if not chunks:
-        raise AssertionError(f"{fn.__name__} as {user}: the child died before answering "
-                             f"(could it take the user's ids?)")
-    status, value = pickle.loads(b"".join(chunks))
-    if status != "ok":
-        raise AssertionError(f"{fn.__name__} as {user} raised:\n{value}")
-    return value
+    return run_as(USERS[user], user, fn, *args)
 
 
 # --- the checks -------------------------------------------------------------------------
 CHECKS: dict[str, Callable[[Site], dict]] = {}
-LINK_CHECKS: dict[str, Callable[[Site], dict]] = {}
 
 
 def check(fn: Callable[[Site], dict]) -> Callable[[Site], dict]:
     CHECKS[fn.__name__] = fn
-    return fn
-
-
-def link_check(fn: Callable[[Site], dict]) -> Callable[[Site], dict]:
-    LINK_CHECKS[fn.__name__] = fn
     return fn
 
 
@@ -1575,8 +1526,8 @@ def data_append_and_eof(s: Site) -> dict:
     return o
 
 
-# hard links (skipped until link(2) works on the mount) ---------------------------------
-@link_check
+# hard links ---------------------------------------------------------------------------
+@check
 def link_names_one_inode(s: Site) -> dict:
     f = make(s.p("f"), b"one inode")
     make_dir(s.p("d"))
@@ -1626,7 +1577,7 @@ def link_names_one_inode(s: Site) -> dict:
     return o
 
 
-@link_check
+@check
 def link_permissions(s: Site) -> dict:
     make(s.p("a600"), b"A", 0o600, owner=(UID["A"], GROUP_G))
     make(s.p("b644"), b"B", 0o644, owner=(UID["B"], 1002))
@@ -1649,7 +1600,7 @@ def link_permissions(s: Site) -> dict:
     return o
 
 
-@link_check
+@check
 def link_remount(s: Site) -> dict:
     make(s.p("f"), b"linked")
     make_dir(s.p("sub"))
@@ -1763,33 +1714,9 @@ def test_conformance(pair, name):
     run_check(pair, name, CHECKS[name])
 
 
-def _links_work(pair: Pair) -> bool:
-    probe = os.path.join(pair.mount.path, f"link-probe-{uuid.uuid4().hex[:8]}")
-    make(probe)
-    try:
-        os.link(probe, probe + "-2")
-    except OSError as exc:
-        if exc.errno == errno.EPERM:
-            return False
-        raise
-    finally:
-        for p in (probe, probe + "-2"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(p)
-    return True
-
-
-@pytest.mark.timeout(300)
-@pytest.mark.parametrize("name", list(LINK_CHECKS))
-def test_hard_links(pair, name):
-    if not _links_work(pair):
-        pytest.skip("hard links not implemented yet")
-    run_check(pair, name, LINK_CHECKS[name])
-
-
 def test_divergence_table_names_real_checks():
     """Every entry of the table names a check and an observation that exists."""
-    names = set(CHECKS) | set(LINK_CHECKS)
+    names = set(CHECKS)
     for key, reason in DIVERGENCES.items():
         check_name = key.split(":", 1)[0]
         assert check_name in names, f"{key}: no such check"

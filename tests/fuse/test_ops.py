@@ -254,11 +254,6 @@ def test_statfs_and_fsync(file_mount):
     assert os.path.getsize(file_mount.p("durable")) == 1000
 
 
-def test_hard_links_are_refused(file_mount):
-    open(file_mount.p("a"), "w").close()
-    assert errno_of(os.link, file_mount.p("a"), file_mount.p("b")) == errno.EPERM
-
-
 def test_long_names(file_mount):
     assert errno_of(open, file_mount.p("n" * 256), "w") == errno.ENAMETOOLONG
     with open(file_mount.p("n" * 255), "w") as f:
@@ -353,3 +348,38 @@ def test_paths_too_long_for_s3_are_kept_local_and_listed(file_mount):
     keys = file_mount.objects()
     assert keys and all(len(k.encode()) <= 1024 for k in keys)
     assert not any(k.endswith("/file") for k in keys)
+
+
+def test_hard_links_are_one_inode_and_an_object_per_name(mount):
+    os.mkdir(mount.p("d"))
+    with open(mount.p("a"), "wb") as f:
+        f.write(b"shared bytes")
+    os.link(mount.p("a"), mount.p("d/b"))
+    os.link(mount.p("d/b"), mount.p("c"))
+    a, b = os.stat(mount.p("a")), os.stat(mount.p("d/b"))
+    assert a.st_ino == b.st_ino and a.st_nlink == b.st_nlink == 3
+    with open(mount.p("c"), "ab") as f:  # a write through one name...
+        f.write(b" + more")
+    os.chmod(mount.p("d/b"), 0o600)  # ...and a chmod through another
+    assert open(mount.p("a"), "rb").read() == b"shared bytes + more"
+    assert stat.S_IMODE(os.stat(mount.p("a")).st_mode) == 0o600
+    mount.remount()  # the same cache: still one inode with three names
+    a, c = os.stat(mount.p("a")), os.stat(mount.p("c"))
+    assert a.st_ino == c.st_ino and c.st_nlink == 3
+    mount.umount()
+    objects = mount.objects()
+    assert {k: v for k, v in objects.items() if not k.endswith("/")} == {
+        "a": b"shared bytes + more", "d/b": b"shared bytes + more",
+        "c": b"shared bytes + more"}
+    modes = {mount.head(k)["mode"] for k in ("a", "d/b", "c")}
+    assert modes == {str(stat.S_IFREG | 0o600)}
+    mount.mount()
+    os.unlink(mount.p("a"))  # its first name: the others keep the inode
+    os.rename(mount.p("c"), mount.p("d/c"))
+    assert os.stat(mount.p("d/b")).st_nlink == 2
+    with open(mount.p("d/c"), "ab") as f:
+        f.write(b"!")
+    mount.umount()
+    objects = mount.objects()
+    assert {k: v for k, v in objects.items() if not k.endswith("/")} == {
+        "d/b": b"shared bytes + more!", "d/c": b"shared bytes + more!"}

@@ -265,3 +265,19 @@ def _exists(store, key: str) -> bool:
         return True
     except Exception:
         return False
+
+
+def test_one_name_of_a_hard_link_changed_outside_splits_off(unmounted):
+    m = fast(unmounted)
+    write(m.p("a"), b"ours")
+    os.link(m.p("a"), m.p("b"))
+    m.sync()
+    m.put("b", b"theirs, from outside")
+    os.listdir(m.path)  # the root is in use: the poller watches it
+    wait_for(lambda: read(m.p("b")) == b"theirs, from outside",
+             what="the outside version at b")
+    assert read(m.p("a")) == b"ours"
+    wait_for(lambda: os.stat(m.p("a")).st_nlink == 1, what="a's link count to drop")
+    assert os.stat(m.p("a")).st_ino != os.stat(m.p("b")).st_ino
+    m.umount()
+    assert m.objects() == {"a": b"ours", "b": b"theirs, from outside"}

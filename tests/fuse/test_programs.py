@@ -147,7 +147,7 @@ def test_git_init_commit_fsck_clone_remount(mount, tmp_path: Path) -> None:
     assert run(["git", "status", "--porcelain"], cwd=repo, env=env) == ""
     assert_fsck_clean(repo, env)
 
-    # A local clone tries hard links first (EPERM here) and falls back to copying.
+    # A local clone hard-links the object files into the new repository.
     clone = mount.p("clone")
     run(["git", "clone", "-q", repo, clone], cwd=mount.path, env=env)
     log = run(["git", "log", "--format=%H %s"], cwd=clone, env=env)
