@@ -37,6 +37,7 @@ unmount call it. A host crash can lose changes made since the last ``sync()``.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import struct
@@ -288,7 +289,11 @@ class _TxnContext:
         return Txn(self._journal, self._lmdb)
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self._lmdb.commit()
-        else:
+        if exc_type is not None:
             self._lmdb.abort()
+            return
+        try:
+            self._lmdb.commit()
+        except lmdb.DiskError as err:
+            # the cache disk is full: the caller's request answers ENOSPC, not EIO
+            raise OSError(errno.ENOSPC, f"journal commit failed: {err}") from err

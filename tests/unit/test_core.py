@@ -517,3 +517,35 @@ def test_poll_never_removes_a_file_whose_upload_committed_after_the_listing(tmp_
         assert rig.bucket() == {"fresh": b"data"}
 
     run(tmp_path, scenario)
+
+
+def test_a_full_cache_disk_answers_enospc_not_eio(tmp_path, monkeypatch):
+    """LMDB reports a failed commit on a full disk as its own DiskError; the request
+    that made the change must get ENOSPC, as from a full local disk."""
+    import lmdb
+
+    from s3fuse.errors import to_errno
+
+    journal = Journal(str(tmp_path / "journal"))
+    real_begin = journal.env.begin
+
+    class FullTxn:
+        def __init__(self, txn):
+            self._txn = txn
+
+        def __getattr__(self, name):
+            return getattr(self._txn, name)
+
+        def commit(self):
+            self._txn.abort()
+            raise lmdb.DiskError("mdb_txn_commit", 28)
+
+    monkeypatch.setattr(journal, "env", type("Env", (), {
+        "begin": staticmethod(lambda write=False: FullTxn(real_begin(write=write))
+                              if write else real_begin()),
+        "sync": journal.env.sync, "close": journal.env.close}))
+    with pytest.raises(OSError) as exc, journal.write() as txn:
+        txn.put_meta(b"k", b"v")
+    assert exc.value.errno == errno.ENOSPC and to_errno(exc.value) == errno.ENOSPC
+    assert journal.get_meta(b"k") is None  # nothing half-written
+    journal.close()
