@@ -39,7 +39,7 @@ import trio
 
 from . import faults
 from .errors import FsError, NoSuchKey, PreconditionFailed, StoreError
-from .journal import DIRTY_DATA, Inode, Txn
+from .journal import DIRTY_DATA, Inode
 from .reconcile import Decision
 from .store.base import ObjectInfo
 
@@ -63,11 +63,12 @@ class FlushError:
 class Flusher:
     def __init__(self, fs: Filesystem, window_s: float, max_uploads: int = 8,
                  fsync_upload: bool = False, instance_id: str = "",
-                 dirty_limit_bytes: int = 10 << 30) -> None:
+                 dirty_limit_bytes: int = 10 << 30, max_ops: int = 16) -> None:
         self.fs = fs
         self.journal = fs.journal
         self.window_s = window_s
         self.max_uploads = max_uploads
+        self.max_ops = max_ops
         self.fsync_upload = fsync_upload
         self.instance_id = instance_id
         self._due: dict[int, list[float]] = {}  # ino -> [first change, last change]
@@ -151,15 +152,16 @@ class Flusher:
     def pending_copy_source(self, ino: int) -> tuple[str, str | None] | None:
         """The source of the first pending copy op of ``ino``: where its bytes are
         until that copy has run."""
+        if ino not in self.journal.ops_index.copy_inos:
+            return None
         with self.journal.read() as txn:
-            for _, op in txn.ops():
+            for _, op in txn.ops_from():
                 if op["op"] == "copy" and op.get("ino") == ino:
                     return op["src"], op.get("etag")
         return None
 
     def pending_op_keys(self) -> set[str]:
-        with self.journal.read() as txn:
-            return {k for _, op in txn.ops() for k in _op_keys(op)}
+        return self.journal.pending_op_keys()
 
     def op_generation(self) -> tuple[int, bytes | None]:
         """Changes whenever an op is appended or finished: a listing taken across a
@@ -168,8 +170,8 @@ class Flusher:
             return self.ops_finished, txn.get_meta(b"next_op")
 
     def pending(self) -> dict:
+        ops = self.journal.ops_index.count
         with self.journal.read() as txn:
-            ops = len(txn.ops())
             dirty = txn.dirty_inos()
             dirty_bytes = 0
             for ino in dirty:
@@ -220,8 +222,7 @@ class Flusher:
     def _start_uploads(self, force: bool) -> None:
         assert self._nursery is not None, "Flusher.run() is not running"
         now = trio.current_time()
-        with self.journal.read() as txn:
-            blocked = {k for _, op in txn.ops() for k in _op_keys(op)}
+        blocked = self.journal.ops_index.keys
         for ino, (first, last) in list(self._due.items()):
             if len(self._inflight) >= self.max_uploads:
                 break
@@ -291,7 +292,7 @@ class Flusher:
             data = txn.get(inode.link_of) if inode.link_of else inode
             if data is None or data.nlink == 0:
                 return
-            blocked = any(key in _op_keys(op) for _, op in txn.ops())
+            blocked = txn.op_names(key)
         if blocked:
             return
         if inode.remote_key == key and inode.remote_etag is None:
@@ -416,7 +417,7 @@ class Flusher:
                     txn.clear_dirty(ino)
                     clean = True
                 txn.put(inode)
-            elif _copy_pending_to(txn, key):
+            elif txn.copy_pending_to(key):
                 # It moved or went away while we uploaded, and a queued server-side
                 # copy will overwrite what we wrote: that copy's ETag is the one the
                 # holder of this path must see (_finish_op gives it), not ours.
@@ -442,36 +443,73 @@ class Flusher:
 
     # --- the op log ---------------------------------------------------------------------
     async def _run_ops(self) -> None:
+        """Carry out the op log until it is empty or an op fails. Up to ``max_ops``
+        run at once, in log order, each only once no earlier pending op (and no
+        upload in flight) names any of its keys: ops on disjoint keys commute, so
+        the bucket sees the same history as one-at-a-time, and a crash leaves a log
+        whose replay is still correct (every op is idempotent)."""
         if trio.current_time() < self._ops_retry_at:
             return
-        while True:
-            with self.journal.read() as txn:
-                first = txn.first_op()  # not ops(): that decodes the whole log each time
-            if first is None:
-                return
-            seq, op = first
-            keys = _op_keys(op)
-            if any(self._busy[k] for k in keys):
-                return
-            for k in keys:
-                self._busy[k] += 1
+        running: dict[int, list[str]] = {}
+        failed: list[bool] = []
+        changed = trio.Event()
+
+        async def one(seq: int, op: dict, keys: list[str]) -> None:
+            nonlocal changed
             try:
                 etag = await self._run_op(op)
             except StoreError as exc:
                 self._record_error(keys[-1], op["op"], exc)
                 self._ops_backoff = min(MAX_BACKOFF_S, max(1.0, self._ops_backoff * 2))
                 self._ops_retry_at = trio.current_time() + self._ops_backoff
+                failed.append(True)
                 return
+            else:
+                if op["op"] == "copy":
+                    faults.crash_point("after-copy")
+                self._ops_backoff = 0.0
+                self._finish_op(seq, op, etag)
+                self._progressed()
             finally:
+                del running[seq]
                 for k in keys:
                     self._busy[k] -= 1
                     if self._busy[k] <= 0:
                         del self._busy[k]
-            if op["op"] == "copy":
-                faults.crash_point("after-copy")
-            self._ops_backoff = 0.0
-            self._finish_op(seq, op, etag)
-            self._progressed()
+                changed.set()
+
+        async with trio.open_nursery() as nursery:
+            while True:
+                if not failed:
+                    for seq, op, keys in self._startable_ops(running):
+                        running[seq] = keys
+                        for k in keys:
+                            self._busy[k] += 1
+                        nursery.start_soon(one, seq, op, keys)
+                if not running:
+                    return
+                await changed.wait()
+                changed = trio.Event()
+
+    def _startable_ops(self, running: dict[int, list[str]]
+                       ) -> list[tuple[int, dict, list[str]]]:
+        """The pending ops that may start now, in log order (see ``_run_ops``). Looks
+        at no more than a few windows' worth of the log's head."""
+        out: list[tuple[int, dict, list[str]]] = []
+        room = self.max_ops - len(running)
+        if room <= 0:
+            return out
+        blocked: set[str] = set()
+        with self.journal.read() as txn:
+            for looked, (seq, op) in enumerate(txn.ops_from()):
+                if looked >= 4 * self.max_ops or len(out) >= room:
+                    break
+                keys = _op_keys(op)
+                if seq not in running and not any(k in blocked or self._busy[k]
+                                                  for k in keys):
+                    out.append((seq, op, keys))
+                blocked.update(keys)
+        return out
 
     async def _run_op(self, op: dict) -> str | None:
         remote = self.fs.remote
@@ -504,7 +542,7 @@ class Flusher:
             txn.remove_op(seq)
             if op["op"] != "copy":
                 return
-            if _copy_pending_to(txn, op["dst"]):
+            if txn.copy_pending_to(op["dst"]):
                 return  # a later copy overwrites this object: its ETag is the one
             inode: Inode | None = txn.get(op.get("ino", 0))
             if inode is None or inode.nlink == 0 or inode.remote_key != op["dst"]:
@@ -572,11 +610,6 @@ class Flusher:
     async def upload_now(self, inos: list[int]) -> None:
         if not await self.drain(MAX_BACKOFF_S * 4, inos):
             raise FsError(5, "upload did not complete (bucket unreachable?)")
-
-
-def _copy_pending_to(txn: Txn, key: str) -> bool:
-    """A server-side copy to ``key`` is still queued in the op log."""
-    return any(op["op"] == "copy" and op["dst"] == key for _, op in txn.ops())
 
 
 def _op_keys(op: dict) -> list[str]:

@@ -137,6 +137,8 @@ class Txn:
     def __init__(self, journal: Journal, txn: lmdb.Transaction) -> None:
         self._j = journal
         self.txn = txn
+        # this transaction's changes to the journal's op index, applied at commit
+        self.op_delta = _OpIndex()
 
     # --- inodes -------------------------------------------------------------------
     def get(self, ino: int) -> Inode | None:
@@ -213,6 +215,7 @@ class Txn:
         seq = _U64.unpack(raw)[0] if raw else 1
         self.txn.put(b"next_op", _k(seq + 1), db=self._j.db_meta)
         self.txn.put(_k(seq), json.dumps(op, separators=(",", ":")).encode(), db=self._j.db_ops)
+        self.op_delta.add(op, 1)
         return seq
 
     def ops(self) -> list[tuple[int, dict[str, Any]]]:
@@ -226,17 +229,79 @@ class Txn:
                 return None
             return _U64.unpack(cur.key())[0], json.loads(cur.value())
 
-    def update_op(self, seq: int, op: dict[str, Any]) -> None:
-        self.txn.put(_k(seq), json.dumps(op, separators=(",", ":")).encode(), db=self._j.db_ops)
+    def ops_from(self, after: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Pending ops in order, from the first one after ``after``, decoded lazily (a
+        caller that stops early reads only what it looked at)."""
+        with self.txn.cursor(db=self._j.db_ops) as cur:
+            if not cur.set_range(_k(after + 1)):
+                return
+            for k, v in cur:
+                yield _U64.unpack(k)[0], json.loads(v)
 
     def remove_op(self, seq: int) -> None:
-        self.txn.delete(_k(seq), db=self._j.db_ops)
+        raw = self.txn.get(_k(seq), db=self._j.db_ops)
+        if raw is not None:
+            self.op_delta.add(json.loads(raw), -1)
+            self.txn.delete(_k(seq), db=self._j.db_ops)
+
+    # the op index (see ``Journal``): this transaction's view, its own changes included
+    def op_names(self, key: str) -> bool:
+        """Some pending op names ``key`` (as source, target, or key to delete)."""
+        return self._j.ops_index.keys.get(key, 0) + self.op_delta.keys.get(key, 0) > 0
+
+    def copy_pending_to(self, key: str) -> bool:
+        """A server-side copy to ``key`` is still queued in the op log."""
+        return self._j.ops_index.copy_dsts.get(key, 0) \
+            + self.op_delta.copy_dsts.get(key, 0) > 0
+
+
+class _OpIndex:
+    """Counts over the op log: how many pending ops name each key, copy to each key,
+    and copy the bytes of each inode; and how many ops there are."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, int] = {}
+        self.copy_dsts: dict[str, int] = {}
+        self.copy_inos: dict[int, int] = {}
+        self.count = 0
+
+    def add(self, op: dict[str, Any], n: int) -> None:
+        self.count += n
+        if op.get("op") == "copy":
+            named = [op.get("src"), op.get("dst")]
+            _bump(self.copy_dsts, op.get("dst"), n)
+            _bump(self.copy_inos, op.get("ino"), n)
+        else:
+            named = [op.get("key")]
+        for key in named:
+            _bump(self.keys, key, n)
+
+    def merge(self, other: _OpIndex) -> None:
+        self.count += other.count
+        for mine, theirs in ((self.keys, other.keys), (self.copy_dsts, other.copy_dsts),
+                             (self.copy_inos, other.copy_inos)):
+            for k, n in theirs.items():
+                _bump(mine, k, n)
+
+
+def _bump(counts: dict, key: Any, n: int) -> None:
+    if key is None:
+        return
+    left = counts.get(key, 0) + n
+    if left:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
 
 
 class Journal:
     """The LMDB environment. All calls happen on the daemon's event-loop thread;
     a write transaction never spans an ``await``, which is what makes every
-    namespace change (rename of a whole directory included) atomic."""
+    namespace change (rename of a whole directory included) atomic.
+
+    ``ops_index`` counts what the committed op log names (built once at open, kept up
+    to date at each commit from the transaction's own counts), so "does a pending op
+    name this key?" costs a dict look-up instead of a read of the whole log."""
 
     def __init__(self, path: str, map_size: int = 1 << 36) -> None:
         os.makedirs(path, mode=0o700, exist_ok=True)
@@ -255,6 +320,14 @@ class Journal:
             elif int(fmt) != FORMAT_VERSION:
                 raise RuntimeError(f"journal {path} has format {int(fmt)}, "
                                    f"this s3fuse reads {FORMAT_VERSION}")
+        self.ops_index = _OpIndex()
+        with self.read() as txn:
+            for _, op in txn.ops_from():
+                self.ops_index.add(op, 1)
+
+    def pending_op_keys(self) -> set[str]:
+        """Every key a committed pending op names."""
+        return set(self.ops_index.keys)
 
     def write(self) -> _TxnContext:
         return _TxnContext(self, write=True)
@@ -286,7 +359,8 @@ class _TxnContext:
 
     def __enter__(self) -> Txn:
         self._lmdb = self._journal.env.begin(write=self._write)
-        return Txn(self._journal, self._lmdb)
+        self._txn = Txn(self._journal, self._lmdb)
+        return self._txn
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
@@ -297,3 +371,5 @@ class _TxnContext:
         except lmdb.DiskError as err:
             # the cache disk is full: the caller's request answers ENOSPC, not EIO
             raise OSError(errno.ENOSPC, f"journal commit failed: {err}") from err
+        if self._txn.op_delta.count or self._txn.op_delta.keys:
+            self._journal.ops_index.merge(self._txn.op_delta)

@@ -549,3 +549,78 @@ def test_a_full_cache_disk_answers_enospc_not_eio(tmp_path, monkeypatch):
     assert exc.value.errno == errno.ENOSPC and to_errno(exc.value) == errno.ENOSPC
     assert journal.get_meta(b"k") is None  # nothing half-written
     journal.close()
+
+
+class SlowOpsStore(MemoryStore):
+    """Copies and deletes take a while (as on a real server), and record their order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import threading
+
+        self.lock = threading.Lock()
+        self.active = 0
+        self.most_active = 0
+        self.log: list[tuple[str, str, str]] = []  # (begin|end, op, key)
+
+    def _timed(self, op: str, key: str, fn):
+        import time as _time
+
+        with self.lock:
+            self.active += 1
+            self.most_active = max(self.most_active, self.active)
+            self.log.append(("begin", op, key))
+        try:
+            _time.sleep(0.02)
+            return fn()
+        finally:
+            with self.lock:
+                self.active -= 1
+                self.log.append(("end", op, key))
+
+    def copy(self, src, dst, metadata, **kwargs):
+        return self._timed("copy", src, lambda: super(SlowOpsStore, self).copy(
+            src, dst, metadata, **kwargs))
+
+    def delete(self, key, **kwargs):
+        return self._timed("delete", key, lambda: super(SlowOpsStore, self).delete(
+            key, **kwargs))
+
+
+def test_op_log_runs_ops_on_distinct_keys_in_parallel_and_in_order(tmp_path):
+    store = SlowOpsStore()
+
+    async def main():
+        rig = Rig(tmp_path, store)
+        rig.fs.remote = Remote(store)  # real threads: ops really overlap
+        rig.flusher.window_s = 0.01
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(rig.flusher.run)
+                d = await rig.fs.mkdir(ROOT_INO, b"src", 0o755, 0, 0)
+                for i in range(40):
+                    await rig.write_file(d.ino, b"f%02d" % i, b"%d" % i)
+                assert await rig.flusher.drain(30)
+                await rig.fs.rename(ROOT_INO, b"src", ROOT_INO, b"dst")
+                # and a chain on one key: each rename must wait for the one before
+                await rig.write_file(ROOT_INO, b"x", b"chain")
+                assert await rig.flusher.drain(30)
+                for a, b in ((b"x", b"y"), (b"y", b"z")):
+                    await rig.fs.rename(ROOT_INO, a, ROOT_INO, b)
+                assert await rig.flusher.drain(60)
+                nursery.cancel_scope.cancel()
+        finally:
+            rig.close()
+
+    trio.run(main)
+    assert store.most_active > 1, "ops never overlapped"
+    bucket = {k: v[0] for k, v in store.snapshot().items()}
+    assert bucket == {"dst/": b"", "z": b"chain", **{f"dst/f{i:02d}": b"%d" % i
+                                                     for i in range(40)}}
+    # each object's delete began only after the copy away from it had ended
+    for name in [f"src/f{i:02d}" for i in range(40)] + ["x", "y"]:
+        events = [(pos, what, op) for pos, (what, op, key) in enumerate(store.log)
+                  if key == name]
+        copies = [pos for pos, what, op in events if op == "copy" and what == "end"]
+        deletes = [pos for pos, what, op in events if op == "delete" and what == "begin"]
+        assert copies and deletes and max(copies) < min(deletes), name
