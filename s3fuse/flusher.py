@@ -3,7 +3,8 @@
 Two kinds of bucket work come out of the journal:
 
 * the **op log** (server-side copies and deletes left by renames and unlinks of
-  objects already in the bucket), carried out strictly in order, one at a time;
+  objects already in the bucket), started in log order, several at once on keys
+  no earlier pending op names (see ``_run_ops``);
 * **dirty inodes**, each uploaded whole (PUT, or a metadata-only server-side copy
   onto itself) once it has been quiet for ``window_s`` seconds, and at most
   ``window_s`` after its first unflushed change, even while a writer keeps it open.

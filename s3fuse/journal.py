@@ -18,8 +18,10 @@ that keys sort numerically):
 ``ops``      seq -> bucket operation (JSON), the ordered log of server-side work that
              renames and unlinks of already-uploaded objects leave behind: ``copy``
              (src -> dst, pinned to the source ETag) and ``delete`` (key, ETag). The
-             flusher executes them strictly in order; an upload of a key waits while
-             any pending op names that key.
+             flusher starts them in order, each once no earlier pending op names any
+             of its keys (so ops on one key run in order); an upload of a key waits
+             while any pending op names that key. ``Journal.ops_index`` counts the
+             keys they name, in memory.
 ``meta``     counters: ``next_ino``, ``next_op``, ``format`` (layout version),
              ``source`` and ``instance`` (which bucket, and this journal's id in the
              ``s3fuse-seq`` tag of every upload), ``conflicts`` (JSON list of the
