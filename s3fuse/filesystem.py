@@ -212,6 +212,7 @@ class Filesystem:
             if inode.dirty:
                 txn.mark_dirty(inode.ino)
                 pending.append(inode.ino)
+            txn.retarget_ops(nxt.ino, inode.ino)
             txn.delete_inode(nxt.ino)
             dropped.append(nxt.ino)
         else:

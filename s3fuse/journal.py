@@ -246,6 +246,21 @@ class Txn:
             self.op_delta.add(json.loads(raw), -1)
             self.txn.delete(_k(seq), db=self._j.db_ops)
 
+    def retarget_ops(self, old_ino: int, new_ino: int) -> None:
+        """Pending copies made for inode ``old_ino`` are now ``new_ino``'s (a hard
+        link's record handed its name to its inode): where its bytes are until they
+        run, and whose ETag they produce."""
+        if self._j.ops_index.copy_inos.get(old_ino, 0) \
+                + self.op_delta.copy_inos.get(old_ino, 0) <= 0:
+            return
+        for seq, op in list(self.ops_from()):
+            if op.get("ino") == old_ino:
+                self.remove_op(seq)
+                op["ino"] = new_ino
+                self.txn.put(_k(seq), json.dumps(op, separators=(",", ":")).encode(),
+                             db=self._j.db_ops)
+                self.op_delta.add(op, 1)
+
     # the op index (see ``Journal``): this transaction's view, its own changes included
     def op_names(self, key: str) -> bool:
         """Some pending op names ``key`` (as source, target, or key to delete)."""

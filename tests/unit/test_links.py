@@ -295,3 +295,28 @@ def test_links_survive_a_crash_and_are_uploaded_on_replay(tmp_path):
 
     trio.run(before_crash, clock=trio.testing.MockClock(autojump_threshold=0))
     trio.run(after_restart, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_first_name_removed_while_the_next_names_copy_is_pending(tmp_path):
+    """The promoted record takes over the pending copy: reads of the evicted file
+    still find its bytes at the copy's source until the copy has run."""
+
+    async def scenario(rig: Rig):
+        ino = await rig.write_file(ROOT_INO, b"a", b"bytes")
+        await rig.fs.link(ino, ROOT_INO, b"b")
+        await settle(rig)
+        await rig.fs.rename(ROOT_INO, b"b", ROOT_INO, b"c")  # a copy b -> c, pending
+        await rig.fs.unlink(ROOT_INO, b"a")  # c's record becomes the inode's own
+        assert rig.flusher.pending_copy_source(ino) == ("b", rig.store.head("b").etag)
+        # evicted (one name left, clean): the next read goes to the bucket
+        with rig.journal.write() as txn:
+            inode = txn.get(ino)
+            inode.cached = False
+            txn.put(inode)
+        rig.cache.remove(ino)
+        assert await read(rig, ROOT_INO, b"c") == b"bytes"
+        await settle(rig)
+        assert rig.bucket() == {"c": b"bytes"}
+        assert rig.fs.get(ino).remote_etag == rig.store.head("c").etag
+
+    drive(tmp_path, scenario)
