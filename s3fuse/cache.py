@@ -15,6 +15,7 @@ dirty data and files in use are never evicted (``evict`` asks the caller).
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 from collections.abc import Callable
@@ -45,6 +46,10 @@ class Cache:
         self.limit_bytes = limit_bytes
         self._fds: _FdCache = _FdCache(maxsize=_MAX_OPEN_FDS)
         self._present: dict[int, set[int]] = {}
+        # ino -> a number that changes whenever the cache file's bytes change other
+        # than by ``fill`` (see ``generation``)
+        self._gen: dict[int, int] = {}
+        self._gen_next = itertools.count(1)
         # LRU order of inodes with cache files: ino -> bytes accounted
         self._lru: dict[int, int] = {}
         self.used_bytes = 0
@@ -70,6 +75,15 @@ class Cache:
         self._lru[ino] = max(size, 0)
         self.used_bytes += delta
 
+    def generation(self, ino: int) -> int:
+        """Changes whenever the file's cache is created, written, truncated or removed:
+        bytes fetched from the bucket belong in it only if it has not changed since
+        their GET started."""
+        return self._gen.get(ino, 0)
+
+    def _changed(self, ino: int) -> None:
+        self._gen[ino] = next(self._gen_next)
+
     def exists(self, ino: int) -> bool:
         return ino in self._lru or os.path.exists(self.path(ino))
 
@@ -78,6 +92,7 @@ class Cache:
         fd = self._fd(ino)
         os.ftruncate(fd, 0)
         os.ftruncate(fd, size)
+        self._changed(ino)
         self._present.pop(ino, None)
         old = self._lru.pop(ino, 0)
         self.used_bytes -= old
@@ -90,6 +105,7 @@ class Cache:
     def write(self, ino: int, offset: int, data: bytes) -> None:
         fd = self._fd(ino)
         end = os.fstat(fd).st_size
+        self._changed(ino)
         written = os.pwrite(fd, data, offset)
         if written != len(data):  # a short write to a regular file means a full disk
             raise OSError(28, "cache disk full")
@@ -98,6 +114,7 @@ class Cache:
     def truncate(self, ino: int, size: int) -> None:
         fd = self._fd(ino)
         old = os.fstat(fd).st_size
+        self._changed(ino)
         os.ftruncate(fd, size)
         self._touch(ino, size - old if size < old else 0)
         present = self._present.get(ino)
@@ -120,6 +137,7 @@ class Cache:
     def remove(self, ino: int) -> None:
         self.close(ino)
         self._present.pop(ino, None)
+        self._gen.pop(ino, None)
         self.used_bytes -= self._lru.pop(ino, 0)
         try:
             os.unlink(self.path(ino))

@@ -206,6 +206,7 @@ class Daemon:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(flusher.run)
+                fs.fetcher.nursery = nursery  # read-ahead runs in the background
                 nursery.start_soon(self._checkpoint)
                 nursery.start_soon(self._signals)
                 nursery.start_soon(self._poller)

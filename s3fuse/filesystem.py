@@ -33,8 +33,9 @@ import xxhash
 
 from . import faults, keys, metadata
 from .reconcile import Decision, decide
-from .cache import BLOCK_BYTES, Cache
-from .errors import FsError, NoSuchKey, PreconditionFailed, StoreError
+from .cache import Cache
+from .errors import FsError, NoSuchKey, StoreError
+from .fetch import Fetcher
 from .journal import DIRTY_DATA, DIRTY_META, ROOT_INO, Inode, Journal, Txn
 from .remote import Remote
 from .store.base import ObjectInfo
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-READAHEAD_BYTES = 8 << 20
 HEAD_CONCURRENCY = 16
 STATE_XATTR = "user.s3fuse.state"
 
@@ -105,7 +105,7 @@ class Filesystem:
         self._next_fh = 1
         self.skipped_keys: dict[str, str] = {}
         self._list_locks: dict[int, trio.Lock] = {}
-        self._fetch_locks: dict[int, trio.Lock] = {}
+        self.fetcher = Fetcher(self)
         self.metadata_ttl_s = 1.0
         self._validated: dict[int, float] = {}  # ino -> monotonic time checked
         self._dir_used: dict[int, float] = {}  # directory ino -> monotonic time used
@@ -329,7 +329,7 @@ class Filesystem:
                 return
             txn.delete_inode(ino)
         self.cache.remove(ino)
-        self._fetch_locks.pop(ino, None)
+        self.fetcher.forget(ino)
         if self.flusher is not None:
             self.flusher.forget(ino)
 
@@ -968,50 +968,7 @@ class Filesystem:
         inode = self.get(ino)
         if inode.cached or not stat.S_ISREG(inode.mode):
             return
-        await self._fetch(ino, 0, inode.size, readahead=False)
-
-    async def _fetch(self, ino: int, offset: int, size: int, readahead: bool) -> None:
-        lock = self._fetch_locks.setdefault(ino, trio.Lock())
-        async with lock:
-            inode = self.get(ino)
-            if inode.cached:
-                return
-            if not self.cache.exists(ino) or self.cache.size(ino) != inode.size:
-                self.cache.create(ino, inode.size)
-            runs = self.cache.missing(ino, offset, size, inode.size)
-            if runs and readahead:
-                # the reader needs bytes we lack: fetch a whole read-ahead window now
-                # (sliding it one block per read would make every block its own GET)
-                runs = self.cache.missing(ino, offset, size + READAHEAD_BYTES, inode.size)
-            if runs:
-                key, etag = self.read_source(inode)
-                if key is None:
-                    raise FsError(errno.EIO, "file data is neither cached nor in the bucket")
-                # split into block-sized requests fetched in parallel
-                pieces = [(s, min(s + BLOCK_BYTES * 4, e)) for a, e in runs
-                          for s in range(a, e, BLOCK_BYTES * 4)]
-                got: dict[int, bytes] = {}
-
-                async def one(start: int, end: int) -> None:
-                    try:
-                        got[start] = await self.remote.get(key, start, end, if_match=etag)
-                    except PreconditionFailed:
-                        raise FsError(errno.EIO, f"{key} changed in the bucket") from None
-                    except NoSuchKey:
-                        raise FsError(errno.EIO, f"{key} vanished from the bucket") from None
-
-                async with trio.open_nursery() as nursery:
-                    for start, end in pieces:
-                        nursery.start_soon(one, start, end)
-                for start, data in got.items():
-                    self.cache.fill(ino, start, data)
-            if self.cache.all_present(ino, inode.size):
-                with self.journal.write() as txn:
-                    fresh = txn.get(ino)
-                    if fresh is not None:
-                        fresh.cached = True
-                        txn.put(fresh)
-                self.cache.forget_presence(ino)
+        await self.fetcher.whole(ino)
 
     async def open(self, ino: int, flags: int) -> tuple[int, bool]:
         """Open a file; returns (fh, changed): ``changed`` means the bucket had a newer
@@ -1041,7 +998,7 @@ class Filesystem:
         if offset >= inode.size:
             return b""
         if not inode.cached:
-            await self._fetch(h.ino, offset, size, readahead=True)
+            await self.fetcher.for_read(h.ino, offset, size)
         return self.cache.read(h.ino, offset, min(size, inode.size - offset))
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:

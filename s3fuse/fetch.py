@@ -1,0 +1,219 @@
+"""Reading file data that is not in the cache: ranged GETs, in parallel, with
+read-ahead for sequential readers (SPEC §6).
+
+Bytes are fetched in *pieces*: spans of at most ``PIECE_BYTES`` aligned to that size
+(the part size boto3's own downloads use), each one GET pinned to the ETag the read
+started from, written into the file's sparse cache file as it arrives. A piece in
+flight is registered, so a second reader of the same bytes waits for it instead of
+fetching them again.
+
+A reader that goes on where its last read ended is *sequential*: besides the pieces
+it needs now, the pieces of a read-ahead window after them are fetched in the
+background (the window doubles on every sequential read, up to ``MAX_WINDOW_BYTES``),
+so the next reads find their bytes already there or on the way. A read elsewhere
+fetches only the blocks it touches (plus one), and resets the window.
+
+A piece that arrives after the file's cache changed (a write, a truncate, a newer
+version adopted from the bucket: ``Cache.generation``) is dropped, never written
+over newer bytes: the check and the write into the cache happen with no ``await``
+between them.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from typing import TYPE_CHECKING
+
+import trio
+
+from .cache import BLOCK_BYTES
+from .errors import FsError, NoSuchKey, PreconditionFailed, StoreError
+
+if TYPE_CHECKING:
+    from .filesystem import Filesystem
+
+log = logging.getLogger(__name__)
+
+PIECE_BYTES = 8 << 20
+FIRST_WINDOW_BYTES = 2 * PIECE_BYTES
+MAX_WINDOW_BYTES = 64 << 20
+PIECES_AT_ONCE = 6
+
+
+class Fetcher:
+    def __init__(self, fs: Filesystem) -> None:
+        self.fs = fs
+        #: set by the daemon: where read-ahead runs (None: read-ahead is awaited)
+        self.nursery: trio.Nursery | None = None
+        self._inflight: dict[tuple[int, int], trio.Event] = {}
+        self._errors: dict[tuple[int, int], FsError] = {}
+        self._limiter = trio.CapacityLimiter(PIECES_AT_ONCE)
+        #: ino -> (where the last read ended, read-ahead window)
+        self._streams: dict[int, tuple[int, int]] = {}
+
+    def forget(self, ino: int) -> None:
+        self._streams.pop(ino, None)
+
+    # --- entry points ------------------------------------------------------------------
+    async def for_read(self, ino: int, offset: int, size: int) -> None:
+        """Make ``[offset, offset+size)`` present for a reader."""
+        inode = self.fs.get(ino)
+        if inode.cached:
+            return
+        end = min(offset + size, inode.size)
+        last_end, window = self._streams.get(ino, (0, 0))
+        sequential = offset == last_end or (last_end < offset < last_end + PIECE_BYTES)
+        window = min(MAX_WINDOW_BYTES, max(FIRST_WINDOW_BYTES, window * 2)) \
+            if sequential else 0
+        self._streams[ino] = (end, window)
+        if not sequential:
+            await self._fetch_span(ino, offset, end + BLOCK_BYTES)
+            return
+        first, last = offset // PIECE_BYTES, max(offset, end - 1) // PIECE_BYTES
+        ahead_last = (end + window - 1) // PIECE_BYTES
+        await self._pieces(ino, range(first, last + 1), range(last + 1, ahead_last + 1))
+
+    async def whole(self, ino: int) -> None:
+        """Make the whole file present (before a write, an upload, a hard link)."""
+        inode = self.fs.get(ino)
+        if inode.cached:
+            return
+        await self._pieces(ino, range(0, (inode.size + PIECE_BYTES - 1) // PIECE_BYTES),
+                           range(0))
+
+    # --- the work ------------------------------------------------------------------------
+    def _source(self, ino: int) -> tuple[int, str, str | None, int] | None:
+        """(size, key, ETag, cache generation) to read ``ino`` from, with its cache
+        file ready; None when it is whole in the cache already."""
+        fs = self.fs
+        inode = fs.get(ino)
+        if inode.cached:
+            return None
+        key, etag = fs.read_source(inode)
+        if key is None:
+            raise FsError(errno.EIO, "file data is neither cached nor in the bucket")
+        if not fs.cache.exists(ino) or fs.cache.size(ino) != inode.size:
+            fs.cache.create(ino, inode.size)
+        return inode.size, key, etag, fs.cache.generation(ino)
+
+    async def _pieces(self, ino: int, needed: range, ahead: range, retries: int = 3) -> None:
+        """Fetch the pieces ``needed`` and wait for them; start those ``ahead`` in
+        the background (or wait for them too, without a nursery)."""
+        source = self._source(ino)
+        if source is None:
+            return
+        waits: list[tuple[tuple[int, int], trio.Event]] = []
+        background = self.nursery
+        async with trio.open_nursery() as nursery:
+            for idx in needed:
+                waits.extend(self._start(nursery, ino, idx, source))
+            for idx in ahead:
+                if background is not None:
+                    self._start(background, ino, idx, source)
+                else:
+                    waits.extend(self._start(nursery, ino, idx, source))
+            for _, event in waits:
+                await event.wait()
+        for slot, _ in waits:
+            err = self._errors.pop(slot, None)
+            if err is not None and slot[1] in needed:
+                raise err
+        self._settle(ino, source[0])
+        size = source[0]
+        if needed and not self.fs.get(ino).cached \
+                and self.fs.cache.missing(ino, needed.start * PIECE_BYTES,
+                                          len(needed) * PIECE_BYTES, size):
+            # a piece was dropped (the file changed while it was in flight): again,
+            # from what the file is now
+            if retries <= 0:
+                raise FsError(errno.EIO, "the file kept changing while it was read")
+            await self._pieces(ino, needed, range(0), retries - 1)
+
+    def _start(self, nursery: trio.Nursery, ino: int, idx: int,
+               source: tuple[int, str, str | None, int]
+               ) -> list[tuple[tuple[int, int], trio.Event]]:
+        """Start fetching piece ``idx`` unless it is present or already on its way;
+        returns what to wait for."""
+        slot = (ino, idx)
+        event = self._inflight.get(slot)
+        if event is not None:
+            return [(slot, event)]
+        size, key, etag, gen = source
+        runs = self.fs.cache.missing(ino, idx * PIECE_BYTES, PIECE_BYTES, size)
+        if not runs:
+            return []
+        event = self._inflight[slot] = trio.Event()
+        self._errors.pop(slot, None)  # an old failure of this piece is not this one's
+        nursery.start_soon(self._fetch_piece, slot, runs[0][0], runs[-1][1], key, etag,
+                           gen, event)
+        return [(slot, event)]
+
+    async def _fetch_piece(self, slot: tuple[int, int], start: int, end: int, key: str,
+                           etag: str | None, gen: int, event: trio.Event) -> None:
+        try:
+            async with self._limiter:
+                data = await self._get(key, start, end, etag)
+            self._fill(slot[0], start, data, gen)
+        except FsError as exc:
+            self._errors[slot] = exc
+        except Exception as exc:  # noqa: BLE001 - also in the background: never fatal
+            log.exception("fetching %s [%d, %d) failed", key, start, end)
+            self._errors[slot] = FsError(getattr(exc, "errno", None) or errno.EIO, str(exc))
+        finally:
+            del self._inflight[slot]
+            event.set()
+
+    async def _fetch_span(self, ino: int, offset: int, end: int) -> None:
+        """The missing blocks of ``[offset, end)``, one GET each run, waited for."""
+        source = self._source(ino)
+        if source is None:
+            return
+        size, key, etag, gen = source
+        runs = self.fs.cache.missing(ino, offset, end - offset, size)
+        got: dict[int, bytes] = {}
+
+        async def one(start: int, stop: int) -> None:
+            got[start] = await self._get(key, start, stop, etag)
+
+        async with trio.open_nursery() as nursery:
+            for start, stop in runs:
+                nursery.start_soon(one, start, stop)
+        for start, data in got.items():
+            self._fill(ino, start, data, gen)
+        self._settle(ino, size)
+
+    async def _get(self, key: str, start: int, end: int, etag: str | None) -> bytes:
+        try:
+            return await self.fs.remote.get(key, start, end, if_match=etag)
+        except PreconditionFailed:
+            raise FsError(errno.EIO, f"{key} changed in the bucket") from None
+        except NoSuchKey:
+            raise FsError(errno.EIO, f"{key} vanished from the bucket") from None
+        except StoreError as exc:
+            raise FsError(errno.EIO, f"reading {key}: {exc}") from None
+
+    def _fill(self, ino: int, start: int, data: bytes, gen: int) -> None:
+        """Write fetched bytes into the cache file, unless the cache changed since the
+        GET started (written, truncated, dropped for a newer version): then they
+        are stale, and dropped."""
+        cache = self.fs.cache
+        if cache.generation(ino) != gen or not cache.exists(ino):
+            log.debug("dropping %d fetched bytes of inode %d: its cache changed",
+                      len(data), ino)
+            return
+        cache.fill(ino, start, data)
+
+    def _settle(self, ino: int, size: int) -> None:
+        """Every byte is present: the file is whole in the cache from now on."""
+        fs = self.fs
+        if not fs.cache.exists(ino) or not fs.cache.all_present(ino, size):
+            return
+        with fs.journal.write() as txn:
+            fresh = txn.get(ino)
+            if fresh is None or fresh.cached or fresh.size != size:
+                return
+            fresh.cached = True
+            txn.put(fresh)
+        fs.cache.forget_presence(ino)
+        self._streams.pop(ino, None)

@@ -1,0 +1,162 @@
+"""Reading uncached data: pieces, read-ahead, and pieces that arrive too late.
+
+On the in-memory store, with a store that records every ranged GET (and can hold
+one back), so each case asserts which bytes were fetched, not only what was read.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import trio
+import trio.testing
+from test_core import Rig
+
+from s3fuse.fetch import PIECE_BYTES
+from s3fuse.journal import ROOT_INO
+from s3fuse.remote import Remote
+from s3fuse.store.memory import MemoryStore
+
+MIB = 1 << 20
+
+
+class RecordingStore(MemoryStore):
+    """Records the range of every GET; ``hold`` makes a GET wait at a gate once it
+    has read its bytes (so they are old when they arrive)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ranges: list[tuple[int, int | None]] = []
+        self.hold = False
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def get(self, key, start=0, end=None, **kwargs):
+        self.ranges.append((start, end))
+        data = super().get(key, start, end, **kwargs)
+        if self.hold:
+            self.entered.set()
+            assert self.gate.wait(30), "gate never opened"
+        return data
+
+    def fetched(self) -> int:
+        return sum((e or 0) - s for s, e in self.ranges)
+
+
+def body(n: int, seed: int = 0) -> bytes:
+    return bytes((i * 7 + seed) % 251 for i in range(256)) * (n // 256)
+
+
+def run(tmp_path, store, scenario, threads: bool = False):
+    async def main():
+        rig = Rig(tmp_path, store)
+        if threads:
+            rig.fs.remote = Remote(store)
+        try:
+            async with trio.open_nursery() as nursery:
+                rig.fs.fetcher.nursery = nursery
+                await scenario(rig)
+                nursery.cancel_scope.cancel()
+        finally:
+            rig.close()
+
+    trio.run(main)
+
+
+async def open_ro(rig: Rig, name: bytes) -> int:
+    inode = await rig.fs.lookup(ROOT_INO, name)
+    fh, _ = await rig.fs.open(inode.ino, os.O_RDONLY)
+    return fh
+
+
+def test_a_sequential_reader_is_served_in_pieces_fetched_ahead(tmp_path):
+    store = RecordingStore()
+    data = body(40 * MIB)
+    store.put("big", data, {})
+
+    async def scenario(rig: Rig):
+        fh = await open_ro(rig, b"big")
+        out = bytearray()
+        while chunk := await rig.fs.read(fh, len(out), 128 * 1024):
+            out += chunk
+        assert bytes(out) == data
+        # whole pieces, each byte once (read-ahead never fetches twice)
+        assert len(store.ranges) == 5 and store.fetched() == len(data)
+        assert all(s % PIECE_BYTES == 0 for s, _ in store.ranges)
+        assert rig.fs.get((await rig.fs.lookup(ROOT_INO, b"big")).ino).cached
+
+    run(tmp_path, store, scenario)
+
+
+def test_a_random_read_fetches_only_the_blocks_it_touches(tmp_path):
+    store = RecordingStore()
+    data = body(40 * MIB)
+    store.put("big", data, {})
+
+    async def scenario(rig: Rig):
+        fh = await open_ro(rig, b"big")
+        at = 30 * MIB + 12345
+        assert await rig.fs.read(fh, at, 4096) == data[at:at + 4096]
+        assert store.fetched() <= 2 * MIB
+
+    run(tmp_path, store, scenario)
+
+
+def test_a_piece_that_arrives_after_an_outside_change_is_dropped(tmp_path):
+    store = RecordingStore()
+    old, new = body(10 * MIB, 1), body(10 * MIB, 2)
+    store.put("f", old, {})
+
+    async def scenario(rig: Rig):
+        fh = await open_ro(rig, b"f")
+        ino = (await rig.fs.lookup(ROOT_INO, b"f")).ino
+        store.hold = True
+        got: list[bytes] = []
+
+        async def reader():
+            got.append(await rig.fs.read(fh, 0, 4096))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            assert await trio.to_thread.run_sync(store.entered.wait, 10)
+            # meanwhile the object is replaced outside, and the mount adopts it
+            store.hold = False
+            store.put("f", new, {})
+            rig.fs.apply_outside(ino, "f", store.head("f"))
+            store.gate.set()
+        # the handle keeps the version it opened (read before the change)
+        assert got == [old[:4096]]
+        # the old bytes were not written into the cache of the new version
+        fh2 = await open_ro(rig, b"f")
+        assert await rig.fs.read(fh2, 0, len(new)) == new
+
+    run(tmp_path, store, scenario, threads=True)
+
+
+def test_a_piece_that_arrives_after_a_truncate_is_dropped(tmp_path):
+    store = RecordingStore()
+    store.put("f", body(10 * MIB), {})
+
+    async def scenario(rig: Rig):
+        from s3fuse.filesystem import SetAttrs
+
+        fh = await open_ro(rig, b"f")
+        ino = (await rig.fs.lookup(ROOT_INO, b"f")).ino
+        store.hold = True
+
+        async def reader():
+            await rig.fs.read(fh, 0, 4096)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            assert await trio.to_thread.run_sync(store.entered.wait, 10)
+            store.hold = False
+            await rig.fs.setattr(ino, SetAttrs(size=0))  # whole and local: empty
+            wfh, _ = await rig.fs.open(ino, os.O_WRONLY)
+            await rig.fs.write(wfh, 0, b"new")
+            store.gate.set()
+        assert rig.fs.get(ino).size == 3
+        assert rig.cache.read(ino, 0, 1 << 20) == b"new"  # no old bytes after it
+
+    run(tmp_path, store, scenario, threads=True)
