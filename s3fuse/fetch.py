@@ -7,7 +7,7 @@ started from, written into the file's sparse cache file as it arrives. A piece i
 flight is registered, so a second reader of the same bytes waits for it instead of
 fetching them again.
 
-A reader that goes on where its last read ended is *sequential*: besides the pieces
+A reader that goes on near where its last read ended is *sequential*: besides the pieces
 it needs now, the pieces of a read-ahead window after them are fetched in the
 background (the window doubles on every sequential read, up to ``MAX_WINDOW_BYTES``),
 so the next reads find their bytes already there or on the way. A read elsewhere
@@ -63,10 +63,14 @@ class Fetcher:
             return
         end = min(offset + size, inode.size)
         last_end, window = self._streams.get(ino, (0, 0))
-        sequential = offset == last_end or (last_end < offset < last_end + PIECE_BYTES)
-        window = min(MAX_WINDOW_BYTES, max(FIRST_WINDOW_BYTES, window * 2)) \
-            if sequential else 0
-        self._streams[ino] = (end, window)
+        # near where the last read ended: the kernel sends several reads at once, so
+        # a sequential reader's reads may arrive a little out of order
+        sequential = last_end - window - PIECE_BYTES <= offset <= last_end + PIECE_BYTES
+        if sequential:
+            window = min(MAX_WINDOW_BYTES, max(FIRST_WINDOW_BYTES, window * 2))
+            self._streams[ino] = (max(end, last_end), window)
+        else:
+            self._streams[ino] = (end, 0)
         if not sequential:
             await self._fetch_span(ino, offset, end + BLOCK_BYTES)
             return

@@ -160,3 +160,22 @@ def test_a_piece_that_arrives_after_a_truncate_is_dropped(tmp_path):
         assert rig.cache.read(ino, 0, 1 << 20) == b"new"  # no old bytes after it
 
     run(tmp_path, store, scenario, threads=True)
+
+
+def test_reads_a_little_out_of_order_still_count_as_sequential(tmp_path):
+    """The kernel sends several reads of one reader at once; they may arrive swapped."""
+    store = RecordingStore()
+    data = body(40 * MIB)
+    store.put("big", data, {})
+    chunk = 128 * 1024
+
+    async def scenario(rig: Rig):
+        fh = await open_ro(rig, b"big")
+        offsets = list(range(0, len(data), chunk))
+        for i in range(0, len(offsets) - 1, 2):  # pairs swapped: 1, 0, 3, 2, ...
+            offsets[i], offsets[i + 1] = offsets[i + 1], offsets[i]
+        for off in offsets:
+            assert await rig.fs.read(fh, off, chunk) == data[off:off + chunk]
+        assert len(store.ranges) == 5 and store.fetched() == len(data)
+
+    run(tmp_path, store, scenario)
