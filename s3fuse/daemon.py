@@ -210,6 +210,7 @@ class Daemon:
                 nursery.start_soon(self._signals)
                 nursery.start_soon(self._poller)
                 nursery.start_soon(self._invalidator)
+                fs.meta_loads.nursery = nursery  # attribute prefetches run here
                 await pyfuse3.main()
                 sd_notify("STOPPING=1")
                 log.info("unmounted; uploading what is pending")
