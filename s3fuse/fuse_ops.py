@@ -239,6 +239,10 @@ class FuseOps(pyfuse3.Operations):
 
     @_guard
     async def getxattr(self, inode, name, ctx):
+        if not name.startswith(b"user."):
+            # only user.* xattrs exist here; ls -l asks every file for
+            # security.selinux and system.posix_acl_access: answer at once
+            raise pyfuse3.FUSEError(errno.ENODATA)
         key = name.decode("utf-8", "surrogateescape")
         if inode == pyfuse3.ROOT_INODE and self.control is not None:
             if key == CONTROL_STATUS:
