@@ -186,7 +186,10 @@ class Filesystem:
         depth = 0
         while inode.ino != ROOT_INO:
             names.append(inode.name)
-            inode = self._get(txn, inode.parent)
+            parent = txn.peek(inode.parent)  # read-only: no copy per ancestor
+            if parent is None:
+                raise FsError(errno.ENOENT, f"inode {inode.parent}")
+            inode = parent
             depth += 1
             if depth > 4096:
                 raise FsError(errno.ELOOP, "directory chain too deep")
@@ -1102,7 +1105,11 @@ class Filesystem:
             await self.ensure_cached(h.ino)
         if self.flusher is not None:
             await self.flusher.wait_for_room(h.ino, max(inode.size, offset + len(data)))
-        self._dirty_before_data_change(h.ino)
+        with self.journal.read() as txn:
+            current = txn.peek(h.ino)
+            already_dirty = current is not None and current.dirty & DIRTY_DATA
+        if not already_dirty:  # (no await from here to the cache write)
+            self._dirty_before_data_change(h.ino)
         now = _now_ns()
         pending: list[int] = []
         self.cache.write(h.ino, offset, data)

@@ -134,12 +134,16 @@ class _Decoded:
             self._by_raw.clear()  # cheaper than evicting one by one; refills at once
         self._by_raw[raw] = inode
 
-    def get(self, raw: bytes) -> Inode:
+    def peek(self, raw: bytes) -> Inode:
+        """The shared decoded record: never to be changed."""
         kept = self._by_raw.get(raw)
         if kept is None:
             kept = Inode.decode(raw)
             self._keep(raw, kept)
-        return _copy(kept)
+        return kept
+
+    def get(self, raw: bytes) -> Inode:
+        return _copy(self.peek(raw))
 
     def encode(self, inode: Inode) -> bytes:
         """``inode``'s record; ``inode`` is kept as its decoded form, so the caller
@@ -193,6 +197,15 @@ class Txn:
             return _copy(inode)
         raw = self.txn.get(_k(ino), db=self._j.db_inodes)
         return self._j.decoded.get(raw) if raw is not None else None
+
+    def peek(self, ino: int) -> Inode | None:
+        """Like ``get`` but without the copy: the caller must not change the result
+        (for hot read-only paths: walking up a path, checking a flag)."""
+        inode = self._unwritten.get(ino)
+        if inode is not None:
+            return inode
+        raw = self.txn.get(_k(ino), db=self._j.db_inodes)
+        return self._j.decoded.peek(raw) if raw is not None else None
 
     def put(self, inode: Inode) -> None:
         # a copy: what the caller changes after put is not written, as before

@@ -55,3 +55,15 @@ def test_an_aborted_transaction_writes_no_inode(tmp_path):
     with j.read() as txn:
         assert txn.get(9) is None
     j.close()
+
+
+def test_peek_sees_unwritten_puts_and_get_never_returns_the_shared_record(tmp_path):
+    j = Journal(str(tmp_path / "j"))
+    with j.write() as txn:
+        txn.put(_inode(3, size=5))
+        assert txn.peek(3).size == 5 and txn.peek(4) is None
+    with j.read() as txn:
+        shared = txn.peek(3)
+        assert txn.peek(3) is shared and txn.get(3) is not shared
+        assert txn.get(3) == shared
+    j.close()
