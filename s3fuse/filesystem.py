@@ -515,6 +515,8 @@ class Filesystem:
         loads = self.meta_loads
         listed = loads.readdir_at.get(parent)
         if listed is None or time.monotonic() - listed > PREFETCH_AFTER_READDIR_S:
+            loads.readdir_at.pop(parent, None)
+            loads.cursor.pop(parent, None)
             return []
         queued = loads.queued.get(parent, 0)
         if queued > PREFETCH_AHEAD // 2:
@@ -546,7 +548,11 @@ class Filesystem:
             except Exception:  # noqa: BLE001 - a prefetch must never fail anything
                 log.debug("prefetching attributes of inode %d failed", ino, exc_info=True)
             finally:
-                loads.queued[parent] = loads.queued.get(parent, 1) - 1
+                left = loads.queued.get(parent, 1) - 1
+                if left > 0:
+                    loads.queued[parent] = left
+                else:
+                    loads.queued.pop(parent, None)
 
         async with trio.open_nursery() as nursery:
             for ino in inos:

@@ -124,7 +124,7 @@ class _Decoded:
     so a changed record can never be served stale; bounded (emptied when full).
     Callers always get their own copy: they mutate it before ``put``."""
 
-    LIMIT = 16384
+    LIMIT = 8192
 
     def __init__(self) -> None:
         self._by_raw: dict[bytes, Inode] = {}
