@@ -46,6 +46,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 READAHEAD_BYTES = 8 << 20
+# a sequential reader's read-ahead window doubles per fetch up to this; each fetch is
+# split into parallel ranged GETs of a quarter window (4-16 MiB)
+READAHEAD_MAX_BYTES = 64 << 20
 HEAD_CONCURRENCY = 16
 # entries whose attributes are HEADed ahead of the kernel's lookups after a readdir
 # (``ls -l``, ``find -ls``: one lookup per entry, in listing order)
@@ -84,6 +87,8 @@ class MetaLoads:
     loading: dict[int, trio.Event] = field(default_factory=dict)  # ino -> done
     readdir_at: dict[int, float] = field(default_factory=dict)  # dir ino -> monotonic
     cursor: dict[int, bytes] = field(default_factory=dict)  # dir ino -> last name queued
+    last: dict[int, bytes] = field(default_factory=dict)  # dir ino -> last name looked up
+    depth: dict[int, int] = field(default_factory=dict)  # dir ino -> entries to keep queued
     queued: dict[int, int] = field(default_factory=dict)  # dir ino -> prefetches not done
 
 
@@ -515,14 +520,19 @@ class Filesystem:
         loads = self.meta_loads
         listed = loads.readdir_at.get(parent)
         if listed is None or time.monotonic() - listed > PREFETCH_AFTER_READDIR_S:
-            loads.readdir_at.pop(parent, None)
-            loads.cursor.pop(parent, None)
+            for d in (loads.readdir_at, loads.cursor, loads.last, loads.depth):
+                d.pop(parent, None)
             return []
+        if name <= loads.last.get(parent, b""):
+            return []  # not walking forward (the same name again, say): no scan
+        loads.last[parent] = name
+        # start with a few and double while the lookups keep walking the listing
+        depth = loads.depth[parent] = min(loads.depth.get(parent, 2) * 2, PREFETCH_AHEAD)
         queued = loads.queued.get(parent, 0)
-        if queued > PREFETCH_AHEAD // 2:
+        if queued > depth // 2:
             return []  # enough in flight; top up later
         after = max(name, loads.cursor.get(parent, b""))
-        want = PREFETCH_AHEAD - queued
+        want = depth - queued
         picked: list[int] = []
         last = after
         with self.journal.read() as txn:
@@ -1028,28 +1038,33 @@ class Filesystem:
         inode = self.get(ino)
         if inode.cached or not stat.S_ISREG(inode.mode):
             return
-        await self._fetch(ino, 0, inode.size, readahead=False)
+        await self._fetch(ino, 0, inode.size)
 
-    async def _fetch(self, ino: int, offset: int, size: int, readahead: bool) -> None:
+    async def _fetch(self, ino: int, offset: int, size: int, readahead: int = 0) -> bool:
+        """Fetch the missing bytes of ``[offset, offset+size)``, and if any are missing
+        the ``readahead`` bytes after them too. True if anything was fetched."""
+        fetched = False
         lock = self._fetch_locks.setdefault(ino, trio.Lock())
         async with lock:
             inode = self.get(ino)
             if inode.cached:
-                return
+                return False
             if not self.cache.exists(ino) or self.cache.size(ino) != inode.size:
                 self.cache.create(ino, inode.size)
             runs = self.cache.missing(ino, offset, size, inode.size)
             if runs and readahead:
                 # the reader needs bytes we lack: fetch a whole read-ahead window now
                 # (sliding it one block per read would make every block its own GET)
-                runs = self.cache.missing(ino, offset, size + READAHEAD_BYTES, inode.size)
+                runs = self.cache.missing(ino, offset, size + readahead, inode.size)
             if runs:
+                fetched = True
                 key, etag = self.read_source(inode)
                 if key is None:
                     raise FsError(errno.EIO, "file data is neither cached nor in the bucket")
-                # split into block-sized requests fetched in parallel
-                pieces = [(s, min(s + BLOCK_BYTES * 4, e)) for a, e in runs
-                          for s in range(a, e, BLOCK_BYTES * 4)]
+                # split into block-aligned requests fetched in parallel
+                step = min(max(BLOCK_BYTES * 4, readahead // 4 // BLOCK_BYTES * BLOCK_BYTES),
+                           BLOCK_BYTES * 16)
+                pieces = [(s, min(s + step, e)) for a, e in runs for s in range(a, e, step)]
                 got: dict[int, bytes] = {}
 
                 async def one(start: int, end: int) -> None:
@@ -1072,6 +1087,12 @@ class Filesystem:
                         fresh.cached = True
                         txn.put(fresh)
                 self.cache.forget_presence(ino)
+        return fetched
+
+    @functools.cached_property
+    def _read_windows(self) -> dict[int, tuple[int, int]]:
+        """ino -> (where the next sequential read starts, its read-ahead bytes)."""
+        return {}
 
     async def open(self, ino: int, flags: int) -> tuple[int, bool]:
         """Open a file; returns (fh, changed): ``changed`` means the bucket had a newer
@@ -1101,7 +1122,18 @@ class Filesystem:
         if offset >= inode.size:
             return b""
         if not inode.cached:
-            await self._fetch(h.ino, offset, size, readahead=True)
+            windows = self._read_windows
+            expected, window = windows.get(h.ino, (-1, READAHEAD_BYTES))
+            if offset != expected:
+                window = READAHEAD_BYTES  # not sequential: start small again
+            if await self._fetch(h.ino, offset, size, readahead=window):
+                window = min(window * 2, READAHEAD_MAX_BYTES)
+            if self.get(h.ino).cached:
+                windows.pop(h.ino, None)
+            else:
+                if len(windows) > 10_000:
+                    windows.clear()  # files left half read: forget them all at once
+                windows[h.ino] = (offset + size, window)
         return self.cache.read(h.ino, offset, min(size, inode.size - offset))
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
@@ -1176,7 +1208,8 @@ class Filesystem:
             # lookups of these entries may follow (ls -l): a new prefetch scan
             loads = self.meta_loads
             loads.readdir_at[h.ino] = time.monotonic()
-            loads.cursor.pop(h.ino, None)
+            for d in (loads.cursor, loads.last, loads.depth):
+                d.pop(h.ino, None)
         with self.journal.read() as txn:
             for pos in range(start, len(h.entries)):
                 name, ino = h.entries[pos]

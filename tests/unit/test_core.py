@@ -607,3 +607,38 @@ def test_rename_of_a_listed_directory_keeps_the_attributes_of_its_subdirectories
         assert int(snap["moved/sub/file"][1]["mode"]) == stat.S_IFREG | 0o600
 
     run(tmp_path, scenario, store)
+
+
+def test_a_sequential_cold_read_grows_its_read_ahead(tmp_path):
+    store = MemoryStore()
+    body = bytes(range(256)) * (64 << 12)  # 64 MiB
+    store.put("big", body, {})
+
+    async def scenario(rig: Rig):
+        big = await rig.fs.lookup(ROOT_INO, b"big")
+        fh, _ = await rig.fs.open(big.ino, os.O_RDONLY)
+        gets = rig.store.counts["get"]
+        chunks = [await rig.fs.read(fh, off, 128 << 10) for off in range(0, len(body), 128 << 10)]
+        assert b"".join(chunks) == body
+        # 8, 16, 32, then 64 MiB windows in pieces of a quarter window: not one GET
+        # per 4 MiB (16) plus the window overlaps, as a fixed 8 MiB window makes
+        assert rig.store.counts["get"] - gets <= 14
+        assert rig.fs.get(big.ino).cached
+        await rig.fs.release(fh)
+
+    run(tmp_path, scenario, store)
+
+
+def test_a_single_lookup_after_readdir_prefetches_little(tmp_path):
+    store = MemoryStore()
+    for i in range(100):
+        store.put(f"f{i:03d}", b"", {})
+
+    async def scenario(rig: Rig):
+        list(rig.fs.readdir(await rig.fs.opendir(ROOT_INO), 0))
+        heads = rig.store.counts["head"]
+        for _ in range(10):  # the same entry again and again (its TTL expiring)
+            await rig.fs.lookup(ROOT_INO, b"f050")
+        assert rig.store.counts["head"] - heads <= 5, "no scan ahead without a walk"
+
+    run(tmp_path, scenario, store)
