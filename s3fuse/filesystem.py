@@ -1123,9 +1123,11 @@ class Filesystem:
             return b""
         if not inode.cached:
             windows = self._read_windows
-            expected, window = windows.get(h.ino, (-1, READAHEAD_BYTES))
-            if offset != expected:
-                window = READAHEAD_BYTES  # not sequential: start small again
+            reached, window = windows.get(h.ino, (-READAHEAD_BYTES - 1, READAHEAD_BYTES))
+            # the kernel sends several reads at once, so they arrive a little out of
+            # order: near where the reader has got to counts as sequential
+            if not reached - READAHEAD_BYTES <= offset <= reached + READAHEAD_BYTES:
+                reached, window = offset, READAHEAD_BYTES  # a jump: start small again
             if await self._fetch(h.ino, offset, size, readahead=window):
                 window = min(window * 2, READAHEAD_MAX_BYTES)
             if self.get(h.ino).cached:
@@ -1133,7 +1135,7 @@ class Filesystem:
             else:
                 if len(windows) > 10_000:
                     windows.clear()  # files left half read: forget them all at once
-                windows[h.ino] = (offset + size, window)
+                windows[h.ino] = (max(reached, offset + size), window)
         return self.cache.read(h.ino, offset, min(size, inode.size - offset))
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
