@@ -211,6 +211,7 @@ class Daemon:
                 nursery.start_soon(self._signals)
                 nursery.start_soon(self._poller)
                 nursery.start_soon(self._invalidator)
+                fs.meta_loads.nursery = nursery  # attribute prefetches run here
                 await pyfuse3.main()
                 sd_notify("STOPPING=1")
                 log.info("unmounted; uploading what is pending")
@@ -249,15 +250,23 @@ class Daemon:
         (other tools, other mounts) show up."""
         assert self.fs is not None
         interval = self.settings.poll_interval_s
+        swept = 0.0
         while True:
-            await trio.sleep(interval)
-            for ino in self.fs.dirs_to_poll(used_within_s=max(300.0, 4 * interval)):
+            await trio.sleep(max(0.0, interval - swept))
+            start = trio.current_time()
+            dirs = self.fs.dirs_to_poll(used_within_s=max(300.0, 4 * interval))
+            # spread the LISTs over half an interval: a burst of hundreds of them
+            # (after an untar, say) would slow down whatever runs on the mount
+            gap = interval / 2 / max(1, len(dirs))
+            for ino in dirs:
                 try:
                     await self.fs.poll_dir(ino)
                 except (StoreError, OSError) as exc:
                     log.info("polling directory %d failed: %s", ino, exc)
                 except Exception:
                     log.exception("polling directory %d failed", ino)
+                await trio.sleep(gap)
+            swept = trio.current_time() - start
 
     async def _invalidator(self) -> None:
         """Tell the kernel to forget cached names and pages the bucket changed. Done

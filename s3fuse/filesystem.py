@@ -19,13 +19,14 @@ pyfuse3 contract (an unlinked inode lives until its last lookup and handle are g
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import logging
 import os
 import stat
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -46,6 +47,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HEAD_CONCURRENCY = 16
+# entries whose attributes are HEADed ahead of the kernel's lookups after a readdir
+# (``ls -l``, ``find -ls``: one lookup per entry, in listing order)
+PREFETCH_AHEAD = 32
+PREFETCH_AFTER_READDIR_S = 30.0
 STATE_XATTR = "user.s3fuse.state"
 
 
@@ -67,6 +72,21 @@ class Handle:
 class DirHandle:
     ino: int
     entries: list[tuple[bytes, int]]
+
+
+@dataclass
+class MetaLoads:
+    """Bookkeeping of attributes loaded lazily (one HEAD) for entries known from a
+    listing. ``nursery``: where prefetches run (set by the daemon; without one they
+    run inside the lookup that asked for them)."""
+
+    nursery: trio.Nursery | None = None
+    loading: dict[int, trio.Event] = field(default_factory=dict)  # ino -> done
+    readdir_at: dict[int, float] = field(default_factory=dict)  # dir ino -> monotonic
+    cursor: dict[int, bytes] = field(default_factory=dict)  # dir ino -> last name queued
+    last: dict[int, bytes] = field(default_factory=dict)  # dir ino -> last name looked up
+    depth: dict[int, int] = field(default_factory=dict)  # dir ino -> entries to keep queued
+    queued: dict[int, int] = field(default_factory=dict)  # dir ino -> prefetches not done
 
 
 @dataclass
@@ -233,7 +253,10 @@ class Filesystem:
         depth = 0
         while inode.ino != ROOT_INO:
             names.append(inode.name)
-            inode = self._get(txn, inode.parent)
+            parent = txn.peek(inode.parent)  # read-only: no copy per ancestor
+            if parent is None:
+                raise FsError(errno.ENOENT, f"inode {inode.parent}")
+            inode = parent
             depth += 1
             if depth > 4096:
                 raise FsError(errno.ELOOP, "directory chain too deep")
@@ -342,9 +365,14 @@ class Filesystem:
     async def ensure_listed(self, ino: int) -> None:
         """Make sure the directory's entries from the bucket are in the journal.
 
-        Lists the prefix once (all pages), HEADs the children for their attributes
-        (in parallel), then adds the entries in one transaction. Later local changes
-        are authoritative; re-listing for outside changes is the poller's job.
+        Lists the prefix once (all pages) and adds the entries in one transaction,
+        from the listing alone: size, and LastModified as the times, with the mount's
+        default attributes, marked ``meta_loaded=False``. Their real attributes (the
+        object's headers) are read by ``load_meta`` when something needs them, so
+        ``ls`` and ``find`` cost one LIST per directory and no HEAD per entry. The
+        directory's own attributes are loaded first (it may be renamed, which
+        rewrites its marker). Later local changes are authoritative; re-listing for
+        outside changes is the poller's job.
         """
         inode = self.get(ino)
         if inode.listed or not stat.S_ISDIR(inode.mode):
@@ -354,6 +382,8 @@ class Filesystem:
             inode = self.get(ino)
             if inode.listed:
                 return
+            if not inode.meta_loaded:
+                inode = await self.load_meta(ino)
             with self.journal.read() as txn:
                 prefix = self._dir_prefix(txn, inode)
                 exported = inode.ino == ROOT_INO or self.object_key(txn, inode) is not None
@@ -364,34 +394,28 @@ class Filesystem:
                     txn.put(d)
                 return
             dirs, files = await self._list_dir(ino, prefix)
-            heads = await self._head_many([o.key for o in files.values()] + list(dirs.values()))
             now = _now_ns()
+            added: list[int] = []
             with self.journal.write() as txn:
                 d = self._get(txn, ino)
                 if d.listed:
                     return
-                for name, p in dirs.items():
+                for name in dirs:
                     if txn.lookup(ino, name) is not None:
                         continue
-                    info = heads.get(p)
-                    child = self._inode_from_object(txn, ino, name, info, is_dir=True,
+                    child = self._inode_from_object(txn, ino, name, None, is_dir=True,
                                                     fallback_ns=now)
-                    if info is not None:
-                        child.remote_key, child.remote_etag = p, info.etag
                     txn.put(child)
                     txn.link(ino, name, child.ino)
                     d.nlink += 1
                 for name, obj in files.items():
                     if txn.lookup(ino, name) is None:
-                        self._add_from_object(txn, ino, name, heads.get(obj.key) or obj)
+                        added.append(self._add_from_object(txn, ino, name, obj).ino)
                 d.listed = True
                 txn.put(d)
             checked = time.monotonic()
-            for name in files:
-                with self.journal.read() as txn:
-                    child_ino = txn.lookup(ino, name)
-                if child_ino is not None:
-                    self._validated[child_ino] = checked
+            for child_ino in added:
+                self._validated[child_ino] = checked
 
     async def _list_dir(self, ino: int, prefix: str
                         ) -> tuple[dict[bytes, str], dict[bytes, ObjectInfo]]:
@@ -436,7 +460,8 @@ class Filesystem:
         return found
 
     def _add_from_object(self, txn: Txn, parent: int, name: bytes, info: ObjectInfo) -> Inode:
-        """A new entry for a file object seen in the bucket (clean, not cached)."""
+        """A new entry for a file object seen in the bucket (clean, not cached); from
+        a listing (no metadata) its attributes are loaded later (``load_meta``)."""
         child = self._inode_from_object(txn, parent, name, info, is_dir=False,
                                         fallback_ns=info.mtime_ns)
         child.size = info.size
@@ -448,21 +473,171 @@ class Filesystem:
     def _inode_from_object(self, txn: Txn, parent: int, name: bytes,
                            info: ObjectInfo | None, *, is_dir: bool,
                            fallback_ns: int) -> Inode:
+        """An inode from what the bucket said: a HEAD (``info.metadata`` set) gives its
+        attributes; a listing, or a common prefix (``info`` None), gives defaults and
+        ``meta_loaded=False``."""
         fields = metadata.decode(
             info.metadata if info is not None else None, is_dir=is_dir,
             default_mode=self.defaults.dir_mode if is_dir else self.defaults.file_mode,
             default_uid=self.defaults.uid, default_gid=self.defaults.gid,
             fallback_mtime_ns=fallback_ns)
         inode = Inode(ino=txn.new_ino(), parent=parent, name=name.decode(), **fields)
+        inode.meta_loaded = info is not None and info.metadata is not None
         if is_dir:
             inode.nlink = 2
         return inode
 
-    # --- lookups --------------------------------------------------------------------
-    async def lookup(self, parent: int, name: bytes) -> Inode:
-        """Find ``name`` in ``parent``; bumps the inode's lookup count."""
-        await self.ensure_listed(parent)
-        self._dir_used[parent] = time.monotonic()
+    # --- attributes loaded lazily ---------------------------------------------------
+    @functools.cached_property
+    def meta_loads(self) -> MetaLoads:
+        return MetaLoads()
+
+    async def load_meta(self, ino: int) -> Inode:
+        """Make ``ino``'s attributes trustworthy before they are used: an entry known
+        only from a listing is HEADed once (concurrent callers share that request).
+        Idempotent. Returns the inode as it is afterwards, which may be unlinked if the
+        bucket no longer has it; raises ENOENT if it is gone altogether. On a store
+        error the defaults stay (and stay marked not loaded)."""
+        inode = self.get(ino)
+        if inode.meta_loaded:
+            return inode
+        loads = self.meta_loads
+        done = loads.loading.get(ino)
+        if done is None:
+            done = loads.loading[ino] = trio.Event()
+            try:
+                await self._load_meta(inode)
+            finally:
+                del loads.loading[ino]
+                done.set()
+        else:
+            await done.wait()
+        return self.get(ino)
+
+    async def _load_meta(self, inode: Inode) -> None:
+        ino = inode.ino
+        is_dir = stat.S_ISDIR(inode.mode)
+        with self.journal.read() as txn:
+            path_key = self.object_key(txn, inode)
+        # a file's bytes (and headers) are at its object, or at a pending copy's source
+        key, etag = (path_key, None) if is_dir else self.read_source(inode)
+        if key is None:
+            # nothing in the bucket describes it: the defaults are the attributes
+            self._set_meta(ino, inode, None, is_dir, None)
+            return
+        try:
+            info: ObjectInfo | None = await self.remote.head(key)
+        except NoSuchKey:
+            info = None
+        except StoreError as exc:
+            log.info("cannot read the attributes of %s (%s); showing defaults", key, exc)
+            return
+        checked = time.monotonic()
+        if is_dir or (info is not None and info.etag == etag):
+            self._set_meta(ino, inode, info, is_dir, key)
+            if not is_dir and key == inode.remote_key:
+                self._validated[ino] = checked
+            return
+        if key != inode.remote_key:
+            return  # the source of a pending copy changed: the copy will tell
+        # the bucket holds another version than the listing showed, or none
+        self._validated[ino] = checked
+        decision = self.apply_outside(ino, key, info)
+        if decision is Decision.REFRESH and info is not None:
+            with self.journal.write() as txn:
+                fresh = txn.get(ino)
+                if fresh is not None and fresh.remote_etag == info.etag:
+                    fresh.meta_loaded = True  # _refresh took the HEAD's attributes
+                    txn.put(fresh)
+
+    def _set_meta(self, ino: int, before: Inode, info: ObjectInfo | None, is_dir: bool,
+                  key: str | None) -> None:
+        """Adopt the attributes a HEAD of ``key`` returned (``info``; None: no object,
+        the defaults stand), unless the inode changed since ``before`` was read."""
+        with self.journal.write() as txn:
+            inode = txn.get(ino)
+            if inode is None or inode.meta_loaded:
+                return
+            if (inode.parent, inode.name, inode.remote_key, inode.remote_etag) != (
+                    before.parent, before.name, before.remote_key, before.remote_etag):
+                return  # moved or refreshed meanwhile: the next caller asks again
+            if info is not None:
+                fields = metadata.decode(
+                    info.metadata, is_dir=is_dir,
+                    default_mode=self.defaults.dir_mode if is_dir else self.defaults.file_mode,
+                    default_uid=self.defaults.uid, default_gid=self.defaults.gid,
+                    fallback_mtime_ns=info.mtime_ns)
+                if inode.dirty:  # local times are newer than the object's
+                    for name in ("mtime_ns", "atime_ns", "ctime_ns"):
+                        del fields[name]
+                for name, value in fields.items():
+                    setattr(inode, name, value)
+                if is_dir and inode.remote_key in (None, key):
+                    inode.remote_key, inode.remote_etag = key, info.etag
+            inode.meta_loaded = True
+            txn.put(inode)
+
+    async def stat(self, ino: int) -> Inode:
+        """The inode with trustworthy attributes (``getattr``)."""
+        return await self.load_meta(ino)
+
+    def _prefetch_after(self, parent: int, name: bytes) -> list[int]:
+        """After a readdir of ``parent``, the kernel looks its entries up one by one
+        in listing order (``ls -l``): queue HEADs for the next unloaded entries so
+        they are loaded by the time their lookup comes. Returns the inodes to load
+        (the caller starts them)."""
+        loads = self.meta_loads
+        listed = loads.readdir_at.get(parent)
+        if listed is None or time.monotonic() - listed > PREFETCH_AFTER_READDIR_S:
+            for d in (loads.readdir_at, loads.cursor, loads.last, loads.depth):
+                d.pop(parent, None)
+            return []
+        if name <= loads.last.get(parent, b""):
+            return []  # not walking forward (the same name again, say): no scan
+        loads.last[parent] = name
+        # start with a few and double while the lookups keep walking the listing
+        depth = loads.depth[parent] = min(loads.depth.get(parent, 2) * 2, PREFETCH_AHEAD)
+        queued = loads.queued.get(parent, 0)
+        if queued > depth // 2:
+            return []  # enough in flight; top up later
+        after = max(name, loads.cursor.get(parent, b""))
+        want = depth - queued
+        picked: list[int] = []
+        last = after
+        with self.journal.read() as txn:
+            for scanned, (child_name, child) in enumerate(txn.children(parent, after)):
+                if len(picked) >= want or scanned >= 4 * PREFETCH_AHEAD:
+                    break
+                last = child_name
+                c = txn.get(child)
+                if c is not None and not c.meta_loaded and child not in loads.loading:
+                    picked.append(child)
+        loads.cursor[parent] = last
+        loads.queued[parent] = queued + len(picked)
+        return picked
+
+    async def _prefetch(self, parent: int, inos: list[int]) -> None:
+        loads = self.meta_loads
+
+        async def one(ino: int) -> None:
+            try:
+                await self.load_meta(ino)
+            except FsError:
+                pass  # gone meanwhile
+            except Exception:  # noqa: BLE001 - a prefetch must never fail anything
+                log.debug("prefetching attributes of inode %d failed", ino, exc_info=True)
+            finally:
+                left = loads.queued.get(parent, 1) - 1
+                if left > 0:
+                    loads.queued[parent] = left
+                else:
+                    loads.queued.pop(parent, None)
+
+        async with trio.open_nursery() as nursery:
+            for ino in inos:
+                nursery.start_soon(one, ino)
+
+    def _lookup_entry(self, parent: int, name: bytes) -> Inode:
         with self.journal.read() as txn:
             p = self._get(txn, parent)
             if not stat.S_ISDIR(p.mode):
@@ -478,8 +653,34 @@ class Filesystem:
                 if found is None:
                     raise FsError(errno.ENOENT)
                 ino = found
-            inode = self._get(txn, ino)
-        self.lookups[ino] = self.lookups.get(ino, 0) + 1
+            return self._get(txn, ino)
+
+    # --- lookups --------------------------------------------------------------------
+    async def lookup(self, parent: int, name: bytes) -> Inode:
+        """Find ``name`` in ``parent``, with its attributes loaded (``load_meta``);
+        bumps the inode's lookup count."""
+        await self.ensure_listed(parent)
+        self._dir_used[parent] = time.monotonic()
+        inode = self._lookup_entry(parent, name)
+        loads = self.meta_loads
+        if not inode.meta_loaded or parent in loads.cursor:
+            ahead = self._prefetch_after(parent, name) if name not in (b".", b"..") else []
+            if ahead and loads.nursery is not None:
+                loads.nursery.start_soon(self._prefetch, parent, ahead)
+                ahead = []
+            if not inode.meta_loaded or ahead:
+                async with trio.open_nursery() as nursery:
+                    if ahead:
+                        nursery.start_soon(self._prefetch, parent, ahead)
+                    if not inode.meta_loaded:
+                        try:
+                            await self.load_meta(inode.ino)
+                        except FsError as exc:
+                            if exc.errno != errno.ENOENT:
+                                raise
+                # the bucket may have removed or replaced it
+                inode = self._lookup_entry(parent, name)
+        self.lookups[inode.ino] = self.lookups.get(inode.ino, 0) + 1
         return inode
 
     def add_lookup(self, ino: int) -> None:
@@ -945,9 +1146,12 @@ class Filesystem:
         from its object. (No-op when already dirty: one extra commit per change run.)"""
         pending: list[int] = []
         with self.journal.read() as txn:
-            inode = self._get(txn, ino)
-            if inode.nlink == 0 or all(r.dirty & DIRTY_DATA
-                                       for r in self._records(txn, inode)):
+            inode = txn.peek(ino)
+            if inode is None:
+                raise FsError(errno.ENOENT, f"inode {ino}")
+            records = [inode] + [txn.peek(r) for r in inode.links]
+            if inode.nlink == 0 or all(r is not None and r.dirty & DIRTY_DATA
+                                       for r in records):
                 return
         with self.journal.write() as txn:
             inode = self._get(txn, ino)
@@ -1008,7 +1212,7 @@ class Filesystem:
             await self.ensure_cached(h.ino)
         if self.flusher is not None:
             await self.flusher.wait_for_room(h.ino, max(inode.size, offset + len(data)))
-        self._dirty_before_data_change(h.ino)
+        self._dirty_before_data_change(h.ino)  # (no await from here to the cache write)
         now = _now_ns()
         pending: list[int] = []
         self.cache.write(h.ino, offset, data)
@@ -1065,6 +1269,12 @@ class Filesystem:
         h = self.handles.get(fh)
         if not isinstance(h, DirHandle):
             raise FsError(errno.EBADF)
+        if start == 0:
+            # lookups of these entries may follow (ls -l): a new prefetch scan
+            loads = self.meta_loads
+            loads.readdir_at[h.ino] = time.monotonic()
+            for d in (loads.cursor, loads.last, loads.depth):
+                d.pop(h.ino, None)
         with self.journal.read() as txn:
             for pos in range(start, len(h.entries)):
                 name, ino = h.entries[pos]
@@ -1082,6 +1292,13 @@ class Filesystem:
         checked against the bucket. True if its content changed there (refreshed).
         A dirty file is not judged here: its upload's condition will find a conflict."""
         inode = self.get(ino)
+        if not inode.meta_loaded:
+            # first use of an entry known from a listing: its HEAD is the check
+            etag = inode.remote_etag
+            inode = await self.load_meta(ino)
+            if inode.nlink == 0:
+                raise FsError(errno.ESTALE, "removed in the bucket")
+            return inode.remote_etag != etag and stat.S_ISREG(inode.mode)
         if not stat.S_ISREG(inode.mode) or inode.dirty or inode.remote_key is None \
                 or inode.remote_etag is None or inode.links:
             return False  # (a hard-linked file's names are judged by the poller)
@@ -1376,9 +1593,8 @@ class Filesystem:
                 changed[inode.ino] = obj
         if not (new_files or new_dirs or changed or gone):
             return
-        heads = await self._head_many([o.key for o in new_files.values()]
-                                      + [o.key for o in changed.values()]
-                                      + list(new_dirs.values()))
+        # new entries are added from the listing; their attributes load lazily
+        heads = await self._head_many([o.key for o in changed.values()])
         for child, obj in changed.items():
             self.apply_outside(child, obj.key, heads.get(obj.key))
         for child, key in gone.items():

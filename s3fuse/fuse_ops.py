@@ -11,6 +11,7 @@ import errno
 import functools
 import logging
 import os
+import stat
 from typing import Any
 from collections.abc import Callable
 
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 CONTROL_DRAIN = "user.s3fuse.drain"
 CONTROL_STATUS = "user.s3fuse.status"
 CONTROL_PID = "user.s3fuse.pid"
+# a symlink's object holds its target: at most PATH_MAX - 1 bytes
+MAX_SYMLINK_BYTES = 4095
 
 
 def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -59,8 +62,12 @@ class FuseOps(pyfuse3.Operations):
         a = pyfuse3.EntryAttributes()
         a.st_ino = inode.ino
         a.generation = 0
-        a.entry_timeout = self.timeout_s
-        a.attr_timeout = self.timeout_s
+        # attributes known only from a listing (defaults until a HEAD) must not be
+        # cached: the kernel comes back through lookup/getattr, which load them,
+        # before it checks permissions or follows a symlink
+        timeout = self.timeout_s if inode.meta_loaded else 0
+        a.entry_timeout = timeout
+        a.attr_timeout = timeout
         a.st_mode = inode.mode
         a.st_nlink = inode.nlink
         a.st_uid = inode.uid
@@ -86,7 +93,7 @@ class FuseOps(pyfuse3.Operations):
 
     @_guard
     async def getattr(self, inode, ctx):
-        return self._attr(self.fs.get(inode))
+        return self._attr(await self.fs.stat(inode))
 
     @_guard
     async def setattr(self, inode, attr, fields, fh, ctx):
@@ -98,10 +105,12 @@ class FuseOps(pyfuse3.Operations):
             atime_ns=attr.st_atime_ns if fields.update_atime else None,
             mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
         )
+        await self.fs.load_meta(inode)
         return self._attr(await self.fs.setattr(inode, changes))
 
     @_guard
     async def readlink(self, inode, ctx):
+        await self.fs.load_meta(inode)
         return await self.fs.readlink(inode)
 
     @_guard
@@ -183,7 +192,16 @@ class FuseOps(pyfuse3.Operations):
                 if not pyfuse3.readdir_reply(token, name, self._attr(inode), pos + 1):
                     return
         for name, inode, next_id in self.fs.readdir(fh, max(0, start_id - 2)):
-            if not pyfuse3.readdir_reply(token, name, self._attr(inode), next_id + 2):
+            attr = self._attr(inode)
+            if not inode.meta_loaded and stat.S_ISREG(inode.mode) \
+                    and inode.size <= MAX_SYMLINK_BYTES:
+                # From a listing, a small object may still be a symlink (its body is
+                # the target) or a FIFO/socket/device (empty) until its headers are
+                # read: report DT_UNKNOWN (no type bits), so a reader that needs the
+                # type stats it, which loads it. The kernel declines to cache such an
+                # entry and answers its lookup count with a forget of one.
+                attr.st_mode = stat.S_IMODE(inode.mode)
+            if not pyfuse3.readdir_reply(token, name, attr, next_id + 2):
                 break
             self.fs.add_lookup(inode.ino)
 
@@ -216,24 +234,32 @@ class FuseOps(pyfuse3.Operations):
             if not await self.control.drain(value):
                 raise pyfuse3.FUSEError(errno.EAGAIN)
             return
+        await self.fs.load_meta(inode)
         self.fs.setxattr(inode, key, value)
 
     @_guard
     async def getxattr(self, inode, name, ctx):
+        if not name.startswith(b"user."):
+            # only user.* xattrs exist here; ls -l asks every file for
+            # security.selinux and system.posix_acl_access: answer at once
+            raise pyfuse3.FUSEError(errno.ENODATA)
         key = name.decode("utf-8", "surrogateescape")
         if inode == pyfuse3.ROOT_INODE and self.control is not None:
             if key == CONTROL_STATUS:
                 return self.control.status_json().encode()
             if key == CONTROL_PID:
                 return str(os.getpid()).encode()
+        await self.fs.load_meta(inode)
         return self.fs.getxattr(inode, key)
 
     @_guard
     async def listxattr(self, inode, ctx):
+        await self.fs.load_meta(inode)
         return [n.encode() for n in self.fs.listxattr(inode)]
 
     @_guard
     async def removexattr(self, inode, name, ctx):
+        await self.fs.load_meta(inode)
         self.fs.removexattr(inode, name.decode("utf-8", "surrogateescape"))
 
     @_guard

@@ -44,7 +44,7 @@ import json
 import os
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 import lmdb
@@ -133,24 +133,104 @@ _DEFAULTS: dict[str, Any] = {
 }
 
 
+class _Decoded:
+    """Decoded ``Inode`` records by their stored bytes, so that the same record read
+    again (every FUSE request reads a few, a path walk reads each ancestor) costs a
+    dict lookup and a copy instead of a JSON decode. Keyed by the bytes themselves,
+    so a changed record can never be served stale; bounded (emptied when full).
+    Callers always get their own copy: they mutate it before ``put``."""
+
+    LIMIT = 8192
+
+    def __init__(self) -> None:
+        self._by_raw: dict[bytes, Inode] = {}
+
+    def _keep(self, raw: bytes, inode: Inode) -> None:
+        if len(self._by_raw) >= self.LIMIT:
+            self._by_raw.clear()  # cheaper than evicting one by one; refills at once
+        self._by_raw[raw] = inode
+
+    def peek(self, raw: bytes) -> Inode:
+        """The shared decoded record: never to be changed."""
+        kept = self._by_raw.get(raw)
+        if kept is None:
+            kept = Inode.decode(raw)
+            self._keep(raw, kept)
+        return kept
+
+    def get(self, raw: bytes) -> Inode:
+        return _copy(self.peek(raw))
+
+    def encode(self, inode: Inode) -> bytes:
+        """``inode``'s record; ``inode`` is kept as its decoded form, so the caller
+        must not change it afterwards."""
+        raw = inode.encode()
+        self._keep(raw, inode)
+        return raw
+
+
+def _copy(inode: Inode) -> Inode:
+    """A copy that shares nothing mutable with ``inode``: the fields made by a
+    ``default_factory`` (dicts, lists of strings) are copied one level."""
+    new = object.__new__(Inode)
+    d = new.__dict__
+    d.update(inode.__dict__)
+    for name in _MUTABLE_FIELDS:
+        d[name] = d[name].copy()
+    return new
+
+
+_MUTABLE_FIELDS = tuple(f.name for f in fields(Inode)
+                        if f.default_factory is not MISSING)  # type: ignore[misc]
+
+
 class Txn:
-    """A journal transaction with typed helpers. Use via ``Journal.write()/read()``."""
+    """A journal transaction with typed helpers. Use via ``Journal.write()/read()``.
+
+    Inode records ``put`` in a write transaction are kept decoded and written once,
+    when the transaction commits (``flush``): a namespace change puts the same
+    inode (its parent, the moved inode) several times, and encoding is the costly
+    part. ``get`` sees them, so the transaction reads its own writes as before."""
 
     def __init__(self, journal: Journal, txn: lmdb.Transaction) -> None:
         self._j = journal
         self.txn = txn
         # this transaction's changes to the journal's op index, applied at commit
         self.op_delta = _OpIndex()
+        self._unwritten: dict[int, Inode] = {}
+
+    def flush(self) -> None:
+        """Write the inodes put so far (before commit, and before a raw scan)."""
+        if not self._unwritten:
+            return
+        encode, db = self._j.decoded.encode, self._j.db_inodes
+        for ino, inode in self._unwritten.items():
+            self.txn.put(_k(ino), encode(inode), db=db)
+        self._unwritten.clear()
 
     # --- inodes -------------------------------------------------------------------
     def get(self, ino: int) -> Inode | None:
+        inode = self._unwritten.get(ino)
+        if inode is not None:
+            return _copy(inode)
         raw = self.txn.get(_k(ino), db=self._j.db_inodes)
-        return Inode.decode(raw) if raw is not None else None
+        return self._j.decoded.get(raw) if raw is not None else None
+
+    def peek(self, ino: int) -> Inode | None:
+        """Like ``get`` but without the copy: the caller must not change the result
+        (for hot read-only paths: walking up a path, checking a flag)."""
+        inode = self._unwritten.get(ino)
+        if inode is not None:
+            return inode
+        raw = self.txn.get(_k(ino), db=self._j.db_inodes)
+        return self._j.decoded.peek(raw) if raw is not None else None
 
     def put(self, inode: Inode) -> None:
-        self.txn.put(_k(inode.ino), inode.encode(), db=self._j.db_inodes)
+        # a copy: what the caller changes after put is not written, as before
+        self._unwritten[inode.ino] = _copy(inode)
 
     def delete_inode(self, ino: int) -> None:
+        self._unwritten.pop(ino, None)
         self.txn.delete(_k(ino), db=self._j.db_inodes)
         self.txn.delete(_k(ino), db=self._j.db_dirty)
 
@@ -161,6 +241,7 @@ class Txn:
         return ino
 
     def all_inodes(self) -> Iterator[Inode]:
+        self.flush()
         with self.txn.cursor(db=self._j.db_inodes) as cur:
             for _, raw in cur:
                 yield Inode.decode(raw)
@@ -330,6 +411,7 @@ class Journal:
         self.db_dirty = self.env.open_db(b"dirty")
         self.db_ops = self.env.open_db(b"ops")
         self.db_meta = self.env.open_db(b"meta")
+        self.decoded = _Decoded()
         with self.env.begin(write=True) as txn:
             fmt = txn.get(b"format", db=self.db_meta)
             if fmt is None:
@@ -384,9 +466,13 @@ class _TxnContext:
             self._lmdb.abort()
             return
         try:
+            self._txn.flush()
             self._lmdb.commit()
-        except lmdb.DiskError as err:
-            # the cache disk is full: the caller's request answers ENOSPC, not EIO
-            raise OSError(errno.ENOSPC, f"journal commit failed: {err}") from err
+        except BaseException as err:
+            self._lmdb.abort()  # (a no-op once a failed commit has ended it)
+            if isinstance(err, lmdb.DiskError):
+                # the cache disk is full: the request answers ENOSPC, not EIO
+                raise OSError(errno.ENOSPC, f"journal commit failed: {err}") from err
+            raise
         if self._txn.op_delta.count or self._txn.op_delta.keys:
             self._journal.ops_index.merge(self._txn.op_delta)

@@ -624,3 +624,128 @@ def test_op_log_runs_ops_on_distinct_keys_in_parallel_and_in_order(tmp_path):
         copies = [pos for pos, what, op in events if op == "copy" and what == "end"]
         deletes = [pos for pos, what, op in events if op == "delete" and what == "begin"]
         assert copies and deletes and max(copies) < min(deletes), name
+
+
+def test_listing_makes_no_head_and_lookup_loads_the_attributes(tmp_path):
+    store = MemoryStore()
+    for i in range(50):
+        store.put(f"d/f{i:03d}", b"x" * i, {"mode": str(stat.S_IFREG | 0o600), "uid": "7"})
+    store.put("d/sub/inner", b"", {})
+    store.put("d/sub/", b"", {"mode": str(stat.S_IFDIR | 0o700)})
+    store.put("d/ln", b"f001", {"mode": str(stat.S_IFLNK | 0o777)})
+
+    async def scenario(rig: Rig):
+        d = await rig.fs.lookup(ROOT_INO, b"d")
+        heads = rig.store.counts["head"]
+        entries = list(rig.fs.readdir(await rig.fs.opendir(d.ino), 0))
+        assert len(entries) == 52
+        assert rig.store.counts["head"] == heads, "a listing HEADs nothing"
+        by_name = {n: i for n, i, _ in entries}
+        # from the listing alone: size and type of directories, defaults, not loaded
+        assert not by_name[b"f010"].meta_loaded and by_name[b"f010"].size == 10
+        assert by_name[b"f010"].mode == stat.S_IFREG | 0o644
+        assert stat.S_ISDIR(by_name[b"sub"].mode) and not by_name[b"sub"].meta_loaded
+        # a lookup, a getattr, an open load the real attributes first
+        f = await rig.fs.lookup(d.ino, b"f010")
+        assert f.meta_loaded and f.mode == stat.S_IFREG | 0o600 and f.uid == 7
+        sub = await rig.fs.lookup(d.ino, b"sub")
+        assert sub.mode == stat.S_IFDIR | 0o700 and sub.remote_key == "d/sub/"
+        ln = await rig.fs.stat(by_name[b"ln"].ino)
+        assert stat.S_ISLNK(ln.mode)
+        assert await rig.fs.readlink(ln.ino) == b"f001"
+        fh, _ = await rig.fs.open(by_name[b"f020"].ino, os.O_RDONLY)
+        assert stat.S_IMODE(rig.fs.get(by_name[b"f020"].ino).mode) == 0o600
+        await rig.fs.release(fh)
+
+    run(tmp_path, scenario, store)
+
+
+def test_lookups_after_readdir_prefetch_the_following_entries(tmp_path):
+    store = MemoryStore()
+    for i in range(100):
+        store.put(f"f{i:03d}", b"", {"mode": str(stat.S_IFREG | 0o640)})
+
+    async def scenario(rig: Rig):
+        heads = rig.store.counts["head"]
+        names = [n for n, _, _ in rig.fs.readdir(await rig.fs.opendir(ROOT_INO), 0)]
+        for name in names:  # what ls -l does: one lookup per entry, in this order
+            inode = await rig.fs.lookup(ROOT_INO, name)
+            assert inode.mode == stat.S_IFREG | 0o640
+        assert rig.store.counts["head"] - heads == 100, "one HEAD per entry, no more"
+
+    run(tmp_path, scenario, store)
+
+
+def test_lookup_of_an_entry_changed_or_deleted_since_the_listing(tmp_path):
+    store = MemoryStore()
+    store.put("a", b"old", {})
+    store.put("b", b"bye", {})
+
+    async def scenario(rig: Rig):
+        list(rig.fs.readdir(await rig.fs.opendir(ROOT_INO), 0))
+        rig.store.put("a", b"new and longer", {"mode": str(stat.S_IFREG | 0o600)})
+        rig.store.delete("b")
+        a = await rig.fs.lookup(ROOT_INO, b"a")
+        assert a.size == len(b"new and longer") and stat.S_IMODE(a.mode) == 0o600
+        fh, _ = await rig.fs.open(a.ino, os.O_RDONLY)
+        assert await rig.fs.read(fh, 0, 100) == b"new and longer"
+        await rig.fs.release(fh)
+        with pytest.raises(FsError) as e:
+            await rig.fs.lookup(ROOT_INO, b"b")
+        assert e.value.errno == errno.ENOENT
+
+    run(tmp_path, scenario, store)
+
+
+def test_rename_of_a_listed_directory_keeps_the_attributes_of_its_subdirectories(tmp_path):
+    store = MemoryStore()
+    store.put("top/", b"", {"mode": str(stat.S_IFDIR | 0o750)})
+    store.put("top/sub/", b"", {"mode": str(stat.S_IFDIR | 0o700), "uid": "5"})
+    store.put("top/sub/file", b"data", {"mode": str(stat.S_IFREG | 0o600)})
+
+    async def scenario(rig: Rig):
+        await rig.fs.rename(ROOT_INO, b"top", ROOT_INO, b"moved")
+        await trio.sleep(WINDOW + 5)
+        snap = rig.store.snapshot()
+        assert sorted(snap) == ["moved/", "moved/sub/", "moved/sub/file"]
+        assert int(snap["moved/sub/"][1]["mode"]) == stat.S_IFDIR | 0o700
+        assert snap["moved/sub/"][1]["uid"] == "5"
+        assert int(snap["moved/"][1]["mode"]) == stat.S_IFDIR | 0o750
+        assert int(snap["moved/sub/file"][1]["mode"]) == stat.S_IFREG | 0o600
+
+    run(tmp_path, scenario, store)
+
+
+def test_a_sequential_cold_read_grows_its_read_ahead(tmp_path):
+    store = MemoryStore()
+    body = bytes(range(256)) * (64 << 12)  # 64 MiB
+    store.put("big", body, {})
+
+    async def scenario(rig: Rig):
+        big = await rig.fs.lookup(ROOT_INO, b"big")
+        fh, _ = await rig.fs.open(big.ino, os.O_RDONLY)
+        gets = rig.store.counts["get"]
+        chunks = [await rig.fs.read(fh, off, 128 << 10) for off in range(0, len(body), 128 << 10)]
+        assert b"".join(chunks) == body
+        # 8, 16, 32, then 64 MiB windows in pieces of a quarter window: not one GET
+        # per 4 MiB (16) plus the window overlaps, as a fixed 8 MiB window makes
+        assert rig.store.counts["get"] - gets <= 14
+        assert rig.fs.get(big.ino).cached
+        await rig.fs.release(fh)
+
+    run(tmp_path, scenario, store)
+
+
+def test_a_single_lookup_after_readdir_prefetches_little(tmp_path):
+    store = MemoryStore()
+    for i in range(100):
+        store.put(f"f{i:03d}", b"", {})
+
+    async def scenario(rig: Rig):
+        list(rig.fs.readdir(await rig.fs.opendir(ROOT_INO), 0))
+        heads = rig.store.counts["head"]
+        for _ in range(10):  # the same entry again and again (its TTL expiring)
+            await rig.fs.lookup(ROOT_INO, b"f050")
+        assert rig.store.counts["head"] - heads <= 5, "no scan ahead without a walk"
+
+    run(tmp_path, scenario, store)
