@@ -164,6 +164,11 @@ class Filesystem:
             try:
                 size = os.path.getsize(self.cache.path(ino))
             except FileNotFoundError:
+                if inode.size == 0:
+                    # killed between a create's commit and its cache file: nothing
+                    # was written to it, so an empty cache file is all its data
+                    self.cache.create(ino, 0)
+                    continue
                 log.error("cache file of dirty inode %d (%s) is missing: its unsynced "
                           "data is lost", ino, inode.name)
                 inode.cached = False
