@@ -130,6 +130,9 @@ class Filesystem:
         self._validated: dict[int, float] = {}  # ino -> monotonic time checked
         self._dir_used: dict[int, float] = {}  # directory ino -> monotonic time used
         self.conflicts: list[dict] = []
+        # open inodes the bucket replaced or deleted: ino -> (path, cache generation
+        # then, what happened); kept in lost+found if written before their last close
+        self._replaced: dict[int, tuple[str, int, str]] = {}
         # paths kept only locally because their key would pass S3's 1,024 bytes
         self.not_exported: dict[int, str] = {}
         # set by the daemon: tells the kernel to drop cached names and pages
@@ -1247,6 +1250,10 @@ class Filesystem:
             self.open_count[h.ino] = left
             return
         self.open_count.pop(h.ino, None)
+        replaced = self._replaced.pop(h.ino, None)
+        if replaced is not None and self.cache.exists(h.ino) \
+                and self.cache.generation(h.ino) != replaced[1]:
+            self._keep_replaced(h.ino, *replaced)
         self.cache.close(h.ino)
         self._maybe_purge(h.ino)
 
@@ -1348,12 +1355,18 @@ class Filesystem:
             if stat.S_ISDIR(inode.mode):
                 self._adopt_marker(txn, inode, info)
                 return Decision.REFRESH
-            if decision is Decision.REFRESH and self.open_count.get(ino):
-                # like an atomic replace on a local disk: open handles keep reading
-                # the version they opened, the path shows the new one
-                assert info is not None
+            if decision is not Decision.CONFLICT and self.open_count.get(ino):
+                # Like an atomic replace (or an unlink) on a local disk: open handles
+                # keep the version they opened, the path shows the bucket's. What is
+                # written through them from now on is kept in lost+found at their
+                # last close (``release``): it was acknowledged, so it is not lost.
+                self._replaced[ino] = ("/".join(self.path_names(txn, inode)),
+                                       self.cache.generation(ino),
+                                       "changed in the bucket" if info is not None
+                                       else "deleted in the bucket")
                 self._remove_gone(txn, inode, now, entries)
-                self._add_from_object(txn, inode.parent, inode.name.encode(), info)
+                if info is not None:
+                    self._add_from_object(txn, inode.parent, inode.name.encode(), info)
                 decision = Decision.REMOVE
             elif decision is Decision.REFRESH:
                 assert info is not None
@@ -1487,28 +1500,49 @@ class Filesystem:
         handles keep working); the bucket's version, if any, takes the path."""
         path = "/".join(self.path_names(txn, inode))
         parent, name = inode.parent, inode.name.encode()
-        lost_found = self._lost_found(txn, now)
-        new_name = self._conflict_name(txn, lost_found, path, now)
         txn.unlink(parent, name)
-        txn.link(lost_found, new_name, inode.ino)
-        inode.parent, inode.name = lost_found, new_name.decode()
-        inode.remote_key = inode.remote_etag = None
-        inode.dirty = 0
+        self._file_conflict(txn, inode, path,
+                            reason if info is not None else "deleted in the bucket", now)
         inode.ctime_ns = now
-        txn.clear_dirty(inode.ino)
         txn.put(inode)
-        self._touch_dir(txn, lost_found, now)
         self._touch_dir(txn, parent, now)
         if info is not None:
             self._add_from_object(txn, parent, name, info)
         entries.append((parent, name))
+
+    def _keep_replaced(self, ino: int, path: str, _gen: int, what: str) -> None:
+        """An open file that the bucket replaced or deleted was written after that,
+        through its open handles: at their last close it goes to lost+found, whole,
+        as a conflict (the bucket's version keeps the path)."""
+        now = _now_ns()
+        with self.journal.write() as txn:
+            inode = txn.get(ino)
+            if inode is None or inode.nlink != 0 or not inode.cached:
+                return
+            self._file_conflict(txn, inode, path, f"written here after it was {what}", now)
+            inode.nlink = 1
+            inode.ctime_ns = now
+            txn.put(inode)
+
+    def _file_conflict(self, txn: Txn, inode: Inode, path: str, reason: str,
+                       now: int) -> str:
+        """Link ``inode`` into lost+found under a conflict name for ``path`` and record
+        the conflict; returns where it is (relative to the mount)."""
+        lost_found = self._lost_found(txn, now)
+        new_name = self._conflict_name(txn, lost_found, path, now)
+        txn.link(lost_found, new_name, inode.ino)
+        inode.parent, inode.name = lost_found, new_name.decode()
+        inode.remote_key = inode.remote_etag = None
+        inode.dirty = 0
+        txn.clear_dirty(inode.ino)
+        self._touch_dir(txn, lost_found, now)
         where = f"{keys.RESERVED_ROOT_NAME.decode()}/lost+found/{new_name.decode()}"
-        record = {"path": path, "lost_found": where, "time": now / 1e9,
-                  "reason": reason if info is not None else "deleted in the bucket"}
+        record = {"path": path, "lost_found": where, "time": now / 1e9, "reason": reason}
         self.conflicts = (self.conflicts + [record])[-1000:]
         txn.put_meta(b"conflicts", json.dumps(self.conflicts).encode())
         log.warning("conflict on %s (%s): the bucket's version stays at the path, the "
-                    "mount's is kept at %s", path, record["reason"], where)
+                    "mount's is kept at %s", path, reason, where)
+        return where
 
     def not_exported_paths(self) -> list[dict]:
         """Live files and directories whose key would be too long for S3."""

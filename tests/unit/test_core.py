@@ -777,3 +777,51 @@ def test_killed_between_a_create_and_its_cache_file(tmp_path):
 
     trio.run(before_crash, clock=trio.testing.MockClock(autojump_threshold=0))
     trio.run(after_restart, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+@pytest.mark.parametrize("outside", ["changed", "deleted"])
+def test_writes_through_a_handle_after_the_bucket_replaced_the_file_are_kept(tmp_path,
+                                                                             outside):
+    """The poller adopts an outside change while a writer holds the clean file open
+    (its handle keeps the old version, as with a replace on a local disk); what the
+    writer then writes was acknowledged, so at its last close it goes to lost+found."""
+
+    async def scenario(rig: Rig):
+        ino = await rig.write_file(ROOT_INO, b"report", b"v1")
+        await trio.sleep(WINDOW + 5)
+        fh, _ = await rig.fs.open(ino, os.O_RDWR)
+        if outside == "changed":
+            rig.store.put("report", b"their v2", {})
+        else:
+            rig.store.delete("report")
+        await rig.fs.poll_dir(ROOT_INO)  # adopted while the file is clean and open
+        await rig.fs.write(fh, 0, b"our v2")
+        await rig.fs.release(fh)
+        await trio.sleep(WINDOW + 5)
+        lf = await rig.fs.lookup(ROOT_INO, b".s3fuse")
+        lf = await rig.fs.lookup(lf.ino, b"lost+found")
+        names = [n for n, _, _ in rig.fs.readdir(await rig.fs.opendir(lf.ino), 0)]
+        assert len(names) == 1 and names[0].startswith(b"report.conflict-")
+        kept = await rig.fs.lookup(lf.ino, names[0])
+        kfh, _ = await rig.fs.open(kept.ino, os.O_RDONLY)
+        assert await rig.fs.read(kfh, 0, 100) == b"our v2"
+        assert [c["path"] for c in rig.fs.conflicts] == ["report"]
+        want = {"report": b"their v2"} if outside == "changed" else {}
+        assert rig.bucket() == want
+
+    run(tmp_path, scenario)
+
+
+def test_a_handle_kept_on_a_replaced_file_and_only_read_leaves_nothing(tmp_path):
+    async def scenario(rig: Rig):
+        ino = await rig.write_file(ROOT_INO, b"doc", b"v1")
+        await trio.sleep(WINDOW + 5)
+        fh, _ = await rig.fs.open(ino, os.O_RDONLY)
+        rig.store.put("doc", b"v2", {})
+        await rig.fs.poll_dir(ROOT_INO)
+        assert await rig.fs.read(fh, 0, 10) == b"v1"
+        await rig.fs.release(fh)
+        assert rig.fs.conflicts == []
+        assert rig.fs.get(ino).nlink == 0
+
+    run(tmp_path, scenario)
