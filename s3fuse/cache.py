@@ -89,9 +89,15 @@ class Cache:
 
     def create(self, ino: int, size: int = 0) -> None:
         """Start an empty cache file of ``size`` bytes (a hole), nothing present."""
-        fd = self._fd(ino)
-        os.ftruncate(fd, 0)
-        os.ftruncate(fd, size)
+        fd = self._fds.get(ino)
+        if fd is None:  # (O_TRUNC: one system call where ftruncate would be two)
+            fd = os.open(self.path(ino), os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                         0o600)
+            self._fds[ino] = fd
+        else:
+            os.ftruncate(fd, 0)
+        if size:
+            os.ftruncate(fd, size)
         self._changed(ino)
         self._present.pop(ino, None)
         old = self._lru.pop(ino, 0)

@@ -1254,7 +1254,8 @@ class Filesystem:
         if replaced is not None and self.cache.exists(h.ino) \
                 and self.cache.generation(h.ino) != replaced[1]:
             self._keep_replaced(h.ino, *replaced)
-        self.cache.close(h.ino)
+        # (its cache file's descriptor stays open in the cache's bounded set: the
+        # upload reads it next, and a new file is often opened again soon)
         self._maybe_purge(h.ino)
 
     # --- directories ----------------------------------------------------------------------
