@@ -21,7 +21,7 @@ import time
 from . import __version__
 from .config import Settings, default_cache_dir, parse_mode, parse_seconds, parse_size
 from .errors import S3FuseError, UsageError
-from .fuse_ops import CONTROL_DRAIN, CONTROL_PID, CONTROL_STATUS
+from .control import CONTROL_DRAIN, CONTROL_PID, CONTROL_STATUS
 
 READY_FD_ENV = "S3FUSE_READY_FD"
 # -o options that mount(8) and fstab pass along and that mean nothing to us

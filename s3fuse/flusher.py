@@ -206,7 +206,10 @@ class Flusher:
             self._nursery = nursery
             task_status.started()
             while True:
-                await self.pump()
+                try:
+                    await self.pump()
+                except Exception:  # noqa: BLE001 - the flusher outlives any one round
+                    log.exception("flusher round failed; trying again after a tick")
                 with trio.move_on_after(self._tick_s()):
                     await self._wake.wait()
                 self._wake = trio.Event()
@@ -261,6 +264,9 @@ class Flusher:
     async def _upload(self, ino: int, key: str) -> None:
         try:
             await self._upload_inner(ino, key)
+        except Exception as exc:  # noqa: BLE001 - a bug or a store surprise: retried
+            log.exception("uploading %s failed unexpectedly", key)
+            self._failed(ino, key, "upload", exc)
         finally:
             self._inflight.pop(ino, None)
             self._busy[key] -= 1
@@ -459,7 +465,9 @@ class Flusher:
             nonlocal changed
             try:
                 etag = await self._run_op(op)
-            except StoreError as exc:
+            except Exception as exc:  # noqa: BLE001 - StoreError, or a surprise: retried
+                if not isinstance(exc, StoreError):
+                    log.exception("%s %s failed unexpectedly", op["op"], keys[-1])
                 self._record_error(keys[-1], op["op"], exc)
                 self._ops_backoff = min(MAX_BACKOFF_S, max(1.0, self._ops_backoff * 2))
                 self._ops_retry_at = trio.current_time() + self._ops_backoff

@@ -18,16 +18,13 @@ from collections.abc import Callable
 import pyfuse3
 
 from . import faults
+from .control import CONTROL_DRAIN, CONTROL_PID, CONTROL_STATUS
 from .errors import to_errno
 from .filesystem import Filesystem, SetAttrs
 from .journal import Inode
 
 log = logging.getLogger(__name__)
 
-# Control attributes on the mount's root directory, used by the s3fuse CLI.
-CONTROL_DRAIN = "user.s3fuse.drain"
-CONTROL_STATUS = "user.s3fuse.status"
-CONTROL_PID = "user.s3fuse.pid"
 # a symlink's object holds its target: at most PATH_MAX - 1 bytes
 MAX_SYMLINK_BYTES = 4095
 

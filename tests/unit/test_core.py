@@ -825,3 +825,38 @@ def test_a_handle_kept_on_a_replaced_file_and_only_read_leaves_nothing(tmp_path)
         assert rig.fs.get(ino).nlink == 0
 
     run(tmp_path, scenario)
+
+
+class SurprisingStore(MemoryStore):
+    """The first PUT and the first COPY raise an exception no store should raise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.surprises = {"put": 1, "copy": 1}
+
+    def _surprise(self, kind: str) -> None:
+        if self.surprises[kind]:
+            self.surprises[kind] -= 1
+            raise RuntimeError(f"surprise in {kind}")
+
+    def put(self, key, body, metadata, **kwargs):
+        self._surprise("put")
+        return super().put(key, body, metadata, **kwargs)
+
+    def copy(self, src, dst, metadata, **kwargs):
+        self._surprise("copy")
+        return super().copy(src, dst, metadata, **kwargs)
+
+
+def test_an_unexpected_exception_in_an_upload_or_op_is_retried_not_fatal(tmp_path):
+    store = SurprisingStore()
+
+    async def scenario(rig: Rig):
+        await rig.write_file(ROOT_INO, b"a", b"data")
+        assert await rig.flusher.drain(120)
+        await rig.fs.rename(ROOT_INO, b"a", ROOT_INO, b"b")
+        assert await rig.flusher.drain(120)
+        assert rig.bucket() == {"b": b"data"}
+        assert [e.operation for e in rig.flusher.errors] == ["upload", "copy"]
+
+    run(tmp_path, scenario, store)
