@@ -420,6 +420,7 @@ class Journal:
                 raise RuntimeError(f"journal {path} has format {int(fmt)}, "
                                    f"this s3fuse reads {FORMAT_VERSION}")
         self.ops_index = _OpIndex()
+        self.unsynced = True  # a write transaction committed since the last sync
         with self.read() as txn:
             for _, op in txn.ops_from():
                 self.ops_index.add(op, 1)
@@ -441,10 +442,14 @@ class Journal:
     def set_meta(self, key: bytes, value: bytes) -> None:
         with self.env.begin(write=True) as txn:
             txn.put(key, value, db=self.db_meta)
+        self.unsynced = True
 
     def sync(self) -> None:
-        """Force every committed transaction to disk."""
-        self.env.sync(True)
+        """Force every committed transaction to disk (nothing to do when no write
+        transaction committed since the last sync)."""
+        if self.unsynced:
+            self.unsynced = False
+            self.env.sync(True)
 
     def close(self) -> None:
         self.env.sync(True)
@@ -474,5 +479,7 @@ class _TxnContext:
                 # the cache disk is full: the request answers ENOSPC, not EIO
                 raise OSError(errno.ENOSPC, f"journal commit failed: {err}") from err
             raise
+        if self._write:
+            self._journal.unsynced = True
         if self._txn.op_delta.count or self._txn.op_delta.keys:
             self._journal.ops_index.merge(self._txn.op_delta)

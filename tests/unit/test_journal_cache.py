@@ -67,3 +67,26 @@ def test_peek_sees_unwritten_puts_and_get_never_returns_the_shared_record(tmp_pa
         assert txn.peek(3) is shared and txn.get(3) is not shared
         assert txn.get(3) == shared
     j.close()
+
+
+def test_sync_writes_only_after_a_commit(tmp_path, monkeypatch):
+    from s3fuse.journal import Journal
+
+    journal = Journal(str(tmp_path / "j"))
+    calls = []
+    real = journal.env.sync
+    monkeypatch.setattr(journal, "env", type("E", (), {
+        "sync": staticmethod(lambda force: calls.append(force) or real(force)),
+        "begin": journal.env.begin, "close": journal.env.close})())
+    journal.sync()
+    journal.sync()  # nothing committed since
+    with journal.read() as txn:
+        txn.get_meta(b"x")
+    journal.sync()  # a read commits nothing
+    with journal.write() as txn:
+        txn.put_meta(b"x", b"1")
+    journal.sync()
+    journal.set_meta(b"y", b"2")
+    journal.sync()
+    assert calls == [True, True, True]
+    journal.close()
