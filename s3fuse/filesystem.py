@@ -129,6 +129,9 @@ class Filesystem:
         self.metadata_ttl_s = 1.0
         self._validated: dict[int, float] = {}  # ino -> monotonic time checked
         self._dir_used: dict[int, float] = {}  # directory ino -> monotonic time used
+        # close-to-open by directory: dir ino -> (monotonic time listed, {key: ETag})
+        self._dir_etags: dict[int, tuple[float, dict[str, str]]] = {}
+        self._dir_listing: dict[int, trio.Event] = {}
         self.conflicts: list[dict] = []
         # open inodes the bucket replaced or deleted: ino -> (path, cache generation
         # then, what happened); kept in lost+found if written before their last close
@@ -1318,6 +1321,14 @@ class Filesystem:
         if time.monotonic() - self._validated.get(ino, 0.0) < self.metadata_ttl_s:
             return False
         key = inode.remote_key
+        # one LIST of the directory checks every file in it that is opened within
+        # the TTL (git, a build: many opens in few directories); a HEAD only when
+        # the listing shows another ETag
+        listed = await self._listed_etags(inode.parent)
+        if listed is not None and listed[1].get(key) == inode.remote_etag \
+                and listed[0] >= self._validated.get(ino, 0.0):
+            self._validated[ino] = listed[0]
+            return False
         try:
             info: ObjectInfo | None = await self.remote.head(key)
         except NoSuchKey:
@@ -1332,6 +1343,40 @@ class Filesystem:
             # others hold it open): ESTALE makes the kernel look the path up again
             raise FsError(errno.ESTALE, f"{key} changed in the bucket")
         return decision is Decision.REFRESH
+
+    async def _listed_etags(self, parent: int) -> tuple[float, dict[str, str]] | None:
+        """(when, {key: ETag}) of the objects directly in directory ``parent``, from
+        a LIST taken less than the TTL ago (one LIST is shared by every open that
+        needs it); None if it cannot be listed."""
+        snap = self._dir_etags.get(parent)
+        if snap is not None and time.monotonic() - snap[0] < self.metadata_ttl_s:
+            return snap
+        busy = self._dir_listing.get(parent)
+        if busy is not None:
+            await busy.wait()
+            return self._dir_etags.get(parent)
+        busy = self._dir_listing[parent] = trio.Event()
+        try:
+            with self.journal.read() as txn:
+                d = txn.get(parent)
+                if d is None or d.nlink == 0 or not stat.S_ISDIR(d.mode) or (
+                        parent != ROOT_INO and self.object_key(txn, d) is None):
+                    return None
+                prefix = self._dir_prefix(txn, d)
+            started = time.monotonic()  # what the listing shows is at least this new
+            try:
+                page = await self.remote.list_all(prefix, "/")
+            except StoreError as exc:
+                log.info("cannot list %s to revalidate (%s)", prefix, exc)
+                return None
+            snap = (started, {o.key: o.etag for o in page.objects})
+            if len(self._dir_etags) >= 64:
+                self._dir_etags.pop(next(iter(self._dir_etags)))
+            self._dir_etags[parent] = snap
+            return snap
+        finally:
+            del self._dir_listing[parent]
+            busy.set()
 
     def apply_outside(self, ino: int, key: str, info: ObjectInfo | None,
                       reason: str = "changed in the bucket") -> Decision:

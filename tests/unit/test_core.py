@@ -860,3 +860,31 @@ def test_an_unexpected_exception_in_an_upload_or_op_is_retried_not_fatal(tmp_pat
         assert [e.operation for e in rig.flusher.errors] == ["upload", "copy"]
 
     run(tmp_path, scenario, store)
+
+
+def test_opens_in_one_directory_are_revalidated_by_one_list(tmp_path):
+    """Close-to-open checks of many files in one directory cost one LIST, not one
+    HEAD each; a file the listing shows changed is still HEADed and refreshed."""
+
+    async def scenario(rig: Rig):
+        d = await rig.fs.mkdir(ROOT_INO, b"src", 0o755, 0, 0)
+        inos = [await rig.write_file(d.ino, b"f%02d" % i, b"v1") for i in range(20)]
+        await trio.sleep(WINDOW + 5)
+        rig.fs._validated.clear()  # every file's check is older than the TTL
+        before = dict(rig.store.counts)
+        for ino in inos:
+            fh, changed = await rig.fs.open(ino, os.O_RDONLY)
+            assert not changed
+            await rig.fs.release(fh)
+        used = {k: rig.store.counts.get(k, 0) - before.get(k, 0) for k in ("list", "head")}
+        assert used == {"list": 1, "head": 0}
+        # changed outside: the listing shows it, a HEAD confirms, the open sees it
+        rig.store.put("src/f03", b"v2 from outside", {})
+        rig.fs._validated.clear()
+        rig.fs._dir_etags.clear()
+        fh, changed = await rig.fs.open(inos[3], os.O_RDONLY)
+        assert changed and await rig.fs.read(fh, 0, 100) == b"v2 from outside"
+        fh, changed = await rig.fs.open(inos[4], os.O_RDONLY)  # same listing: no HEAD
+        assert not changed
+
+    run(tmp_path, scenario)
