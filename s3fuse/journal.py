@@ -481,5 +481,4 @@ class _TxnContext:
             raise
         if self._write:
             self._journal.unsynced = True
-        if self._txn.op_delta.count or self._txn.op_delta.keys:
-            self._journal.ops_index.merge(self._txn.op_delta)
+        self._journal.ops_index.merge(self._txn.op_delta)  # (a no-op when untouched)

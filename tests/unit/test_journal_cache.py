@@ -90,3 +90,19 @@ def test_sync_writes_only_after_a_commit(tmp_path, monkeypatch):
     journal.sync()
     assert calls == [True, True, True]
     journal.close()
+
+
+def test_the_op_index_follows_a_retarget_without_other_op_changes(tmp_path):
+    """A transaction whose only op change moves copies to another inode (same keys,
+    same count) still updates the index."""
+    from s3fuse.journal import Journal
+
+    journal = Journal(str(tmp_path / "j"))
+    with journal.write() as txn:
+        txn.append_op({"op": "copy", "src": "a", "dst": "b", "etag": "e", "ino": 7})
+    with journal.write() as txn:
+        txn.retarget_ops(7, 3)
+    assert journal.ops_index.copy_inos == {3: 1}
+    assert journal.ops_index.keys == {"a": 1, "b": 1} and journal.ops_index.count == 1
+    journal.close()
+    assert Journal(str(tmp_path / "j")).ops_index.copy_inos == {3: 1}  # as rebuilt
