@@ -1256,7 +1256,8 @@ class Filesystem:
         replaced = self._replaced.pop(h.ino, None)
         if replaced is not None and self.cache.exists(h.ino) \
                 and self.cache.generation(h.ino) != replaced[1]:
-            self._keep_replaced(h.ino, *replaced)
+            path, _, what = replaced
+            self._keep_replaced(h.ino, path, what)
         # (its cache file's descriptor stays open in the cache's bounded set: the
         # upload reads it next, and a new file is often opened again soon)
         self._maybe_purge(h.ino)
@@ -1556,7 +1557,7 @@ class Filesystem:
             self._add_from_object(txn, parent, name, info)
         entries.append((parent, name))
 
-    def _keep_replaced(self, ino: int, path: str, _gen: int, what: str) -> None:
+    def _keep_replaced(self, ino: int, path: str, what: str) -> None:
         """An open file that the bucket replaced or deleted was written after that,
         through its open handles: at their last close it goes to lost+found, whole,
         as a conflict (the bucket's version keeps the path)."""
