@@ -75,6 +75,17 @@ def run(tmp_path, scenario, store: MemoryStore | None = None):
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
+async def replayed(tmp_path, store: MemoryStore) -> Rig:
+    """A Rig on the journal a "killed" Rig left in ``tmp_path``, after its flusher
+    has replayed and drained everything pending (the caller closes it)."""
+    rig = Rig(tmp_path, store)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(rig.flusher.run)
+        assert await rig.flusher.drain(30)
+        nursery.cancel_scope.cancel()
+    return rig
+
+
 def test_hundred_writes_in_one_window_make_one_put(tmp_path):
     async def scenario(rig: Rig):
         fh, inode = await rig.fs.create(ROOT_INO, b"log.txt", 0o640, 1000, 1000)
@@ -290,11 +301,7 @@ def test_journal_replays_pending_work_after_a_crash(tmp_path):
         rig.close()  # no drain: as if killed
 
     async def after_restart():
-        rig = Rig(tmp_path, store)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(rig.flusher.run)
-            assert await rig.flusher.drain(30)
-            nursery.cancel_scope.cancel()
+        rig = await replayed(tmp_path, store)
         assert rig.bucket() == {"moved": b"old", "new": b"fresh"}
         rig.close()
 
@@ -766,11 +773,7 @@ def test_killed_between_a_create_and_its_cache_file(tmp_path):
         rig.close()
 
     async def after_restart():
-        rig = Rig(tmp_path, store)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(rig.flusher.run)
-            assert await rig.flusher.drain(30)
-            nursery.cancel_scope.cancel()
+        rig = await replayed(tmp_path, store)
         assert rig.bucket() == {"empty": b""}
         assert_journal_clean(rig.journal, tmp_path, store, allow=["unlinked-inode"])
         rig.close()

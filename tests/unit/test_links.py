@@ -15,7 +15,7 @@ import pytest
 import trio
 import trio.testing
 from fsck_helper import assert_journal_clean
-from test_core import WINDOW, Rig
+from test_core import WINDOW, Rig, replayed
 
 from s3fuse.errors import FsError
 from s3fuse.filesystem import SetAttrs
@@ -282,11 +282,7 @@ def test_links_survive_a_crash_and_are_uploaded_on_replay(tmp_path):
         rig.close()  # no drain: as if killed
 
     async def after_restart():
-        rig = Rig(tmp_path, store)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(rig.flusher.run)
-            assert await rig.flusher.drain(30)
-            nursery.cancel_scope.cancel()
+        rig = await replayed(tmp_path, store)
         assert rig.bucket() == {"a": b"data", "b": b"data"}
         a = await rig.fs.lookup(ROOT_INO, b"a")
         assert (await rig.fs.lookup(ROOT_INO, b"b")).ino == a.ino and a.nlink == 2
