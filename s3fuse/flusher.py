@@ -576,9 +576,8 @@ class Flusher:
     def _idle(self, inos: list[int] | None = None) -> bool:
         """Nothing left to do (for ``inos``, or at all). Uses the in-memory schedule,
         which mirrors the journal's dirty set; cheap enough to ask after every upload."""
-        with self.journal.read() as txn:
-            if txn.first_op() is not None:
-                return False
+        if self.journal.ops_index.count:
+            return False
         if inos is None:
             return not self._due and not self._inflight
         return not any(i in self._due or i in self._inflight for i in inos)

@@ -302,15 +302,8 @@ class Txn:
         return seq
 
     def ops(self) -> list[tuple[int, dict[str, Any]]]:
-        with self.txn.cursor(db=self._j.db_ops) as cur:
-            return [(_U64.unpack(k)[0], json.loads(v)) for k, v in cur]
-
-    def first_op(self) -> tuple[int, dict[str, Any]] | None:
-        """The oldest pending op, without reading the whole log."""
-        with self.txn.cursor(db=self._j.db_ops) as cur:
-            if not cur.first():
-                return None
-            return _U64.unpack(cur.key())[0], json.loads(cur.value())
+        """Every pending op, in order (fsck reads them all)."""
+        return list(self.ops_from())
 
     def ops_from(self, after: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
         """Pending ops in order, from the first one after ``after``, decoded lazily (a
