@@ -1400,6 +1400,9 @@ class Runner:
                     twin.start()
                     target = twin
                 drop_caches()
+            else:
+                # no step pays for the write-back of the one before it
+                os.sync()
             phase = "run"
             pid = target.daemon_pid() if isinstance(target, S3fuse) else None
             if self.profiler and pid:
