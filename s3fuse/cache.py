@@ -9,12 +9,17 @@ Local disk I/O runs inline on the event loop on purpose: a pread/pwrite that hit
 the page cache costs microseconds, far less than a hop to a worker thread. Only
 object-store calls go to threads.
 
+Large sequential writes start their own write-back (``sync_file_range``) every
+``WRITEBACK_KICK_BYTES``: the disk works while the writer goes on, so an ``fsync`` at
+the end (or the kernel's own write-back) finds little left to write.
+
 Clean data is evicted least-recently-used once the cache holds more than its limit;
 dirty data and files in use are never evicted (``evict`` asks the caller).
 """
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import os
 import shutil
@@ -25,6 +30,23 @@ import cachetools
 BLOCK_BYTES = 1 << 20
 SNAPSHOT_INLINE_BYTES = 8 << 20
 _MAX_OPEN_FDS = 256
+WRITEBACK_KICK_BYTES = 8 << 20
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _writeback_starter() -> Callable[[int, int, int], object] | None:
+    """``sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE)``: start writing
+    those dirty pages to disk, without waiting (None where libc lacks it)."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return lambda fd, offset, length: fn(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
+_start_writeback = _writeback_starter()
 
 
 class _FdCache(cachetools.LRUCache):
@@ -54,6 +76,8 @@ class Cache:
         self._lru: dict[int, int] = {}
         self.used_bytes = 0
         self._snap_seq = 0
+        # ino -> end of the range whose write-back was last started (see write)
+        self._kicked: dict[int, int] = {}
         for entry in os.scandir(self.data_dir):
             if entry.name.isdigit():
                 size = entry.stat().st_blocks * 512
@@ -100,6 +124,7 @@ class Cache:
             os.ftruncate(fd, size)
         self._changed(ino)
         self._present.pop(ino, None)
+        self._kicked.pop(ino, None)
         old = self._lru.pop(ino, 0)
         self.used_bytes -= old
         self._lru[ino] = 0
@@ -116,6 +141,12 @@ class Cache:
         if written != len(data):  # a short write to a regular file means a full disk
             raise OSError(28, "cache disk full")
         self._touch(ino, max(0, offset + len(data) - max(end, offset)) + 0)
+        stop = offset + len(data)
+        kicked = self._kicked.get(ino, 0)
+        if stop - kicked >= WRITEBACK_KICK_BYTES and _start_writeback is not None:
+            # (a failure only means the pages are written back later, as usual)
+            _start_writeback(fd, kicked, stop - kicked)
+            self._kicked[ino] = stop
 
     def truncate(self, ino: int, size: int) -> None:
         fd = self._fd(ino)
@@ -123,6 +154,8 @@ class Cache:
         self._changed(ino)
         os.ftruncate(fd, size)
         self._touch(ino, size - old if size < old else 0)
+        if self._kicked.get(ino, 0) > size:
+            self._kicked[ino] = size
         present = self._present.get(ino)
         if present is not None:
             last = (size + BLOCK_BYTES - 1) // BLOCK_BYTES
@@ -143,6 +176,7 @@ class Cache:
     def remove(self, ino: int) -> None:
         self.close(ino)
         self._present.pop(ino, None)
+        self._kicked.pop(ino, None)
         self._gen.pop(ino, None)
         self.used_bytes -= self._lru.pop(ino, 0)
         try:
