@@ -1223,8 +1223,12 @@ class Filesystem:
             await self.ensure_cached(h.ino)
         if self.flusher is not None:
             await self.flusher.wait_for_room(h.ino, max(inode.size, offset + len(data)))
-        self._dirty_before_data_change(h.ino)  # (no await from here to the cache write)
         now = _now_ns()
+        end = offset + len(data)
+        if self._write_deferred(h.ino, end, now):
+            self.cache.write(h.ino, offset, data)
+            return len(data)
+        self._dirty_before_data_change(h.ino)  # (no await from here to the cache write)
         pending: list[int] = []
         self.cache.write(h.ino, offset, data)
         with self.journal.write() as txn:
@@ -1236,6 +1240,22 @@ class Filesystem:
             txn.put(inode)
         self._notify(pending)
         return len(data)
+
+    def _write_deferred(self, ino: int, end: int, now: int) -> bool:
+        """The common case of a write: to a file already DIRTY_DATA in the journal, with
+        one name. Its new size and times go into a deferred record (no transaction,
+        see ``Journal.defer``). False when the write needs the full path."""
+        with self.journal.read() as txn:
+            inode = txn.get(ino)
+        if inode is None or inode.nlink == 0 or not inode.dirty & DIRTY_DATA \
+                or inode.links or inode.link_of:
+            return False
+        inode.size = max(inode.size, end)
+        inode.mtime_ns = inode.ctime_ns = now
+        inode.change_seq += 1
+        self.journal.defer(inode)
+        self._notify([ino])
+        return True
 
     async def fsync(self, fh: int) -> None:
         h = self._handle(fh)

@@ -290,7 +290,9 @@ class Flusher:
             self._failed(ino, key, "fetch", exc)
             return
         # From here to the request: no await, so the snapshot, its sequence number
-        # and the condition are one consistent view.
+        # and the condition are one consistent view. Deferred records are written
+        # first: the object's s3fuse-seq tag must never be ahead of the journal on disk.
+        self.journal.persist()
         with self.journal.read() as txn:
             inode = txn.get(ino)
             if inode is None or inode.nlink == 0 or not inode.dirty \

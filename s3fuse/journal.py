@@ -35,6 +35,19 @@ The environment is opened without a sync per commit (``sync=False``): a daemon c
 (kill -9) loses nothing because committed pages are in the OS page cache; ``sync()``
 forces them to disk, and ``fsync(2)`` on the mount, the periodic checkpoint and
 unmount call it. A host crash can lose changes made since the last ``sync()``.
+
+Disk space: ``RESERVE_BYTES`` beyond the journal's last page are kept allocated in
+its file (``posix_fallocate``), so commits still find room when cache files have
+filled the disk; above all the unlink that frees the space.
+
+*Deferred records* (``Journal.defer``): a write to a file whose record already says
+DIRTY_DATA changes only its size, times and change sequence. Such a record is kept in
+memory and written by the next write transaction, by ``sync()``, or after at most
+``Journal.DEFER_S`` seconds, instead of a commit per ``write(2)``. Every read sees it.
+A crash can lose it, and loses nothing the user needs: the record on disk is still
+dirty (so the file is uploaded again), replay takes the size from the cache file's
+length, and the flusher writes deferred records before an upload, so no object in
+the bucket carries a change sequence the journal has not committed.
 """
 
 from __future__ import annotations
@@ -43,6 +56,7 @@ import errno
 import json
 import os
 import struct
+import time
 from collections.abc import Iterator
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
@@ -192,29 +206,34 @@ class Txn:
     inode (its parent, the moved inode) several times, and encoding is the costly
     part. ``get`` sees them, so the transaction reads its own writes as before."""
 
-    def __init__(self, journal: Journal, txn: lmdb.Transaction) -> None:
+    def __init__(self, journal: Journal, txn: lmdb.Transaction, write: bool = False) -> None:
         self._j = journal
         self.txn = txn
+        self._write = write
         # this transaction's changes to the journal's op index, applied at commit
         self.op_delta = _OpIndex()
         self._unwritten: dict[int, Inode] = {}
+        self._deleted: set[int] = set()  # (so a deferred record of one is not seen)
 
     def flush(self) -> None:
-        """Write the inodes put so far (before commit, and before a raw scan)."""
-        if not self._unwritten:
+        """Write the inodes put so far, and the journal's deferred records (before
+        commit, and before a raw scan)."""
+        deferred = self._j.deferred if self._write else None
+        if not self._unwritten and not deferred:
             return
         encode, db = self._j.decoded.encode, self._j.db_inodes
+        if deferred:
+            for ino, inode in deferred.items():
+                if ino not in self._unwritten and ino not in self._deleted:
+                    self.txn.put(_k(ino), encode(inode), db=db)
         for ino, inode in self._unwritten.items():
             self.txn.put(_k(ino), encode(inode), db=db)
         self._unwritten.clear()
 
     # --- inodes -------------------------------------------------------------------
     def get(self, ino: int) -> Inode | None:
-        inode = self._unwritten.get(ino)
-        if inode is not None:
-            return _copy(inode)
-        raw = self.txn.get(_k(ino), db=self._j.db_inodes)
-        return self._j.decoded.get(raw) if raw is not None else None
+        inode = self.peek(ino)
+        return _copy(inode) if inode is not None else None
 
     def peek(self, ino: int) -> Inode | None:
         """Like ``get`` but without the copy: the caller must not change the result
@@ -222,6 +241,10 @@ class Txn:
         inode = self._unwritten.get(ino)
         if inode is not None:
             return inode
+        if self._j.deferred and ino not in self._deleted:
+            inode = self._j.deferred.get(ino)
+            if inode is not None:
+                return inode
         raw = self.txn.get(_k(ino), db=self._j.db_inodes)
         return self._j.decoded.peek(raw) if raw is not None else None
 
@@ -231,6 +254,7 @@ class Txn:
 
     def delete_inode(self, ino: int) -> None:
         self._unwritten.pop(ino, None)
+        self._deleted.add(ino)
         self.txn.delete(_k(ino), db=self._j.db_inodes)
         self.txn.delete(_k(ino), db=self._j.db_dirty)
 
@@ -242,9 +266,11 @@ class Txn:
 
     def all_inodes(self) -> Iterator[Inode]:
         self.flush()
+        deferred = {} if self._write else self._j.deferred
         with self.txn.cursor(db=self._j.db_inodes) as cur:
-            for _, raw in cur:
-                yield Inode.decode(raw)
+            for key, raw in cur:
+                d = deferred.get(_U64.unpack(key)[0])
+                yield _copy(d) if d is not None else Inode.decode(raw)
 
     def get_meta(self, key: bytes) -> bytes | None:
         return self.txn.get(key, db=self._j.db_meta)
@@ -394,6 +420,9 @@ class Journal:
     to date at each commit from the transaction's own counts), so "does a pending op
     name this key?" costs a dict look-up instead of a read of the whole log."""
 
+    #: disk space kept allocated ahead of the last page (see the module's docstring)
+    RESERVE_BYTES = 8 << 20
+
     def __init__(self, path: str, map_size: int = 1 << 36) -> None:
         os.makedirs(path, mode=0o700, exist_ok=True)
         self.path = path
@@ -412,8 +441,15 @@ class Journal:
             elif int(fmt) != FORMAT_VERSION:
                 raise RuntimeError(f"journal {path} has format {int(fmt)}, "
                                    f"this s3fuse reads {FORMAT_VERSION}")
+        self._data_file = os.path.join(path, "data.mdb")
+        self._page = self.env.stat()["psize"]
+        self._allocated = 0
+        self._reserve()
         self.ops_index = _OpIndex()
         self.unsynced = True  # a write transaction committed since the last sync
+        # ino -> record not yet written (see "Deferred records" above)
+        self.deferred: dict[int, Inode] = {}
+        self._deferred_since = 0.0
         with self.read() as txn:
             for _, op in txn.ops_from():
                 self.ops_index.add(op, 1)
@@ -437,14 +473,54 @@ class Journal:
             txn.put(key, value, db=self.db_meta)
         self.unsynced = True
 
+    def _reserve(self) -> None:
+        """Keep ``RESERVE_BYTES`` allocated past the last page (after each commit;
+        a full disk just leaves the reserve as it is)."""
+        used = (self.env.info()["last_pgno"] + 1) * self._page
+        if used + self.RESERVE_BYTES // 2 <= self._allocated:
+            return
+        try:
+            fd = os.open(self._data_file, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.posix_fallocate(fd, 0, used + self.RESERVE_BYTES)
+            finally:
+                os.close(fd)
+        except OSError:
+            return
+        self._allocated = used + self.RESERVE_BYTES
+
+    #: the longest a deferred record waits for its write
+    DEFER_S = 1.0
+
+    def defer(self, inode: Inode) -> None:
+        """Put ``inode`` without a transaction of its own: it is written with the next
+        one (see "Deferred records" above). Only for a record whose version on disk
+        already has DIRTY_DATA and which differs from it by size, times and change
+        sequence only. ``inode`` is kept: the caller must not change it afterwards.
+        Never call this inside a transaction."""
+        now = time.monotonic()
+        if not self.deferred:
+            self._deferred_since = now
+        self.deferred[inode.ino] = inode
+        if now - self._deferred_since >= self.DEFER_S:
+            self.persist()
+
+    def persist(self) -> None:
+        """Write the deferred records now (one transaction)."""
+        if self.deferred:
+            with self.write():
+                pass  # (the commit writes them)
+
     def sync(self) -> None:
-        """Force every committed transaction to disk (nothing to do when no write
-        transaction committed since the last sync)."""
+        """Force every committed transaction, and the deferred records, to disk
+        (nothing to do when nothing changed since the last sync)."""
+        self.persist()
         if self.unsynced:
             self.unsynced = False
             self.env.sync(True)
 
     def close(self) -> None:
+        self.persist()
         self.env.sync(True)
         self.env.close()
 
@@ -456,7 +532,7 @@ class _TxnContext:
 
     def __enter__(self) -> Txn:
         self._lmdb = self._journal.env.begin(write=self._write)
-        self._txn = Txn(self._journal, self._lmdb)
+        self._txn = Txn(self._journal, self._lmdb, self._write)
         return self._txn
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -474,4 +550,6 @@ class _TxnContext:
             raise
         if self._write:
             self._journal.unsynced = True
+            self._journal.deferred.clear()  # (the commit wrote them, or newer versions)
+            self._journal._reserve()
         self._journal.ops_index.merge(self._txn.op_delta)  # (a no-op when untouched)

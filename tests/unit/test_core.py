@@ -19,7 +19,7 @@ from s3fuse.cache import Cache
 from s3fuse.errors import FsError
 from s3fuse.filesystem import Defaults, Filesystem, SetAttrs
 from s3fuse.flusher import Flusher
-from s3fuse.journal import ROOT_INO, Journal
+from s3fuse.journal import ROOT_INO, Inode, Journal
 from s3fuse.remote import Remote
 from s3fuse.store.memory import MemoryStore
 
@@ -102,6 +102,77 @@ def test_hundred_writes_in_one_window_make_one_put(tmp_path):
         assert md["uid"] == "1000"
         await trio.sleep(WINDOW * 3)
         assert rig.counts()["put"] == 1  # nothing left to upload
+
+    run(tmp_path, scenario)
+
+
+def test_writes_to_a_dirty_file_commit_nothing_and_a_crash_loses_no_byte(tmp_path):
+    """After the first, writes to a dirty file only defer its record (no LMDB commit);
+    the size is seen at once; fsync writes it; a crash that loses the deferred record
+    still uploads every byte (replay takes the cache file's length)."""
+    store = MemoryStore()
+    commits = []
+
+    async def before_crash():
+        rig = Rig(tmp_path, store)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(rig.flusher.run)
+            await writes(rig)
+            nursery.cancel_scope.cancel()
+        rig.journal.deferred.clear()  # the "crash" loses the deferred record
+        rig.close()
+
+    async def writes(rig: Rig):
+        real_write = rig.journal.write
+        rig.journal.write = lambda: commits.append(1) or real_write()
+        fh, inode = await rig.fs.create(ROOT_INO, b"f", 0o644, 1000, 1000)
+        await rig.fs.write(fh, 0, b"a" * 10)
+        before = len(commits)
+        for i in range(1, 50):
+            await rig.fs.write(fh, i * 10, bytes([97 + i % 26]) * 10)
+        assert len(commits) == before  # 49 writes, no transaction
+        assert rig.fs.get(inode.ino).size == 500
+        await rig.fs.fsync(fh)
+        assert not rig.journal.deferred
+        await rig.fs.write(fh, 500, b"z" * 100)
+        assert rig.fs.get(inode.ino).size == 600
+        await rig.fs.release(fh)
+        assert rig.journal.deferred  # the last write's record: lost in the crash
+
+    async def after_restart():
+        rig = await replayed(tmp_path, store)
+        want = b"".join(bytes([97 + i % 26]) * 10 for i in range(50)) + b"z" * 100
+        assert rig.bucket() == {"f": want}
+        rig.close()
+
+    trio.run(before_crash, clock=trio.testing.MockClock(autojump_threshold=0))
+    trio.run(after_restart, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_an_upload_writes_deferred_records_first(tmp_path):
+    """The object's s3fuse-seq tag is never ahead of the journal on disk (else a
+    crash right after the PUT would take our own object for an outside change)."""
+    async def scenario(rig: Rig):
+        fh, inode = await rig.fs.create(ROOT_INO, b"f", 0o644, 1000, 1000)
+        await rig.fs.write(fh, 0, b"a")
+        await rig.fs.write(fh, 1, b"b")  # deferred
+        await rig.fs.release(fh)
+        assert inode.ino in rig.journal.deferred
+        seen = []
+        real_put = rig.store.put
+
+        def put(key, body, md, **kw):
+            with rig.journal.env.begin() as raw:
+                rec = Inode.decode(raw.get(inode.ino.to_bytes(8, "big"),
+                                           db=rig.journal.db_inodes))
+            seen.append((md["s3fuse-seq"], rec.change_seq))
+            return real_put(key, body, md, **kw)
+
+        rig.store.put = put
+        await trio.sleep(WINDOW + 5)
+        assert rig.bucket() == {"f": b"ab"}
+        [(tag, on_disk)] = seen
+        assert tag.endswith(f":{on_disk}")
 
     run(tmp_path, scenario)
 

@@ -77,7 +77,8 @@ def test_sync_writes_only_after_a_commit(tmp_path, monkeypatch):
     real = journal.env.sync
     monkeypatch.setattr(journal, "env", type("E", (), {
         "sync": staticmethod(lambda force: calls.append(force) or real(force)),
-        "begin": journal.env.begin, "close": journal.env.close})())
+        "begin": journal.env.begin, "close": journal.env.close,
+        "info": journal.env.info})())
     journal.sync()
     journal.sync()  # nothing committed since
     with journal.read() as txn:
@@ -106,3 +107,74 @@ def test_the_op_index_follows_a_retarget_without_other_op_changes(tmp_path):
     assert journal.ops_index.keys == {"a": 1, "b": 1} and journal.ops_index.count == 1
     journal.close()
     assert Journal(str(tmp_path / "j")).ops_index.copy_inos == {3: 1}  # as rebuilt
+
+
+def _on_disk(j: Journal, ino: int) -> Inode | None:
+    """The record as committed in LMDB, deferred records aside."""
+    with j.env.begin() as raw:
+        data = raw.get(ino.to_bytes(8, "big"), db=j.db_inodes)
+    return Inode.decode(data) if data is not None else None
+
+
+def test_a_deferred_record_is_read_at_once_and_written_by_the_next_commit(tmp_path):
+    j = Journal(str(tmp_path / "j"))
+    with j.write() as txn:
+        txn.put(_inode(5, size=1, dirty=1))
+    j.defer(_inode(5, size=2, dirty=1))
+    with j.read() as txn:
+        assert txn.get(5).size == 2 and txn.peek(5).size == 2
+        assert [i.size for i in txn.all_inodes()] == [2]
+    assert _on_disk(j, 5).size == 1
+    with j.write() as txn:  # any commit writes it
+        txn.put(_inode(6))
+    assert _on_disk(j, 5).size == 2 and not j.deferred
+    j.defer(_inode(5, size=3, dirty=1))
+    j.sync()
+    assert _on_disk(j, 5).size == 3
+    j.defer(_inode(5, size=4, dirty=1))
+    j.close()
+    assert _on_disk(Journal(str(tmp_path / "j")), 5).size == 4
+
+
+def test_a_transaction_sees_no_deferred_record_of_what_it_deleted_and_an_abort_keeps_it(
+        tmp_path):
+    j = Journal(str(tmp_path / "j"))
+    with j.write() as txn:
+        txn.put(_inode(5, dirty=1))
+    j.defer(_inode(5, size=2, dirty=1))
+    with pytest.raises(RuntimeError), j.write() as txn:
+        txn.delete_inode(5)
+        assert txn.get(5) is None
+        raise RuntimeError("abort")
+    with j.read() as txn:
+        assert txn.get(5).size == 2  # still deferred, still seen
+    with j.write() as txn:
+        txn.delete_inode(5)
+        assert txn.get(5) is None
+    with j.read() as txn:
+        assert txn.get(5) is None
+    assert _on_disk(j, 5) is None and not j.deferred
+    j.close()
+
+
+def test_a_deferred_record_waits_at_most_defer_s(tmp_path, monkeypatch):
+    j = Journal(str(tmp_path / "j"))
+    with j.write() as txn:
+        txn.put(_inode(5, dirty=1))
+    monkeypatch.setattr(Journal, "DEFER_S", 0.0)
+    j.defer(_inode(5, size=9, dirty=1))
+    assert _on_disk(j, 5).size == 9 and not j.deferred
+    j.close()
+
+
+def test_the_journal_keeps_disk_space_allocated_ahead_of_its_last_page(tmp_path):
+    j = Journal(str(tmp_path / "j"))
+    data = tmp_path / "j" / "data.mdb"
+    assert data.stat().st_blocks * 512 >= Journal.RESERVE_BYTES
+    with j.write() as txn:
+        for ino in range(2, 40_000):
+            txn.put(_inode(ino, xattrs={"user.pad": "x" * 200}))
+    used = (j.env.info()["last_pgno"] + 1) * j.env.stat()["psize"]
+    assert used > Journal.RESERVE_BYTES  # it grew past the first reserve ...
+    assert data.stat().st_blocks * 512 >= used + Journal.RESERVE_BYTES // 2  # ... and kept one
+    j.close()
