@@ -73,6 +73,11 @@ class NotSupported(StoreError):
     """The server does not implement a feature we asked for (HTTP 501)."""
 
 
+class BodyChanged(StoreError):
+    """A put's body (a file something else may write) changed while it was read:
+    nothing was stored. Not a failure of the store; the caller tries again."""
+
+
 class TransientStoreError(StoreError):
     """Timeouts, refused connections, 5xx, throttling: worth retrying later."""
 

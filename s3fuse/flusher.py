@@ -33,13 +33,14 @@ import logging
 import stat
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import trio
 
 from . import faults
-from .errors import FsError, NoSuchKey, PreconditionFailed, StoreError
+from .errors import BodyChanged, FsError, NoSuchKey, PreconditionFailed, StoreError
 from .journal import DIRTY_DATA, Inode
 from .reconcile import Decision
 from .store.base import ObjectInfo
@@ -51,6 +52,10 @@ log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 30.0
 SEQ_META = "s3fuse-seq"
+#: files at least this large are uploaded from their cache file, not from a copy (at
+#: least the S3 store's multipart threshold: its parts are read, and the file checked,
+#: before the upload completes)
+LIVE_BODY_MIN_BYTES = 16 << 20
 
 
 @dataclass
@@ -76,6 +81,7 @@ class Flusher:
         self._inflight: dict[int, str] = {}
         self._busy: Counter[str] = Counter()
         self._retry_at: dict[int, float] = {}
+        self._live_changed: set[int] = set()  # their last upload from the cache failed
         self._backoff: dict[int, float] = {}
         self._ops_retry_at = 0.0
         self._ops_backoff = 0.0
@@ -146,6 +152,7 @@ class Flusher:
         self._due.pop(ino, None)
         self._retry_at.pop(ino, None)
         self._backoff.pop(ino, None)
+        self._live_changed.discard(ino)
 
     def is_uploading(self, ino: int) -> bool:
         return ino in self._inflight
@@ -314,18 +321,20 @@ class Flusher:
         md[SEQ_META] = f"{self.instance_id}:{ino}:{seq}"
         if_match = inode.remote_etag if inode.remote_key == key else None
         body: bytes | str = b""
+        unchanged: Callable[[], bool] | None = None
         as_copy = False
         if stat.S_ISREG(data.mode):
             if not inode.dirty & DIRTY_DATA and inode.remote_key == key:
                 as_copy = True
             else:
-                body = fs.cache.snapshot(data.ino, data.size)
+                body, unchanged = self._file_body(ino, data)
         elif stat.S_ISLNK(data.mode):
             body = (data.target or "").encode("utf-8", "surrogateescape")
+        snapshot = body if unchanged is None else b""  # (the cache file is not ours)
         if not fs.remote.capabilities.conditional_put and not as_copy:
             # the server ignores conditions: check first (best effort, not atomic)
             if await self._changed_outside(ino, key, inode.remote_etag if if_match else None):
-                fs.cache.drop_snapshot(body)
+                fs.cache.drop_snapshot(snapshot)
                 return
             if_match, unconditional = None, True
         else:
@@ -337,8 +346,16 @@ class Flusher:
                 self.counts["copy"] += 1
             else:
                 etag = await fs.remote.put(key, body, md, if_match=if_match,
-                                           if_none_match=if_match is None and not unconditional)
+                                           if_none_match=if_match is None and not unconditional,
+                                           unchanged=unchanged)
                 self.counts["put"] += 1
+        except BodyChanged:
+            # written while it went up: nothing was stored; the write made it due
+            # again, and the next attempt sends a snapshot, so a file written all the
+            # time still gets uploaded
+            self._live_changed.add(ino)
+            self.counts["body_changed"] += 1
+            return
         except PreconditionFailed:
             try:
                 info = await self._head(key)
@@ -356,9 +373,21 @@ class Flusher:
             self._failed(ino, key, "copy" if as_copy else "put", exc)
             return
         finally:
-            fs.cache.drop_snapshot(body)
+            fs.cache.drop_snapshot(snapshot)
         faults.crash_point("after-put")
         self._commit(ino, key, etag, seq)
+
+    def _file_body(self, ino: int, data: Inode) -> tuple[bytes | str, Callable[[], bool] | None]:
+        """What an upload of a regular file sends. A large file goes straight from its
+        cache file, with a check the store makes before the object becomes visible
+        (nothing written since the upload began: see ``ObjectStore.put``), so no copy
+        of it is made. Smaller files, and one whose last such upload was overtaken by
+        a write, go from a private snapshot."""
+        cache = self.fs.cache
+        if data.size < LIVE_BODY_MIN_BYTES or ino in self._live_changed:
+            return cache.snapshot(data.ino, data.size), None
+        generation = cache.generation(data.ino)
+        return cache.path(data.ino), lambda: cache.generation(data.ino) == generation
 
     async def _head(self, key: str) -> ObjectInfo | None:
         try:
@@ -425,6 +454,7 @@ class Flusher:
                     inode.dirty = 0
                     txn.clear_dirty(ino)
                     clean = True
+                    self._live_changed.discard(ino)
                 txn.put(inode)
             elif txn.copy_pending_to(key):
                 # It moved or went away while we uploaded, and a queued server-side

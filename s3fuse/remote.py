@@ -73,9 +73,10 @@ class Remote:
                 return merged
 
     async def put(self, key: str, body: Body, metadata: dict[str, str], *,
-                  if_match: str | None = None, if_none_match: bool = False) -> str:
+                  if_match: str | None = None, if_none_match: bool = False,
+                  unchanged: Callable[[], bool] | None = None) -> str:
         return await self._call(self.store.put, key, body, metadata, if_match=if_match,
-                                if_none_match=if_none_match)
+                                if_none_match=if_none_match, unchanged=unchanged)
 
     async def copy(self, src: str, dst: str, metadata: dict[str, str] | None = None, *,
                    src_if_match: str | None = None) -> str:

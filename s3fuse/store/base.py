@@ -19,6 +19,7 @@ Conventions shared by all backends:
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol, Union
 
@@ -94,10 +95,17 @@ class ObjectStore(Protocol):
         Returns the number of bytes written."""
 
     def put(self, key: str, body: Body, metadata: dict[str, str], *,
-            if_match: str | None = None, if_none_match: bool = False) -> str:
+            if_match: str | None = None, if_none_match: bool = False,
+            unchanged: Callable[[], bool] | None = None) -> str:
         """Store the whole object atomically (readers never see a partial object).
 
         Large bodies may go up as a multipart upload. Returns the new ETag.
+
+        With ``unchanged``, ``body`` is a file that may be written while it is read
+        (the mount's own cache file: no copy is made). ``unchanged()`` tells whether
+        it is as it was when the call began; the store calls it after reading the
+        last byte and before the object becomes visible, and if it answers False,
+        stores nothing and raises BodyChanged. It may be called from any thread.
         """
 
     def copy(self, src_key: str, dst_key: str, metadata: dict[str, str] | None = None, *,

@@ -39,11 +39,12 @@ import secrets
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 from s3fuse.errors import (
     AccessDenied,
+    BodyChanged,
     InvalidKey,
     KeyConflict,
     NoSuchBucket,
@@ -487,7 +488,8 @@ class FileStore:
     # --- writing ------------------------------------------------------------------------
 
     def put(self, key: str, body: Body, metadata: dict[str, str], *,
-            if_match: str | None = None, if_none_match: bool = False) -> str:
+            if_match: str | None = None, if_none_match: bool = False,
+            unchanged: Callable[[], bool] | None = None) -> str:
         segments, is_marker = split_key(key)
         if is_marker:
             if body_size(body):
@@ -499,6 +501,9 @@ class FileStore:
             for block in iter_body(body):
                 digest.update(block)
                 _write_all(fd, block)
+            if unchanged is not None and not unchanged():
+                raise BodyChanged(f"file store: the body of {key!r} changed while it "
+                                  "was read")
             return digest.hexdigest()
 
         return self._write_object(key, segments, fill, metadata, if_match, if_none_match)

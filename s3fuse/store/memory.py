@@ -17,10 +17,11 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from s3fuse.errors import InvalidKey, NoSuchKey, PreconditionFailed
+from s3fuse.errors import BodyChanged, InvalidKey, NoSuchKey, PreconditionFailed
 from s3fuse.store._body import check_range, md5_hex, read_body
 from s3fuse.store._listing import Resume, decode_token, paginate, roll_up
 from s3fuse.store.base import Body, Capabilities, ListPage, ObjectInfo
@@ -156,9 +157,12 @@ class MemoryStore:
         return len(data)
 
     def put(self, key: str, body: Body, metadata: dict[str, str], *,
-            if_match: str | None = None, if_none_match: bool = False) -> str:
+            if_match: str | None = None, if_none_match: bool = False,
+            unchanged: Callable[[], bool] | None = None) -> str:
         _validate(key)
         data = read_body(body)  # outside the lock: may read a file
+        if unchanged is not None and not unchanged():
+            raise BodyChanged(f"memory: the body of {key!r} changed while it was read")
         new = _Object(data, dict(metadata), md5_hex(data), time.time_ns())
         with self._bucket.lock:
             self._request("put")

@@ -27,7 +27,7 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, BinaryIO
@@ -51,6 +51,7 @@ from botocore.exceptions import (
 
 from s3fuse.errors import (
     AccessDenied,
+    BodyChanged,
     InvalidKey,
     NoSuchBucket,
     NoSuchKey,
@@ -430,11 +431,19 @@ class S3Store:
         return send(self._conditions(if_match, if_none_match, not bare))
 
     def put(self, key: str, body: Body, metadata: dict[str, str], *,
-            if_match: str | None = None, if_none_match: bool = False) -> str:
+            if_match: str | None = None, if_none_match: bool = False,
+            unchanged: Callable[[], bool] | None = None) -> str:
         self._check_key(key)
         size = body_size(body)
         if size > self.multipart_threshold:
-            return self._put_multipart(key, body, size, metadata, if_match, if_none_match)
+            return self._put_multipart(key, body, size, metadata, if_match, if_none_match,
+                                       unchanged)
+        if unchanged is not None and not is_bytes(body):
+            # one request cannot be checked before it lands: read the (small) body
+            # first, and check that
+            with open(body, "rb") as f:  # type: ignore[arg-type]
+                body = f.read()
+            _check_unchanged(unchanged, self._where(key))
         conditional = if_match is not None or if_none_match
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key,
                                   "Metadata": dict(metadata)}
@@ -469,7 +478,8 @@ class S3Store:
                 f"PUT {self._where(key)}: the object is not at etag {if_match}")
 
     def _put_multipart(self, key: str, body: Body, size: int, metadata: dict[str, str],
-                       if_match: str | None, if_none_match: bool) -> str:
+                       if_match: str | None, if_none_match: bool,
+                       unchanged: Callable[[], bool] | None = None) -> str:
         self._precheck(key, if_match, if_none_match)
         part_size = max(self.part_size, math.ceil(size / MAX_PARTS))
         count = max(1, math.ceil(size / part_size))
@@ -494,14 +504,15 @@ class S3Store:
                 return {"PartNumber": number, "ETag": r["ETag"]}
 
             return self._multipart(key, {"Metadata": dict(metadata)}, count, upload,
-                                   (if_match, if_none_match))
+                                   (if_match, if_none_match), unchanged=unchanged)
 
     def _multipart(self, key: str, create_args: dict, count: int, upload_part,
                    complete_cond: tuple[str | None, bool] = (None, False),
-                   op: str = "PUT") -> str:
+                   op: str = "PUT", unchanged: Callable[[], bool] | None = None) -> str:
         """Create a multipart upload, run ``upload_part(upload_id, n)`` for parts
         1..count (some in parallel), and complete it under the conditions
-        ``(if_match, if_none_match)``; abort it on any failure."""
+        ``(if_match, if_none_match)`` if ``unchanged()`` still holds; abort it on any
+        failure."""
         with self._op(op, key):
             upload_id = self._client.create_multipart_upload(
                 Bucket=self.bucket, Key=key, **create_args)["UploadId"]
@@ -511,6 +522,8 @@ class S3Store:
                     thread_name_prefix="s3fuse-part") as pool:
                 parts = list(pool.map(lambda n: upload_part(upload_id, n),
                                       range(1, count + 1)))
+            if unchanged is not None:
+                _check_unchanged(unchanged, self._where(key))
             if_match, if_none_match = complete_cond
 
             def complete(cond: dict[str, str]) -> dict:
@@ -669,6 +682,11 @@ def _looks_like_network(exc: BaseException) -> bool:
     name = type(exc).__name__
     return isinstance(exc, BotoCoreError) and any(
         word in name for word in ("Connection", "Read", "Streaming", "HTTPClient"))
+
+
+def _check_unchanged(unchanged: Callable[[], bool], where: str) -> None:
+    if not unchanged():
+        raise BodyChanged(f"PUT {where}: the body changed while it was read")
 
 
 def _pread_exact(fd: int, length: int, offset: int) -> bytes:

@@ -16,6 +16,7 @@ from servers import MotoServer, closed_port
 
 from s3fuse.errors import (
     AccessDenied,
+    BodyChanged,
     NoSuchBucket,
     NoSuchKey,
     PreconditionFailed,
@@ -115,6 +116,27 @@ def test_multipart_put_conditions(small, raw, bucket, monkeypatch, s3_target):
             small.put("mp", os.urandom(6 * MiB), {}, if_none_match=True)
         assert small.head("mp").etag == e2
     assert pending_uploads(raw, bucket) == []  # the refused upload was aborted
+
+
+def test_multipart_put_of_a_changing_body_is_checked_after_every_part_and_aborted(
+        small, raw, bucket, tmp_path, monkeypatch):
+    path = tmp_path / "live.bin"
+    path.write_bytes(os.urandom(11 * MiB))
+    parts: list[int] = []
+    upload_part = small._client.upload_part
+
+    def spy(**kwargs):
+        parts.append(kwargs["PartNumber"])
+        return upload_part(**kwargs)
+
+    monkeypatch.setattr(small._client, "upload_part", spy)
+    asked: list[int] = []
+    with pytest.raises(BodyChanged):
+        small.put("live", str(path), {}, unchanged=lambda: asked.append(len(parts)) or False)
+    assert asked == [3]  # once, after the third and last part
+    assert pending_uploads(raw, bucket) == []
+    with pytest.raises(NoSuchKey):
+        small.head("live")
 
 
 def test_multipart_failure_aborts_the_upload(small, raw, bucket, monkeypatch):

@@ -177,6 +177,44 @@ def test_an_upload_writes_deferred_records_first(tmp_path):
     run(tmp_path, scenario)
 
 
+def test_a_large_file_goes_up_from_its_cache_file_unless_written_meanwhile(tmp_path):
+    """No snapshot copy of a large file: the store checks that the cache file did not
+    change while it was read. A write during the upload voids it (nothing stored),
+    and the next upload, from a snapshot, carries the new bytes."""
+    from s3fuse.flusher import LIVE_BODY_MIN_BYTES
+
+    async def scenario(rig: Rig):
+        size = LIVE_BODY_MIN_BYTES + 4096
+        fh, inode = await rig.fs.create(ROOT_INO, b"big", 0o644, 1000, 1000)
+        await rig.fs.write(fh, 0, b"a" * size)
+        snapshots = []
+        real_snapshot = rig.cache.snapshot
+        rig.cache.snapshot = lambda ino, n: snapshots.append(ino) or real_snapshot(ino, n)
+        real_put = rig.store.put
+        bodies = []
+
+        def put(key, body, md, **kw):
+            bodies.append(body)
+            if len(bodies) == 1:  # a write lands while the first upload reads the file
+                rig.cache.write(inode.ino, 0, b"b")
+            return real_put(key, body, md, **kw)
+
+        rig.store.put = put
+        await trio.sleep(WINDOW + 5)
+        assert rig.flusher.counts["body_changed"] == 1
+        assert bodies[0] == rig.cache.path(inode.ino) and snapshots == [inode.ino]
+        assert rig.bucket() == {"big": b"b" + b"a" * (size - 1)}
+        # a later change goes up from the cache file again
+        await rig.fs.write(fh, 0, b"c")
+        await rig.fs.release(fh)
+        await trio.sleep(WINDOW + 5)
+        assert bodies[-1] == rig.cache.path(inode.ino) and snapshots == [inode.ino]
+        assert rig.bucket() == {"big": b"c" + b"a" * (size - 1)}
+        assert os.path.getsize(rig.cache.path(inode.ino)) == size  # (not removed)
+
+    run(tmp_path, scenario)
+
+
 def test_busy_writer_is_uploaded_within_one_window_of_first_change(tmp_path):
     async def scenario(rig: Rig):
         fh, _ = await rig.fs.create(ROOT_INO, b"busy", 0o644, 0, 0)

@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from s3fuse.errors import NoSuchKey, PreconditionFailed
+from s3fuse.errors import BodyChanged, NoSuchKey, PreconditionFailed
 from s3fuse.store.file import FileStore
 from s3fuse.store.memory import MemoryStore
 
@@ -181,6 +181,23 @@ def test_put_if_none_match(store):
     info = store.head("once")
     assert (info.etag, info.metadata) == (etag, {"a": "1"})
     assert store.get("once") == b"one"
+
+
+def test_put_of_a_body_that_changed_while_read_stores_nothing(store, tmp_path):
+    """``unchanged`` (a body another writer may change, as the mount's cache file) is
+    asked after the last byte is read; False leaves the old object in place."""
+    live = tmp_path / "live.bin"
+    live.write_bytes(b"new bytes" * 1000)
+    e1 = store.put("live", b"old", {"v": "1"})
+    asked = []
+    with pytest.raises(BodyChanged):
+        store.put("live", str(live), {"v": "2"}, if_match=e1,
+                  unchanged=lambda: asked.append(1) or False)
+    assert asked
+    info = store.head("live")
+    assert (info.etag, info.metadata) == (e1, {"v": "1"}) and store.get("live") == b"old"
+    store.put("live", str(live), {"v": "2"}, if_match=e1, unchanged=lambda: True)
+    assert store.get("live") == b"new bytes" * 1000
 
 
 def test_put_if_match(store):
