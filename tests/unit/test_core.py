@@ -215,6 +215,43 @@ def test_a_large_file_goes_up_from_its_cache_file_unless_written_meanwhile(tmp_p
     run(tmp_path, scenario)
 
 
+def test_opendir_relists_a_directory_not_polled_within_the_interval(tmp_path):
+    """The poller re-lists only directories in use (touched within two sweeps, or
+    holding an open file); opendir re-lists any other whose listing is older than
+    the poll interval, so what a reader sees is never older than that."""
+    async def scenario(rig: Rig):
+        rig.fs.poll_interval_s = 30.0
+        rig.store.put("d/old", b"1", {})
+        d = await rig.fs.lookup(ROOT_INO, b"d")
+        rig.fs.releasedir(await rig.fs.opendir(d.ino))  # first listing
+        made = await rig.fs.mkdir(ROOT_INO, b"made", 0o755, 1000, 1000)
+        lists = rig.store.counts["list"]
+        rig.store.put("d/new", b"2", {})
+        fh = await rig.fs.opendir(d.ino)  # listed just now: no LIST
+        assert rig.store.counts["list"] == lists
+        assert sorted(n for n, _, _ in rig.fs.readdir(fh, 0)) == [b"old"]
+        rig.fs.releasedir(await rig.fs.opendir(made.ino))  # made here: no LIST
+        assert rig.store.counts["list"] == lists
+        for ino in (d.ino, made.ino):  # as if listed longer ago than the interval
+            rig.fs._dir_listed_at[ino] -= 31
+        fh = await rig.fs.opendir(d.ino)
+        assert rig.store.counts["list"] == lists + 1
+        assert sorted(n for n, _, _ in rig.fs.readdir(fh, 0)) == [b"new", b"old"]
+        rig.fs.releasedir(fh)
+
+        # in use: touched lately, or the directory of an open file
+        assert set(rig.fs.dirs_to_poll(used_within_s=60)) == {ROOT_INO, d.ino, made.ino}
+        old = await rig.fs.lookup(d.ino, b"old")
+        f, _ = await rig.fs.open(old.ino, os.O_RDONLY)
+        for ino in rig.fs._dir_used:
+            rig.fs._dir_used[ino] -= 61
+        assert rig.fs.dirs_to_poll(used_within_s=60) == [d.ino]
+        await rig.fs.release(f)
+        assert rig.fs.dirs_to_poll(used_within_s=60) == []
+
+    run(tmp_path, scenario)
+
+
 def test_busy_writer_is_uploaded_within_one_window_of_first_change(tmp_path):
     async def scenario(rig: Rig):
         fh, _ = await rig.fs.create(ROOT_INO, b"busy", 0o644, 0, 0)
