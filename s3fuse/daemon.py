@@ -181,7 +181,6 @@ class Daemon:
                                  dir_mode=s.dir_mode))
         fs.init()
         fs.metadata_ttl_s = s.metadata_ttl_s
-        fs.poll_interval_s = s.poll_interval_s
         invalidations_in, self._invalidations = trio.open_memory_channel(10_000)
 
         def notify_kernel(entries: list[tuple[int, bytes]], inodes: list[int]) -> None:
@@ -255,7 +254,8 @@ class Daemon:
         while True:
             await trio.sleep(max(0.0, interval - swept))
             start = trio.current_time()
-            # in use: touched within the last two sweeps (opendir re-lists the others)
+            # in use: touched within the last two sweeps (a directory that comes back
+            # into use is re-listed at the next sweep)
             dirs = self.fs.dirs_to_poll(used_within_s=2 * interval)
             # spread the LISTs over half an interval: a burst of hundreds of them
             # (after an untar, say) would slow down whatever runs on the mount

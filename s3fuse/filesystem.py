@@ -129,10 +129,8 @@ class Filesystem:
         self.metadata_ttl_s = 1.0
         self._validated: dict[int, float] = {}  # ino -> monotonic time checked
         self._dir_used: dict[int, float] = {}  # directory ino -> monotonic time used
-        # directory ino -> monotonic time its listing was last taken (kept for
-        # ``poll_interval_s``: opendir re-lists a directory listed longer ago)
-        self._dir_listed_at: dict[int, float] = {}
-        self.poll_interval_s = 0.0  # 0: no re-listing at opendir (the daemon sets it)
+        # trio time of the last FUSE request (the flusher holds back while they come)
+        self.last_request_at = -float("inf")
         # close-to-open by directory: dir ino -> (monotonic time listed, {key: ETag})
         self._dir_etags: dict[int, tuple[float, dict[str, str]]] = {}
         self._dir_listing: dict[int, trio.Event] = {}
@@ -429,7 +427,6 @@ class Filesystem:
                 d.listed = True
                 txn.put(d)
             checked = time.monotonic()
-            self._dir_listed_at[ino] = checked
             for child_ino in added:
                 self._validated[child_ino] = checked
 
@@ -846,9 +843,6 @@ class Filesystem:
             txn.put(inode)
         self._notify(pending)
         self.add_lookup(inode.ino)
-        # made here, so known as of now: opendir re-lists it only once it is older
-        # than a poll interval, like any listing (git's opendirs cost no LIST)
-        self._dir_listed_at[inode.ino] = time.monotonic()
         return inode
 
     async def symlink(self, parent: int, name: bytes, target: bytes, uid: int,
@@ -1296,17 +1290,7 @@ class Filesystem:
         if not stat.S_ISDIR(inode.mode):
             raise FsError(errno.ENOTDIR)
         await self.ensure_listed(ino)
-        now = time.monotonic()
-        if self.poll_interval_s and \
-                now - self._dir_listed_at.get(ino, -float("inf")) > self.poll_interval_s:
-            # not polled lately (not in use): list it now, so what a reader sees is
-            # never older than one poll interval
-            try:
-                await self.poll_dir(ino)
-            except (StoreError, OSError) as exc:
-                log.info("re-listing directory %d failed, the last listing serves: %s",
-                         ino, exc)
-        self._dir_used[ino] = now
+        self._dir_used[ino] = time.monotonic()
         with self.journal.read() as txn:
             entries = list(txn.children(ino))
         return self._new_fh(DirHandle(ino, entries))
@@ -1668,13 +1652,9 @@ class Filesystem:
     def dirs_to_poll(self, used_within_s: float) -> list[int]:
         """Directories in use: looked into or opened within ``used_within_s``, and the
         directories of open files."""
-        now = time.monotonic()
-        cutoff = now - used_within_s
+        cutoff = time.monotonic() - used_within_s
         for ino in [i for i, t in self._dir_used.items() if t < cutoff]:
             del self._dir_used[ino]
-        for ino in [i for i, t in self._dir_listed_at.items()
-                    if now - t > self.poll_interval_s]:
-            del self._dir_listed_at[ino]  # (stale is as good as never listed)
         dirs = dict.fromkeys(self._dir_used)
         with self.journal.read() as txn:
             for ino in self.open_count:
@@ -1704,7 +1684,6 @@ class Filesystem:
             in_flight = self.flusher.pending_op_keys()
             files = {n: o for n, o in files.items() if o.key not in in_flight}
             dirs = {n: p for n, p in dirs.items() if p not in in_flight}
-        self._dir_listed_at[ino] = listed_at
         with self.journal.read() as txn:
             local: dict[bytes, Inode | None] = {}
             for name, child in txn.children(ino):

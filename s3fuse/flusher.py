@@ -52,6 +52,14 @@ log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 30.0
 SEQ_META = "s3fuse-seq"
+#: While the mount is serving requests (one came within ``BUSY_S``), bucket work runs
+#: at most ``BUSY_CONCURRENCY`` uploads and ops at once. Worker threads making requests
+#: take the CPU and the GIL that the request handlers need: ``rm -rf`` of 3,000
+#: uploaded files took 3.6 s with 16 deletes at once, 1.1 s with one. Once requests
+#: stop, or while a drain, ``sync`` or a writer waiting for room needs the bucket,
+#: the full concurrency applies again.
+BUSY_S = 0.25
+BUSY_CONCURRENCY = 1
 #: files at least this large are uploaded from their cache file, not from a copy (at
 #: least the S3 store's multipart threshold: its parts are read, and the file checked,
 #: before the upload completes)
@@ -94,6 +102,7 @@ class Flusher:
         self._dirty_sizes: dict[int, int] = {}
         self.dirty_total_bytes = 0
         self._waiting_for_room = False
+        self._draining = 0
         self.errors: deque[FlushError] = deque(maxlen=100)
         self.counts: Counter[str] = Counter()
 
@@ -230,12 +239,20 @@ class Flusher:
             await self._run_ops()
             self._start_uploads(force)
 
+    def _room(self, limit: int) -> int:
+        """How many uploads (or ops) may run at once now (see ``BUSY_S``)."""
+        if self._draining or self._waiting_for_room \
+                or trio.current_time() - self.fs.last_request_at >= BUSY_S:
+            return limit
+        return min(limit, BUSY_CONCURRENCY)
+
     def _start_uploads(self, force: bool) -> None:
         assert self._nursery is not None, "Flusher.run() is not running"
         now = trio.current_time()
         blocked = self.journal.ops_index.keys
+        room = self._room(self.max_uploads)
         for ino, (first, last) in list(self._due.items()):
-            if len(self._inflight) >= self.max_uploads:
+            if len(self._inflight) >= room:
                 break
             if ino in self._inflight or self._retry_at.get(ino, 0.0) > now:
                 continue
@@ -537,7 +554,7 @@ class Flusher:
         """The pending ops that may start now, in log order (see ``_run_ops``). Looks
         at no more than a few windows' worth of the log's head."""
         out: list[tuple[int, dict, list[str]]] = []
-        room = self.max_ops - len(running)
+        room = self._room(self.max_ops) - len(running)
         if room <= 0:
             return out
         blocked: set[str] = set()
@@ -635,6 +652,13 @@ class Flusher:
         for ino in inos if inos is not None else list(self._due):
             if ino in self._due:
                 self._due[ino][0] = -float("inf")
+        self._draining += 1
+        try:
+            return await self._drain(timeout_s, inos)
+        finally:
+            self._draining -= 1
+
+    async def _drain(self, timeout_s: float, inos: list[int] | None) -> bool:
         with trio.move_on_after(timeout_s):
             while True:
                 while not self._idle(inos):

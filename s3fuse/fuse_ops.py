@@ -16,6 +16,7 @@ from typing import Any
 from collections.abc import Callable
 
 import pyfuse3
+import trio
 
 from . import faults
 from .control import CONTROL_DRAIN, CONTROL_PID, CONTROL_STATUS
@@ -32,6 +33,7 @@ MAX_SYMLINK_BYTES = 4095
 def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     async def wrapper(self: FuseOps, *args: Any) -> Any:
+        self.fs.last_request_at = trio.current_time()
         try:
             if faults.should_raise(fn.__name__):
                 raise RuntimeError(f"injected fault in {fn.__name__}")
