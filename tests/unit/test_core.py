@@ -722,32 +722,42 @@ class SlowOpsStore(MemoryStore):
             key, **kwargs))
 
 
-def test_op_log_runs_ops_on_distinct_keys_in_parallel_and_in_order(tmp_path):
-    store = SlowOpsStore()
+def run_threaded(tmp_path, store: MemoryStore, scenario) -> None:
+    """Like ``run``, on the real clock, with store calls in real worker threads (so
+    that they really overlap) and a 10 ms window."""
 
     async def main():
         rig = Rig(tmp_path, store)
-        rig.fs.remote = Remote(store)  # real threads: ops really overlap
+        rig.fs.remote = Remote(store)
         rig.flusher.window_s = 0.01
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(rig.flusher.run)
-                d = await rig.fs.mkdir(ROOT_INO, b"src", 0o755, 0, 0)
-                for i in range(40):
-                    await rig.write_file(d.ino, b"f%02d" % i, b"%d" % i)
-                assert await rig.flusher.drain(30)
-                await rig.fs.rename(ROOT_INO, b"src", ROOT_INO, b"dst")
-                # and a chain on one key: each rename must wait for the one before
-                await rig.write_file(ROOT_INO, b"x", b"chain")
-                assert await rig.flusher.drain(30)
-                for a, b in ((b"x", b"y"), (b"y", b"z")):
-                    await rig.fs.rename(ROOT_INO, a, ROOT_INO, b)
-                assert await rig.flusher.drain(60)
+                await scenario(rig)
                 nursery.cancel_scope.cancel()
         finally:
             rig.close()
 
     trio.run(main)
+
+
+def test_op_log_runs_ops_on_distinct_keys_in_parallel_and_in_order(tmp_path):
+    store = SlowOpsStore()
+
+    async def scenario(rig: Rig):
+        d = await rig.fs.mkdir(ROOT_INO, b"src", 0o755, 0, 0)
+        for i in range(40):
+            await rig.write_file(d.ino, b"f%02d" % i, b"%d" % i)
+        assert await rig.flusher.drain(30)
+        await rig.fs.rename(ROOT_INO, b"src", ROOT_INO, b"dst")
+        # and a chain on one key: each rename must wait for the one before
+        await rig.write_file(ROOT_INO, b"x", b"chain")
+        assert await rig.flusher.drain(30)
+        for a, b in ((b"x", b"y"), (b"y", b"z")):
+            await rig.fs.rename(ROOT_INO, a, ROOT_INO, b)
+        assert await rig.flusher.drain(60)
+
+    run_threaded(tmp_path, store, scenario)
     assert store.most_active > 1, "ops never overlapped"
     bucket = {k: v[0] for k, v in store.snapshot().items()}
     assert bucket == {"dst/": b"", "z": b"chain", **{f"dst/f{i:02d}": b"%d" % i
@@ -769,38 +779,29 @@ def test_bucket_work_runs_one_at_a_time_while_requests_come_then_all_at_once(tmp
 
     store = SlowOpsStore()
 
-    async def main():
-        rig = Rig(tmp_path, store)
-        rig.fs.remote = Remote(store)  # real threads
-        rig.flusher.window_s = 0.01
-        try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(rig.flusher.run)
-                d = await rig.fs.mkdir(ROOT_INO, b"d", 0o755, 0, 0)
-                for i in range(30):
-                    await rig.write_file(d.ino, b"f%02d" % i, b"%d" % i)
-                assert await rig.flusher.drain(30)
-                store.most_active = 0
-                for i in range(15):  # an rm -rf: a request every few milliseconds
-                    rig.fs.last_request_at = trio.current_time()
-                    await rig.fs.unlink(d.ino, b"f%02d" % i)
-                    await trio.sleep(0.005)
-                finished = rig.flusher.ops_finished
-                for _ in range(60):  # 0.3 s more of requests
-                    rig.fs.last_request_at = trio.current_time()
-                    await trio.sleep(0.005)
-                assert rig.flusher.ops_finished - finished >= 3  # deletes went on ...
-                assert store.most_active == 1  # ... one at a time
-                await trio.sleep(BUSY_S)  # the requests stopped
-                for i in range(15, 30):
-                    await rig.fs.unlink(d.ino, b"f%02d" % i)
-                assert await rig.flusher.drain(30)
-                assert store.most_active > 1
-                nursery.cancel_scope.cancel()
-        finally:
-            rig.close()
+    async def scenario(rig: Rig):
+        d = await rig.fs.mkdir(ROOT_INO, b"d", 0o755, 0, 0)
+        for i in range(30):
+            await rig.write_file(d.ino, b"f%02d" % i, b"%d" % i)
+        assert await rig.flusher.drain(30)
+        store.most_active = 0
+        for i in range(15):  # an rm -rf: a request every few milliseconds
+            rig.fs.last_request_at = trio.current_time()
+            await rig.fs.unlink(d.ino, b"f%02d" % i)
+            await trio.sleep(0.005)
+        finished = rig.flusher.ops_finished
+        for _ in range(60):  # 0.3 s more of requests
+            rig.fs.last_request_at = trio.current_time()
+            await trio.sleep(0.005)
+        assert rig.flusher.ops_finished - finished >= 3  # deletes went on ...
+        assert store.most_active == 1  # ... one at a time
+        await trio.sleep(BUSY_S)  # the requests stopped
+        for i in range(15, 30):
+            await rig.fs.unlink(d.ino, b"f%02d" % i)
+        assert await rig.flusher.drain(30)
+        assert store.most_active > 1
 
-    trio.run(main)
+    run_threaded(tmp_path, store, scenario)
     assert {k for k in store.snapshot() if k.startswith("d/f")} == set()
 
 
