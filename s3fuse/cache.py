@@ -112,9 +112,13 @@ class Cache:
         return ino in self._lru or os.path.exists(self.path(ino))
 
     def create(self, ino: int, size: int = 0) -> None:
-        """Start an empty cache file of ``size`` bytes (a hole), nothing present."""
+        """Start an empty cache file of ``size`` bytes (a hole), nothing present. An
+        empty one for an inode with no file yet is made on first use (``_fd``): a
+        file created and never written costs no file here."""
         fd = self._fds.get(ino)
-        if fd is None:  # (O_TRUNC: one system call where ftruncate would be two)
+        if fd is None and not size and ino not in self._lru:
+            pass  # (no file to empty: the first _fd makes it)
+        elif fd is None:  # (O_TRUNC: one system call where ftruncate would be two)
             fd = os.open(self.path(ino), os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
                          0o600)
             self._fds[ino] = fd

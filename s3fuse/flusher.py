@@ -366,10 +366,12 @@ class Flusher:
                                            if_none_match=if_match is None and not unconditional,
                                            unchanged=unchanged)
                 self.counts["put"] += 1
-        except BodyChanged:
-            # written while it went up: nothing was stored; the write made it due
-            # again, and the next attempt sends a snapshot, so a file written all the
-            # time still gets uploaded
+        except (BodyChanged, OSError) as exc:
+            if isinstance(exc, OSError) and (unchanged is None or unchanged()):
+                raise
+            # written (or removed: an OSError reading it) while it went up: nothing
+            # was stored; the change made it due again, and the next attempt sends a
+            # snapshot, so a file written all the time still gets uploaded
             self._live_changed.add(ino)
             self.counts["body_changed"] += 1
             return

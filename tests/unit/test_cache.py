@@ -42,3 +42,18 @@ def test_sequential_writes_start_write_back_every_kick_bytes(tmp_path, monkeypat
     c.write(8, 0, b"x" * 4096)
     assert started == []
     c.close_all()
+
+
+def test_an_empty_cache_file_is_made_on_first_use_and_a_leftover_one_is_emptied(tmp_path):
+    c = Cache(str(tmp_path), 1 << 30)
+    c.create(5)
+    assert not os.path.exists(c.path(5)) and c.exists(5)
+    assert c.read(5, 0, 10) == b"" and c.size(5) == 0  # made now, empty
+    c.write(6, 0, b"old bytes")  # a file from before a restart ...
+    c.close_all()
+    c = Cache(str(tmp_path), 1 << 30)
+    c.create(6)  # ... is emptied by create
+    assert c.size(6) == 0
+    c.create(7, 100)  # a sized one (a hole) is made at once
+    assert os.path.getsize(c.path(7)) == 100
+    c.close_all()
