@@ -1822,7 +1822,7 @@ def render(runner: Runner, baselines: dict, scale: dict | None, ctx: Ctx,
                  "small ranged GETs of a big object cost far more on moto than on S3 (see "
                  "the GET counts of the cold read). s3fuse's LIST counts include its "
                  "directory poller (every --poll-interval, default 30 s, each directory "
-                 "used in the last 5 minutes), whichever step is running. moto closes the "
+                 "used within two intervals), whichever step is running. moto closes the "
                  "connection after each response (HTTP/1.0), for every client alike.")
     inputs = (f"Inputs: tree {sizes.tree_files} files; sdist {inp.sdist_name}; "
               if wkeys else "")
