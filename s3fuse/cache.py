@@ -116,14 +116,13 @@ class Cache:
         empty one for an inode with no file yet is made on first use (``_fd``): a
         file created and never written costs no file here."""
         fd = self._fds.get(ino)
-        if fd is None and not size and ino not in self._lru:
-            pass  # (no file to empty: the first _fd makes it)
-        elif fd is None:  # (O_TRUNC: one system call where ftruncate would be two)
+        if fd is not None:
+            os.ftruncate(fd, 0)
+        elif size or ino in self._lru:  # (a file not in _lru is absent or empty)
+            # O_TRUNC: one system call where ftruncate would be two
             fd = os.open(self.path(ino), os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
                          0o600)
             self._fds[ino] = fd
-        else:
-            os.ftruncate(fd, 0)
         if size:
             os.ftruncate(fd, size)
         self._changed(ino)

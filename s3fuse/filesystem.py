@@ -19,7 +19,6 @@ pyfuse3 contract (an unlinked inode lives until its last lookup and handle are g
 from __future__ import annotations
 
 import errno
-import functools
 import json
 import logging
 import os
@@ -35,7 +34,7 @@ import xxhash
 from . import faults, keys, metadata
 from .reconcile import Decision, decide
 from .cache import Cache
-from .errors import FsError, NoSuchKey, StoreError
+from .errors import FsError, StoreError
 from .fetch import Fetcher
 from .journal import DIRTY_DATA, DIRTY_META, ROOT_INO, Inode, Journal, Txn
 from .remote import Remote
@@ -126,6 +125,7 @@ class Filesystem:
         self.skipped_keys: dict[str, str] = {}
         self._list_locks: dict[int, trio.Lock] = {}
         self.fetcher = Fetcher(self)
+        self.meta_loads = MetaLoads()
         self.metadata_ttl_s = 1.0
         self._validated: dict[int, float] = {}  # ino -> monotonic time checked
         self._dir_used: dict[int, float] = {}  # directory ino -> monotonic time used
@@ -462,10 +462,9 @@ class Filesystem:
 
         async def one(key: str) -> None:
             async with limiter:
-                try:
-                    found[key] = await self.remote.head(key)
-                except NoSuchKey:
-                    pass
+                info = await self.remote.head_or_none(key)
+                if info is not None:
+                    found[key] = info
 
         async with trio.open_nursery() as nursery:
             for key in keys_:
@@ -501,10 +500,6 @@ class Filesystem:
         return inode
 
     # --- attributes loaded lazily ---------------------------------------------------
-    @functools.cached_property
-    def meta_loads(self) -> MetaLoads:
-        return MetaLoads()
-
     async def load_meta(self, ino: int) -> Inode:
         """Make ``ino``'s attributes trustworthy before they are used: an entry known
         only from a listing is HEADed once (concurrent callers share that request).
@@ -539,9 +534,7 @@ class Filesystem:
             self._set_meta(ino, inode, None, is_dir, None)
             return
         try:
-            info: ObjectInfo | None = await self.remote.head(key)
-        except NoSuchKey:
-            info = None
+            info = await self.remote.head_or_none(key)
         except StoreError as exc:
             log.info("cannot read the attributes of %s (%s); showing defaults", key, exc)
             return
@@ -1353,9 +1346,7 @@ class Filesystem:
             self._validated[ino] = listed[0]
             return False
         try:
-            info: ObjectInfo | None = await self.remote.head(key)
-        except NoSuchKey:
-            info = None
+            info = await self.remote.head_or_none(key)
         except StoreError as exc:
             log.info("cannot revalidate %s (%s); serving the cached version", key, exc)
             return False

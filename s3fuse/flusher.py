@@ -377,7 +377,7 @@ class Flusher:
             return
         except PreconditionFailed:
             try:
-                info = await self._head(key)
+                info = await self.fs.remote.head_or_none(key)
             except StoreError as exc:
                 self._failed(ino, key, "put", exc)
                 return
@@ -408,17 +408,11 @@ class Flusher:
         generation = cache.generation(data.ino)
         return cache.path(data.ino), lambda: cache.generation(data.ino) == generation
 
-    async def _head(self, key: str) -> ObjectInfo | None:
-        try:
-            return await self.fs.remote.head(key)
-        except NoSuchKey:
-            return None
-
     async def _changed_outside(self, ino: int, key: str, expect_etag: str | None) -> bool:
         """For servers without conditional PUTs: HEAD first and resolve a conflict the
         way a refused condition would. True if the upload must not go ahead."""
         try:
-            info = await self._head(key)
+            info = await self.fs.remote.head_or_none(key)
         except StoreError as exc:
             self._failed(ino, key, "head", exc)
             return True

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import trio
 
-from .errors import TransientStoreError
+from .errors import NoSuchKey, TransientStoreError
 from .store.base import Body, Capabilities, ListPage, ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,13 @@ class Remote:
 
     async def head(self, key: str) -> ObjectInfo:
         return await self._read(self.store.head, key)
+
+    async def head_or_none(self, key: str) -> ObjectInfo | None:
+        """``head``, with None for a key the bucket does not hold."""
+        try:
+            return await self.head(key)
+        except NoSuchKey:
+            return None
 
     async def get(self, key: str, start: int = 0, end: int | None = None, *,
                   if_match: str | None = None) -> bytes:
