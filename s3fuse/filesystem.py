@@ -155,12 +155,10 @@ class Filesystem:
                               name="", nlink=2, atime_ns=now, mtime_ns=now, ctime_ns=now))
             raw = txn.get_meta(b"conflicts")
             self.conflicts = json.loads(raw) if raw else []
-            orphans = [i.ino for i in txn.all_inodes() if i.nlink == 0]
-            for ino in orphans:
+            for ino in [i.ino for i in txn.all_inodes() if i.nlink == 0]:
+                self.cache.remove(ino)  # (first: see _maybe_purge)
                 txn.delete_inode(ino)
             self._reconcile_dirty_sizes(txn)
-        for ino in orphans:
-            self.cache.remove(ino)
 
     def _reconcile_dirty_sizes(self, txn: Txn) -> None:
         """After a crash, a dirty file's cache may hold a write whose size change never
@@ -363,8 +361,10 @@ class Filesystem:
             inode = txn.get(ino)
             if inode is None or inode.nlink > 0:
                 return
+            # the cache file goes first: a crash between the two leaves an unlinked
+            # inode, which the next start drops, never a cache file of no inode
+            self.cache.remove(ino)
             txn.delete_inode(ino)
-        self.cache.remove(ino)
         self.fetcher.forget(ino)
         if self.flusher is not None:
             self.flusher.forget(ino)

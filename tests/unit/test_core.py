@@ -234,6 +234,31 @@ def test_the_poller_lists_directories_touched_lately_and_those_of_open_files(tmp
     run(tmp_path, scenario)
 
 
+def test_an_unlinked_inode_loses_its_cache_file_before_its_journal_record(tmp_path):
+    """So that a kill between the two leaves an unlinked inode (dropped at the next
+    start), never a cache file of no inode (fsck: orphan-cache-file)."""
+    async def scenario(rig: Rig):
+        ino = await rig.write_file(ROOT_INO, b"f", b"data")
+        in_journal = []
+        real_remove = rig.cache.remove
+
+        def remove(i):
+            with rig.journal.env.begin() as raw:
+                in_journal.append(raw.get(i.to_bytes(8, "big"), db=rig.journal.db_inodes)
+                                  is not None)
+            real_remove(i)
+
+        rig.cache.remove = remove
+        await rig.fs.unlink(ROOT_INO, b"f")
+        rig.fs.forget([(ino, rig.fs.lookups.get(ino, 0))])  # the kernel's last forget
+        assert in_journal == [True]
+        assert not rig.cache.exists(ino)
+        with rig.journal.read() as txn:
+            assert txn.get(ino) is None
+
+    run(tmp_path, scenario)
+
+
 def test_busy_writer_is_uploaded_within_one_window_of_first_change(tmp_path):
     async def scenario(rig: Rig):
         fh, _ = await rig.fs.create(ROOT_INO, b"busy", 0o644, 0, 0)
