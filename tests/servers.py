@@ -30,7 +30,8 @@ def closed_port() -> int:
 
 
 class MotoServer:
-    """``moto_server`` from this virtualenv, listening on 127.0.0.1:<free port>.
+    """moto's S3 server from this virtualenv, listening on 127.0.0.1:<free port>, with
+    its writes serialised as S3's are (``moto_serial.py``).
 
     Use as a context manager or call ``start()`` / ``stop()``. ``env`` adds variables
     for the server process (e.g. ``INITIAL_NO_AUTH_ACTION_COUNT=0`` makes moto check
@@ -49,16 +50,14 @@ class MotoServer:
         return f"http://{HOST}:{self.port}"
 
     def start(self) -> MotoServer:
-        exe = Path(sys.executable).parent / "moto_server"
-        if not exe.exists():
-            raise RuntimeError(f"moto_server not found next to {sys.executable}")
+        launcher = Path(__file__).with_name("moto_serial.py")
         self.port = free_port()
         env = {**os.environ, **self.env}
         # The server's output goes to a temp file (quoted if it fails to start), which
         # lives as long as the server: stop() closes it.
         self._log = tempfile.NamedTemporaryFile(prefix="moto-", suffix=".log")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [str(exe), "-H", HOST, "-p", str(self.port)],
+            [sys.executable, str(launcher), "-H", HOST, "-p", str(self.port)],
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
