@@ -220,6 +220,10 @@ class Cache:
         last = (start + len(data) - 1) // BLOCK_BYTES if data else first - 1
         present.update(range(first, last + 1))
 
+    def holds_any(self, ino: int) -> bool:
+        """Some fetched bytes of a partially cached file are here."""
+        return bool(self._present.get(ino))
+
     def all_present(self, ino: int, file_size: int) -> bool:
         return not self.missing(ino, 0, file_size, file_size)
 

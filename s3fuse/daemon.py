@@ -351,7 +351,7 @@ class Daemon:
         caps = self.capabilities
         return {
             **pending,
-            "conflicts": list(self.fs.conflicts),
+            "conflicts": list(self.fs.reconciler.conflicts),
             "not_exported": self.fs.not_exported_paths(),
             "skipped_keys": [{"key": k, "reason": r} for k, r in self.fs.skipped_keys.items()],
             "errors": [{"time": e.when, "path": e.path, "operation": e.operation,

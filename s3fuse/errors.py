@@ -35,6 +35,17 @@ class FsError(S3FuseError):
         return f"{name}: {self.detail}" if self.detail else name
 
 
+class VersionGone(S3FuseError):
+    """The version of an object a read was pinned to is no longer the bucket's: it
+    was replaced or deleted while its bytes were fetched. The caller adopts the
+    bucket's current version (S3 wins) and reads again; a request that cannot
+    answers ESTALE. ``etag``: the version that was asked for."""
+
+    def __init__(self, message: str, etag: str | None = None) -> None:
+        super().__init__(message)
+        self.etag = etag
+
+
 # --- object store -----------------------------------------------------------------
 
 
@@ -92,6 +103,7 @@ _ERRNO_BY_TYPE: dict[type, int] = {
     NotSupported: errno.EOPNOTSUPP,
     TransientStoreError: errno.EIO,
     UsageError: errno.EINVAL,
+    VersionGone: errno.ESTALE,
 }
 
 

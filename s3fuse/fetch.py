@@ -17,6 +17,12 @@ A piece that arrives after the file's cache changed (a write, a truncate, a newe
 version adopted from the bucket: ``Cache.generation``) is dropped, never written
 over newer bytes: the check and the write into the cache happen with no ``await``
 between them.
+
+A GET that finds its version gone (412 on the pinned ETag, or 404) raises
+``VersionGone``: the fetcher never decides what the bucket's change means. Its
+callers (``Filesystem.ensure_cached`` and ``read``) hand that to the S3-wins policy
+and fetch again; none of these functions promises that the file is cached when it
+returns, so callers check, with no ``await`` between the check and the use.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from .cache import BLOCK_BYTES
-from .errors import FsError, NoSuchKey, PreconditionFailed, StoreError
+from .errors import FsError, NoSuchKey, PreconditionFailed, StoreError, VersionGone
 
 if TYPE_CHECKING:
     from .filesystem import Filesystem
@@ -47,7 +53,7 @@ class Fetcher:
         #: set by the daemon: where read-ahead runs (None: read-ahead is awaited)
         self.nursery: trio.Nursery | None = None
         self._inflight: dict[tuple[int, int], trio.Event] = {}
-        self._errors: dict[tuple[int, int], FsError] = {}
+        self._errors: dict[tuple[int, int], FsError | VersionGone] = {}
         self._limiter = trio.CapacityLimiter(PIECES_AT_ONCE)
         #: ino -> (where the last read ended, read-ahead window)
         self._streams: dict[int, tuple[int, int]] = {}
@@ -79,7 +85,9 @@ class Fetcher:
         await self._pieces(ino, range(first, last + 1), range(last + 1, ahead_last + 1))
 
     async def whole(self, ino: int) -> None:
-        """Make the whole file present (before a write, an upload, a hard link)."""
+        """Fetch the whole file (before a write, an upload, a hard link). If the file
+        changed meanwhile it may still not be whole: ``Filesystem.ensure_cached``
+        loops."""
         inode = self.fs.get(ino)
         if inode.cached:
             return
@@ -96,7 +104,8 @@ class Fetcher:
             return None
         key, etag = fs.read_source(inode)
         if key is None:
-            raise FsError(errno.EIO, "file data is neither cached nor in the bucket")
+            # (an open file whose object was deleted before its bytes were cached)
+            raise FsError(errno.ESTALE, "file data is neither cached nor in the bucket")
         if not fs.cache.exists(ino) or fs.cache.size(ino) != inode.size:
             fs.cache.create(ino, inode.size)
         return inode.size, key, etag, fs.cache.generation(ino)
@@ -125,13 +134,11 @@ class Fetcher:
                 raise err
         self._settle(ino, source[0])
         size = source[0]
-        if needed and not self.fs.get(ino).cached \
+        # a piece was dropped (the file changed while it was in flight): again, from
+        # what the file is now (the caller checks what it got)
+        if needed and retries > 0 and not self.fs.get(ino).cached \
                 and self.fs.cache.missing(ino, needed.start * PIECE_BYTES,
                                           len(needed) * PIECE_BYTES, size):
-            # a piece was dropped (the file changed while it was in flight): again,
-            # from what the file is now
-            if retries <= 0:
-                raise FsError(errno.EIO, "the file kept changing while it was read")
             await self._pieces(ino, needed, range(0), retries - 1)
 
     def _start(self, nursery: trio.Nursery, ino: int, idx: int,
@@ -159,7 +166,7 @@ class Fetcher:
             async with self._limiter:
                 data = await self._get(key, start, end, etag)
             self._fill(slot[0], start, data, gen)
-        except FsError as exc:
+        except (FsError, VersionGone) as exc:
             self._errors[slot] = exc
         except Exception as exc:  # noqa: BLE001 - also in the background: never fatal
             log.exception("fetching %s [%d, %d) failed", key, start, end)
@@ -191,9 +198,9 @@ class Fetcher:
         try:
             return await self.fs.remote.get(key, start, end, if_match=etag)
         except PreconditionFailed:
-            raise FsError(errno.EIO, f"{key} changed in the bucket") from None
+            raise VersionGone(f"{key} changed in the bucket", etag) from None
         except NoSuchKey:
-            raise FsError(errno.EIO, f"{key} vanished from the bucket") from None
+            raise VersionGone(f"{key} vanished from the bucket", etag) from None
         except StoreError as exc:
             raise FsError(errno.EIO, f"reading {key}: {exc}") from None
 

@@ -19,7 +19,6 @@ pyfuse3 contract (an unlinked inode lives until its last lookup and handle are g
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import stat
@@ -29,12 +28,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import trio
-import xxhash
 
 from . import faults, keys, metadata
-from .reconcile import Decision, decide
+from .reconcile import Decision, Reconciler
 from .cache import Cache
-from .errors import FsError, StoreError
+from .errors import FsError, StoreError, VersionGone
 from .fetch import Fetcher
 from .journal import DIRTY_DATA, DIRTY_META, ROOT_INO, Inode, Journal, Txn
 from .remote import Remote
@@ -46,6 +44,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HEAD_CONCURRENCY = 16
+#: how long a lookup of a name the mount does not know waits for the bucket's listing
+#: before it answers from what the mount knows (ENOENT)
+NAME_CHECK_TIMEOUT_S = 1.5
+#: how often a read or write fetches again after the bucket replaced the version it
+#: was fetching (each time the bucket's current version is adopted first)
+FETCH_ATTEMPTS = 8
 # entries whose attributes are HEADed ahead of the kernel's lookups after a readdir
 # (``ls -l``, ``find -ls``: one lookup per entry, in listing order)
 PREFETCH_AHEAD = 32
@@ -65,6 +69,9 @@ class Defaults:
 class Handle:
     ino: int
     writable: bool
+    #: opened with O_APPEND: every write goes to the end of the file as the mount
+    #: knows it, whatever offset the kernel computed from the size it had cached
+    append: bool = False
 
 
 @dataclass
@@ -127,17 +134,18 @@ class Filesystem:
         self.fetcher = Fetcher(self)
         self.meta_loads = MetaLoads()
         self.metadata_ttl_s = 1.0
-        self._validated: dict[int, float] = {}  # ino -> monotonic time checked
         self._dir_used: dict[int, float] = {}  # directory ino -> monotonic time used
         # trio time of the last FUSE request (the flusher holds back while they come)
         self.last_request_at = -float("inf")
         # close-to-open by directory: dir ino -> (monotonic time listed, {key: ETag})
         self._dir_etags: dict[int, tuple[float, dict[str, str]]] = {}
         self._dir_listing: dict[int, trio.Event] = {}
-        self.conflicts: list[dict] = []
-        # open inodes the bucket replaced or deleted: ino -> (path, cache generation
-        # then, what happened); kept in lost+found if written before their last close
-        self._replaced: dict[int, tuple[str, int, str]] = {}
+        # close-to-open for names: dir ino -> monotonic time its names were last
+        # listed (a lookup of a missing name lists it again once that is older
+        # than the TTL)
+        self._names_at: dict[int, float] = {}
+        # the S3-wins policy: what the mount does with what it learns of the bucket
+        self.reconciler = Reconciler(self)
         # paths kept only locally because their key would pass S3's 1,024 bytes
         self.not_exported: dict[int, str] = {}
         # set by the daemon: tells the kernel to drop cached names and pages
@@ -153,10 +161,9 @@ class Filesystem:
                 txn.put(Inode(ino=ROOT_INO, mode=stat.S_IFDIR | self.defaults.dir_mode,
                               uid=self.defaults.uid, gid=self.defaults.gid, parent=ROOT_INO,
                               name="", nlink=2, atime_ns=now, mtime_ns=now, ctime_ns=now))
-            raw = txn.get_meta(b"conflicts")
-            self.conflicts = json.loads(raw) if raw else []
+            self.reconciler.load(txn)
             for ino in [i.ino for i in txn.all_inodes() if i.nlink == 0]:
-                self.cache.remove(ino)  # (first: see _maybe_purge)
+                self.cache.remove(ino)  # (first: see maybe_purge)
                 txn.delete_inode(ino)
             self._reconcile_dirty_sizes(txn)
 
@@ -193,7 +200,8 @@ class Filesystem:
             raise FsError(errno.ENOENT, f"inode {ino}")
         return inode
 
-    def _get(self, txn: Txn, ino: int) -> Inode:
+    def get_in(self, txn: Txn, ino: int) -> Inode:
+        """The inode ``ino`` as ``txn`` sees it; ENOENT if there is none."""
         inode = txn.get(ino)
         if inode is None:
             raise FsError(errno.ENOENT, f"inode {ino}")
@@ -202,23 +210,23 @@ class Filesystem:
     # --- hard links: one inode, a name record per name (see ``journal.Inode``) --------
     def data_of(self, txn: Txn, rec: Inode) -> Inode:
         """The inode whose bytes and attributes a name record's object carries."""
-        return self._get(txn, rec.link_of) if rec.link_of else rec
+        return self.get_in(txn, rec.link_of) if rec.link_of else rec
 
     def _records(self, txn: Txn, inode: Inode) -> list[Inode]:
         """Every name record of ``inode``: itself, then its link records."""
-        return [inode] + [self._get(txn, ino) for ino in inode.links]
+        return [inode] + [self.get_in(txn, ino) for ino in inode.links]
 
     def record_at(self, txn: Txn, parent: int, name: bytes, inode: Inode) -> Inode:
         """The name record of ``inode`` for its entry ``name`` in ``parent``."""
         if not inode.links or (inode.parent == parent and _name(inode) == name):
             return inode
         for ino in inode.links:
-            rec = self._get(txn, ino)
+            rec = self.get_in(txn, ino)
             if rec.parent == parent and _name(rec) == name:
                 return rec
         raise FsError(errno.EIO, f"inode {inode.ino} has no record of its name {name!r}")
 
-    def _remove_name(self, txn: Txn, inode: Inode, parent: int, name: bytes, now: int,
+    def remove_name(self, txn: Txn, inode: Inode, parent: int, name: bytes, now: int,
                      pending: list[int], dropped: list[int]) -> tuple[str, str | None] | None:
         """The entry ``name`` of ``parent`` (already unlinked by the caller) no longer
         names the non-directory ``inode``. Returns that name's object (key, ETag), for
@@ -234,7 +242,7 @@ class Filesystem:
             dropped.append(rec.ino)
         elif inode.links:
             # its first name goes: the next name's record becomes the inode's own
-            nxt = self._get(txn, inode.links.pop(0))
+            nxt = self.get_in(txn, inode.links.pop(0))
             inode.parent, inode.name = nxt.parent, nxt.name
             inode.remote_key, inode.remote_etag = nxt.remote_key, nxt.remote_etag
             inode.dirty = nxt.dirty
@@ -251,13 +259,17 @@ class Filesystem:
             inode.dirty = 0
             txn.clear_dirty(inode.ino)
         if inode.nlink > 0:
-            self._mark(txn, inode, DIRTY_META, pending)  # the names left carry the ctime
+            self.mark(txn, inode, DIRTY_META, pending)  # the names left carry the ctime
         return remote if remote[0] is not None else None
 
-    def _forget_records(self, dropped: list[int]) -> None:
+    def forget_records(self, dropped: list[int]) -> None:
+        for ino in dropped:
+            self.forget_schedule(ino)
+
+    def forget_schedule(self, ino: int) -> None:
+        """``ino`` has nothing to upload any more (gone, or no longer dirty)."""
         if self.flusher is not None:
-            for ino in dropped:
-                self.flusher.forget(ino)
+            self.flusher.forget(ino)
 
     def path_names(self, txn: Txn, inode: Inode) -> list[str]:
         names: list[str] = []
@@ -314,13 +326,13 @@ class Filesystem:
             return self.prefix
         return self.prefix + "/".join(self.path_names(txn, inode)) + "/"
 
-    def _touch_dir(self, txn: Txn, ino: int, now: int, nlink_delta: int = 0) -> None:
-        d = self._get(txn, ino)
+    def touch_dir(self, txn: Txn, ino: int, now: int, nlink_delta: int = 0) -> None:
+        d = self.get_in(txn, ino)
         d.mtime_ns = d.ctime_ns = now
         d.nlink += nlink_delta
         txn.put(d)
 
-    def _mark(self, txn: Txn, inode: Inode, flags: int, pending: list[int]) -> None:
+    def mark(self, txn: Txn, inode: Inode, flags: int, pending: list[int]) -> None:
         """Record a change to upload; the caller has ``txn.put`` the inode after. The
         other names of a hard-linked file are marked too: each name's object holds the
         same bytes and attributes."""
@@ -330,11 +342,11 @@ class Filesystem:
             txn.mark_dirty(inode.ino)
             pending.append(inode.ino)
         for ino in inode.links:
-            rec = self._get(txn, ino)
-            self._mark(txn, rec, flags, pending)
+            rec = self.get_in(txn, ino)
+            self.mark(txn, rec, flags, pending)
             txn.put(rec)
 
-    def _notify(self, pending: list[int]) -> None:
+    def notify(self, pending: list[int]) -> None:
         if self.flusher is not None:
             for ino in pending:
                 self.flusher.note_change(ino)
@@ -345,15 +357,15 @@ class Filesystem:
         self.handles[fh] = h
         return fh
 
-    def note_bucket_state(self, ino: int) -> None:
-        """The mount just learnt what the bucket holds for ``ino`` (an upload or copy
-        committed): a listing taken before now must not judge it."""
-        self._validated[ino] = time.monotonic()
+    def open_for_writing(self, ino: int) -> bool:
+        """Some open handle of ``ino`` may write."""
+        return any(isinstance(h, Handle) and h.ino == ino and h.writable
+                   for h in self.handles.values())
 
     def in_use(self, ino: int) -> bool:
         return self.lookups.get(ino, 0) > 0 or self.open_count.get(ino, 0) > 0
 
-    def _maybe_purge(self, ino: int) -> None:
+    def maybe_purge(self, ino: int) -> None:
         """Drop an unlinked inode once nothing refers to it any more."""
         if self.in_use(ino):
             return
@@ -366,8 +378,8 @@ class Filesystem:
             self.cache.remove(ino)
             txn.delete_inode(ino)
         self.fetcher.forget(ino)
-        if self.flusher is not None:
-            self.flusher.forget(ino)
+        self.reconciler.forget(ino)
+        self.forget_schedule(ino)
 
     # --- listing the bucket into the journal ---------------------------------------
     def _skip(self, key: str, reason: str) -> None:
@@ -402,15 +414,16 @@ class Filesystem:
                 exported = inode.ino == ROOT_INO or self.object_key(txn, inode) is not None
             if not exported:
                 with self.journal.write() as txn:
-                    d = self._get(txn, ino)
+                    d = self.get_in(txn, ino)
                     d.listed = True
                     txn.put(d)
                 return
+            listed_at = time.monotonic()
             dirs, files = await self._list_dir(ino, prefix)
             now = _now_ns()
             added: list[int] = []
             with self.journal.write() as txn:
-                d = self._get(txn, ino)
+                d = self.get_in(txn, ino)
                 if d.listed:
                     return
                 for name in dirs:
@@ -423,12 +436,12 @@ class Filesystem:
                     d.nlink += 1
                 for name, obj in files.items():
                     if txn.lookup(ino, name) is None:
-                        added.append(self._add_from_object(txn, ino, name, obj).ino)
+                        added.append(self.add_from_object(txn, ino, name, obj).ino)
                 d.listed = True
                 txn.put(d)
-            checked = time.monotonic()
             for child_ino in added:
-                self._validated[child_ino] = checked
+                self.reconciler.note_bucket_state(child_ino, listed_at)
+            self._note_names_listed(ino, listed_at)
 
     async def _list_dir(self, ino: int, prefix: str
                         ) -> tuple[dict[bytes, str], dict[bytes, ObjectInfo]]:
@@ -471,7 +484,7 @@ class Filesystem:
                 nursery.start_soon(one, key)
         return found
 
-    def _add_from_object(self, txn: Txn, parent: int, name: bytes, info: ObjectInfo) -> Inode:
+    def add_from_object(self, txn: Txn, parent: int, name: bytes, info: ObjectInfo) -> Inode:
         """A new entry for a file object seen in the bucket (clean, not cached); from
         a listing (no metadata) its attributes are loaded later (``load_meta``)."""
         child = self._inode_from_object(txn, parent, name, info, is_dir=False,
@@ -533,22 +546,21 @@ class Filesystem:
             # nothing in the bucket describes it: the defaults are the attributes
             self._set_meta(ino, inode, None, is_dir, None)
             return
+        seen_at = time.monotonic()
         try:
             info = await self.remote.head_or_none(key)
         except StoreError as exc:
             log.info("cannot read the attributes of %s (%s); showing defaults", key, exc)
             return
-        checked = time.monotonic()
         if is_dir or (info is not None and info.etag == etag):
             self._set_meta(ino, inode, info, is_dir, key)
             if not is_dir and key == inode.remote_key:
-                self._validated[ino] = checked
+                self.reconciler.note_bucket_state(ino, seen_at)
             return
         if key != inode.remote_key:
             return  # the source of a pending copy changed: the copy will tell
         # the bucket holds another version than the listing showed, or none
-        self._validated[ino] = checked
-        decision = self.apply_outside(ino, key, info)
+        decision = self.reconciler.apply(ino, key, info, seen_at)
         if decision is Decision.REFRESH and info is not None:
             with self.journal.write() as txn:
                 fresh = txn.get(ino)
@@ -645,7 +657,7 @@ class Filesystem:
 
     def _lookup_entry(self, parent: int, name: bytes) -> Inode:
         with self.journal.read() as txn:
-            p = self._get(txn, parent)
+            p = self.get_in(txn, parent)
             if not stat.S_ISDIR(p.mode):
                 raise FsError(errno.ENOTDIR)
             if name == b".":
@@ -659,15 +671,23 @@ class Filesystem:
                 if found is None:
                     raise FsError(errno.ENOENT)
                 ino = found
-            return self._get(txn, ino)
+            return self.get_in(txn, ino)
 
     # --- lookups --------------------------------------------------------------------
     async def lookup(self, parent: int, name: bytes) -> Inode:
         """Find ``name`` in ``parent``, with its attributes loaded (``load_meta``);
-        bumps the inode's lookup count."""
+        bumps the inode's lookup count. A name the directory does not hold is looked
+        for in the bucket when the directory's listing is older than the TTL
+        (close-to-open for names: ``_relist_for_names``)."""
         await self.ensure_listed(parent)
         self._dir_used[parent] = time.monotonic()
-        inode = self._lookup_entry(parent, name)
+        try:
+            inode = self._lookup_entry(parent, name)
+        except FsError as exc:
+            if exc.errno != errno.ENOENT or name in (b".", b"..") \
+                    or not await self._relist_for_names(parent):
+                raise
+            inode = self._lookup_entry(parent, name)
         loads = self.meta_loads
         if not inode.meta_loaded or parent in loads.cursor:
             ahead = self._prefetch_after(parent, name) if name not in (b".", b"..") else []
@@ -689,6 +709,39 @@ class Filesystem:
         self.lookups[inode.ino] = self.lookups.get(inode.ino, 0) + 1
         return inode
 
+    async def _relist_for_names(self, parent: int) -> bool:
+        """A name was not found in ``parent``: if its listing is older than the TTL,
+        list it again now and apply what changed (``poll_dir``), so a name created
+        outside shows on lookup, not only at the next poll. One LIST per directory
+        per TTL, shared by the lookups that miss meanwhile (git and Python imports
+        look up many names that do not exist). True if a listing was applied."""
+        ttl = self.metadata_ttl_s
+        if time.monotonic() - self._names_at.get(parent, float("-inf")) < ttl:
+            return False
+        lock = self._list_locks.setdefault(parent, trio.Lock())
+        async with lock:
+            if time.monotonic() - self._names_at.get(parent, float("-inf")) < ttl:
+                return True  # listed while we waited
+            try:
+                with trio.fail_after(NAME_CHECK_TIMEOUT_S):
+                    await self.poll_dir(parent)
+            except (StoreError, trio.TooSlowError) as exc:
+                # the bucket is away: answer from what the mount knows (not asked
+                # again within the TTL); the poller catches up when it is back
+                log.info("cannot list directory %d to look for a name (%s)", parent,
+                         exc or f"no answer within {NAME_CHECK_TIMEOUT_S} s")
+                self._note_names_listed(parent, time.monotonic())
+                return False
+        return True
+
+    def _note_names_listed(self, ino: int, at: float) -> None:
+        """The names of directory ``ino`` are known as of ``at`` (a listing)."""
+        if len(self._names_at) >= 4096:
+            cutoff = time.monotonic() - self.metadata_ttl_s
+            for d in [d for d, t in self._names_at.items() if t < cutoff]:
+                del self._names_at[d]
+        self._names_at[ino] = at
+
     def add_lookup(self, ino: int) -> None:
         self.lookups[ino] = self.lookups.get(ino, 0) + 1
 
@@ -699,7 +752,7 @@ class Filesystem:
                 self.lookups[ino] = left
                 continue
             self.lookups.pop(ino, None)
-            self._maybe_purge(ino)
+            self.maybe_purge(ino)
 
     # --- attributes ---------------------------------------------------------------------
     async def setattr(self, ino: int, changes: SetAttrs) -> Inode:
@@ -719,7 +772,7 @@ class Filesystem:
         now = _now_ns()
         pending: list[int] = []
         with self.journal.write() as txn:
-            inode = self._get(txn, ino)
+            inode = self.get_in(txn, ino)
             flags = 0
             if changes.size is not None:
                 self.cache.truncate(ino, changes.size)
@@ -736,9 +789,9 @@ class Filesystem:
                     flags |= DIRTY_META
             inode.ctime_ns = now
             if flags and inode.nlink > 0:
-                self._mark(txn, inode, flags, pending)
+                self.mark(txn, inode, flags, pending)
             txn.put(inode)
-        self._notify(pending)
+        self.notify(pending)
         return inode
 
     async def readlink(self, ino: int) -> bytes:
@@ -752,7 +805,7 @@ class Filesystem:
             target = (await self.remote.get(src_key, if_match=etag)).decode("utf-8",
                                                                            "surrogateescape")
             with self.journal.write() as txn:
-                inode = self._get(txn, ino)
+                inode = self.get_in(txn, ino)
                 inode.target = target
                 txn.put(inode)
         return inode.target.encode("utf-8", "surrogateescape")
@@ -766,7 +819,7 @@ class Filesystem:
     def _new_entry_dir(self, txn: Txn, parent: int, name: bytes) -> Inode:
         """The directory a new entry ``name`` goes into, checked: a live directory
         without that name."""
-        p = self._get(txn, parent)
+        p = self.get_in(txn, parent)
         if not stat.S_ISDIR(p.mode):
             raise FsError(errno.ENOTDIR)
         if p.nlink == 0:
@@ -786,11 +839,11 @@ class Filesystem:
         inode = Inode(ino=txn.new_ino(), mode=mode, uid=uid, gid=gid, parent=parent,
                       name=seg, atime_ns=now, mtime_ns=now, ctime_ns=now, **fields)
         txn.link(parent, name, inode.ino)
-        self._touch_dir(txn, parent, now, 1 if stat.S_ISDIR(mode) else 0)
+        self.touch_dir(txn, parent, now, 1 if stat.S_ISDIR(mode) else 0)
         return inode
 
     async def create(self, parent: int, name: bytes, mode: int, uid: int, gid: int,
-                     writable: bool = True) -> tuple[int, Inode]:
+                     writable: bool = True, append: bool = False) -> tuple[int, Inode]:
         """Create and open a regular file. Returns (fh, inode); bumps the lookup count."""
         seg = await self._prepare_new(parent, name)
         now = _now_ns()
@@ -798,13 +851,13 @@ class Filesystem:
         with self.journal.write() as txn:
             inode = self._add_entry(txn, parent, name, seg, stat.S_IFREG | stat.S_IMODE(mode),
                                     uid, gid, now, cached=True)
-            self._mark(txn, inode, DIRTY_DATA, pending)
+            self.mark(txn, inode, DIRTY_DATA, pending)
             txn.put(inode)
         self.cache.create(inode.ino)
-        self._notify(pending)
+        self.notify(pending)
         self.add_lookup(inode.ino)
         self.open_count[inode.ino] = self.open_count.get(inode.ino, 0) + 1
-        return self._new_fh(Handle(inode.ino, writable)), inode
+        return self._new_fh(Handle(inode.ino, writable, append)), inode
 
     async def mknod(self, parent: int, name: bytes, mode: int, rdev: int, uid: int,
                     gid: int) -> Inode:
@@ -817,11 +870,11 @@ class Filesystem:
         with self.journal.write() as txn:
             inode = self._add_entry(txn, parent, name, seg, kind | stat.S_IMODE(mode), uid,
                                     gid, now, rdev=rdev, cached=True)
-            self._mark(txn, inode, DIRTY_DATA, pending)
+            self.mark(txn, inode, DIRTY_DATA, pending)
             txn.put(inode)
         if kind == stat.S_IFREG:
             self.cache.create(inode.ino)
-        self._notify(pending)
+        self.notify(pending)
         self.add_lookup(inode.ino)
         return inode
 
@@ -832,9 +885,10 @@ class Filesystem:
         with self.journal.write() as txn:
             inode = self._add_entry(txn, parent, name, seg, stat.S_IFDIR | stat.S_IMODE(mode),
                                     uid, gid, now, nlink=2, listed=True)
-            self._mark(txn, inode, DIRTY_META, pending)
+            self.mark(txn, inode, DIRTY_META, pending)
             txn.put(inode)
-        self._notify(pending)
+        self._note_names_listed(inode.ino, time.monotonic())  # (made here: empty)
+        self.notify(pending)
         self.add_lookup(inode.ino)
         return inode
 
@@ -847,9 +901,9 @@ class Filesystem:
         with self.journal.write() as txn:
             inode = self._add_entry(txn, parent, name, seg, stat.S_IFLNK | 0o777, uid, gid,
                                     now, target=text, size=len(target), cached=True)
-            self._mark(txn, inode, DIRTY_DATA, pending)
+            self.mark(txn, inode, DIRTY_DATA, pending)
             txn.put(inode)
-        self._notify(pending)
+        self.notify(pending)
         self.add_lookup(inode.ino)
         return inode
 
@@ -869,7 +923,7 @@ class Filesystem:
         now = _now_ns()
         pending: list[int] = []
         with self.journal.write() as txn:
-            inode = self._get(txn, ino)
+            inode = self.get_in(txn, ino)
             if inode.nlink == 0:
                 raise FsError(errno.ENOENT, "the file was removed")
             self._new_entry_dir(txn, parent, name)
@@ -877,17 +931,17 @@ class Filesystem:
                         parent=parent, name=seg, link_of=ino)
             txn.put(rec)
             txn.link(parent, name, ino)
-            self._touch_dir(txn, parent, now)
+            self.touch_dir(txn, parent, now)
             inode.links.append(rec.ino)
             inode.nlink += 1
             inode.ctime_ns = now
             # every name's object gets the new ctime; the new name's is written whole
-            self._mark(txn, inode, DIRTY_META, pending)
-            rec = self._get(txn, rec.ino)
-            self._mark(txn, rec, DIRTY_DATA, pending)
+            self.mark(txn, inode, DIRTY_META, pending)
+            rec = self.get_in(txn, rec.ino)
+            self.mark(txn, rec, DIRTY_DATA, pending)
             txn.put(rec)
             txn.put(inode)
-        self._notify(pending)
+        self.notify(pending)
         self.add_lookup(ino)
         return inode
 
@@ -906,9 +960,9 @@ class Filesystem:
         sure a marker gets written for it."""
         if parent == ROOT_INO or txn.has_children(parent):
             return
-        d = self._get(txn, parent)
+        d = self.get_in(txn, parent)
         if d.remote_key is None and d.nlink > 0:
-            self._mark(txn, d, DIRTY_META, pending)
+            self.mark(txn, d, DIRTY_META, pending)
             txn.put(d)
 
     async def unlink(self, parent: int, name: bytes) -> None:
@@ -920,20 +974,20 @@ class Filesystem:
             ino = txn.lookup(parent, name)
             if ino is None:
                 raise FsError(errno.ENOENT)
-            inode = self._get(txn, ino)
+            inode = self.get_in(txn, ino)
             if stat.S_ISDIR(inode.mode):
                 raise FsError(errno.EISDIR)
             txn.unlink(parent, name)
-            self._touch_dir(txn, parent, now)
-            remote = self._remove_name(txn, inode, parent, name, now, pending, dropped)
+            self.touch_dir(txn, parent, now)
+            remote = self.remove_name(txn, inode, parent, name, now, pending, dropped)
             if remote is not None:
                 txn.append_op({"op": "delete", "key": remote[0], "etag": remote[1],
                                "ino": ino})
             txn.put(inode)
             self._keep_parent_dir(txn, parent, pending)
-        self._notify(pending)
-        self._forget_records(dropped)
-        self._maybe_purge(ino)
+        self.notify(pending)
+        self.forget_records(dropped)
+        self.maybe_purge(ino)
 
     async def rmdir(self, parent: int, name: bytes) -> None:
         await self.ensure_listed(parent)
@@ -947,20 +1001,20 @@ class Filesystem:
         with self.journal.write() as txn:
             if txn.lookup(parent, name) != ino:
                 raise FsError(errno.ENOENT)
-            inode = self._get(txn, ino)
+            inode = self.get_in(txn, ino)
             if not stat.S_ISDIR(inode.mode):
                 raise FsError(errno.ENOTDIR)
             if txn.has_children(ino):
                 raise FsError(errno.ENOTEMPTY)
             txn.unlink(parent, name)
-            self._touch_dir(txn, parent, now, -1)
+            self.touch_dir(txn, parent, now, -1)
             inode.nlink = 0
             inode.ctime_ns = now
             self._drop_remote(txn, inode)
             txn.put(inode)
             self._keep_parent_dir(txn, parent, pending)
-        self._notify(pending)
-        self._maybe_purge(ino)
+        self.notify(pending)
+        self.maybe_purge(ino)
 
     # --- rename -------------------------------------------------------------------------
     async def _ensure_subtree_listed(self, ino: int) -> None:
@@ -983,7 +1037,7 @@ class Filesystem:
             yield rec
             if stat.S_ISDIR(rec.mode):
                 for name, child in txn.children(rec.ino):
-                    c = self._get(txn, child)
+                    c = self.get_in(txn, child)
                     stack.append(c if stat.S_ISDIR(c.mode)
                                  else self.record_at(txn, rec.ino, name, c))
 
@@ -1002,7 +1056,7 @@ class Filesystem:
             ino = txn.lookup(old_parent, old_name)
             if ino is None:
                 raise FsError(errno.ENOENT)
-            moving = self._get(txn, ino)
+            moving = self.get_in(txn, ino)
             target_ino = txn.lookup(new_parent, new_name)
         if stat.S_ISDIR(moving.mode):
             await self._ensure_subtree_listed(ino)
@@ -1015,9 +1069,9 @@ class Filesystem:
         with self.journal.write() as txn:
             if txn.lookup(old_parent, old_name) != ino:
                 raise FsError(errno.ENOENT)
-            moving = self._get(txn, ino)
+            moving = self.get_in(txn, ino)
             is_dir = stat.S_ISDIR(moving.mode)
-            np = self._get(txn, new_parent)
+            np = self.get_in(txn, new_parent)
             if not stat.S_ISDIR(np.mode):
                 raise FsError(errno.ENOTDIR)
             if np.nlink == 0:
@@ -1030,7 +1084,7 @@ class Filesystem:
                         raise FsError(errno.EINVAL, "cannot move a directory into itself")
                     if walk.ino == ROOT_INO:
                         break
-                    walk = self._get(txn, walk.parent)
+                    walk = self.get_in(txn, walk.parent)
             target_ino = txn.lookup(new_parent, new_name)
             if target_ino == ino:
                 return
@@ -1038,7 +1092,7 @@ class Filesystem:
             if target_ino is not None:
                 if flags & 1:
                     raise FsError(errno.EEXIST)
-                displaced = self._get(txn, target_ino)
+                displaced = self.get_in(txn, target_ino)
                 if stat.S_ISDIR(displaced.mode):
                     if not is_dir:
                         raise FsError(errno.EISDIR)
@@ -1065,37 +1119,37 @@ class Filesystem:
                     displaced.remote_key = displaced.remote_etag = None
                     displaced.dirty = 0
                     txn.clear_dirty(displaced.ino)
-                    self._touch_dir(txn, new_parent, now, -1)
+                    self.touch_dir(txn, new_parent, now, -1)
                 else:
-                    inherited = self._remove_name(txn, displaced, new_parent, new_name, now,
+                    inherited = self.remove_name(txn, displaced, new_parent, new_name, now,
                                                   pending, dropped)
                 txn.put(displaced)
             txn.unlink(old_parent, old_name)
             txn.link(new_parent, new_name, ino)
-            moving = self._get(txn, ino)
+            moving = self.get_in(txn, ino)
             moving.ctime_ns = now
             if rec.ino == ino:
                 moving.parent, moving.name = new_parent, new_seg
                 txn.put(moving)
             else:
                 txn.put(moving)
-                rec = self._get(txn, rec.ino)
+                rec = self.get_in(txn, rec.ino)
                 rec.parent, rec.name = new_parent, new_seg
                 txn.put(rec)
             dir_delta = 1 if is_dir else 0
-            self._touch_dir(txn, old_parent, now, -dir_delta)
-            self._touch_dir(txn, new_parent, now, dir_delta)
+            self.touch_dir(txn, old_parent, now, -dir_delta)
+            self.touch_dir(txn, new_parent, now, dir_delta)
 
             faults.crash_point("mid-rename")  # the transaction is not committed yet
             # bucket side: every object below the moved entry follows it
-            for node in self._subtree(txn, self._get(txn, rec.ino)):
+            for node in self._subtree(txn, self.get_in(txn, rec.ino)):
                 self._move_remote(txn, node, old_keys[node.ino],
                                   inherited if node.ino == rec.ino else None, pending)
             self._keep_parent_dir(txn, old_parent, pending)
-        self._notify(pending)
-        self._forget_records(dropped)
+        self.notify(pending)
+        self.forget_records(dropped)
         if displaced is not None:
-            self._maybe_purge(displaced.ino)
+            self.maybe_purge(displaced.ino)
 
     def _move_remote(self, txn: Txn, node: Inode, old_key: str | None,
                      inherited: tuple[str, str | None] | None, pending: list[int]) -> None:
@@ -1104,7 +1158,7 @@ class Filesystem:
         ``inherited``: the object already at the new key that this node replaces; our
         next upload there is conditioned on its ETag instead of deleting it first.
         """
-        node = self._get(txn, node.ino)
+        node = self.get_in(txn, node.ino)
         new_key = self.object_key(txn, node)
         is_dir = stat.S_ISDIR(node.mode)
         had_remote = node.remote_key is not None
@@ -1129,11 +1183,11 @@ class Filesystem:
                 node.remote_key, node.remote_etag = inherited
             if old_key is None:
                 # it was not exported before (e.g. under .s3fuse/): upload it now
-                self._mark(txn, node, DIRTY_META if is_dir else DIRTY_DATA | DIRTY_META,
+                self.mark(txn, node, DIRTY_META if is_dir else DIRTY_DATA | DIRTY_META,
                            pending)
             elif is_dir and (had_remote or inherited is not None):
                 # the directory's marker and attributes move with it
-                self._mark(txn, node, DIRTY_META, pending)
+                self.mark(txn, node, DIRTY_META, pending)
         txn.put(node)
 
     # --- file data ----------------------------------------------------------------------
@@ -1149,36 +1203,71 @@ class Filesystem:
     def _dirty_before_data_change(self, ino: int) -> None:
         """Commit DIRTY_DATA before the cache file changes. A crash in between then
         leaves a dirty file to upload again, never a "clean" file whose cache differs
-        from its object. (No-op when already dirty: one extra commit per change run.)"""
+        from its object. (No-op when already dirty: one extra commit per change run.)
+        The file must be whole in the cache (``ensure_cached``, with no await
+        since): dirty bytes are always all local."""
         pending: list[int] = []
         with self.journal.read() as txn:
             inode = txn.peek(ino)
             if inode is None:
                 raise FsError(errno.ENOENT, f"inode {ino}")
+            if stat.S_ISREG(inode.mode) and not inode.cached:
+                raise FsError(errno.EIO, f"inode {ino} would change while not whole in "
+                                         "the cache")
             records = [inode] + [txn.peek(r) for r in inode.links]
             if inode.nlink == 0 or all(r is not None and r.dirty & DIRTY_DATA
                                        for r in records):
                 return
         with self.journal.write() as txn:
-            inode = self._get(txn, ino)
-            self._mark(txn, inode, DIRTY_DATA, pending)
+            inode = self.get_in(txn, ino)
+            self.mark(txn, inode, DIRTY_DATA, pending)
             txn.put(inode)
-        self._notify(pending)
+        self.notify(pending)
 
     async def _start_empty(self, ino: int) -> None:
+        """The file's content becomes empty, whole in the cache (a truncate to 0, or
+        a version that is gone)."""
         with self.journal.write() as txn:
-            inode = self._get(txn, ino)
+            inode = self.get_in(txn, ino)
             self.cache.create(ino, 0)
             inode.cached = True
+            inode.size = 0
             txn.put(inode)
 
     async def ensure_cached(self, ino: int) -> None:
-        """Fetch whatever part of the file is not in the cache yet (before a write:
-        a dirty file is always whole in the cache)."""
-        inode = self.get(ino)
-        if inode.cached or not stat.S_ISREG(inode.mode):
-            return
-        await self.fetcher.whole(ino)
+        """Fetch whatever part of the regular file ``ino`` is not in the cache yet, so
+        that it is whole there (before a write: a dirty file is always whole in the
+        cache). If the bucket replaced or deleted the version being fetched (a clean
+        file), its current version is adopted (S3 wins: nothing local is at stake)
+        and fetched instead. Returns with the file whole in the cache, as of now:
+        the caller must not await before relying on it. EIO only when the bytes
+        cannot be had: the bucket unreachable, or changing faster than it is read.
+
+        An open file whose object was deleted in the bucket before its bytes were
+        cached has nothing to fetch: it starts again from empty (a write to it is
+        kept in lost+found at its last close, as every write after such a delete)."""
+        for _ in range(FETCH_ATTEMPTS):
+            inode = self.get(ino)
+            if inode.cached or not stat.S_ISREG(inode.mode):
+                return
+            if inode.nlink == 0 and self.read_source(inode)[0] is None:
+                await self._start_empty(ino)
+                return
+            try:
+                await self.fetcher.whole(ino)
+            except VersionGone as exc:
+                await self._adopt_current(ino, exc)
+        if not self.get(ino).cached:
+            raise FsError(errno.EIO, "the file kept changing in the bucket while it was read")
+
+    async def _adopt_current(self, ino: int, gone: VersionGone) -> None:
+        """After ``gone``: take the bucket's current version of ``ino``, or fail."""
+        try:
+            changed = await self.reconciler.adopt_current(ino, gone.etag)
+        except StoreError as exc:
+            raise FsError(errno.EIO, f"{gone}; asking the bucket failed: {exc}") from None
+        if not changed:
+            raise FsError(errno.ESTALE, str(gone))
 
     async def open(self, ino: int, flags: int) -> tuple[int, bool]:
         """Open a file; returns (fh, changed): ``changed`` means the bucket had a newer
@@ -1187,6 +1276,10 @@ class Filesystem:
         inode = self.get(ino)
         if stat.S_ISDIR(inode.mode):
             raise FsError(errno.EISDIR)
+        if inode.nlink == 0 and self.reconciler.left_for_the_bucket(ino):
+            # the kernel looked the path up before the bucket's change was applied:
+            # ESTALE makes it look again, and open what is there now
+            raise FsError(errno.ESTALE, "replaced in the bucket")
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
         if flags & os.O_TRUNC and stat.S_ISREG(inode.mode):
             # libfuse negotiates atomic O_TRUNC: the truncation comes with the open,
@@ -1194,7 +1287,7 @@ class Filesystem:
             # (the times still move)
             await self.setattr(ino, SetAttrs(size=0))
         self.open_count[ino] = self.open_count.get(ino, 0) + 1
-        return self._new_fh(Handle(ino, writable)), changed
+        return self._new_fh(Handle(ino, writable, bool(flags & os.O_APPEND))), changed
 
     def _handle(self, fh: int) -> Handle:
         h = self.handles.get(fh)
@@ -1203,37 +1296,61 @@ class Filesystem:
         return h
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
+        """Bytes of the file as it is when they are returned: fetched first where not
+        cached (a version replaced in the bucket meanwhile is adopted, then read)."""
         h = self._handle(fh)
-        inode = self.get(h.ino)
-        if offset >= inode.size:
-            return b""
-        if not inode.cached:
-            await self.fetcher.for_read(h.ino, offset, size)
-        return self.cache.read(h.ino, offset, min(size, inode.size - offset))
+        for _ in range(FETCH_ATTEMPTS):
+            if not self.get(h.ino).cached:
+                try:
+                    await self.fetcher.for_read(h.ino, offset, size)
+                except VersionGone as exc:
+                    await self._adopt_current(h.ino, exc)
+                    continue
+            inode = self.get(h.ino)
+            if offset >= inode.size:
+                return b""
+            length = min(size, inode.size - offset)
+            # (no await between this check and the read of the cache file)
+            if inode.cached or not self.cache.missing(h.ino, offset, length, inode.size):
+                return self.cache.read(h.ino, offset, length)
+        raise FsError(errno.EIO, "the file kept changing in the bucket while it was read")
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
+        """Write ``data`` at ``offset`` (at the end, for a handle opened with
+        O_APPEND). A clean file not whole in the cache is fetched first; if the
+        bucket replaced it meanwhile, the write lands on the bucket's current version
+        (S3 wins, nothing local was at stake)."""
         h = self._handle(fh)
         inode = self.get(h.ino)
-        if not inode.cached:
-            await self.ensure_cached(h.ino)
         if self.flusher is not None:
             await self.flusher.wait_for_room(h.ino, max(inode.size, offset + len(data)))
+        await self.ensure_cached(h.ino)
+        # From here on no await: the bytes the write lands on, and the ETag an upload
+        # of them names, are the same version (see ``journal.Inode``).
+        if h.append:
+            size = self.get(h.ino).size
+            if offset != size:
+                # the kernel's idea of the end of the file was stale (the bucket's
+                # newer version was adopted meanwhile): its cached pages and size
+                # for this file are dropped
+                offset = size
+                self.invalidate([], [h.ino])
         now = _now_ns()
         end = offset + len(data)
         if self._write_deferred(h.ino, end, now):
             self.cache.write(h.ino, offset, data)
             return len(data)
-        self._dirty_before_data_change(h.ino)  # (no await from here to the cache write)
+        self._dirty_before_data_change(h.ino)
         pending: list[int] = []
         self.cache.write(h.ino, offset, data)
         with self.journal.write() as txn:
-            inode = self._get(txn, h.ino)
+            inode = self.get_in(txn, h.ino)
             inode.size = max(inode.size, offset + len(data))
             inode.mtime_ns = inode.ctime_ns = now
             if inode.nlink > 0:
-                self._mark(txn, inode, DIRTY_DATA, pending)
+                self.mark(txn, inode, DIRTY_DATA, pending)
             txn.put(inode)
-        self._notify(pending)
+        self.notify(pending)
         return len(data)
 
     def _write_deferred(self, ino: int, end: int, now: int) -> bool:
@@ -1249,7 +1366,7 @@ class Filesystem:
         inode.mtime_ns = inode.ctime_ns = now
         inode.change_seq += 1
         self.journal.defer(inode)
-        self._notify([ino])
+        self.notify([ino])
         return True
 
     async def fsync(self, fh: int) -> None:
@@ -1268,14 +1385,10 @@ class Filesystem:
             self.open_count[h.ino] = left
             return
         self.open_count.pop(h.ino, None)
-        replaced = self._replaced.pop(h.ino, None)
-        if replaced is not None and self.cache.exists(h.ino) \
-                and self.cache.generation(h.ino) != replaced[1]:
-            path, _, what = replaced
-            self._keep_replaced(h.ino, path, what)
+        self.reconciler.keep_replaced(h.ino)
         # (its cache file's descriptor stays open in the cache's bounded set: the
         # upload reads it next, and a new file is often opened again soon)
-        self._maybe_purge(h.ino)
+        self.maybe_purge(h.ino)
 
     # --- directories ----------------------------------------------------------------------
     async def opendir(self, ino: int) -> int:
@@ -1334,7 +1447,8 @@ class Filesystem:
         if not stat.S_ISREG(inode.mode) or inode.dirty or inode.remote_key is None \
                 or inode.remote_etag is None or inode.links:
             return False  # (a hard-linked file's names are judged by the poller)
-        if time.monotonic() - self._validated.get(ino, 0.0) < self.metadata_ttl_s:
+        checked = self.reconciler.checked_since(ino)
+        if time.monotonic() - checked < self.metadata_ttl_s:
             return False
         key = inode.remote_key
         # one LIST of the directory checks every file in it that is opened within
@@ -1342,16 +1456,14 @@ class Filesystem:
         # the listing shows another ETag
         listed = await self._listed_etags(inode.parent)
         if listed is not None and listed[1].get(key) == inode.remote_etag \
-                and listed[0] >= self._validated.get(ino, 0.0):
-            self._validated[ino] = listed[0]
+                and listed[0] >= checked:
+            self.reconciler.note_bucket_state(ino, listed[0])
             return False
         try:
-            info = await self.remote.head_or_none(key)
+            decision = await self.reconciler.observe(ino, key)
         except StoreError as exc:
             log.info("cannot revalidate %s (%s); serving the cached version", key, exc)
             return False
-        self._validated[ino] = time.monotonic()
-        decision = self.apply_outside(ino, key, info)
         if decision is Decision.REMOVE:
             # this inode left the path (deleted, or replaced by a newer version while
             # others hold it open): ESTALE makes the kernel look the path up again
@@ -1392,217 +1504,9 @@ class Filesystem:
             del self._dir_listing[parent]
             busy.set()
 
-    def apply_outside(self, ino: int, key: str, info: ObjectInfo | None,
-                      reason: str = "changed in the bucket") -> Decision:
-        """Bring ``ino`` (at ``key``) in line with what the bucket holds (``info``,
-        None if nothing), by the S3-wins rules of ``reconcile``. Re-checks the inode
-        in its own transaction, so it is safe after any await. ``ino`` may be a link
-        record: one name of a hard-linked file."""
-        entries: list[tuple[int, bytes]] = []
-        inodes: list[int] = []
-        now = _now_ns()
-        with self.journal.write() as txn:
-            inode = txn.get(ino)
-            if inode is None or inode.nlink == 0 or self.object_key(txn, inode) != key:
-                return Decision.KEEP
-            decision = decide(dirty=bool(inode.dirty), known_etag=inode.remote_etag,
-                              uploaded=inode.remote_key == key,
-                              bucket_etag=info.etag if info is not None else None)
-            if decision is Decision.KEEP:
-                return decision
-            if inode.link_of or inode.links:
-                return self._split_name(txn, inode, info, now)
-            if stat.S_ISDIR(inode.mode):
-                self._adopt_marker(txn, inode, info)
-                return Decision.REFRESH
-            if decision is not Decision.CONFLICT and self.open_count.get(ino):
-                # Like an atomic replace (or an unlink) on a local disk: open handles
-                # keep the version they opened, the path shows the bucket's. What is
-                # written through them from now on is kept in lost+found at their
-                # last close (``release``): it was acknowledged, so it is not lost.
-                self._replaced[ino] = ("/".join(self.path_names(txn, inode)),
-                                       self.cache.generation(ino),
-                                       "changed in the bucket" if info is not None
-                                       else "deleted in the bucket")
-                self._remove_gone(txn, inode, now, entries)
-                if info is not None:
-                    self._add_from_object(txn, inode.parent, inode.name.encode(), info)
-                decision = Decision.REMOVE
-            elif decision is Decision.REFRESH:
-                assert info is not None
-                self._refresh(txn, inode, info)
-                inodes.append(ino)
-            elif decision is Decision.REMOVE:
-                self._remove_gone(txn, inode, now, entries)
-            else:
-                self._keep_ours(txn, inode, info, reason, now, entries)
-        if decision is Decision.REFRESH:
-            self.cache.remove(ino)
-        if decision is not Decision.REFRESH and self.flusher is not None:
-            self.flusher.forget(ino)
-        self._invalidate(entries, inodes)
-        if decision is Decision.REMOVE:
-            self._maybe_purge(ino)
-        return decision
-
-    def _split_name(self, txn: Txn, rec: Inode, info: ObjectInfo | None,
-                    now: int) -> Decision:
-        """S3 wins at one name of a hard-linked file: that name leaves the file (whose
-        other names keep its data, and upload it as before), and the bucket's object,
-        if there is one, takes the path as a file of its own. Returns REMOVE: this
-        record left its path. Finishes what ``apply_outside`` does after its
-        transaction itself (the caller's transaction commits after this returns, and
-        the kernel notices are queued for a background task)."""
-        data = self.data_of(txn, rec)
-        parent, name = rec.parent, _name(rec)
-        pending: list[int] = []
-        dropped: list[int] = []
-        txn.unlink(parent, name)
-        self._touch_dir(txn, parent, now)
-        # the object at this key is the bucket's now: not deleted
-        self._remove_name(txn, data, parent, name, now, pending, dropped)
-        txn.put(data)
-        if info is not None:
-            self._add_from_object(txn, parent, name, info)
-        log.warning("%s of a hard-linked file %s in the bucket: that name now holds the "
-                    "bucket's version, the file keeps its other names", rec.name,
-                    "changed" if info is not None else "was deleted")
-        self._notify(pending)
-        self._forget_records(dropped)
-        self._invalidate([(parent, name)], [data.ino])
-        return Decision.REMOVE
-
-    def _invalidate(self, entries: list[tuple[int, bytes]], inodes: list[int]) -> None:
+    def invalidate(self, entries: list[tuple[int, bytes]], inodes: list[int]) -> None:
         if self.notify_kernel is not None and (entries or inodes):
             self.notify_kernel(entries, inodes)
-
-    def _refresh(self, txn: Txn, inode: Inode, info: ObjectInfo) -> None:
-        """REFRESH: the bucket's newer version replaces our clean copy."""
-        fields = metadata.decode(info.metadata, is_dir=False,
-                                 default_mode=self.defaults.file_mode,
-                                 default_uid=self.defaults.uid, default_gid=self.defaults.gid,
-                                 fallback_mtime_ns=info.mtime_ns)
-        for name, value in fields.items():
-            setattr(inode, name, value)
-        inode.size = info.size
-        inode.remote_key, inode.remote_etag = info.key, info.etag
-        inode.cached = False
-        inode.target = None
-        txn.put(inode)
-
-    def _adopt_marker(self, txn: Txn, inode: Inode, info: ObjectInfo | None) -> None:
-        """A directory marker changed outside: the bucket's attributes win; a marker
-        deleted outside is written again if the directory still needs one."""
-        if info is None:
-            inode.remote_key = inode.remote_etag = None
-        else:
-            fields = metadata.decode(info.metadata, is_dir=True,
-                                     default_mode=self.defaults.dir_mode,
-                                     default_uid=self.defaults.uid,
-                                     default_gid=self.defaults.gid,
-                                     fallback_mtime_ns=info.mtime_ns)
-            for name in ("mode", "uid", "gid", "mtime_ns", "atime_ns", "ctime_ns", "xattrs",
-                         "extra"):
-                setattr(inode, name, fields[name])
-            inode.remote_key, inode.remote_etag = info.key, info.etag
-            inode.dirty = 0
-            txn.clear_dirty(inode.ino)
-        txn.put(inode)
-
-    def _remove_gone(self, txn: Txn, inode: Inode, now: int,
-                     entries: list[tuple[int, bytes]]) -> None:
-        """REMOVE: deleted in the bucket, and nothing local to keep."""
-        name = inode.name.encode()
-        txn.unlink(inode.parent, name)
-        self._touch_dir(txn, inode.parent, now)
-        inode.nlink = 0
-        inode.remote_key = inode.remote_etag = None
-        txn.put(inode)
-        entries.append((inode.parent, name))
-        log.info("%s was deleted in the bucket; removed from the mount", inode.name)
-
-    def _lost_found(self, txn: Txn, now: int) -> int:
-        """The local directory ``.s3fuse/lost+found`` (made on first use). Nothing
-        under ``.s3fuse`` is ever uploaded."""
-        ino = ROOT_INO
-        for name in (keys.RESERVED_ROOT_NAME, b"lost+found"):
-            child = txn.lookup(ino, name)
-            if child is None:
-                d = Inode(ino=txn.new_ino(), mode=stat.S_IFDIR | 0o755, uid=self.defaults.uid,
-                          gid=self.defaults.gid, parent=ino, name=name.decode(), nlink=2,
-                          listed=True, atime_ns=now, mtime_ns=now, ctime_ns=now)
-                txn.put(d)
-                txn.link(ino, name, d.ino)
-                self._touch_dir(txn, ino, now, 1)
-                child = d.ino
-            ino = child
-        return ino
-
-    @staticmethod
-    def _conflict_name(txn: Txn, lost_found: int, path: str, now: int) -> bytes:
-        """``a%2Fb.txt.conflict-20261121T045000Z``: the path and the time in one name."""
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now // 1_000_000_000))
-        base = path.replace("%", "%25").replace("/", "%2F")
-        suffix = f".conflict-{stamp}"
-        if len((base + suffix).encode()) > 200:
-            digest = xxhash.xxh64(path.encode()).hexdigest()[:12]
-            base = base.encode()[:150].decode("utf-8", "ignore") + "~" + digest
-        name = (base + suffix).encode()
-        n = 1
-        while txn.lookup(lost_found, name) is not None:
-            n += 1
-            name = f"{base}{suffix}-{n}".encode()
-        return name
-
-    def _keep_ours(self, txn: Txn, inode: Inode, info: ObjectInfo | None, reason: str,
-                   now: int, entries: list[tuple[int, bytes]]) -> None:
-        """CONFLICT: our version moves, whole, to lost+found (same inode, so open
-        handles keep working); the bucket's version, if any, takes the path."""
-        path = "/".join(self.path_names(txn, inode))
-        parent, name = inode.parent, inode.name.encode()
-        txn.unlink(parent, name)
-        self._file_conflict(txn, inode, path,
-                            reason if info is not None else "deleted in the bucket", now)
-        inode.ctime_ns = now
-        txn.put(inode)
-        self._touch_dir(txn, parent, now)
-        if info is not None:
-            self._add_from_object(txn, parent, name, info)
-        entries.append((parent, name))
-
-    def _keep_replaced(self, ino: int, path: str, what: str) -> None:
-        """An open file that the bucket replaced or deleted was written after that,
-        through its open handles: at their last close it goes to lost+found, whole,
-        as a conflict (the bucket's version keeps the path)."""
-        now = _now_ns()
-        with self.journal.write() as txn:
-            inode = txn.get(ino)
-            if inode is None or inode.nlink != 0 or not inode.cached:
-                return
-            self._file_conflict(txn, inode, path, f"written here after it was {what}", now)
-            inode.nlink = 1
-            inode.ctime_ns = now
-            txn.put(inode)
-
-    def _file_conflict(self, txn: Txn, inode: Inode, path: str, reason: str,
-                       now: int) -> str:
-        """Link ``inode`` into lost+found under a conflict name for ``path`` and record
-        the conflict; returns where it is (relative to the mount)."""
-        lost_found = self._lost_found(txn, now)
-        new_name = self._conflict_name(txn, lost_found, path, now)
-        txn.link(lost_found, new_name, inode.ino)
-        inode.parent, inode.name = lost_found, new_name.decode()
-        inode.remote_key = inode.remote_etag = None
-        inode.dirty = 0
-        txn.clear_dirty(inode.ino)
-        self._touch_dir(txn, lost_found, now)
-        where = f"{keys.RESERVED_ROOT_NAME.decode()}/lost+found/{new_name.decode()}"
-        record = {"path": path, "lost_found": where, "time": now / 1e9, "reason": reason}
-        self.conflicts = (self.conflicts + [record])[-1000:]
-        txn.put_meta(b"conflicts", json.dumps(self.conflicts).encode())
-        log.warning("conflict on %s (%s): the bucket's version stays at the path, the "
-                    "mount's is kept at %s", path, reason, where)
-        return where
 
     def not_exported_paths(self) -> list[dict]:
         """Live files and directories whose key would be too long for S3."""
@@ -1675,6 +1579,7 @@ class Filesystem:
             in_flight = self.flusher.pending_op_keys()
             files = {n: o for n, o in files.items() if o.key not in in_flight}
             dirs = {n: p for n, p in dirs.items() if p not in in_flight}
+        self._note_names_listed(ino, listed_at)
         with self.journal.read() as txn:
             local: dict[bytes, Inode | None] = {}
             for name, child in txn.children(ino):
@@ -1689,7 +1594,7 @@ class Filesystem:
             if inode is None or stat.S_ISDIR(inode.mode) or inode.dirty \
                     or inode.remote_key is None or inode.remote_etag is None:
                 continue
-            if self._validated.get(inode.ino, 0.0) >= listed_at:
+            if self.reconciler.checked_since(inode.ino) >= listed_at:
                 continue  # its upload committed after the listing was taken: newer
             obj = files.get(name)
             if obj is None:
@@ -1700,11 +1605,12 @@ class Filesystem:
         if not (new_files or new_dirs or changed or gone):
             return
         # new entries are added from the listing; their attributes load lazily
+        headed_at = time.monotonic()
         heads = await self._head_many([o.key for o in changed.values()])
         for child, obj in changed.items():
-            self.apply_outside(child, obj.key, heads.get(obj.key))
+            self.reconciler.apply(child, obj.key, heads.get(obj.key), headed_at)
         for child, key in gone.items():
-            self.apply_outside(child, key, None)
+            self.reconciler.apply(child, key, None, listed_at)
         entries: list[tuple[int, bytes]] = []
         now = _now_ns()
         with self.journal.write() as txn:
@@ -1713,7 +1619,7 @@ class Filesystem:
                 return
             for name, obj in new_files.items():
                 if txn.lookup(ino, name) is None:
-                    self._add_from_object(txn, ino, name, heads.get(obj.key) or obj)
+                    self.add_from_object(txn, ino, name, heads.get(obj.key) or obj)
                     entries.append((ino, name))
             for name, p in new_dirs.items():
                 if txn.lookup(ino, name) is None:
@@ -1723,9 +1629,9 @@ class Filesystem:
                         child.remote_key, child.remote_etag = p, heads[p].etag
                     txn.put(child)
                     txn.link(ino, name, child.ino)
-                    self._touch_dir(txn, ino, now, 1)
+                    self.touch_dir(txn, ino, now, 1)
                     entries.append((ino, name))
-        self._invalidate(entries, [])
+        self.invalidate(entries, [])
 
     # --- extended attributes ------------------------------------------------------------
     def sync_state(self, inode: Inode) -> str:
@@ -1758,7 +1664,7 @@ class Filesystem:
             raise FsError(errno.EOPNOTSUPP if not name.startswith("user.") else errno.EPERM)
         pending: list[int] = []
         with self.journal.write() as txn:
-            inode = self._get(txn, ino)
+            inode = self.get_in(txn, ino)
             xattrs = dict(inode.xattrs)
             xattrs[name] = metadata.xattr_encode(value)
             md = self._metadata(inode, xattrs=xattrs)
@@ -1766,21 +1672,21 @@ class Filesystem:
                 raise FsError(errno.E2BIG, "object metadata is limited to 2 KiB")
             inode.xattrs = xattrs
             inode.ctime_ns = _now_ns()
-            self._mark(txn, inode, DIRTY_META, pending)
+            self.mark(txn, inode, DIRTY_META, pending)
             txn.put(inode)
-        self._notify(pending)
+        self.notify(pending)
 
     def removexattr(self, ino: int, name: str) -> None:
         pending: list[int] = []
         with self.journal.write() as txn:
-            inode = self._get(txn, ino)
+            inode = self.get_in(txn, ino)
             if name not in inode.xattrs:
                 raise FsError(errno.ENODATA)
             del inode.xattrs[name]
             inode.ctime_ns = _now_ns()
-            self._mark(txn, inode, DIRTY_META, pending)
+            self.mark(txn, inode, DIRTY_META, pending)
             txn.put(inode)
-        self._notify(pending)
+        self.notify(pending)
 
     def _metadata(self, inode: Inode, xattrs: dict[str, str] | None = None) -> dict[str, str]:
         return metadata.encode(mode=inode.mode, uid=inode.uid, gid=inode.gid,

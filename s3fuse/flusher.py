@@ -42,8 +42,7 @@ import trio
 from . import faults
 from .errors import BodyChanged, FsError, NoSuchKey, PreconditionFailed, StoreError
 from .journal import DIRTY_DATA, Inode
-from .reconcile import Decision
-from .store.base import ObjectInfo
+from .reconcile import SEQ_META
 
 if TYPE_CHECKING:
     from .filesystem import Filesystem
@@ -51,7 +50,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 30.0
-SEQ_META = "s3fuse-seq"
 #: While the mount is serving requests (one came within ``BUSY_S``), bucket work runs
 #: at most ``BUSY_CONCURRENCY`` uploads and ops at once. Worker threads making requests
 #: take the CPU and the GIL that the request handlers need: ``rm -rf`` of 3,000
@@ -305,7 +303,7 @@ class Flusher:
         # ETag and dirty flags; the bytes and attributes are the data record's
         try:
             with self.journal.read() as txn:
-                inode = fs._get(txn, ino)
+                inode = fs.get_in(txn, ino)
                 data = fs.data_of(txn, inode)
             if stat.S_ISREG(data.mode) and not data.cached and (
                     inode.dirty & DIRTY_DATA or inode.remote_key != key):
@@ -327,6 +325,12 @@ class Flusher:
                 return
             blocked = txn.op_names(key)
         if blocked:
+            return
+        if stat.S_ISREG(data.mode) and not data.cached and (
+                inode.dirty & DIRTY_DATA or inode.remote_key != key):
+            # the bucket replaced the clean file these bytes were to come from while
+            # they were fetched: fetch again, after a tick
+            self._retry_at[ino] = trio.current_time() + self._tick_s()
             return
         if inode.remote_key == key and inode.remote_etag is None:
             # a copy to this key has not committed yet: look again after a tick (an
@@ -350,7 +354,8 @@ class Flusher:
         snapshot = body if unchanged is None else b""  # (the cache file is not ours)
         if not fs.remote.capabilities.conditional_put and not as_copy:
             # the server ignores conditions: check first (best effort, not atomic)
-            if await self._changed_outside(ino, key, inode.remote_etag if if_match else None):
+            if await self._changed_outside(ino, key, inode.remote_etag if if_match else None,
+                                           seq):
                 fs.cache.drop_snapshot(snapshot)
                 return
             if_match, unconditional = None, True
@@ -376,14 +381,8 @@ class Flusher:
             self.counts["body_changed"] += 1
             return
         except PreconditionFailed:
-            try:
-                info = await self.fs.remote.head_or_none(key)
-            except StoreError as exc:
-                self._failed(ino, key, "put", exc)
-                return
-            ours = self._ours(info, ino, seq)
+            ours = await self._refused(ino, key, seq)
             if ours is None:
-                self._conflict(ino, key, info)
                 return
             # our own earlier upload landed (before a crash, or its reply was lost):
             # adopt it; if it is older than this change, the next round replaces it
@@ -408,47 +407,48 @@ class Flusher:
         generation = cache.generation(data.ino)
         return cache.path(data.ino), lambda: cache.generation(data.ino) == generation
 
-    async def _changed_outside(self, ino: int, key: str, expect_etag: str | None) -> bool:
-        """For servers without conditional PUTs: HEAD first and resolve a conflict the
+    async def _refused(self, ino: int, key: str, seq: int) -> tuple[str, int] | None:
+        """The bucket did not hold what an upload of change ``seq`` expected at ``key``:
+        ask what it holds and let the S3-wins policy settle it. (ETag, change
+        sequence) of our own earlier upload to adopt, or None (settled: a conflict
+        kept ours in lost+found, or the attempt is retried later)."""
+        seen_at = time.monotonic()
+        try:
+            info = await self.fs.remote.head_or_none(key)
+            ours = self.fs.reconciler.upload_refused(ino, key, info, seen_at,
+                                                     self.instance_id, seq)
+        except StoreError as exc:  # (ConditionMismatch too: retried, never overwritten)
+            self._failed(ino, key, "put", exc)
+            return None
+        if ours is None:
+            self.counts["conflicts"] += 1
+        return ours
+
+    async def _changed_outside(self, ino: int, key: str, expect_etag: str | None,
+                               seq: int) -> bool:
+        """For servers without conditional PUTs: HEAD first and settle a change the
         way a refused condition would. True if the upload must not go ahead."""
+        seen_at = time.monotonic()
         try:
             info = await self.fs.remote.head_or_none(key)
         except StoreError as exc:
             self._failed(ino, key, "head", exc)
             return True
-        if (info.etag if info else None) == expect_etag:
-            return False
-        if self._ours(info, ino, 1 << 62) is not None:
-            return False
-        self._conflict(ino, key, info)
-        return True
-
-    def _conflict(self, ino: int, key: str, info: ObjectInfo | None) -> None:
-        """The bucket changed under a dirty file: S3 wins, ours goes to lost+found."""
-        decision = self.fs.apply_outside(ino, key, info,
-                                         reason="changed both in the bucket and on the mount")
-        if decision is Decision.KEEP:
-            # the condition failed although the bucket holds what we expected (a
-            # server that compares ETags differently): retry later, never overwrite
-            self._failed(ino, key, "put", PreconditionFailed(
-                f"{key}: the server refused the condition but holds the expected ETag"))
-            return
-        self.counts["conflicts"] += 1
-
-    def _ours(self, info: ObjectInfo | None, ino: int, seq: int) -> tuple[str, int] | None:
-        """Is the object an upload of this very inode by this journal, of this change or
-        an earlier one (a PUT that landed before a crash, or whose reply was lost)?
-        Its (ETag, change_seq) if so."""
-        if info is None:
-            return None
-        tag = (info.metadata or {}).get(SEQ_META, "")
-        instance, _, rest = tag.partition(":")
-        tag_ino, _, tag_seq = rest.partition(":")
-        if instance != self.instance_id or tag_ino != str(ino) or not tag_seq.isdigit():
-            return None
-        if int(tag_seq) > seq:
-            return None
-        return info.etag, int(tag_seq)
+        if (info.etag if info else None) != expect_etag:
+            try:
+                ours = self.fs.reconciler.upload_refused(ino, key, info, seen_at,
+                                                         self.instance_id, 1 << 62)
+            except StoreError as exc:
+                self._failed(ino, key, "put", exc)
+                return True
+            if ours is None:
+                self.counts["conflicts"] += 1
+                return True
+        # the inode may have moved on while we asked
+        with self.journal.read() as txn:
+            inode = txn.get(ino)
+            return inode is None or inode.nlink == 0 or inode.change_seq != seq \
+                or self.fs.object_key(txn, inode) != key
 
     def _failed(self, ino: int, key: str, operation: str, exc: BaseException) -> None:
         self._record_error(key, operation, exc)
@@ -461,7 +461,7 @@ class Flusher:
         with self.journal.write() as txn:
             inode = txn.get(ino)
             if inode is not None and inode.nlink > 0 and self.fs.object_key(txn, inode) == key:
-                self.fs.note_bucket_state(ino)
+                self.fs.reconciler.note_bucket_state(ino)
                 inode.remote_key, inode.remote_etag = key, etag
                 if inode.change_seq == seq:
                     inode.dirty = 0
@@ -480,7 +480,7 @@ class Flusher:
                 holder = self.fs.inode_at_key(txn, key)
                 if holder is not None and holder.ino != ino \
                         and holder.remote_key in (None, key):
-                    self.fs.note_bucket_state(holder.ino)
+                    self.fs.reconciler.note_bucket_state(holder.ino)
                     holder.remote_key, holder.remote_etag = key, etag
                     txn.put(holder)
                 else:
@@ -605,7 +605,7 @@ class Flusher:
                 inode = self.fs.inode_at_key(txn, op["dst"])
             if inode is None or inode.remote_key != op["dst"]:
                 return
-            self.fs.note_bucket_state(inode.ino)
+            self.fs.reconciler.note_bucket_state(inode.ino)
             if etag:
                 inode.remote_etag = etag
             else:
@@ -613,9 +613,9 @@ class Flusher:
                 # newest version the mount knows; upload it as new
                 inode.remote_key = inode.remote_etag = None
                 if self.fs.data_of(txn, inode).cached and inode.nlink > 0:
-                    self.fs._mark(txn, inode, DIRTY_DATA, pending)
+                    self.fs.mark(txn, inode, DIRTY_DATA, pending)
             txn.put(inode)
-        self.fs._notify(pending)
+        self.fs.notify(pending)
 
     # --- waiting for the bucket ---------------------------------------------------------
     def _idle(self, inos: list[int] | None = None) -> bool:

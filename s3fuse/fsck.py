@@ -86,7 +86,7 @@ from . import keys, metadata
 from .config import default_cache_dir
 from .errors import FsError, InvalidKey, NoSuchKey, StoreError, UsageError
 from .filesystem import Defaults, Filesystem
-from .flusher import SEQ_META
+from .reconcile import own_upload
 from .journal import DIRTY_DATA, DIRTY_META, ROOT_INO, Inode, Journal, Txn
 from .store.base import ObjectInfo, ObjectStore
 
@@ -684,13 +684,8 @@ class _Checker:
 
     def _ours(self, key: str, x: Inode) -> bool:
         """Does the object at ``key`` carry our upload marker for this inode, from this
-        change or an earlier one (as the flusher's adoption rule)?"""
-        head = self._head(key)
-        tag = ((head.metadata or {}).get(SEQ_META, "") if head is not None else "")
-        instance, _, rest = tag.partition(":")
-        tag_ino, _, tag_seq = rest.partition(":")
-        return (bool(self.instance) and instance == self.instance and tag_ino == str(x.ino)
-                and tag_seq.isdigit() and int(tag_seq) <= x.change_seq)
+        change or an earlier one (the flusher's adoption rule)?"""
+        return own_upload(self._head(key), self.instance, x.ino, x.change_seq) is not None
 
     def _refresh(self, x: Inode, k: str, kind: str, detail: str) -> None:
         """S3 wins: take the object's ETag, size and attributes; drop cached bytes."""

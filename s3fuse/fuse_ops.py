@@ -20,7 +20,7 @@ import trio
 
 from . import faults
 from .control import CONTROL_DRAIN, CONTROL_PID, CONTROL_STATUS
-from .errors import to_errno
+from .errors import FsError, to_errno
 from .filesystem import Filesystem, SetAttrs
 from .journal import Inode
 
@@ -82,7 +82,18 @@ class FuseOps(pyfuse3.Operations):
 
     @_guard
     async def lookup(self, parent_inode, name, ctx):
-        return self._attr(await self.fs.lookup(parent_inode, name))
+        try:
+            return self._attr(await self.fs.lookup(parent_inode, name))
+        except FsError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+        # a negative entry the kernel keeps for the TTL: the filesystem looked in the
+        # bucket for the name if its listing was older (``Filesystem.lookup``), and
+        # tells the kernel when the name appears
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = 0
+        a.entry_timeout = self.timeout_s
+        return a
 
     async def forget(self, inode_list):
         try:
@@ -153,7 +164,8 @@ class FuseOps(pyfuse3.Operations):
     @_guard
     async def create(self, parent_inode, name, mode, flags, ctx):
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
-        fh, inode = await self.fs.create(parent_inode, name, mode, ctx.uid, ctx.gid, writable)
+        fh, inode = await self.fs.create(parent_inode, name, mode, ctx.uid, ctx.gid, writable,
+                                         append=bool(flags & os.O_APPEND))
         return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._attr(inode)
 
     @_guard

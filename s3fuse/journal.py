@@ -92,6 +92,17 @@ class Inode:
     record still has the sequence number its upload snapshot was taken at.
     ``extra``: user metadata other tools put on the object, kept on rewrite.
 
+    **One version** (the invariant that keeps outside changes from being overwritten):
+    a regular file's cached bytes and its ``remote_etag`` belong to the same version.
+    The bytes are that version's, plus the local changes made since (then DIRTY_DATA,
+    and always ``cached``: dirty bytes are never partly remote), and an upload's
+    ``If-Match`` names exactly ``remote_etag``. So whatever changes ``remote_etag``
+    to another version of the object drops the cached bytes in the same step
+    (``reconcile.Reconciler`` for what the bucket did; an upload or copy commit for
+    what the mount did), and the bytes a write lands on are checked whole, with no
+    ``await`` between that check and the write (``Filesystem.write``). Fetched bytes
+    enter the cache only while it is still the generation they were fetched for.
+
     Hard links: the inode the kernel sees (the *data record*) holds the data, the
     attributes and its first name (``parent``/``name``/``remote_*``/``dirty``). Each
     further name is a *link record*: an inode number of its own that the kernel never

@@ -1,8 +1,12 @@
-"""Outside changes and the S3-wins policy, as a pure decision.
+"""The S3-wins policy: the one place that decides, and carries out, what the mount does
+when it learns what the bucket holds for one of its inodes (SPEC §4).
 
-The bucket is the source of truth. When what the mount believes about an object
-(the ETag it last saw, whether it has local changes) and what the bucket holds
-disagree, ``decide`` says what to do. It does no I/O; ``filesystem`` carries it out.
+Everything that looks at the bucket reports what it saw here and nowhere else: the
+poller (a re-listing), close-to-open (``Filesystem.revalidate``), lazy attribute
+loads, the fetcher (a version that vanished while its bytes were read), and the
+flusher (an upload the server refused, a server that ignores conditions, our own
+upload found again after a crash). fsck uses ``decide`` and ``own_upload`` for its
+offline verdicts. A change to the policy is a change to this file.
 
 =====================  ==============================  ============================
 mount's file           bucket's object                 decision
@@ -21,11 +25,53 @@ dirty, never uploaded  someone created it              CONFLICT: as above
 
 A file whose object is about to be written by a pending rename copy (no ETag yet) is
 never judged: the bucket cannot agree with it until the op log has run.
+
+Two rules make this hold under concurrency (the poller, close-to-open checks, fetches
+and uploads all run at once, and each awaits the bucket between looking at an inode
+and acting on it):
+
+* **Observations are dated.** Each caller passes ``seen_at``: the monotonic time just
+  before the request whose answer it reports was sent. ``known_at[ino]`` is the time
+  of the newest bucket fact the inode's record reflects (an upload or copy that
+  committed, an earlier observation applied). An observation older than that is
+  stale and changes nothing: a HEAD that was in flight while our own upload
+  committed must not bring the older version back.
+* **Every judgement is made again inside the transaction that acts on it**, on the
+  inode as it is then (it may have become dirty, moved, or been refreshed already).
+
+Open files: a process that has a file open keeps the version it opened when the
+bucket replaces or deletes it, as with an atomic replace on a local disk. What it
+writes afterwards is kept in lost+found at its last close (``keep_replaced``); what
+it reads and was never cached answers ESTALE (a read never mixes two versions). Two
+exceptions: a file open for writing and not whole in the cache has no old version to
+write on, and a file of which nothing is cached has no old version anyone can have
+read: these are refreshed in place, and their handles go on with the bucket's
+version (a write lands on top of it).
 """
 
 from __future__ import annotations
 
 import enum
+import json
+import logging
+import stat
+import time
+from typing import TYPE_CHECKING
+
+import xxhash
+
+from . import keys, metadata
+from .errors import StoreError
+from .journal import ROOT_INO, Inode, Txn
+from .store.base import ObjectInfo
+
+if TYPE_CHECKING:
+    from .filesystem import Filesystem
+
+log = logging.getLogger(__name__)
+
+#: the user metadata that tags every upload: ``<journal id>:<ino>:<change_seq>``
+SEQ_META = "s3fuse-seq"
 
 
 class Decision(enum.Enum):
@@ -38,8 +84,9 @@ class Decision(enum.Enum):
 
 def decide(*, dirty: bool, known_etag: str | None, uploaded: bool,
            bucket_etag: str | None) -> Decision:
-    """``uploaded``: the mount has (or inherited) an object at this key, whose ETag
-    is ``known_etag``. ``bucket_etag``: what the bucket holds now (None: nothing)."""
+    """The table above, as a pure function. ``uploaded``: the mount has (or
+    inherited) an object at this key, whose ETag is ``known_etag``. ``bucket_etag``:
+    what the bucket holds now (None: nothing)."""
     if not uploaded:
         if bucket_etag is None:
             return Decision.KEEP
@@ -51,3 +98,380 @@ def decide(*, dirty: bool, known_etag: str | None, uploaded: bool,
     if bucket_etag is None:
         return Decision.CONFLICT_GONE if dirty else Decision.REMOVE
     return Decision.CONFLICT if dirty else Decision.REFRESH
+
+
+def own_upload(info: ObjectInfo | None, instance: str, ino: int,
+               seq: int) -> tuple[str, int] | None:
+    """Is the object an upload of inode ``ino`` by the journal ``instance``, of change
+    ``seq`` or an earlier one (a PUT that landed before a crash, or whose reply was
+    lost)? Its (ETag, change sequence) if so: the mount adopts it instead of
+    treating it as someone else's change."""
+    if info is None or not instance:
+        return None
+    tag = (info.metadata or {}).get(SEQ_META, "")
+    tag_instance, _, rest = tag.partition(":")
+    tag_ino, _, tag_seq = rest.partition(":")
+    if tag_instance != instance or tag_ino != str(ino) or not tag_seq.isdigit():
+        return None
+    if int(tag_seq) > seq:
+        return None
+    return info.etag, int(tag_seq)
+
+
+def _now_ns() -> int:
+    return time.time_ns()
+
+
+class Reconciler:
+    """Carries out the policy on one mount's journal. State it owns:
+
+    ``known_at``: ino -> monotonic time of the newest bucket fact the inode's
+    ``remote_etag`` reflects (see the module docstring); also the time close-to-open
+    last checked it. Only ``note_bucket_state`` and ``apply`` move it.
+    ``conflicts``: the most recent conflicts (also in the journal's ``conflicts``
+    meta record), for ``s3fuse status``.
+    ``replaced``: inodes that left their path because the bucket deleted or replaced
+    it, while they may still be (or get) open: ino -> (path, cache generation then,
+    what happened). At their last close they go to lost+found if they were written
+    since (``keep_replaced``); dropped with the inode (``forget``).
+    """
+
+    def __init__(self, fs: Filesystem) -> None:
+        self.fs = fs
+        self.known_at: dict[int, float] = {}
+        self.conflicts: list[dict] = []
+        self.replaced: dict[int, tuple[str, int, str]] = {}
+
+    @property
+    def instance(self) -> str:
+        """This journal's id, as the ``s3fuse-seq`` tag of our uploads names it."""
+        return self.fs.flusher.instance_id if self.fs.flusher is not None else ""
+
+    def load(self, txn: Txn) -> None:
+        raw = txn.get_meta(b"conflicts")
+        self.conflicts = json.loads(raw) if raw else []
+
+    # --- freshness ----------------------------------------------------------------------
+    def note_bucket_state(self, ino: int, at: float | None = None) -> None:
+        """The mount learnt what the bucket holds for ``ino`` (an upload or copy
+        committed, a listing added it): an observation sent before ``at`` (default:
+        now) must not judge it."""
+        at = time.monotonic() if at is None else at
+        if at > self.known_at.get(ino, float("-inf")):
+            self.known_at[ino] = at
+
+    def checked_since(self, ino: int) -> float:
+        """When the bucket's state of ``ino`` was last known (0: never)."""
+        return self.known_at.get(ino, 0.0)
+
+    def forget(self, ino: int) -> None:
+        """``ino`` is gone from the journal."""
+        self.known_at.pop(ino, None)
+        self.replaced.pop(ino, None)
+
+    def left_for_the_bucket(self, ino: int) -> bool:
+        """``ino`` left its path because the bucket deleted or replaced it."""
+        return ino in self.replaced
+
+    # --- observations -------------------------------------------------------------------
+    async def observe(self, ino: int, key: str) -> Decision:
+        """HEAD ``key`` now and apply what it shows to ``ino``. Raises StoreError when
+        the bucket cannot be asked."""
+        seen_at = time.monotonic()
+        info = await self.fs.remote.head_or_none(key)
+        return self.apply(ino, key, info, seen_at)
+
+    def apply(self, ino: int, key: str, info: ObjectInfo | None, seen_at: float,
+              reason: str = "changed in the bucket", *, by_upload: bool = False) -> Decision:
+        """Bring ``ino`` (at ``key``) in line with what the bucket held at ``seen_at``
+        (``info``; None: nothing). Judged again in its own transaction, so it is safe
+        after any await; an observation older than what the inode reflects is
+        ignored (KEEP). ``ino`` may be a link record (one name of a hard-linked
+        file). Returns what was done: REMOVE also when the inode left its path for
+        the bucket's version (an open file kept, a hard link's name split off).
+
+        A dirty inode is judged only by its own upload (``by_upload``) while one is
+        in flight, and never on an object that is its own upload: a HEAD that
+        overtakes the commit of our PUT sees our object, not someone else's."""
+        fs = self.fs
+        if seen_at < self.known_at.get(ino, float("-inf")):
+            return Decision.KEEP
+        entries: list[tuple[int, bytes]] = []
+        inodes: list[int] = []
+        now = _now_ns()
+        with fs.journal.write() as txn:
+            inode = txn.get(ino)
+            if inode is None or inode.nlink == 0 or fs.object_key(txn, inode) != key:
+                return Decision.KEEP
+            self.known_at[ino] = seen_at
+            decision = decide(dirty=bool(inode.dirty), known_etag=inode.remote_etag,
+                              uploaded=inode.remote_key == key,
+                              bucket_etag=info.etag if info is not None else None)
+            if decision is Decision.KEEP:
+                return decision
+            if inode.dirty and not by_upload and (
+                    fs.flusher is not None and fs.flusher.is_uploading(ino)
+                    or own_upload(info, self.instance, ino, inode.change_seq) is not None):
+                return Decision.KEEP
+            if inode.link_of or inode.links:
+                return self._split_name(txn, inode, info, now)
+            if stat.S_ISDIR(inode.mode):
+                self._adopt_marker(txn, inode, info)
+                return Decision.REFRESH
+            if decision in (Decision.REFRESH, Decision.REMOVE) and fs.open_count.get(ino) \
+                    and (inode.cached or decision is Decision.REMOVE
+                         or fs.cache.holds_any(ino) and not fs.open_for_writing(ino)):
+                # Like an atomic replace (or an unlink) on a local disk: open handles
+                # keep the version they opened, the path shows the bucket's. What is
+                # written through them from now on is kept in lost+found at their
+                # last close (``keep_replaced``): it was acknowledged, so it is not
+                # lost. Readers of bytes that were never cached get ESTALE. (Open
+                # for writing and not cached whole, there is no old version to
+                # write on; nothing cached, no reader can have seen any of it:
+                # either way the handles go on with the bucket's, refreshed below.)
+                self._remove_gone(txn, inode, now, entries,
+                                  "changed in the bucket" if info is not None
+                                  else "deleted in the bucket")
+                if info is not None:
+                    fs.add_from_object(txn, inode.parent, inode.name.encode(), info)
+                decision = Decision.REMOVE
+            elif decision is Decision.REFRESH:
+                assert info is not None
+                self._refresh(txn, inode, info)
+                inodes.append(ino)
+            elif decision is Decision.REMOVE:
+                self._remove_gone(txn, inode, now, entries)
+            else:
+                self._keep_ours(txn, inode, info, reason, now, entries)
+        if decision is Decision.REFRESH:
+            # (same step as the new ETag: the cached bytes and the ETag stay one version)
+            fs.cache.remove(ino)
+            fs.fetcher.forget(ino)
+        if decision is not Decision.REFRESH:
+            fs.forget_schedule(ino)
+        fs.invalidate(entries, inodes)
+        if decision is Decision.REMOVE:
+            fs.maybe_purge(ino)
+        return decision
+
+    def upload_refused(self, ino: int, key: str, info: ObjectInfo | None, seen_at: float,
+                       instance: str, seq: int) -> tuple[str, int] | None:
+        """An upload of ``ino`` to ``key`` found another object than it expected (its
+        condition failed, or a HEAD before an unconditional upload said so); ``info``
+        is what a HEAD sent at ``seen_at`` found. If that object is our own earlier
+        upload, returns its (ETag, change sequence) to adopt. Otherwise S3 wins: ours
+        goes to lost+found (None is returned). Raises ``ConditionMismatch`` when the
+        bucket holds exactly what the upload expected: the server compares ETags in
+        another way, and retrying later is all that is safe."""
+        ours = own_upload(info, instance, ino, seq)
+        if ours is not None:
+            return ours
+        decision = self.apply(ino, key, info, seen_at,
+                              reason="changed both in the bucket and on the mount",
+                              by_upload=True)
+        if decision is Decision.KEEP:
+            raise ConditionMismatch(f"{key}: the server refused the condition but holds "
+                                    "what the mount expected")
+        return None
+
+    async def adopt_current(self, ino: int, gone_etag: str | None) -> bool:
+        """The version ``gone_etag`` a clean file's bytes were being fetched from is no
+        longer in the bucket: take the bucket's current one (S3 wins; nothing local
+        is at stake). True if the inode is on another version now (fetch again);
+        False if nothing newer could be learnt (the caller gives up). Raises
+        StoreError when the bucket is away."""
+        fs = self.fs
+        inode = fs.get(ino)
+        if inode.dirty or inode.cached:
+            return True  # settled meanwhile (written, or fetched whole by another)
+        key, etag = fs.read_source(inode)
+        if etag != gone_etag or inode.nlink == 0:
+            return True  # moved on meanwhile (the poller, another reader)
+        if key is None or key != inode.remote_key:
+            return False  # the source of a pending copy: the copy resolves it
+        seen_at = time.monotonic()
+        info = await fs.remote.head_or_none(key)
+        if info is not None and info.etag == etag:
+            return False  # the same version after all: a transient failure
+        self.apply(ino, key, info, seen_at)
+        after = fs.get(ino)
+        return (after.remote_key, after.remote_etag, after.nlink) != (
+            inode.remote_key, inode.remote_etag, inode.nlink)
+
+    # --- carrying it out (inside the caller's transaction) ------------------------------
+    def _split_name(self, txn: Txn, rec: Inode, info: ObjectInfo | None,
+                    now: int) -> Decision:
+        """S3 wins at one name of a hard-linked file: that name leaves the file (whose
+        other names keep its data, and upload it as before), and the bucket's object,
+        if there is one, takes the path as a file of its own. Returns REMOVE: this
+        record left its path."""
+        fs = self.fs
+        data = fs.data_of(txn, rec)
+        parent, name = rec.parent, rec.name.encode("utf-8", "surrogatepass")
+        pending: list[int] = []
+        dropped: list[int] = []
+        txn.unlink(parent, name)
+        fs.touch_dir(txn, parent, now)
+        # the object at this key is the bucket's now: not deleted
+        fs.remove_name(txn, data, parent, name, now, pending, dropped)
+        txn.put(data)
+        if info is not None:
+            fs.add_from_object(txn, parent, name, info)
+        log.warning("%s of a hard-linked file %s in the bucket: that name now holds the "
+                    "bucket's version, the file keeps its other names", rec.name,
+                    "changed" if info is not None else "was deleted")
+        fs.notify(pending)
+        fs.forget_records(dropped)
+        fs.invalidate([(parent, name)], [data.ino])
+        return Decision.REMOVE
+
+    def _refresh(self, txn: Txn, inode: Inode, info: ObjectInfo) -> None:
+        """REFRESH: the bucket's newer version replaces our clean copy (the caller
+        drops the cache file right after the commit)."""
+        d = self.fs.defaults
+        fields = metadata.decode(info.metadata, is_dir=False, default_mode=d.file_mode,
+                                 default_uid=d.uid, default_gid=d.gid,
+                                 fallback_mtime_ns=info.mtime_ns)
+        for name, value in fields.items():
+            setattr(inode, name, value)
+        inode.meta_loaded = info.metadata is not None
+        inode.size = info.size
+        inode.remote_key, inode.remote_etag = info.key, info.etag
+        inode.cached = False
+        inode.target = None
+        txn.put(inode)
+
+    def _adopt_marker(self, txn: Txn, inode: Inode, info: ObjectInfo | None) -> None:
+        """A directory marker changed outside: the bucket's attributes win; a marker
+        deleted outside is written again if the directory still needs one."""
+        if info is None:
+            inode.remote_key = inode.remote_etag = None
+        else:
+            d = self.fs.defaults
+            fields = metadata.decode(info.metadata, is_dir=True, default_mode=d.dir_mode,
+                                     default_uid=d.uid, default_gid=d.gid,
+                                     fallback_mtime_ns=info.mtime_ns)
+            for name in ("mode", "uid", "gid", "mtime_ns", "atime_ns", "ctime_ns", "xattrs",
+                         "extra"):
+                setattr(inode, name, fields[name])
+            inode.remote_key, inode.remote_etag = info.key, info.etag
+            inode.dirty = 0
+            txn.clear_dirty(inode.ino)
+        txn.put(inode)
+
+    def _remove_gone(self, txn: Txn, inode: Inode, now: int,
+                     entries: list[tuple[int, bytes]],
+                     what: str = "deleted in the bucket") -> None:
+        """REMOVE: the inode leaves its path, which the bucket deleted (or gave to a
+        newer version); nothing local to keep. A handle that is open, or that the
+        kernel opens on it still, may write to it: that is kept in lost+found at
+        the last close (``replaced``)."""
+        fs = self.fs
+        self.replaced[inode.ino] = ("/".join(fs.path_names(txn, inode)),
+                                    fs.cache.generation(inode.ino), what)
+        name = inode.name.encode()
+        txn.unlink(inode.parent, name)
+        self.fs.touch_dir(txn, inode.parent, now)
+        inode.nlink = 0
+        inode.remote_key = inode.remote_etag = None
+        txn.put(inode)
+        entries.append((inode.parent, name))
+        log.info("%s was deleted in the bucket; removed from the mount", inode.name)
+
+    def _keep_ours(self, txn: Txn, inode: Inode, info: ObjectInfo | None, reason: str,
+                   now: int, entries: list[tuple[int, bytes]]) -> None:
+        """CONFLICT: our version moves, whole, to lost+found (same inode, so open
+        handles keep working); the bucket's version, if any, takes the path."""
+        fs = self.fs
+        path = "/".join(fs.path_names(txn, inode))
+        parent, name = inode.parent, inode.name.encode()
+        txn.unlink(parent, name)
+        self._file_conflict(txn, inode, path,
+                            reason if info is not None else "deleted in the bucket", now)
+        inode.ctime_ns = now
+        txn.put(inode)
+        fs.touch_dir(txn, parent, now)
+        if info is not None:
+            fs.add_from_object(txn, parent, name, info)
+        entries.append((parent, name))
+
+    def keep_replaced(self, ino: int) -> None:
+        """The last handle of ``ino`` closed. If the bucket replaced or deleted it
+        while it was open (``replaced``) and it was written through its handles
+        since, it goes to lost+found, whole, as a conflict (the bucket's version keeps
+        the path)."""
+        fs = self.fs
+        replaced = self.replaced.pop(ino, None)
+        if replaced is None or not fs.cache.exists(ino) \
+                or fs.cache.generation(ino) == replaced[1]:
+            return
+        path, _, what = replaced
+        now = _now_ns()
+        with fs.journal.write() as txn:
+            inode = txn.get(ino)
+            if inode is None or inode.nlink != 0 or not inode.cached:
+                return
+            self._file_conflict(txn, inode, path, f"written here after it was {what}", now)
+            inode.nlink = 1
+            inode.ctime_ns = now
+            txn.put(inode)
+
+    def _file_conflict(self, txn: Txn, inode: Inode, path: str, reason: str,
+                       now: int) -> str:
+        """Link ``inode`` into lost+found under a conflict name for ``path`` and record
+        the conflict; returns where it is (relative to the mount)."""
+        fs = self.fs
+        lost_found = self._lost_found(txn, now)
+        new_name = _conflict_name(txn, lost_found, path, now)
+        txn.link(lost_found, new_name, inode.ino)
+        inode.parent, inode.name = lost_found, new_name.decode()
+        inode.remote_key = inode.remote_etag = None
+        inode.dirty = 0
+        txn.clear_dirty(inode.ino)
+        fs.touch_dir(txn, lost_found, now)
+        where = f"{keys.RESERVED_ROOT_NAME.decode()}/lost+found/{new_name.decode()}"
+        record = {"path": path, "lost_found": where, "time": now / 1e9, "reason": reason}
+        self.conflicts = (self.conflicts + [record])[-1000:]
+        txn.put_meta(b"conflicts", json.dumps(self.conflicts).encode())
+        log.warning("conflict on %s (%s): the bucket's version stays at the path, the "
+                    "mount's is kept at %s", path, reason, where)
+        return where
+
+    def _lost_found(self, txn: Txn, now: int) -> int:
+        """The local directory ``.s3fuse/lost+found`` (made on first use). Nothing
+        under ``.s3fuse`` is ever uploaded."""
+        fs = self.fs
+        ino = ROOT_INO
+        for name in (keys.RESERVED_ROOT_NAME, b"lost+found"):
+            child = txn.lookup(ino, name)
+            if child is None:
+                d = Inode(ino=txn.new_ino(), mode=stat.S_IFDIR | 0o755, uid=fs.defaults.uid,
+                          gid=fs.defaults.gid, parent=ino, name=name.decode(), nlink=2,
+                          listed=True, atime_ns=now, mtime_ns=now, ctime_ns=now)
+                txn.put(d)
+                txn.link(ino, name, d.ino)
+                fs.touch_dir(txn, ino, now, 1)
+                child = d.ino
+            ino = child
+        return ino
+
+
+class ConditionMismatch(StoreError):
+    """The server refused an upload's condition although the bucket holds the version
+    the condition named: retried later, never overwritten."""
+
+
+def _conflict_name(txn: Txn, lost_found: int, path: str, now: int) -> bytes:
+    """``a%2Fb.txt.conflict-20261121T045000Z``: the path and the time in one name."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now // 1_000_000_000))
+    base = path.replace("%", "%25").replace("/", "%2F")
+    suffix = f".conflict-{stamp}"
+    if len((base + suffix).encode()) > 200:
+        digest = xxhash.xxh64(path.encode()).hexdigest()[:12]
+        base = base.encode()[:150].decode("utf-8", "ignore") + "~" + digest
+    name = (base + suffix).encode()
+    n = 1
+    while txn.lookup(lost_found, name) is not None:
+        n += 1
+        name = f"{base}{suffix}-{n}".encode()
+    return name

@@ -32,19 +32,23 @@ class Remote:
         self.read_attempts = read_attempts
         self.capabilities = Capabilities()
 
-    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def _call(self, fn: Callable[..., T], *args: Any, abandon: bool = False,
+                    **kwargs: Any) -> T:
+        """``abandon``: a cancelled caller returns at once, and the request's answer,
+        when it comes, is dropped (only for requests that change nothing)."""
         if self.inline:
             await trio.lowlevel.checkpoint()
             return fn(*args, **kwargs)
         return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs),
-                                             limiter=self.limiter)
+                                             limiter=self.limiter, abandon_on_cancel=abandon)
 
     async def _read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """A read-only call, retried on transient errors with backoff."""
+        """A read-only call, retried on transient errors with backoff. A caller may
+        give up on it (a cancel scope): it changes nothing in the bucket."""
         delay = 0.2
         for attempt in range(self.read_attempts):
             try:
-                return await self._call(fn, *args, **kwargs)
+                return await self._call(fn, *args, abandon=True, **kwargs)
             except TransientStoreError as exc:
                 if attempt == self.read_attempts - 1:
                     raise

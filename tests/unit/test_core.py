@@ -486,7 +486,7 @@ def test_outside_change_is_not_overwritten(tmp_path):
         fh, _ = await rig.fs.open(kept.ino, os.O_RDONLY)
         assert await rig.fs.read(fh, 0, 100) == b"ours v2"
         assert rig.fs.sync_state(kept) == "conflict"
-        assert rig.fs.conflicts[-1]["path"] == "shared"
+        assert rig.fs.reconciler.conflicts[-1]["path"] == "shared"
         await trio.sleep(WINDOW * 2)
         assert rig.bucket() == {"shared": b"theirs"}  # lost+found is never uploaded
 
@@ -541,8 +541,8 @@ def test_poll_shows_new_changed_and_deleted_objects(tmp_path):
         await trio.sleep(WINDOW + 5)
         # the dirty file deleted outside: kept in lost+found, gone from its path
         assert "dirty" not in rig.bucket()
-        assert [c["path"] for c in rig.fs.conflicts] == ["dirty"]
-        assert rig.fs.conflicts[0]["reason"] == "deleted in the bucket"
+        assert [c["path"] for c in rig.fs.reconciler.conflicts] == ["dirty"]
+        assert rig.fs.reconciler.conflicts[0]["reason"] == "deleted in the bucket"
 
     run(tmp_path, scenario)
 
@@ -1005,7 +1005,7 @@ def test_writes_through_a_handle_after_the_bucket_replaced_the_file_are_kept(tmp
         kept = await rig.fs.lookup(lf.ino, names[0])
         kfh, _ = await rig.fs.open(kept.ino, os.O_RDONLY)
         assert await rig.fs.read(kfh, 0, 100) == b"our v2"
-        assert [c["path"] for c in rig.fs.conflicts] == ["report"]
+        assert [c["path"] for c in rig.fs.reconciler.conflicts] == ["report"]
         want = {"report": b"their v2"} if outside == "changed" else {}
         assert rig.bucket() == want
 
@@ -1021,7 +1021,7 @@ def test_a_handle_kept_on_a_replaced_file_and_only_read_leaves_nothing(tmp_path)
         await rig.fs.poll_dir(ROOT_INO)
         assert await rig.fs.read(fh, 0, 10) == b"v1"
         await rig.fs.release(fh)
-        assert rig.fs.conflicts == []
+        assert rig.fs.reconciler.conflicts == []
         assert rig.fs.get(ino).nlink == 0
 
     run(tmp_path, scenario)
@@ -1070,7 +1070,7 @@ def test_opens_in_one_directory_are_revalidated_by_one_list(tmp_path):
         d = await rig.fs.mkdir(ROOT_INO, b"src", 0o755, 0, 0)
         inos = [await rig.write_file(d.ino, b"f%02d" % i, b"v1") for i in range(20)]
         await trio.sleep(WINDOW + 5)
-        rig.fs._validated.clear()  # every file's check is older than the TTL
+        rig.fs.reconciler.known_at.clear()  # every file's check is older than the TTL
         before = dict(rig.store.counts)
         for ino in inos:
             fh, changed = await rig.fs.open(ino, os.O_RDONLY)
@@ -1080,7 +1080,7 @@ def test_opens_in_one_directory_are_revalidated_by_one_list(tmp_path):
         assert used == {"list": 1, "head": 0}
         # changed outside: the listing shows it, a HEAD confirms, the open sees it
         rig.store.put("src/f03", b"v2 from outside", {})
-        rig.fs._validated.clear()
+        rig.fs.reconciler.known_at.clear()
         rig.fs._dir_etags.clear()
         fh, changed = await rig.fs.open(inos[3], os.O_RDONLY)
         assert changed and await rig.fs.read(fh, 0, 100) == b"v2 from outside"
