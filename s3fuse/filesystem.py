@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from . import faults, keys, metadata
-from .reconcile import Decision, Reconciler
+from .reconcile import Decision, Reconciler, Stamp
 from .cache import Cache
 from .errors import FsError, StoreError, VersionGone
 from .fetch import Fetcher
@@ -88,7 +88,7 @@ class MetaLoads:
 
     nursery: trio.Nursery | None = None
     loading: dict[int, trio.Event] = field(default_factory=dict)  # ino -> done
-    readdir_at: dict[int, float] = field(default_factory=dict)  # dir ino -> monotonic
+    readdir_at: dict[int, float] = field(default_factory=dict)  # dir ino -> trio clock time
     cursor: dict[int, bytes] = field(default_factory=dict)  # dir ino -> last name queued
     last: dict[int, bytes] = field(default_factory=dict)  # dir ino -> last name looked up
     depth: dict[int, int] = field(default_factory=dict)  # dir ino -> entries to keep queued
@@ -134,13 +134,13 @@ class Filesystem:
         self.fetcher = Fetcher(self)
         self.meta_loads = MetaLoads()
         self.metadata_ttl_s = 1.0
-        self._dir_used: dict[int, float] = {}  # directory ino -> monotonic time used
+        self._dir_used: dict[int, float] = {}  # directory ino -> trio clock time used
         # trio time of the last FUSE request (the flusher holds back while they come)
         self.last_request_at = -float("inf")
-        # close-to-open by directory: dir ino -> (monotonic time listed, {key: ETag})
-        self._dir_etags: dict[int, tuple[float, dict[str, str]]] = {}
+        # close-to-open by directory: dir ino -> (stamp of the listing, {key: ETag})
+        self._dir_etags: dict[int, tuple[Stamp, dict[str, str]]] = {}
         self._dir_listing: dict[int, trio.Event] = {}
-        # close-to-open for names: dir ino -> monotonic time its names were last
+        # close-to-open for names: dir ino -> trio clock time its names were last
         # listed (a lookup of a missing name lists it again once that is older
         # than the TTL)
         self._names_at: dict[int, float] = {}
@@ -418,7 +418,7 @@ class Filesystem:
                     d.listed = True
                     txn.put(d)
                 return
-            listed_at = time.monotonic()
+            listed_at = self.reconciler.stamp()
             dirs, files = await self._list_dir(ino, prefix)
             now = _now_ns()
             added: list[int] = []
@@ -441,7 +441,7 @@ class Filesystem:
                 txn.put(d)
             for child_ino in added:
                 self.reconciler.note_bucket_state(child_ino, listed_at)
-            self._note_names_listed(ino, listed_at)
+            self._note_names_listed(ino, listed_at[1])
 
     async def _list_dir(self, ino: int, prefix: str
                         ) -> tuple[dict[bytes, str], dict[bytes, ObjectInfo]]:
@@ -546,7 +546,7 @@ class Filesystem:
             # nothing in the bucket describes it: the defaults are the attributes
             self._set_meta(ino, inode, None, is_dir, None)
             return
-        seen_at = time.monotonic()
+        seen_at = self.reconciler.stamp()
         try:
             info = await self.remote.head_or_none(key)
         except StoreError as exc:
@@ -606,7 +606,7 @@ class Filesystem:
         (the caller starts them)."""
         loads = self.meta_loads
         listed = loads.readdir_at.get(parent)
-        if listed is None or time.monotonic() - listed > PREFETCH_AFTER_READDIR_S:
+        if listed is None or trio.current_time() - listed > PREFETCH_AFTER_READDIR_S:
             for d in (loads.readdir_at, loads.cursor, loads.last, loads.depth):
                 d.pop(parent, None)
             return []
@@ -680,13 +680,19 @@ class Filesystem:
         for in the bucket when the directory's listing is older than the TTL
         (close-to-open for names: ``_relist_for_names``)."""
         await self.ensure_listed(parent)
-        self._dir_used[parent] = time.monotonic()
+        self._dir_used[parent] = trio.current_time()
         try:
             inode = self._lookup_entry(parent, name)
         except FsError as exc:
             if exc.errno != errno.ENOENT or name in (b".", b"..") \
                     or not await self._relist_for_names(parent):
                 raise
+            inode = self._lookup_entry(parent, name)
+        if inode.meta_loaded and name not in (b".", b"..") \
+                and self._recheck_due(inode):
+            await self._recheck(inode)
+            # changed or deleted in the bucket (or by the poller meanwhile): what
+            # holds the name now, if anything (the lookup count below goes to it)
             inode = self._lookup_entry(parent, name)
         loads = self.meta_loads
         if not inode.meta_loaded or parent in loads.cursor:
@@ -716,11 +722,11 @@ class Filesystem:
         per TTL, shared by the lookups that miss meanwhile (git and Python imports
         look up many names that do not exist). True if a listing was applied."""
         ttl = self.metadata_ttl_s
-        if time.monotonic() - self._names_at.get(parent, float("-inf")) < ttl:
+        if trio.current_time() - self._names_at.get(parent, float("-inf")) < ttl:
             return False
         lock = self._list_locks.setdefault(parent, trio.Lock())
         async with lock:
-            if time.monotonic() - self._names_at.get(parent, float("-inf")) < ttl:
+            if trio.current_time() - self._names_at.get(parent, float("-inf")) < ttl:
                 return True  # listed while we waited
             try:
                 with trio.fail_after(NAME_CHECK_TIMEOUT_S):
@@ -730,14 +736,14 @@ class Filesystem:
                 # again within the TTL); the poller catches up when it is back
                 log.info("cannot list directory %d to look for a name (%s)", parent,
                          exc or f"no answer within {NAME_CHECK_TIMEOUT_S} s")
-                self._note_names_listed(parent, time.monotonic())
+                self._note_names_listed(parent, trio.current_time())
                 return False
         return True
 
     def _note_names_listed(self, ino: int, at: float) -> None:
         """The names of directory ``ino`` are known as of ``at`` (a listing)."""
         if len(self._names_at) >= 4096:
-            cutoff = time.monotonic() - self.metadata_ttl_s
+            cutoff = trio.current_time() - self.metadata_ttl_s
             for d in [d for d, t in self._names_at.items() if t < cutoff]:
                 del self._names_at[d]
         self._names_at[ino] = at
@@ -887,7 +893,7 @@ class Filesystem:
                                     uid, gid, now, nlink=2, listed=True)
             self.mark(txn, inode, DIRTY_META, pending)
             txn.put(inode)
-        self._note_names_listed(inode.ino, time.monotonic())  # (made here: empty)
+        self._note_names_listed(inode.ino, trio.current_time())  # (made here: empty)
         self.notify(pending)
         self.add_lookup(inode.ino)
         return inode
@@ -1272,7 +1278,7 @@ class Filesystem:
     async def open(self, ino: int, flags: int) -> tuple[int, bool]:
         """Open a file; returns (fh, changed): ``changed`` means the bucket had a newer
         version (close-to-open), so the kernel must drop its cached pages."""
-        changed = await self.revalidate(ino)
+        changed = await self.revalidate(ino) | self.reconciler.take_refreshed(ino)
         inode = self.get(ino)
         if stat.S_ISDIR(inode.mode):
             raise FsError(errno.EISDIR)
@@ -1396,7 +1402,7 @@ class Filesystem:
         if not stat.S_ISDIR(inode.mode):
             raise FsError(errno.ENOTDIR)
         await self.ensure_listed(ino)
-        self._dir_used[ino] = time.monotonic()
+        self._dir_used[ino] = trio.current_time()
         with self.journal.read() as txn:
             entries = list(txn.children(ino))
         return self._new_fh(DirHandle(ino, entries))
@@ -1417,7 +1423,7 @@ class Filesystem:
         if start == 0:
             # lookups of these entries may follow (ls -l): a new prefetch scan
             loads = self.meta_loads
-            loads.readdir_at[h.ino] = time.monotonic()
+            loads.readdir_at[h.ino] = trio.current_time()
             for d in (loads.cursor, loads.last, loads.depth):
                 d.pop(h.ino, None)
         with self.journal.read() as txn:
@@ -1444,38 +1450,55 @@ class Filesystem:
             if inode.nlink == 0:
                 raise FsError(errno.ESTALE, "removed in the bucket")
             return inode.remote_etag != etag and stat.S_ISREG(inode.mode)
-        if not stat.S_ISREG(inode.mode) or inode.dirty or inode.remote_key is None \
-                or inode.remote_etag is None or inode.links:
-            return False  # (a hard-linked file's names are judged by the poller)
-        checked = self.reconciler.checked_since(ino)
-        if time.monotonic() - checked < self.metadata_ttl_s:
-            return False
-        key = inode.remote_key
-        # one LIST of the directory checks every file in it that is opened within
-        # the TTL (git, a build: many opens in few directories); a HEAD only when
-        # the listing shows another ETag
-        listed = await self._listed_etags(inode.parent)
-        if listed is not None and listed[1].get(key) == inode.remote_etag \
-                and listed[0] >= checked:
-            self.reconciler.note_bucket_state(ino, listed[0])
-            return False
-        try:
-            decision = await self.reconciler.observe(ino, key)
-        except StoreError as exc:
-            log.info("cannot revalidate %s (%s); serving the cached version", key, exc)
-            return False
+        decision = await self._recheck(inode)
         if decision is Decision.REMOVE:
             # this inode left the path (deleted, or replaced by a newer version while
             # others hold it open): ESTALE makes the kernel look the path up again
-            raise FsError(errno.ESTALE, f"{key} changed in the bucket")
+            raise FsError(errno.ESTALE, f"{inode.remote_key} changed in the bucket")
         return decision is Decision.REFRESH
 
-    async def _listed_etags(self, parent: int) -> tuple[float, dict[str, str]] | None:
+    def _recheck_due(self, inode: Inode) -> bool:
+        """``_recheck`` would ask the bucket about ``inode`` (not just answer KEEP)."""
+        return stat.S_ISREG(inode.mode) and not inode.dirty and inode.nlink > 0 \
+            and inode.remote_key is not None and inode.remote_etag is not None \
+            and not inode.links and trio.current_time() \
+            - self.reconciler.checked_since(inode.ino) >= self.metadata_ttl_s
+
+    async def _recheck(self, inode: Inode) -> Decision:
+        """Close-to-open for a clean regular file whose state is older than the TTL
+        (at ``open`` and at a lookup of its name): one LIST of its directory, shared
+        by every check there within the TTL (git, a build: many files in few
+        directories), and a HEAD only where the listing shows another ETag or no
+        object; what the bucket holds is applied (``Reconciler``). KEEP when in
+        date, not judged here (dirty files: their upload's condition judges them;
+        hard-linked ones: the poller), or when the bucket does not answer within
+        ``NAME_CHECK_TIMEOUT_S``: the mount then serves what it has."""
+        ino = inode.ino
+        if not self._recheck_due(inode):
+            return Decision.KEEP
+        key = inode.remote_key
+        with trio.move_on_after(NAME_CHECK_TIMEOUT_S):
+            listed = await self._listed_etags(inode.parent)
+            if listed is not None and listed[1].get(key) == inode.remote_etag \
+                    and not self.reconciler.newer_than(ino, listed[0]):
+                self.reconciler.note_bucket_state(ino, listed[0])
+                return Decision.KEEP
+            try:
+                return await self.reconciler.observe(ino, key)
+            except StoreError as exc:
+                log.info("cannot check %s against the bucket (%s); serving the cached "
+                         "version", key, exc)
+                return Decision.KEEP
+        log.info("no answer from the bucket within %s s to check %s; serving the cached "
+                 "version", NAME_CHECK_TIMEOUT_S, key)
+        return Decision.KEEP
+
+    async def _listed_etags(self, parent: int) -> tuple[Stamp, dict[str, str]] | None:
         """(when, {key: ETag}) of the objects directly in directory ``parent``, from
         a LIST taken less than the TTL ago (one LIST is shared by every open that
         needs it); None if it cannot be listed."""
         snap = self._dir_etags.get(parent)
-        if snap is not None and time.monotonic() - snap[0] < self.metadata_ttl_s:
+        if snap is not None and trio.current_time() - snap[0][1] < self.metadata_ttl_s:
             return snap
         busy = self._dir_listing.get(parent)
         if busy is not None:
@@ -1489,7 +1512,7 @@ class Filesystem:
                         parent != ROOT_INO and self.object_key(txn, d) is None):
                     return None
                 prefix = self._dir_prefix(txn, d)
-            started = time.monotonic()  # what the listing shows is at least this new
+            started = self.reconciler.stamp()  # what the listing shows is at least this new
             try:
                 page = await self.remote.list_all(prefix, "/")
             except StoreError as exc:
@@ -1547,7 +1570,7 @@ class Filesystem:
     def dirs_to_poll(self, used_within_s: float) -> list[int]:
         """Directories in use: looked into or opened within ``used_within_s``, and the
         directories of open files."""
-        cutoff = time.monotonic() - used_within_s
+        cutoff = trio.current_time() - used_within_s
         for ino in [i for i, t in self._dir_used.items() if t < cutoff]:
             del self._dir_used[ino]
         dirs = dict.fromkeys(self._dir_used)
@@ -1570,7 +1593,7 @@ class Filesystem:
                 return
             prefix = self._dir_prefix(txn, d)
         before = self.flusher.op_generation() if self.flusher is not None else None
-        listed_at = time.monotonic()
+        listed_at = self.reconciler.stamp()
         dirs, files = await self._list_dir(ino, prefix)
         if self.flusher is not None:
             if self.flusher.op_generation() != before:
@@ -1579,7 +1602,7 @@ class Filesystem:
             in_flight = self.flusher.pending_op_keys()
             files = {n: o for n, o in files.items() if o.key not in in_flight}
             dirs = {n: p for n, p in dirs.items() if p not in in_flight}
-        self._note_names_listed(ino, listed_at)
+        self._note_names_listed(ino, listed_at[1])
         with self.journal.read() as txn:
             local: dict[bytes, Inode | None] = {}
             for name, child in txn.children(ino):
@@ -1594,7 +1617,7 @@ class Filesystem:
             if inode is None or stat.S_ISDIR(inode.mode) or inode.dirty \
                     or inode.remote_key is None or inode.remote_etag is None:
                 continue
-            if self.reconciler.checked_since(inode.ino) >= listed_at:
+            if self.reconciler.newer_than(inode.ino, listed_at):
                 continue  # its upload committed after the listing was taken: newer
             obj = files.get(name)
             if obj is None:
@@ -1605,7 +1628,7 @@ class Filesystem:
         if not (new_files or new_dirs or changed or gone):
             return
         # new entries are added from the listing; their attributes load lazily
-        headed_at = time.monotonic()
+        headed_at = self.reconciler.stamp()
         heads = await self._head_many([o.key for o in changed.values()])
         for child, obj in changed.items():
             self.reconciler.apply(child, obj.key, heads.get(obj.key), headed_at)

@@ -412,7 +412,7 @@ class Flusher:
         ask what it holds and let the S3-wins policy settle it. (ETag, change
         sequence) of our own earlier upload to adopt, or None (settled: a conflict
         kept ours in lost+found, or the attempt is retried later)."""
-        seen_at = time.monotonic()
+        seen_at = self.fs.reconciler.stamp()
         try:
             info = await self.fs.remote.head_or_none(key)
             ours = self.fs.reconciler.upload_refused(ino, key, info, seen_at,
@@ -428,7 +428,7 @@ class Flusher:
                                seq: int) -> bool:
         """For servers without conditional PUTs: HEAD first and settle a change the
         way a refused condition would. True if the upload must not go ahead."""
-        seen_at = time.monotonic()
+        seen_at = self.fs.reconciler.stamp()
         try:
             info = await self.fs.remote.head_or_none(key)
         except StoreError as exc:

@@ -30,12 +30,14 @@ Two rules make this hold under concurrency (the poller, close-to-open checks, fe
 and uploads all run at once, and each awaits the bucket between looking at an inode
 and acting on it):
 
-* **Observations are dated.** Each caller passes ``seen_at``: the monotonic time just
-  before the request whose answer it reports was sent. ``known_at[ino]`` is the time
-  of the newest bucket fact the inode's record reflects (an upload or copy that
-  committed, an earlier observation applied). An observation older than that is
-  stale and changes nothing: a HEAD that was in flight while our own upload
-  committed must not bring the older version back.
+* **Observations are dated.** Each caller passes ``seen_at``: a ``Stamp`` taken just
+  before the request whose answer it reports was sent. ``known_at[ino]`` is the
+  stamp of the newest bucket fact the inode's record reflects (an upload or copy
+  that committed, an earlier observation applied). An observation older than that
+  is stale and changes nothing: a HEAD that was in flight while our own upload
+  committed must not bring the older version back. A stamp is (a ticket that only
+  grows, the trio clock): the ticket orders events exactly, also on a mock clock
+  where no time passes between them; the clock serves the TTLs.
 * **Every judgement is made again inside the transaction that acts on it**, on the
   inode as it is then (it may have become dirty, moved, or been refreshed already).
 
@@ -58,6 +60,7 @@ import stat
 import time
 from typing import TYPE_CHECKING
 
+import trio
 import xxhash
 
 from . import keys, metadata
@@ -72,6 +75,10 @@ log = logging.getLogger(__name__)
 
 #: the user metadata that tags every upload: ``<journal id>:<ino>:<change_seq>``
 SEQ_META = "s3fuse-seq"
+
+#: when an observation was made: (ticket, trio clock); see "Observations are dated"
+Stamp = tuple[int, float]
+_NEVER: Stamp = (0, 0.0)
 
 
 class Decision(enum.Enum):
@@ -125,8 +132,8 @@ def _now_ns() -> int:
 class Reconciler:
     """Carries out the policy on one mount's journal. State it owns:
 
-    ``known_at``: ino -> monotonic time of the newest bucket fact the inode's
-    ``remote_etag`` reflects (see the module docstring); also the time close-to-open
+    ``known_at``: ino -> ``Stamp`` of the newest bucket fact the inode's
+    ``remote_etag`` reflects (see the module docstring); also when close-to-open
     last checked it. Only ``note_bucket_state`` and ``apply`` move it.
     ``conflicts``: the most recent conflicts (also in the journal's ``conflicts``
     meta record), for ``s3fuse status``.
@@ -138,9 +145,13 @@ class Reconciler:
 
     def __init__(self, fs: Filesystem) -> None:
         self.fs = fs
-        self.known_at: dict[int, float] = {}
+        self.known_at: dict[int, Stamp] = {}
+        self._tickets = 0
         self.conflicts: list[dict] = []
         self.replaced: dict[int, tuple[str, int, str]] = {}
+        # inodes refreshed to a newer version since their last open: the kernel may
+        # still hold pages of the old one (the next open drops them)
+        self.refreshed: set[int] = set()
 
     @property
     def instance(self) -> str:
@@ -152,22 +163,39 @@ class Reconciler:
         self.conflicts = json.loads(raw) if raw else []
 
     # --- freshness ----------------------------------------------------------------------
-    def note_bucket_state(self, ino: int, at: float | None = None) -> None:
+    def stamp(self) -> Stamp:
+        """Now, for dating an observation (take it before sending the request)."""
+        self._tickets += 1
+        return (self._tickets, trio.current_time())
+
+    def newer_than(self, ino: int, stamp: Stamp) -> bool:
+        """The inode reflects a bucket fact newer than ``stamp``."""
+        return self.known_at.get(ino, _NEVER) > stamp
+
+    def note_bucket_state(self, ino: int, at: Stamp | None = None) -> None:
         """The mount learnt what the bucket holds for ``ino`` (an upload or copy
         committed, a listing added it): an observation sent before ``at`` (default:
         now) must not judge it."""
-        at = time.monotonic() if at is None else at
-        if at > self.known_at.get(ino, float("-inf")):
+        at = self.stamp() if at is None else at
+        if at > self.known_at.get(ino, _NEVER):
             self.known_at[ino] = at
 
     def checked_since(self, ino: int) -> float:
-        """When the bucket's state of ``ino`` was last known (0: never)."""
-        return self.known_at.get(ino, 0.0)
+        """When (trio clock) the bucket's state of ``ino`` was last known (0: never)."""
+        return self.known_at.get(ino, _NEVER)[1]
 
     def forget(self, ino: int) -> None:
         """``ino`` is gone from the journal."""
         self.known_at.pop(ino, None)
         self.replaced.pop(ino, None)
+        self.refreshed.discard(ino)
+
+    def take_refreshed(self, ino: int) -> bool:
+        """``ino`` was refreshed since it was last opened (and is no longer marked)."""
+        if ino in self.refreshed:
+            self.refreshed.discard(ino)
+            return True
+        return False
 
     def left_for_the_bucket(self, ino: int) -> bool:
         """``ino`` left its path because the bucket deleted or replaced it."""
@@ -177,11 +205,11 @@ class Reconciler:
     async def observe(self, ino: int, key: str) -> Decision:
         """HEAD ``key`` now and apply what it shows to ``ino``. Raises StoreError when
         the bucket cannot be asked."""
-        seen_at = time.monotonic()
+        seen_at = self.stamp()
         info = await self.fs.remote.head_or_none(key)
         return self.apply(ino, key, info, seen_at)
 
-    def apply(self, ino: int, key: str, info: ObjectInfo | None, seen_at: float,
+    def apply(self, ino: int, key: str, info: ObjectInfo | None, seen_at: Stamp,
               reason: str = "changed in the bucket", *, by_upload: bool = False) -> Decision:
         """Bring ``ino`` (at ``key``) in line with what the bucket held at ``seen_at``
         (``info``; None: nothing). Judged again in its own transaction, so it is safe
@@ -194,7 +222,7 @@ class Reconciler:
         in flight, and never on an object that is its own upload: a HEAD that
         overtakes the commit of our PUT sees our object, not someone else's."""
         fs = self.fs
-        if seen_at < self.known_at.get(ino, float("-inf")):
+        if seen_at < self.known_at.get(ino, _NEVER):
             return Decision.KEEP
         entries: list[tuple[int, bytes]] = []
         inodes: list[int] = []
@@ -247,6 +275,7 @@ class Reconciler:
             # (same step as the new ETag: the cached bytes and the ETag stay one version)
             fs.cache.remove(ino)
             fs.fetcher.forget(ino)
+            self.refreshed.add(ino)
         if decision is not Decision.REFRESH:
             fs.forget_schedule(ino)
         fs.invalidate(entries, inodes)
@@ -254,7 +283,7 @@ class Reconciler:
             fs.maybe_purge(ino)
         return decision
 
-    def upload_refused(self, ino: int, key: str, info: ObjectInfo | None, seen_at: float,
+    def upload_refused(self, ino: int, key: str, info: ObjectInfo | None, seen_at: Stamp,
                        instance: str, seq: int) -> tuple[str, int] | None:
         """An upload of ``ino`` to ``key`` found another object than it expected (its
         condition failed, or a HEAD before an unconditional upload said so); ``info``
@@ -289,7 +318,7 @@ class Reconciler:
             return True  # moved on meanwhile (the poller, another reader)
         if key is None or key != inode.remote_key:
             return False  # the source of a pending copy: the copy resolves it
-        seen_at = time.monotonic()
+        seen_at = self.stamp()
         info = await fs.remote.head_or_none(key)
         if info is not None and info.etag == etag:
             return False  # the same version after all: a transient failure

@@ -9,7 +9,9 @@ Every writer only ever *adds* a unique line (its token) to a file:
   to a temporary file, ``os.replace`` it over the path);
 * on mount B (another cache directory, as on another host): appends;
 * outside: a conditional read-modify-write through the store API (read the body and
-  its ETag, PUT body + line with ``If-Match``; again on 412), as a pipeline would.
+  its ETag, PUT body + line with ``If-Match``; again on 412), as a pipeline would;
+  and now and then a conditional delete (where the server honours ``If-Match`` on
+  DELETE): the lines of the version it deleted are gone on purpose.
 
 A's writers (and B's) take a lock per file among themselves, as one program would:
 the races under test are between the mount's own machinery (flusher, poller,
@@ -26,14 +28,16 @@ everything is synced, each mount shows exactly what the bucket holds.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import random
+import subprocess
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mounts import Mount, is_mounted, make_mount, require_fuse
+from mounts import S3FUSE, Mount, is_mounted, make_mount, require_fuse
 
 from s3fuse.errors import NoSuchKey, PreconditionFailed
 
@@ -47,6 +51,7 @@ class Ledger:
     """What every writer was told succeeded, and what failed."""
 
     acked: dict[str, str] = field(default_factory=dict)  # token -> file
+    deleted: set[str] = field(default_factory=set)  # lines of versions deleted outside
     errors: list[str] = field(default_factory=list)
     conflicts_outside: int = 0  # 412s the outside writer met
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -104,12 +109,23 @@ def _mount_writer(m: Mount, name: str, ledger: Ledger, stop: threading.Event,
 def _outside_writer(m: Mount, ledger: Ledger, stop: threading.Event, seed: int) -> None:
     rng = random.Random(seed)
     store, prefix = m.store()
+    deletes = store.probe(prefix + ".s3fuse-probe-stress").conditional_delete
     n = 0
     try:
         while not stop.is_set():
             rel = rng.choice(FILES)
             n += 1
             token = f"out-{n}"
+            if deletes and rng.random() < 0.05:
+                try:
+                    info = store.head(prefix + rel)
+                    body = store.get(prefix + rel, if_match=info.etag)
+                    store.delete(prefix + rel, if_match=info.etag)
+                except (NoSuchKey, PreconditionFailed):
+                    continue
+                with ledger.lock:
+                    ledger.deleted |= _lines(body)
+                continue
             for _ in range(50):
                 try:
                     info = store.head(prefix + rel)
@@ -149,6 +165,13 @@ def _wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
             return True
         time.sleep(0.25)
     return predicate()
+
+
+def _status(m: Mount) -> dict:
+    res = subprocess.run([S3FUSE, "status", "--json", m.path], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
 
 
 def _mount_view(m: Mount) -> dict[str, bytes]:
@@ -193,9 +216,12 @@ def test_concurrent_writers_never_lose_a_version(unmounted, tmp_path):
                   and not k.startswith("c/.tmp-")}
         kept = _lost_found_lines(a) | _lost_found_lines(b)
         in_bucket = set().union(*(_lines(v) for v in bucket.values())) if bucket else set()
-        lost = sorted(t for t in ledger.acked if t not in in_bucket and t not in kept)
-        print(f"\n{len(ledger.acked)} lines acknowledged, {ledger.conflicts_outside} "
-              f"outside 412s, lost+found lines: {len(kept)}")
+        lost = sorted(t for t in ledger.acked
+                      if t not in in_bucket and t not in kept and t not in ledger.deleted)
+        conflicts = sum(len(_status(m)["conflicts"]) for m in (a, b))
+        print(f"\n{DURATION_S:.0f} s: {len(ledger.acked)} lines acknowledged, "
+              f"{conflicts} conflicts kept in lost+found, {ledger.conflicts_outside} "
+              f"outside 412s, {len(ledger.deleted)} lines deleted outside")
         assert not ledger.errors and not lost, (
             f"{len(ledger.errors)} writes failed on a mount: {sorted(set(ledger.errors))[:10]}"
             f"; {len(lost)} acknowledged lines lost: {lost[:20]}")
@@ -205,6 +231,8 @@ def test_concurrent_writers_never_lose_a_version(unmounted, tmp_path):
             assert agreed, (f"{m.path} does not show the bucket: "
                             f"{ {k: len(v) for k, v in _mount_view(m).items()} } vs "
                             f"{ {k: len(v) for k, v in bucket.items()} }")
+        for m in (a, b):
+            m.umount()  # and fsck: the journal agrees with the bucket
     finally:
         if is_mounted(b.path):
             b.cleanup()

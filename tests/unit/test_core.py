@@ -499,6 +499,7 @@ def test_open_sees_outside_changes_and_deletes(tmp_path):
         await rig.write_file(ROOT_INO, b"doc", b"version one")
         await rig.write_file(ROOT_INO, b"gone", b"bye")
         await trio.sleep(WINDOW + 5)
+        gone = await rig.fs.lookup(ROOT_INO, b"gone")  # (the kernel's entry, kept)
         rig.store.put("doc", b"version two, longer", {"mode": str(stat.S_IFREG | 0o600)})
         rig.store.delete("gone")
         doc = await rig.fs.lookup(ROOT_INO, b"doc")
@@ -506,12 +507,40 @@ def test_open_sees_outside_changes_and_deletes(tmp_path):
         assert changed
         assert await rig.fs.read(fh, 0, 100) == b"version two, longer"
         assert stat.S_IMODE(rig.fs.get(doc.ino).mode) == 0o600
-        gone = await rig.fs.lookup(ROOT_INO, b"gone")
         with pytest.raises(FsError) as e:
             await rig.fs.open(gone.ino, os.O_RDONLY)
         assert e.value.errno == errno.ESTALE  # the kernel then looks the path up again
         with pytest.raises(FsError):
             await rig.fs.lookup(ROOT_INO, b"gone")
+
+    run(tmp_path, scenario)
+
+
+def test_a_lookup_sees_a_name_deleted_or_created_outside_after_the_ttl(tmp_path):
+    """Close-to-open for names: a lookup checks the directory's listing (one LIST per
+    directory per TTL, shared) once the name's state is older than the TTL."""
+    async def scenario(rig: Rig):
+        rig.fs.metadata_ttl_s = 1.0
+        await rig.write_file(ROOT_INO, b"gone", b"bye")
+        await trio.sleep(WINDOW + 5)
+        await rig.fs.lookup(ROOT_INO, b"gone")
+        with pytest.raises(FsError):
+            await rig.fs.lookup(ROOT_INO, b"new")
+        rig.store.delete("gone")
+        rig.store.put("new", b"hello", {})
+        # within the TTL the mount answers from what it knows, without a request
+        before = dict(rig.store.counts)
+        await rig.fs.lookup(ROOT_INO, b"gone")
+        with pytest.raises(FsError):
+            await rig.fs.lookup(ROOT_INO, b"new")
+        assert dict(rig.store.counts) == before
+        await trio.sleep(1.5)
+        with pytest.raises(FsError) as e:
+            await rig.fs.lookup(ROOT_INO, b"gone")
+        assert e.value.errno == errno.ENOENT
+        assert (await rig.fs.lookup(ROOT_INO, b"new")).size == 5
+        lists = rig.store.counts["list"] - before.get("list", 0)
+        assert lists <= 2, lists
 
     run(tmp_path, scenario)
 

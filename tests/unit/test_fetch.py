@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import threading
 
-import time
 
 import trio
 import trio.testing
@@ -125,7 +124,7 @@ def test_a_piece_that_arrives_after_an_outside_change_is_dropped(tmp_path):
             # meanwhile the object is replaced outside, and the mount adopts it
             store.hold = False
             store.put("f", new, {})
-            rig.fs.reconciler.apply(ino, "f", store.head("f"), time.monotonic())
+            rig.fs.reconciler.apply(ino, "f", store.head("f"), rig.fs.reconciler.stamp())
             store.gate.set()
         # nothing of the old version was cached, so no reader can have seen any of
         # it: the handle goes on with the new version (never a mix of the two)
