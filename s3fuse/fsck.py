@@ -86,7 +86,7 @@ from . import keys, metadata
 from .config import default_cache_dir
 from .errors import FsError, InvalidKey, NoSuchKey, StoreError, UsageError
 from .filesystem import Defaults, Filesystem
-from .reconcile import own_upload
+from .reconcile import Decision, decide, own_upload
 from .journal import DIRTY_DATA, DIRTY_META, ROOT_INO, Inode, Journal, Txn
 from .store.base import ObjectInfo, ObjectStore
 
@@ -635,8 +635,19 @@ class _Checker:
         if c.dirty:
             self._check_pending(c, k, info)
             return
+        if c.remote_key not in (None, k):
+            return  # reported as remote-key
+        if c.remote_key is not None and c.ino in self.etag_unknown:
+            self.etag_unknown.discard(c.ino)
+            self._refresh(c, k, "etag-unknown", "remote key without an ETag and no pending "
+                                                "copy; repair: take the bucket's object")
+            return
+        # the mount's own rule (S3 wins), judged offline
+        decision = decide(dirty=False, known_etag=c.remote_etag,
+                          uploaded=c.remote_key is not None,
+                          bucket_etag=info.etag if info is not None else None)
         if c.remote_key is None:
-            if info is not None:
+            if decision is Decision.REFRESH:
                 self._refresh(c, k, "changed-outside",
                               "the journal knew no object here, the bucket has one; "
                               "repair: take the bucket's version")
@@ -647,19 +658,14 @@ class _Checker:
             else:
                 self._drop(c, "no-data", "neither cached nor in the bucket: nothing to read")
             return
-        if c.remote_key != k:
-            return  # reported as remote-key
-        if info is None:
+        if decision is Decision.REMOVE:
             self._drop(c, "deleted-outside", "the object was deleted from the bucket")
-        elif c.ino in self.etag_unknown:
-            self.etag_unknown.discard(c.ino)
-            self._refresh(c, k, "etag-unknown", "remote key without an ETag and no pending "
-                                                "copy; repair: take the bucket's object")
-        elif info.etag != c.remote_etag:
+        elif decision is Decision.REFRESH:
+            assert info is not None
             self._refresh(c, k, "changed-outside",
                           f"the object changed in the bucket (ETag {c.remote_etag} -> "
                           f"{info.etag}); repair: take the bucket's version")
-        elif stat.S_ISREG(c.mode) and info.size != self._data(c).size:
+        elif info is not None and stat.S_ISREG(c.mode) and info.size != self._data(c).size:
             self._refresh(c, k, "size", f"size {self._data(c).size} in the journal, "
                                         f"{info.size} in the bucket with the same ETag")
 
@@ -670,9 +676,8 @@ class _Checker:
         if x.remote_key is not None and x.remote_etag is None:
             return  # reported as etag-unknown: the upload waits for an ETag
         expected = x.remote_etag if x.remote_key == k else None
-        if info is None and expected is None:
-            return
-        if info is not None and info.etag == expected:
+        if decide(dirty=True, known_etag=expected, uploaded=x.remote_key == k,
+                  bucket_etag=info.etag if info is not None else None) is Decision.KEEP:
             return
         if info is not None and self._ours(k, x):
             return  # our own upload landed before the daemon stopped: adopted on mount
