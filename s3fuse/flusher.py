@@ -477,9 +477,12 @@ class Flusher:
             else:
                 # It moved or went away while we uploaded: the object we just wrote
                 # belongs to whoever holds that path now, or to nobody.
+                # (Not a holder that knows another object there: that is a newer
+                # fact than our upload, and its cached bytes are that version's.)
                 holder = self.fs.inode_at_key(txn, key)
                 if holder is not None and holder.ino != ino \
-                        and holder.remote_key in (None, key):
+                        and holder.remote_key in (None, key) \
+                        and (holder.dirty or holder.remote_etag is None):
                     self.fs.reconciler.note_bucket_state(holder.ino)
                     holder.remote_key, holder.remote_etag = key, etag
                     txn.put(holder)
@@ -603,12 +606,23 @@ class Flusher:
                 # renamed over meanwhile: the copy's object belongs to whoever holds
                 # that path now (it inherited the key, waiting for this ETag)
                 inode = self.fs.inode_at_key(txn, op["dst"])
-            if inode is None or inode.remote_key != op["dst"]:
+            if inode is None or inode.remote_key != op["dst"] or inode.remote_etag:
                 return
-            self.fs.reconciler.note_bucket_state(inode.ino)
-            if etag:
+            if etag and etag != op.get("etag") and op.get("etag") \
+                    and not self.fs.remote.capabilities.conditional_copy:
+                # The server does not check a copy's source version, and the copy's
+                # ETag is not the one it was pinned to (a multipart source, or a
+                # version written outside since): the object may not be the version
+                # our bytes are. The mount keeps knowing the version its bytes are
+                # (the pinned one), so the object there is judged like any outside
+                # change: an upload meets a 412 (S3 wins), and the next check of
+                # the clean file (close-to-open, the poller) takes the copy's bytes.
+                inode.remote_etag = op["etag"]
+            elif etag:
+                self.fs.reconciler.note_bucket_state(inode.ino)
                 inode.remote_etag = etag
             else:
+                self.fs.reconciler.note_bucket_state(inode.ino)
                 # the source was gone: what we have locally (if anything) is the
                 # newest version the mount knows; upload it as new
                 inode.remote_key = inode.remote_etag = None

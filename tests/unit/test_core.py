@@ -1117,3 +1117,30 @@ def test_opens_in_one_directory_are_revalidated_by_one_list(tmp_path):
         assert not changed
 
     run(tmp_path, scenario)
+
+
+def test_a_rename_copy_the_server_could_not_pin_drops_the_clean_bytes(tmp_path):
+    """A server that ignores a copy's source condition may copy a newer version than
+    the one the mount has cached (written outside between the rename and its copy):
+    the renamed file then shows the copy's bytes, never a mix of the two."""
+    from s3fuse.store.base import Capabilities
+
+    store = MemoryStore(honour=Capabilities(conditional_put=True, conditional_copy=False,
+                                            conditional_delete=True))
+
+    async def scenario(rig: Rig):
+        rig.fs.remote.capabilities = store.honour
+        await rig.write_file(ROOT_INO, b"a", b"ours, cached")
+        await trio.sleep(WINDOW + 5)
+        await rig.fs.rename(ROOT_INO, b"a", ROOT_INO, b"b")
+        store.put("a", b"theirs, written outside after the rename", {})
+        assert await rig.flusher.drain(30)
+        b = await rig.fs.lookup(ROOT_INO, b"b")
+        fh, _ = await rig.fs.open(b.ino, os.O_RDONLY)
+        got = await rig.fs.read(fh, 0, 100)
+        await rig.fs.release(fh)
+        # what the bucket holds at b, and the mount shows the same
+        assert got == rig.bucket()["b"] == b"theirs, written outside after the rename"
+        assert rig.bucket()["a"] == b"theirs, written outside after the rename"
+
+    run(tmp_path, scenario, store)
