@@ -183,13 +183,19 @@ class Fetcher:
         size, key, etag, gen = source
         runs = self.fs.cache.missing(ino, offset, end - offset, size)
         got: dict[int, bytes] = {}
+        failed: list[FsError | VersionGone] = []
 
         async def one(start: int, stop: int) -> None:
-            got[start] = await self._get(key, start, stop, etag)
+            try:
+                got[start] = await self._get(key, start, stop, etag)
+            except (FsError, VersionGone) as exc:
+                failed.append(exc)
 
         async with trio.open_nursery() as nursery:
             for start, stop in runs:
                 nursery.start_soon(one, start, stop)
+        if failed:
+            raise failed[0]  # (itself, not in an exception group: callers catch it)
         for start, data in got.items():
             self._fill(ino, start, data, gen)
         self._settle(ino, size)

@@ -472,16 +472,23 @@ class Filesystem:
     async def _head_many(self, keys_: list[str]) -> dict[str, ObjectInfo]:
         found: dict[str, ObjectInfo] = {}
         limiter = trio.CapacityLimiter(HEAD_CONCURRENCY)
+        failed: list[StoreError] = []
 
         async def one(key: str) -> None:
             async with limiter:
-                info = await self.remote.head_or_none(key)
+                try:
+                    info = await self.remote.head_or_none(key)
+                except StoreError as exc:
+                    failed.append(exc)
+                    return
                 if info is not None:
                     found[key] = info
 
         async with trio.open_nursery() as nursery:
             for key in keys_:
                 nursery.start_soon(one, key)
+        if failed:
+            raise failed[0]  # (itself, not in an exception group: callers catch it)
         return found
 
     def add_from_object(self, txn: Txn, parent: int, name: bytes, info: ObjectInfo) -> Inode:

@@ -181,3 +181,20 @@ def test_reads_a_little_out_of_order_still_count_as_sequential(tmp_path):
         assert len(store.ranges) == 5 and store.fetched() == len(data)
 
     run(tmp_path, store, scenario)
+
+
+def test_a_random_read_of_a_version_replaced_outside_reads_the_new_one(tmp_path):
+    """The GET of a read elsewhere in the file (several runs at once) finds its
+    version gone: the bucket's version is adopted and read, not an EIO (the failed
+    GETs' error used to reach the caller wrapped in an exception group)."""
+    store = RecordingStore()
+    old, new = body(40 * MIB, 1), body(40 * MIB, 2)
+    store.put("f", old, {})
+
+    async def scenario(rig: Rig):
+        fh = await open_ro(rig, b"f")
+        store.put("f", new, {})  # replaced after the open, before any byte was read
+        at = 30 * MIB + 3  # (not near the start: a read of the blocks it touches)
+        assert await rig.fs.read(fh, at, 3 * MIB) == new[at:at + 3 * MIB]
+
+    run(tmp_path, store, scenario)
