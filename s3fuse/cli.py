@@ -358,7 +358,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     caps = status["capabilities"]
     print("  conflict detection: " + ("conditional uploads" if caps["conditional_put"]
                                       else "best effort (the server ignores conditions)"))
-    print(f"  conflicts: {len(status['conflicts'])}")
+    print(f"  conflicts: {status.get('conflicts_total', len(status['conflicts']))}")
     for c in status["conflicts"][-10:]:
         print(f"    {c['path']} ({c['reason']})\n      -> {c['lost_found']}")
     print(f"  not exported: {len(status['not_exported'])}; skipped keys: "

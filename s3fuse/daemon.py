@@ -367,7 +367,25 @@ class Daemon:
         }
 
     def status_json(self) -> str:
-        return json.dumps(self.status(), sort_keys=True)
+        """The status as JSON that fits in one extended attribute (the kernel's
+        limit is 64 KiB): the longest lists keep their newest entries, and
+        ``<list>_total`` says how many there are in all."""
+        status = self.status()
+        for name in STATUS_LISTS:
+            status[f"{name}_total"] = len(status[name])
+        text = json.dumps(status, sort_keys=True)
+        while len(text.encode()) > STATUS_MAX_BYTES:
+            longest = max(STATUS_LISTS, key=lambda n: len(status[n]))
+            if not status[longest]:
+                break
+            status[longest] = status[longest][len(status[longest]) // 2:]
+            text = json.dumps(status, sort_keys=True)
+        return text
+
+
+#: the lists in the status, and how large its JSON may be (an xattr value: 64 KiB)
+STATUS_LISTS = ("conflicts", "not_exported", "skipped_keys", "errors")
+STATUS_MAX_BYTES = 60_000
 
 
 def run(settings: Settings, ready: Callable[[], None]) -> int:

@@ -218,7 +218,7 @@ def test_concurrent_writers_never_lose_a_version(unmounted, tmp_path):
         in_bucket = set().union(*(_lines(v) for v in bucket.values())) if bucket else set()
         lost = sorted(t for t in ledger.acked
                       if t not in in_bucket and t not in kept and t not in ledger.deleted)
-        conflicts = sum(len(_status(m)["conflicts"]) for m in (a, b))
+        conflicts = sum(_status(m)["conflicts_total"] for m in (a, b))
         print(f"\n{DURATION_S:.0f} s: {len(ledger.acked)} lines acknowledged, "
               f"{conflicts} conflicts kept in lost+found, {ledger.conflicts_outside} "
               f"outside 412s, {len(ledger.deleted)} lines deleted outside")
