@@ -21,7 +21,7 @@ import trio
 from . import faults
 from .control import CONTROL_DRAIN, CONTROL_PID, CONTROL_STATUS
 from .errors import to_errno
-from .filesystem import Filesystem, SetAttrs
+from .filesystem import RENAME_EXCHANGE, RENAME_NOREPLACE, Filesystem, SetAttrs
 from .journal import Inode
 
 log = logging.getLogger(__name__)
@@ -134,11 +134,14 @@ class FuseOps(pyfuse3.Operations):
 
     @_guard
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
-        fl = 0
+        # pyfuse3's flags to the core's; any other bit (RENAME_WHITEOUT...) is passed
+        # on as it is, for the core to refuse (EINVAL)
+        known = pyfuse3.RENAME_NOREPLACE | pyfuse3.RENAME_EXCHANGE
+        fl = flags & ~known
         if flags & pyfuse3.RENAME_NOREPLACE:
-            fl |= 1
+            fl |= RENAME_NOREPLACE
         if flags & pyfuse3.RENAME_EXCHANGE:
-            fl |= 2
+            fl |= RENAME_EXCHANGE
         await self.fs.rename(parent_inode_old, name_old, parent_inode_new, name_new, fl)
 
     @_guard
