@@ -1194,9 +1194,17 @@ class Filesystem:
     # each of its keys is overwritten by its new holder. If the copy's source was
     # changed outside meanwhile, the copy is dropped (S3 wins) as for a rename.
     #
-    # Objects with no partner at their new place (a file that meets a directory, names
-    # only one tree has) simply move, as in a rename (``_move_remote``): their new keys
-    # are no one's old key, so no cycle.
+    # Objects with no partner at their new place simply move, as in a rename
+    # (``_move_remote``): their new keys are no one's old key, so no cycle. Except
+    # a file whose place in the other tree is a directory (a file exchanged with a
+    # directory, or a name that is a file in one tree and a directory in the other):
+    # its new key ``K`` still has the directory's objects below ``K/`` until they have
+    # moved, and they move to below the file's old key, which the file holds until it
+    # has moved; a store that keeps keys as paths (``file://``) can hold no file ``K``
+    # beside keys under ``K/``. So such a file goes from local state: its old object
+    # is deleted first (the first ops of the exchange), and it is uploaded to its new
+    # key once the directory's objects are gone from there (a failed attempt is
+    # retried, as any upload).
 
     async def exchange(self, parent_a: int, name_a: bytes, parent_b: int,
                        name_b: bytes) -> None:
@@ -1266,6 +1274,14 @@ class Filesystem:
                     y, key_y = places_b[place]
                     pairs.append((x, key_x, y, key_y,
                                   self._copy_side(txn, x, key_x, y, key_y)))
+            # files that meet a directory (see above): written from local state
+            clashes = [(node, key) for places, other in ((places_a, places_b),
+                                                         (places_b, places_a))
+                       for (rel, is_dir), (node, key) in places.items()
+                       if not is_dir and (rel, True) in other]
+            for node, _ in clashes:
+                if not self._is_local(txn, node):
+                    raise _NeedLocal(node.ino)
 
             # the namespace change itself
             txn.unlink(parent_a, name_a)
@@ -1288,13 +1304,19 @@ class Filesystem:
 
             faults.crash_point("mid-exchange")  # the transaction is not committed yet
             # bucket side
-            paired: set[int] = set()
+            done: set[int] = set()
             for x, key_x, y, key_y, copied in pairs:
                 self._swap_remote(txn, x.ino, key_x, y.ino, key_y, copied, pending)
-                paired.update((x.ino, y.ino))
+                done.update((x.ino, y.ino))
+            for node, old_key in clashes:  # (their deletes first: nothing waits on them)
+                node = self._get(txn, node.ino)
+                self._mark(txn, node, DIRTY_DATA, pending)
+                txn.put(node)
+                self._move_remote(txn, node, old_key, None, pending)
+                done.add(node.ino)
             for places in (places_a, places_b):
                 for node, old_key in places.values():
-                    if node.ino not in paired:
+                    if node.ino not in done:
                         self._move_remote(txn, node, old_key, None, pending)
         self._notify(pending)
 
