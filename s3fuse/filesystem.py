@@ -75,8 +75,12 @@ class Handle:
 
 @dataclass
 class DirHandle:
+    """An open directory. ``entries``: the (name, ino) snapshot the current pass of
+    readdir hands out by position; taken anew by every readdir from position 0 (the
+    first one, and each after a ``rewinddir``)."""
+
     ino: int
-    entries: list[tuple[bytes, int]]
+    entries: list[tuple[bytes, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -1557,9 +1561,7 @@ class Filesystem:
             raise FsError(errno.ENOTDIR)
         await self.ensure_listed(ino)
         self._dir_used[ino] = time.monotonic()
-        with self.journal.read() as txn:
-            entries = list(txn.children(ino))
-        return self._new_fh(DirHandle(ino, entries))
+        return self._new_fh(DirHandle(ino))  # (its first readdir takes the snapshot)
 
     def dir_handle(self, fh: int) -> Inode:
         """The directory an opendir handle lists."""
@@ -1569,12 +1571,18 @@ class Filesystem:
         return self.get(h.ino)
 
     def readdir(self, fh: int, start: int) -> Iterator[tuple[bytes, Inode, int]]:
-        """Entries from position ``start`` of the listing taken at opendir: a stable
-        snapshot, so changes while listing skip or repeat nothing."""
+        """Entries from position ``start`` of this pass over the directory, each with
+        the position to resume after it. ``start`` 0 begins a pass (the first readdir
+        of a handle, or one after ``rewinddir``): it takes a fresh snapshot of the
+        entries, so names added and removed since are seen, as POSIX asks. Within
+        one pass the positions stay those of that snapshot, so changes while
+        listing skip or repeat nothing (entries removed meanwhile are left out)."""
         h = self.handles.get(fh)
         if not isinstance(h, DirHandle):
             raise FsError(errno.EBADF)
         if start == 0:
+            with self.journal.read() as txn:
+                h.entries = list(txn.children(h.ino))
             # lookups of these entries may follow (ls -l): a new prefetch scan
             loads = self.meta_loads
             loads.readdir_at[h.ino] = time.monotonic()

@@ -185,7 +185,9 @@ class FuseOps(pyfuse3.Operations):
 
     @_guard
     async def readdir(self, fh, start_id, token):
-        # positions 0 and 1 are "." and ".." (no lookup count for those)
+        # positions 0 and 1 are "." and ".." (no lookup count for those); the core's
+        # position 0 (a new pass: a fresh snapshot) is the first entry after them,
+        # asked for when start_id is 0 (a rewind) or no entry was taken yet
         if start_id < 2:
             d = self.fs.dir_handle(fh)
             dots = [(b".", d), (b"..", self.fs.get(d.parent))]

@@ -147,6 +147,48 @@ def renameat2(src: str, dst: str, flags: int) -> None:
                               flags))
 
 
+class _Dirent(ctypes.Structure):  # struct dirent (dirent64) of glibc on 64-bit Linux
+    _fields_ = [("d_ino", ctypes.c_uint64), ("d_off", ctypes.c_int64),
+                ("d_reclen", ctypes.c_ushort), ("d_type", ctypes.c_ubyte),
+                ("d_name", ctypes.c_char * 256)]
+
+
+_libc.opendir.argtypes = [ctypes.c_char_p]
+_libc.opendir.restype = ctypes.c_void_p
+_libc.readdir.argtypes = [ctypes.c_void_p]
+_libc.readdir.restype = ctypes.POINTER(_Dirent)
+_libc.rewinddir.argtypes = [ctypes.c_void_p]
+_libc.closedir.argtypes = [ctypes.c_void_p]
+
+
+class DirStream:
+    """opendir(3)/readdir(3)/rewinddir(3)/closedir(3), which Python does not offer."""
+
+    def __init__(self, path: str) -> None:
+        self.d = _libc.opendir(os.fsencode(path))
+        if not self.d:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), path)
+
+    def read(self, limit: int | None = None) -> list[str]:
+        """Up to ``limit`` names (all that are left if None), "." and ".." left out."""
+        names: list[str] = []
+        while limit is None or len(names) < limit:
+            ent = _libc.readdir(self.d)
+            if not ent:
+                break
+            name = os.fsdecode(ent.contents.d_name)
+            if name not in (".", ".."):
+                names.append(name)
+        return names
+
+    def rewind(self) -> None:
+        _libc.rewinddir(self.d)
+
+    def close(self) -> None:
+        _libc.closedir(self.d)
+
+
 def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
     _check_rc(_libc.fallocate(fd, mode, offset, length))
 
@@ -616,6 +658,46 @@ def dir_listing(s: Site) -> dict:
     o["dot_is_dir"] = os.lstat(s.p("d1", ".")).st_ino == os.lstat(s.p("d1")).st_ino
     o["dotdot_is_parent"] = os.lstat(s.p("d1", "..")).st_ino == os.lstat(s.root).st_ino
     o["namemax"] = os.statvfs(s.root).f_namemax
+    return o
+
+
+@check
+def dir_rewinddir(s: Site) -> dict:
+    """rewinddir(3) sees names added and removed since opendir; within one pass every
+    name neither added nor removed meanwhile comes exactly once."""
+    old = [f"old{i:03d}" for i in range(300)]  # several FUSE readdir replies
+    for n in old:
+        make(s.p(n))
+    make_dir(s.p("olddir"))
+    o: dict[str, object] = {}
+    d = DirStream(s.root)
+    try:
+        first = d.read()
+        o["first_pass"] = sorted(first)
+        for i in range(200):
+            make(s.p(f"new{i:03d}"))
+        make_dir(s.p("newdir"))
+        for n in old[:50]:
+            os.unlink(s.p(n))
+        os.rmdir(s.p("olddir"))
+        d.rewind()
+        o["after_rewind"] = sorted(d.read())
+        # a pass with changes in the middle of it
+        d.rewind()
+        part = d.read(100)
+        for n in old[50:60] + [f"new{i:03d}" for i in range(10)]:
+            os.unlink(s.p(n))
+        for i in range(20):
+            make(s.p(f"mid{i:02d}"))
+        rest = d.read()
+        seen = part + rest
+        untouched = set(old[60:]) | {f"new{i:03d}" for i in range(10, 200)} | {"newdir"}
+        o["mid_pass_untouched_once"] = all(seen.count(n) == 1 for n in untouched)
+        o["mid_pass_no_repeats"] = len(seen) == len(set(seen))
+        d.rewind()
+        o["after_second_rewind"] = sorted(d.read())
+    finally:
+        d.close()
     return o
 
 
