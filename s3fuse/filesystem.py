@@ -71,6 +71,9 @@ class Defaults:
 class Handle:
     ino: int
     writable: bool
+    # opened with O_DIRECT: its writes must leave no stale page of the file in the
+    # kernel's page cache (see ``FuseOps.write``)
+    direct: bool = False
 
 
 @dataclass
@@ -809,7 +812,7 @@ class Filesystem:
         return inode
 
     async def create(self, parent: int, name: bytes, mode: int, uid: int, gid: int,
-                     writable: bool = True) -> tuple[int, Inode]:
+                     writable: bool = True, direct: bool = False) -> tuple[int, Inode]:
         """Create and open a regular file. Returns (fh, inode); bumps the lookup count."""
         seg = await self._prepare_new(parent, name)
         now = _now_ns()
@@ -823,7 +826,7 @@ class Filesystem:
         self._notify(pending)
         self.add_lookup(inode.ino)
         self.open_count[inode.ino] = self.open_count.get(inode.ino, 0) + 1
-        return self._new_fh(Handle(inode.ino, writable)), inode
+        return self._new_fh(Handle(inode.ino, writable, direct)), inode
 
     async def mknod(self, parent: int, name: bytes, mode: int, rdev: int, uid: int,
                     gid: int) -> Inode:
@@ -1471,7 +1474,12 @@ class Filesystem:
             # (the times still move)
             await self.setattr(ino, SetAttrs(size=0))
         self.open_count[ino] = self.open_count.get(ino, 0) + 1
-        return self._new_fh(Handle(ino, writable)), changed
+        return self._new_fh(Handle(ino, writable, bool(flags & os.O_DIRECT))), changed
+
+    def is_direct(self, fh: int) -> int | None:
+        """The inode of ``fh`` if it was opened with O_DIRECT, else None."""
+        h = self.handles.get(fh)
+        return h.ino if isinstance(h, Handle) and h.direct else None
 
     def _handle(self, fh: int) -> Handle:
         h = self.handles.get(fh)

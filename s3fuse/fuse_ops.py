@@ -156,7 +156,8 @@ class FuseOps(pyfuse3.Operations):
     @_guard
     async def create(self, parent_inode, name, mode, flags, ctx):
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
-        fh, inode = await self.fs.create(parent_inode, name, mode, ctx.uid, ctx.gid, writable)
+        fh, inode = await self.fs.create(parent_inode, name, mode, ctx.uid, ctx.gid, writable,
+                                         bool(flags & os.O_DIRECT))
         return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._attr(inode)
 
     @_guard
@@ -165,7 +166,22 @@ class FuseOps(pyfuse3.Operations):
 
     @_guard
     async def write(self, fh, off, buf):
-        return await self.fs.write(fh, off, buf)
+        written = await self.fs.write(fh, off, buf)
+        ino = self.fs.is_direct(fh)
+        if ino is not None:
+            # A direct write is seen at once by buffered readers: the kernel drops
+            # the range's pages before it sends the write, but not after an
+            # asynchronous one (libaio, io_uring) completes, and a buffered read that
+            # reached us in between cached the old bytes (kept, keep_cache, until the
+            # bucket changes). So the pages go now that the cache file has the new
+            # bytes, before the reply; in a thread, since a read holding a page lock
+            # needs this loop to finish. (A handle made direct later by fcntl is
+            # not seen as such: FUSE does not say so in a write.)
+            try:
+                await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino)
+            except OSError as exc:  # the kernel no longer knows the inode: no pages
+                log.debug("invalidate inode %d after a direct write: %s", ino, exc)
+        return written
 
     @_guard
     async def flush(self, fh):

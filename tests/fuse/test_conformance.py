@@ -29,6 +29,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import linux_aio
 import pytest
 from mounts import Mount, require_fuse
 from users import run_as
@@ -1576,6 +1577,44 @@ def data_o_direct(s: Site) -> dict:
     with open(f, "rb") as h:
         data = h.read()
     o["content"] = (len(data), data[4095:4097], data[8191:8193], data[-1:])
+    return o
+
+
+@check
+def data_direct_and_buffered(s: Site) -> dict:
+    """Direct and buffered I/O interleaved on two descriptors of one file: each sees
+    the other's writes at once (also an asynchronous direct write, and after a
+    reopen). The stress test is tests/fuse/test_direct_io.py."""
+    f = make(s.p("f"), b"\x01" * 65536)
+    o: dict[str, object] = {}
+    try:
+        direct = os.open(f, os.O_RDWR | os.O_DIRECT)
+    except OSError as exc:
+        return {"open": errno.errorcode[exc.errno]}
+    buffered = os.open(f, os.O_RDWR)
+    buf = _aligned(16384)
+    try:
+        o["buffered_first"] = os.pread(buffered, 65536, 0) == b"\x01" * 65536  # cached
+        buf[:] = b"D" * 16384
+        os.pwrite(direct, buf, 16384)
+        o["buffered_after_direct_write"] = os.pread(buffered, 65536, 0).count(b"D")
+        os.pwrite(buffered, b"B" * 8192, 20480)
+        rbuf = _aligned(65536)
+        os.preadv(direct, [memoryview(rbuf)], 0)
+        o["direct_after_buffered_write"] = (rbuf[:].count(b"B"), rbuf[:].count(b"D"))
+        if linux_aio.available():
+            aio = linux_aio.AioContext()
+            try:
+                buf[:] = b"A" * 16384
+                o["aio_write"] = aio.pwrite(direct, buf, 0)
+                o["buffered_after_aio_write"] = os.pread(buffered, 65536, 0)[:32768]
+            finally:
+                aio.close()
+    finally:
+        os.close(direct)
+        os.close(buffered)
+    with open(f, "rb") as h:
+        o["reopened"] = h.read()
     return o
 
 
