@@ -365,3 +365,25 @@ def test_a_file_and_a_directory_trade_places_on_a_store_of_paths(tmp_path):
             rig.close()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_the_fuse_adapter_passes_on_flags_it_does_not_know_for_the_core_to_refuse(tmp_path):
+    import pyfuse3
+
+    from s3fuse.fuse_ops import FuseOps
+
+    async def scenario(rig: Rig):
+        await rig.write_file(ROOT_INO, b"a", b"A")
+        await rig.write_file(ROOT_INO, b"b", b"B")
+        ops = FuseOps(rig.fs, 1.0)
+        for flags in (RENAME_WHITEOUT, 1 << 7, RENAME_WHITEOUT | pyfuse3.RENAME_EXCHANGE):
+            with pytest.raises(pyfuse3.FUSEError) as exc:
+                await ops.rename(ROOT_INO, b"a", ROOT_INO, b"c", flags, None)
+            assert exc.value.errno == errno.EINVAL
+        with pytest.raises(pyfuse3.FUSEError) as exc:
+            await ops.rename(ROOT_INO, b"a", ROOT_INO, b"b", pyfuse3.RENAME_NOREPLACE, None)
+        assert exc.value.errno == errno.EEXIST
+        await ops.rename(ROOT_INO, b"a", ROOT_INO, b"b", pyfuse3.RENAME_EXCHANGE, None)
+        assert await read_all(rig, ROOT_INO, b"a") == b"B"
+
+    drive(tmp_path, scenario)
