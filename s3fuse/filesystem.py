@@ -1312,10 +1312,15 @@ class Filesystem:
             faults.crash_point("mid-exchange")  # the transaction is not committed yet
             # bucket side
             done: set[int] = set()
+            # local sides whose only other copy an op will overwrite or delete
+            durable: set[int] = set()
             for x, key_x, y, key_y, copied in pairs:
                 self._swap_remote(txn, x.ino, key_x, y.ino, key_y, copied, pending)
                 done.update((x.ino, y.ino))
+                if copied is not None:
+                    durable.add(self.data_of(txn, y if copied == x.ino else x).ino)
             for node, old_key in clashes:  # (their deletes first: nothing waits on them)
+                durable.add(self.data_of(txn, node).ino)
                 node = self._get(txn, node.ino)
                 self._mark(txn, node, DIRTY_DATA, pending)
                 txn.put(node)
@@ -1325,6 +1330,14 @@ class Filesystem:
                 for node, old_key in places.values():
                     if node.ino not in done:
                         self._move_remote(txn, node, old_key, None, pending)
+        if durable:
+            # Before any op runs (none can before this returns to the event loop): a
+            # host crash must not find the copy or delete done in the bucket and the
+            # exchange, or the bytes it relies on, missing here. (A kill -9 loses
+            # neither: both are in the page cache.)
+            for ino in durable:
+                self.cache.fsync(ino)
+            self.journal.sync()
         self._notify(pending)
 
     def _places(self, txn: Txn, top: Inode) -> dict[tuple[tuple[str, ...], bool],

@@ -49,6 +49,9 @@ def test_two_clean_files_trade_keys_with_one_copy_and_one_put(tmp_path):
         await trio.sleep(WINDOW + 5)
         before = rig.counts()
         await rig.fs.rename(ROOT_INO, b"a", ROOT_INO, b"b", RENAME_EXCHANGE)
+        # the copy will overwrite the local side's old object: the journal (and that
+        # side's cache file) are on disk before it can run
+        assert not rig.journal.unsynced
         # the mount sees the swap at once, before any request
         assert await read_all(rig, ROOT_INO, b"a") == b"short B"
         assert await read_all(rig, ROOT_INO, b"b") == b"the longer one, A"
@@ -108,6 +111,7 @@ def test_two_dirty_files_need_no_op_at_all(tmp_path):
         before = rig.counts()
         await rig.fs.rename(ROOT_INO, b"a", ROOT_INO, b"b", RENAME_EXCHANGE)
         assert ops(rig) == []
+        assert rig.journal.unsynced  # nothing overwritten by an op: no forced sync
         await trio.sleep(WINDOW + 5)
         assert delta(rig, before) == {"put": 2, "copy": 0, "delete": 0}
         assert rig.bucket() == {"a": b"BBB", "b": b"aaa"}
