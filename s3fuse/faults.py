@@ -14,6 +14,7 @@ Crash points, each a moment the crash tests kill the daemon at:
 ``after-copy``       a rename's server-side copy is done, its delete is not
 ``before-delete``    a delete op is about to be sent
 ``mid-rename``       inside a rename's journal transaction, before it commits
+``mid-exchange``     inside a RENAME_EXCHANGE's journal transaction, before it commits
 
 Unset (always, outside tests) this module does nothing but one dict lookup.
 """

@@ -55,6 +55,12 @@ FETCH_ATTEMPTS = 8
 PREFETCH_AHEAD = 32
 PREFETCH_AFTER_READDIR_S = 30.0
 STATE_XATTR = "user.s3fuse.state"
+# renameat2(2) flags (linux/fs.h; pyfuse3 has the same values): the two ``rename``
+# implements. Any other bit (RENAME_WHITEOUT, bits Linux may add) answers EINVAL.
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+# an exchange fetches a side it must upload whole, then tries again: this many times
+EXCHANGE_TRIES = 4
 
 
 @dataclass
@@ -72,12 +78,19 @@ class Handle:
     #: opened with O_APPEND: every write goes to the end of the file as the mount
     #: knows it, whatever offset the kernel computed from the size it had cached
     append: bool = False
+    # opened with O_DIRECT: its writes must leave no stale page of the file in the
+    # kernel's page cache (see ``FuseOps.write``)
+    direct: bool = False
 
 
 @dataclass
 class DirHandle:
+    """An open directory. ``entries``: the (name, ino) snapshot the current pass of
+    readdir hands out by position; taken anew by every readdir from position 0 (the
+    first one, and each after a ``rewinddir``)."""
+
     ino: int
-    entries: list[tuple[bytes, int]]
+    entries: list[tuple[bytes, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -105,6 +118,15 @@ class SetAttrs:
     size: int | None = None
     atime_ns: int | None = None
     mtime_ns: int | None = None
+
+
+class _NeedLocal(Exception):
+    """Raised inside an exchange's transaction, which it aborts: name record ``ino``
+    must have its bytes on local disk first (``Filesystem._make_local``)."""
+
+    def __init__(self, ino: int) -> None:
+        super().__init__(ino)
+        self.ino = ino
 
 
 def _now_ns() -> int:
@@ -856,7 +878,8 @@ class Filesystem:
         return inode
 
     async def create(self, parent: int, name: bytes, mode: int, uid: int, gid: int,
-                     writable: bool = True, append: bool = False) -> tuple[int, Inode]:
+                     writable: bool = True, append: bool = False,
+                     direct: bool = False) -> tuple[int, Inode]:
         """Create and open a regular file. Returns (fh, inode); bumps the lookup count."""
         seg = await self._prepare_new(parent, name)
         now = _now_ns()
@@ -870,7 +893,7 @@ class Filesystem:
         self.notify(pending)
         self.add_lookup(inode.ino)
         self.open_count[inode.ino] = self.open_count.get(inode.ino, 0) + 1
-        return self._new_fh(Handle(inode.ino, writable, append)), inode
+        return self._new_fh(Handle(inode.ino, writable, append, direct)), inode
 
     async def mknod(self, parent: int, name: bytes, mode: int, rdev: int, uid: int,
                     gid: int) -> Inode:
@@ -1054,14 +1077,32 @@ class Filesystem:
                     stack.append(c if stat.S_ISDIR(c.mode)
                                  else self.record_at(txn, rec.ino, name, c))
 
+    def _check_not_below(self, txn: Txn, dest: Inode, ino: int) -> None:
+        """EINVAL if directory ``dest`` is directory ``ino`` or below it: no moving a
+        directory into itself."""
+        walk = dest
+        while True:
+            if walk.ino == ino:
+                raise FsError(errno.EINVAL, "cannot move a directory into itself")
+            if walk.ino == ROOT_INO:
+                return
+            walk = self.get_in(txn, walk.parent)
+
     async def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes,
                      flags: int = 0) -> None:
         """Atomic rename, replacing an existing target (``os.replace``).
 
-        flags: 1 = RENAME_NOREPLACE, 2 = RENAME_EXCHANGE (EINVAL).
+        ``flags``: renameat2's. ``RENAME_NOREPLACE``: EEXIST if the target exists;
+        ``RENAME_EXCHANGE``: swap the two entries (``exchange``); both at once, or any
+        other bit (``RENAME_WHITEOUT``...): EINVAL, nothing changes.
         """
-        if flags & 2:
-            raise FsError(errno.EINVAL, "RENAME_EXCHANGE is not supported")
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE):
+            raise FsError(errno.EINVAL, f"rename flags {flags:#x} are not supported")
+        if flags & RENAME_EXCHANGE:
+            if flags & RENAME_NOREPLACE:
+                raise FsError(errno.EINVAL, "RENAME_EXCHANGE with RENAME_NOREPLACE")
+            await self.exchange(old_parent, old_name, new_parent, new_name)
+            return
         new_seg = keys.check_new_name(new_name)
         await self.ensure_listed(old_parent)
         await self.ensure_listed(new_parent)
@@ -1090,20 +1131,13 @@ class Filesystem:
             if np.nlink == 0:
                 raise FsError(errno.ENOENT)
             if is_dir:
-                # no moving a directory into itself or below itself
-                walk = np
-                while True:
-                    if walk.ino == ino:
-                        raise FsError(errno.EINVAL, "cannot move a directory into itself")
-                    if walk.ino == ROOT_INO:
-                        break
-                    walk = self.get_in(txn, walk.parent)
+                self._check_not_below(txn, np, ino)
             target_ino = txn.lookup(new_parent, new_name)
             if target_ino == ino:
                 return
             displaced: Inode | None = None
             if target_ino is not None:
-                if flags & 1:
+                if flags & RENAME_NOREPLACE:
                     raise FsError(errno.EEXIST)
                 displaced = self.get_in(txn, target_ino)
                 if stat.S_ISDIR(displaced.mode):
@@ -1203,6 +1237,266 @@ class Filesystem:
                 self.mark(txn, node, DIRTY_META, pending)
         txn.put(node)
 
+    # --- RENAME_EXCHANGE --------------------------------------------------------------
+    #
+    # The two entries trade places on the mount in one journal transaction, like a
+    # rename. In the bucket every object at or below each entry moves to the same place
+    # at or below the other. Where both trees have an object at one place (the two
+    # entries themselves when both are files or both directories, then each name two
+    # directories have in common, at any depth), the two keys trade their contents: a
+    # cycle. Server-side copies alone cannot turn a cycle without a third key, and
+    # s3fuse puts no object of its own in the bucket. So one side of each such *pair*
+    # is written from local state:
+    #
+    # * directory markers always are (they hold attributes the journal has): each
+    #   directory takes over the other's marker (key and ETag) and rewrites it;
+    # * a file that is to be uploaded anyway (DIRTY_DATA) is uploaded to its new key,
+    #   conditioned on the ETag of the object it replaces there (the other side's);
+    # * of two clean files, one is made DIRTY_DATA and goes the same way (the smaller
+    #   one whose bytes are on local disk; if neither is, the smaller one is fetched
+    #   first, before the transaction); the other one is copied server-side, pinned
+    #   to its ETag, to its new key, which is the local side's old key.
+    #
+    # Why that order never loses a version: the copy op names both keys, and an upload
+    # to a key waits while a pending op names it (``Flusher._start_uploads``; an upload
+    # already in flight holds the copy back instead, ``_startable_ops``). So the copy
+    # reads the copied side's version before the local side's upload replaces it; and
+    # the copy overwrites only the local side's old object, whose bytes are then in
+    # its cache file, which is never evicted while dirty; the DIRTY_DATA mark is in
+    # the very transaction that makes the swap. A crash before the commit leaves the
+    # old tree; after it, replay finds the same op log and dirty set (copies and
+    # uploads are repeated safely, as for a rename). No delete is queued for a pair:
+    # each of its keys is overwritten by its new holder. If the copy's source was
+    # changed outside meanwhile, the copy is dropped (S3 wins) as for a rename.
+    #
+    # Objects with no partner at their new place simply move, as in a rename
+    # (``_move_remote``): their new keys are no one's old key, so no cycle. Except
+    # a file whose place in the other tree is a directory (a file exchanged with a
+    # directory, or a name that is a file in one tree and a directory in the other):
+    # its new key ``K`` still has the directory's objects below ``K/`` until they have
+    # moved, and they move to below the file's old key, which the file holds until it
+    # has moved; a store that keeps keys as paths (``file://``) can hold no file ``K``
+    # beside keys under ``K/``. So such a file goes from local state: its old object
+    # is deleted first (the first ops of the exchange), and it is uploaded to its new
+    # key once the directory's objects are gone from there (a failed attempt is
+    # retried, as any upload).
+
+    async def exchange(self, parent_a: int, name_a: bytes, parent_b: int,
+                       name_b: bytes) -> None:
+        """``renameat2(RENAME_EXCHANGE)``: entry ``name_a`` of ``parent_a`` and entry
+        ``name_b`` of ``parent_b`` trade places, atomically (one journal transaction):
+        two files, two directories, or a file and a directory. Both must exist
+        (ENOENT); neither directory may end up inside itself (EINVAL); two names of
+        one file: nothing happens, as on Linux. The bucket follows through the op log
+        and the dirty set (see above); of two clean files, one may be fetched first."""
+        await self.ensure_listed(parent_a)
+        await self.ensure_listed(parent_b)
+        for _ in range(EXCHANGE_TRIES):
+            with self.journal.read() as txn:
+                found = (txn.lookup(parent_a, name_a), txn.lookup(parent_b, name_b))
+                if found[0] is None or found[1] is None:
+                    raise FsError(errno.ENOENT)
+                dirs = [ino for ino in found if stat.S_ISDIR(self.get_in(txn, ino).mode)]
+            for ino in dirs:
+                await self._ensure_subtree_listed(ino)
+            try:
+                self._exchange(parent_a, name_a, parent_b, name_b)
+                return
+            except _NeedLocal as need:
+                await self._make_local(need.ino)
+        raise FsError(errno.EBUSY, "the entries kept changing while being exchanged")
+
+    async def _make_local(self, ino: int) -> None:
+        """Have the attributes and the whole bytes of name record ``ino`` on local disk."""
+        rec = self.get(ino)
+        data = await self.load_meta(rec.link_of or ino)
+        if stat.S_ISLNK(data.mode):
+            await self.readlink(data.ino)
+        elif stat.S_ISREG(data.mode):
+            await self.ensure_cached(data.ino)
+
+    def _exchange(self, parent_a: int, name_a: bytes, parent_b: int, name_b: bytes) -> None:
+        """The transaction of ``exchange``. Raises ``_NeedLocal`` (nothing changed) when
+        a clean file must be fetched first."""
+        now = _now_ns()
+        pending: list[int] = []
+        with self.journal.write() as txn:
+            ino_a, ino_b = txn.lookup(parent_a, name_a), txn.lookup(parent_b, name_b)
+            if ino_a is None or ino_b is None:
+                raise FsError(errno.ENOENT)
+            for parent in (parent_a, parent_b):
+                d = self.get_in(txn, parent)
+                if not stat.S_ISDIR(d.mode):
+                    raise FsError(errno.ENOTDIR)
+                if d.nlink == 0:
+                    raise FsError(errno.ENOENT)
+            if ino_a == ino_b:
+                return  # two names of one file: Linux does nothing either
+            a, b = self.get_in(txn, ino_a), self.get_in(txn, ino_b)
+            a_dir, b_dir = stat.S_ISDIR(a.mode), stat.S_ISDIR(b.mode)
+            if a_dir:
+                self._check_not_below(txn, self.get_in(txn, parent_b), ino_a)
+            if b_dir:
+                self._check_not_below(txn, self.get_in(txn, parent_a), ino_b)
+            rec_a = a if a_dir else self.record_at(txn, parent_a, name_a, a)
+            rec_b = b if b_dir else self.record_at(txn, parent_b, name_b, b)
+
+            # before the swap: every object below each entry by its place, and the pairs
+            places_a, places_b = self._places(txn, rec_a), self._places(txn, rec_b)
+            pairs: list[tuple[Inode, str | None, Inode, str | None, int | None]] = []
+            for place, (x, key_x) in places_a.items():
+                if place in places_b:
+                    y, key_y = places_b[place]
+                    pairs.append((x, key_x, y, key_y,
+                                  self._copy_side(txn, x, key_x, y, key_y)))
+            # files that meet a directory (see above): written from local state
+            clashes = [(node, key) for places, other in ((places_a, places_b),
+                                                         (places_b, places_a))
+                       for (rel, is_dir), (node, key) in places.items()
+                       if not is_dir and (rel, True) in other]
+            for node, _ in clashes:
+                if not self._is_local(txn, node):
+                    raise _NeedLocal(node.ino)
+
+            # the namespace change itself
+            txn.unlink(parent_a, name_a)
+            txn.unlink(parent_b, name_b)
+            txn.link(parent_a, name_a, ino_b)
+            txn.link(parent_b, name_b, ino_a)
+            for rec_ino, data_ino, parent, seg in ((rec_a.ino, ino_a, parent_b, rec_b.name),
+                                                   (rec_b.ino, ino_b, parent_a, rec_a.name)):
+                data = self.get_in(txn, data_ino)
+                data.ctime_ns = now
+                txn.put(data)
+                rec = self.get_in(txn, rec_ino)
+                rec.parent, rec.name = parent, seg
+                txn.put(rec)
+            # a directory that trades places with a file moves a subdirectory link
+            delta = int(b_dir) - int(a_dir)
+            self.touch_dir(txn, parent_a, now, delta if parent_a != parent_b else 0)
+            if parent_b != parent_a:
+                self.touch_dir(txn, parent_b, now, -delta)
+
+            faults.crash_point("mid-exchange")  # the transaction is not committed yet
+            # bucket side
+            done: set[int] = set()
+            # local sides whose only other copy an op will overwrite or delete
+            durable: set[int] = set()
+            for x, key_x, y, key_y, copied in pairs:
+                self._swap_remote(txn, x.ino, key_x, y.ino, key_y, copied, pending)
+                done.update((x.ino, y.ino))
+                if copied is not None:
+                    durable.add(self.data_of(txn, y if copied == x.ino else x).ino)
+            for node, old_key in clashes:  # (their deletes first: nothing waits on them)
+                durable.add(self.data_of(txn, node).ino)
+                node = self.get_in(txn, node.ino)
+                self.mark(txn, node, DIRTY_DATA, pending)
+                txn.put(node)
+                self._move_remote(txn, node, old_key, None, pending)
+                done.add(node.ino)
+            for places in (places_a, places_b):
+                for node, old_key in places.values():
+                    if node.ino not in done:
+                        self._move_remote(txn, node, old_key, None, pending)
+        if durable:
+            # Before any op runs (none can before this returns to the event loop): a
+            # host crash must not find the copy or delete done in the bucket and the
+            # exchange, or the bytes it relies on, missing here. (A kill -9 loses
+            # neither: both are in the page cache.)
+            for ino in durable:
+                self.cache.fsync(ino)
+            self.journal.sync()
+        self.notify(pending)
+
+    def _places(self, txn: Txn, top: Inode) -> dict[tuple[tuple[str, ...], bool],
+                                                   tuple[Inode, str | None]]:
+        """Every name record at or below ``top``, by its place relative to ``top``
+        (the names below it, and whether it is a directory: a file's key and a
+        directory's never meet), with its object key now."""
+        depth = len(self.path_names(txn, top))
+        out: dict[tuple[tuple[str, ...], bool], tuple[Inode, str | None]] = {}
+        for node in self._subtree(txn, top):
+            place = (tuple(self.path_names(txn, node)[depth:]), stat.S_ISDIR(node.mode))
+            out[place] = (node, self.object_key(txn, node))
+        return out
+
+    def _is_local(self, txn: Txn, rec: Inode) -> bool:
+        """Can name record ``rec``'s object be written whole from local state now?"""
+        if rec.dirty & DIRTY_DATA:
+            return True  # (dirty data is always whole in the cache)
+        data = self.data_of(txn, rec)
+        if not data.meta_loaded:
+            return False
+        if stat.S_ISREG(data.mode):
+            return data.cached
+        if stat.S_ISLNK(data.mode):
+            return data.target is not None
+        return True  # a FIFO, socket or device: an empty object with attributes
+
+    def _copy_side(self, txn: Txn, x: Inode, key_x: str | None, y: Inode,
+                   key_y: str | None) -> int | None:
+        """Of a pair (``x`` at ``key_x`` goes to ``key_y``, ``y`` the other way), the
+        record whose object moves by a server-side copy, or None: each side is written
+        from local state. Raises ``_NeedLocal`` for a side to fetch first."""
+        if stat.S_ISDIR(x.mode):
+            return None  # markers are rewritten from the journal
+        sides = ((x, key_y), (y, key_x))
+        copyable = [r for r, new_key in sides
+                    if new_key is not None and r.remote_key is not None
+                    and not r.dirty & DIRTY_DATA]
+        copied: Inode | None = copyable[0] if len(copyable) == 1 else None
+        if len(copyable) == 2:
+            # two clean objects: the smaller one we hold goes up from local bytes
+            by_size = sorted(copyable, key=lambda r: self.data_of(txn, r).size)
+            local = next((r for r in by_size if self._is_local(txn, r)), None)
+            if local is None:
+                raise _NeedLocal(by_size[0].ino)
+            copied = y if local is x else x
+        for r, new_key in sides:
+            if r is not copied and new_key is not None and not self._is_local(txn, r):
+                raise _NeedLocal(r.ino)
+        return copied.ino if copied is not None else None
+
+    def _swap_remote(self, txn: Txn, x_ino: int, key_x: str | None, y_ino: int,
+                     key_y: str | None, copied: int | None, pending: list[int]) -> None:
+        """The bucket side of a pair, after the swap in the namespace: ``x`` now has
+        ``y``'s old path and key (``key_y``), ``y`` ``x``'s (``key_x``; None: not in
+        the bucket, under ``.s3fuse/``). Each takes over the other's object
+        (key and ETag), so its next write there is conditioned on the version it
+        replaces. ``copied`` (a record, or None) has its own object copied to its new
+        key instead; every other side is (re)written from local state."""
+        x, y = self.get_in(txn, x_ino), self.get_in(txn, y_ino)
+        is_dir = stat.S_ISDIR(x.mode)
+        had = {x.ino: x.remote_key is not None, y.ino: y.remote_key is not None}
+        old_x = (x.remote_key, x.remote_etag)
+        x.remote_key, x.remote_etag = y.remote_key, y.remote_etag
+        y.remote_key, y.remote_etag = old_x
+        if copied is not None:
+            c, other = (x, y) if copied == x.ino else (y, x)
+            # (after the swap, ``other`` holds the copied side's own object)
+            new_key = self.object_key(txn, c)
+            txn.append_op({"op": "copy", "src": other.remote_key, "dst": new_key,
+                           "etag": other.remote_etag, "ino": c.ino})
+            c.remote_key, c.remote_etag = new_key, None  # the copy gives the ETag
+        txn.put(x)
+        txn.put(y)
+        for ino, old_key in ((x_ino, key_x), (y_ino, key_y)):
+            node = self.get_in(txn, ino)
+            if self.object_key(txn, node) is None:
+                # left the bucket (now under .s3fuse/): its place's object, if any, is
+                # the other side's now
+                node.remote_key = node.remote_etag = None
+                node.dirty = 0
+                txn.clear_dirty(ino)
+            elif ino == copied:
+                pass
+            elif not is_dir:
+                self.mark(txn, node, DIRTY_DATA | DIRTY_META, pending)
+            elif had[x_ino] or had[y_ino] or old_key is None:
+                # its marker, rewritten (or written: it just entered the bucket)
+                self.mark(txn, node, DIRTY_META, pending)
+            txn.put(node)
+
     # --- file data ----------------------------------------------------------------------
     def read_source(self, inode: Inode) -> tuple[str | None, str | None]:
         """Where this inode's uncached bytes can be read right now: its object, or,
@@ -1300,7 +1594,13 @@ class Filesystem:
             # (the times still move)
             await self.setattr(ino, SetAttrs(size=0))
         self.open_count[ino] = self.open_count.get(ino, 0) + 1
-        return self._new_fh(Handle(ino, writable, bool(flags & os.O_APPEND))), changed
+        return self._new_fh(Handle(ino, writable, bool(flags & os.O_APPEND),
+                                   bool(flags & os.O_DIRECT))), changed
+
+    def is_direct(self, fh: int) -> int | None:
+        """The inode of ``fh`` if it was opened with O_DIRECT, else None."""
+        h = self.handles.get(fh)
+        return h.ino if isinstance(h, Handle) and h.direct else None
 
     def _handle(self, fh: int) -> Handle:
         h = self.handles.get(fh)
@@ -1410,9 +1710,7 @@ class Filesystem:
             raise FsError(errno.ENOTDIR)
         await self.ensure_listed(ino)
         self._dir_used[ino] = trio.current_time()
-        with self.journal.read() as txn:
-            entries = list(txn.children(ino))
-        return self._new_fh(DirHandle(ino, entries))
+        return self._new_fh(DirHandle(ino))  # (its first readdir takes the snapshot)
 
     def dir_handle(self, fh: int) -> Inode:
         """The directory an opendir handle lists."""
@@ -1422,12 +1720,18 @@ class Filesystem:
         return self.get(h.ino)
 
     def readdir(self, fh: int, start: int) -> Iterator[tuple[bytes, Inode, int]]:
-        """Entries from position ``start`` of the listing taken at opendir: a stable
-        snapshot, so changes while listing skip or repeat nothing."""
+        """Entries from position ``start`` of this pass over the directory, each with
+        the position to resume after it. ``start`` 0 begins a pass (the first readdir
+        of a handle, or one after ``rewinddir``): it takes a fresh snapshot of the
+        entries, so names added and removed since are seen, as POSIX asks. Within
+        one pass the positions stay those of that snapshot, so changes while
+        listing skip or repeat nothing (entries removed meanwhile are left out)."""
         h = self.handles.get(fh)
         if not isinstance(h, DirHandle):
             raise FsError(errno.EBADF)
         if start == 0:
+            with self.journal.read() as txn:
+                h.entries = list(txn.children(h.ino))
             # lookups of these entries may follow (ls -l): a new prefetch scan
             loads = self.meta_loads
             loads.readdir_at[h.ino] = trio.current_time()

@@ -21,7 +21,7 @@ import trio
 from . import faults
 from .control import CONTROL_DRAIN, CONTROL_PID, CONTROL_STATUS
 from .errors import FsError, to_errno
-from .filesystem import Filesystem, SetAttrs
+from .filesystem import RENAME_EXCHANGE, RENAME_NOREPLACE, Filesystem, SetAttrs
 from .journal import Inode
 
 log = logging.getLogger(__name__)
@@ -145,11 +145,14 @@ class FuseOps(pyfuse3.Operations):
 
     @_guard
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
-        fl = 0
+        # pyfuse3's flags to the core's; any other bit (RENAME_WHITEOUT...) is passed
+        # on as it is, for the core to refuse (EINVAL)
+        known = pyfuse3.RENAME_NOREPLACE | pyfuse3.RENAME_EXCHANGE
+        fl = flags & ~known
         if flags & pyfuse3.RENAME_NOREPLACE:
-            fl |= 1
+            fl |= RENAME_NOREPLACE
         if flags & pyfuse3.RENAME_EXCHANGE:
-            fl |= 2
+            fl |= RENAME_EXCHANGE
         await self.fs.rename(parent_inode_old, name_old, parent_inode_new, name_new, fl)
 
     @_guard
@@ -165,7 +168,8 @@ class FuseOps(pyfuse3.Operations):
     async def create(self, parent_inode, name, mode, flags, ctx):
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
         fh, inode = await self.fs.create(parent_inode, name, mode, ctx.uid, ctx.gid, writable,
-                                         append=bool(flags & os.O_APPEND))
+                                         append=bool(flags & os.O_APPEND),
+                                         direct=bool(flags & os.O_DIRECT))
         return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._attr(inode)
 
     @_guard
@@ -174,7 +178,22 @@ class FuseOps(pyfuse3.Operations):
 
     @_guard
     async def write(self, fh, off, buf):
-        return await self.fs.write(fh, off, buf)
+        written = await self.fs.write(fh, off, buf)
+        ino = self.fs.is_direct(fh)
+        if ino is not None:
+            # A direct write is seen at once by buffered readers: the kernel drops
+            # the range's pages before it sends the write, but not after an
+            # asynchronous one (libaio, io_uring) completes, and a buffered read that
+            # reached us in between cached the old bytes (kept, keep_cache, until the
+            # bucket changes). So the pages go now that the cache file has the new
+            # bytes, before the reply; in a thread, since a read holding a page lock
+            # needs this loop to finish. (A handle made direct later by fcntl is
+            # not seen as such: FUSE does not say so in a write.)
+            try:
+                await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino)
+            except OSError as exc:  # the kernel no longer knows the inode: no pages
+                log.debug("invalidate inode %d after a direct write: %s", ino, exc)
+        return written
 
     @_guard
     async def flush(self, fh):
@@ -194,7 +213,9 @@ class FuseOps(pyfuse3.Operations):
 
     @_guard
     async def readdir(self, fh, start_id, token):
-        # positions 0 and 1 are "." and ".." (no lookup count for those)
+        # positions 0 and 1 are "." and ".." (no lookup count for those); the core's
+        # position 0 (a new pass: a fresh snapshot) is the first entry after them,
+        # asked for when start_id is 0 (a rewind) or no entry was taken yet
         if start_id < 2:
             d = self.fs.dir_handle(fh)
             dots = [(b".", d), (b"..", self.fs.get(d.parent))]

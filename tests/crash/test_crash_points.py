@@ -8,6 +8,7 @@ replay the journal.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import random
@@ -176,15 +177,99 @@ def test_crash_in_the_middle_of_a_directory_rename(tmp_path, file_source, cleanu
     assert bucket_tree(m.objects()) == after
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+RENAME_EXCHANGE = 2
+
+
+def exchange(a: str, b: str) -> None:
+    """renameat2(a, b, RENAME_EXCHANGE)."""
+    if _libc.renameat2(-100, os.fsencode(a), -100, os.fsencode(b), RENAME_EXCHANGE) < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def exchange_fixture(m: Mount) -> tuple[dict, dict]:
+    """Clean files and directories in the bucket, and one dirty file; returns (the
+    tree now, the tree after ``exchange_all``)."""
+    os.makedirs(m.p("d/sub"))
+    os.makedirs(m.p("e/only_e"))
+    files = {"f": b"clean f", "g": b"clean g, longer", "d/x": b"d/x", "d/sub/y": b"d/sub/y",
+             "e/x": b"e/x, longer", "p": b"clean p"}
+    for rel, body in files.items():
+        with open(m.p(rel), "wb") as f:
+            f.write(body)
+    m.sync()
+    with open(m.p("h"), "wb") as f:
+        f.write(b"dirty h, never uploaded")
+    before = tree(m.path)
+    after = {"f": b"clean g, longer", "g": b"clean f", "h": b"clean p",
+             "p": b"dirty h, never uploaded", "d": None, "e": None, "d/x": b"e/x, longer",
+             "d/only_e": None, "e/x": b"d/x", "e/sub": None, "e/sub/y": b"d/sub/y"}
+    return before, after
+
+
+def exchange_all(m: Mount) -> None:
+    exchange(m.p("f"), m.p("g"))  # two clean files: a pinned copy and a PUT
+    exchange(m.p("d"), m.p("e"))  # two trees with a name in common
+    exchange(m.p("h"), m.p("p"))  # a dirty file with a clean one
+
+
+def test_kill_right_after_an_exchange_then_replay(tmp_path, file_source, cleanup):
+    m = make_mount(tmp_path, file_source, None)
+    cleanup(m)
+    m.mount()
+    _, after = exchange_fixture(m)
+    pid = daemon_pid(m)
+    exchange_all(m)
+    os.kill(pid, signal.SIGKILL)  # the op log and the uploads have barely started
+    wait_dead(pid)
+    m.mount()
+    assert tree(m.path) == after
+    m.sync()
+    assert tree(m.path) == after
+    m.umount()  # (and fsck)
+    assert bucket_tree(m.objects()) == after
+
+
+@pytest.mark.parametrize("point", ["mid-exchange", "after-copy", "before-put"])
+def test_crash_in_an_exchange(tmp_path, file_source, cleanup, point):
+    """``mid-exchange``: the transaction never commits, the old tree stays;
+    ``after-copy``: the pair's copy is done, its op still pending; ``before-put``:
+    the copy is done, the local side's upload is not."""
+    m = make_mount(tmp_path, file_source, None)
+    cleanup(m)
+    m.mount()
+    before, after = exchange_fixture(m)
+    m.umount()
+    m.env = {FAULTS: f"crash@{point}"}
+    m.mount()
+    pid = daemon_pid(m)
+    if point == "mid-exchange":
+        with pytest.raises(OSError):
+            exchange(m.p("f"), m.p("g"))
+        expect = before
+    else:
+        exchange_all(m)
+        expect = after
+    wait_dead(pid)
+    remount_clean(m)
+    assert tree(m.path) == expect
+    m.sync()
+    m.umount()
+    assert bucket_tree(m.objects()) == expect
+
+
 WORKLOAD = r"""
-import os, sys, random
+import ctypes, os, sys, random
+libc = ctypes.CDLL(None, use_errno=True)
 root, log_path, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
 rng = random.Random(seed)
 log = open(log_path, "a", buffering=1)
 os.makedirs(root, exist_ok=True)
 names = [f"f{i}" for i in range(12)]
 for step in range(100000):
-    kind = rng.choice(["write", "write", "write", "rename", "unlink", "link", "append"])
+    kind = rng.choice(["write", "write", "write", "rename", "unlink", "link", "append",
+                       "exchange"])
     a, b = rng.choice(names), rng.choice(names)
     body = f"{seed}-{step}-{rng.random()}".encode() * rng.randint(1, 300)
     log.write(f"start {step} {kind} {a} {b} {body.hex()}\n")
@@ -200,6 +285,11 @@ for step in range(100000):
             os.rename(os.path.join(root, a), os.path.join(root, b))
         elif kind == "unlink":
             os.unlink(os.path.join(root, a))
+        elif kind == "exchange":  # renameat2(RENAME_EXCHANGE)
+            if libc.renameat2(-100, os.path.join(root, a).encode(), -100,
+                              os.path.join(root, b).encode(), 2) < 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err))
         elif kind == "link":
             os.link(os.path.join(root, a), os.path.join(root, b))
         else:  # append through one name: every name of the inode sees it
@@ -237,6 +327,8 @@ class Model:
                 self.names[b] = self.names.pop(a)
         elif kind == "unlink":
             self.names.pop(a, None)
+        elif kind == "exchange" and a in self.names and b in self.names:
+            self.names[a], self.names[b] = self.names[b], self.names[a]
         elif kind == "link" and a in self.names and b not in self.names:
             self.names[b] = self.names[a]
         elif kind == "append" and a in self.names:

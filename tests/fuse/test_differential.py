@@ -6,7 +6,8 @@ applies each one both to the mount and to a reference directory on local disk: c
 (also O_EXCL, O_TRUNC), writes at offsets (past EOF: sparse), appends, truncate and
 ftruncate (grow and shrink), rename (files, whole directories, over existing targets,
 into subdirectories, onto itself, into its own subtree: EINVAL; RENAME_NOREPLACE;
-several in a row onto one target; the tempfile + os.replace idiom),
+several in a row onto one target; the tempfile + os.replace idiom; RENAME_EXCHANGE of
+any two paths: files, directories, a file with a directory),
 unlink, mkdir, rmdir, chmod, symlink/readlink, hard links (also of symlinks, across
 directories, onto existing names), FIFOs (mkfifo), reads (of missing files: ENOENT),
 and descriptors held open while the tree changes under them. After every step the
@@ -89,10 +90,11 @@ payloads = st.one_of(
 # relative targets only: nothing may resolve outside either root ("." makes loops)
 link_targets = st.one_of(paths, st.sampled_from([".", "zz", "a/zz"]))
 
-# --- renameat2(RENAME_NOREPLACE) ------------------------------------------------------------
+# --- renameat2(RENAME_NOREPLACE, RENAME_EXCHANGE) -----------------------------------------
 _libc = ctypes.CDLL(None, use_errno=True)
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
+_RENAME_EXCHANGE = 2
 
 
 def _renameat2(src: str, dst: str, flags: int) -> None:
@@ -178,6 +180,8 @@ OPS = {
     "rename": lambda root, src, dst: os.rename(_at(root, src), _at(root, dst)),
     "rename_noreplace": lambda root, src, dst: _renameat2(_at(root, src), _at(root, dst),
                                                           _RENAME_NOREPLACE),
+    "rename_exchange": lambda root, a, b: _renameat2(_at(root, a), _at(root, b),
+                                                     _RENAME_EXCHANGE),
     "unlink": lambda root, path: os.unlink(_at(root, path)),
     "mkdir": lambda root, path, mode: os.mkdir(_at(root, path), mode),
     "rmdir": lambda root, path: os.rmdir(_at(root, path)),
@@ -495,6 +499,11 @@ def differential_machine(mnt_root: str, ref_root: str, history: History,
         @rule(data=st.data())
         def rename_noreplace(self, data):
             self.both("rename_noreplace", self.path(data, "src"), self.path(data, "dst"))
+
+        @rule(data=st.data())
+        def rename_exchange(self, data):
+            # files, directories, a file with a directory, names inside each other
+            self.both("rename_exchange", self.path(data, "a"), self.path(data, "b"))
 
         @rule(data=st.data())
         def unlink(self, data):

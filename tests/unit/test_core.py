@@ -1144,3 +1144,27 @@ def test_a_rename_copy_the_server_could_not_pin_drops_the_clean_bytes(tmp_path):
         assert rig.bucket()["a"] == b"theirs, written outside after the rename"
 
     run(tmp_path, scenario, store)
+
+
+def test_readdir_from_position_0_takes_a_fresh_snapshot(tmp_path):
+    """rewinddir: a pass from position 0 sees names added and removed since opendir;
+    inside one pass the positions are the snapshot's, so a change skips nothing."""
+
+    async def scenario(rig: Rig):
+        for name in (b"a", b"b", b"c"):
+            await rig.write_file(ROOT_INO, name, b"")
+        fh = await rig.fs.opendir(ROOT_INO)
+
+        def names(start: int) -> list[tuple[bytes, int]]:
+            return [(n, pos) for n, _, pos in rig.fs.readdir(fh, start)]
+
+        assert names(0) == [(b"a", 1), (b"b", 2), (b"c", 3)]
+        await rig.write_file(ROOT_INO, b"aa", b"")
+        await rig.fs.unlink(ROOT_INO, b"c")
+        assert names(1) == [(b"b", 2)]  # the same pass: its snapshot, less what went
+        assert names(0) == [(b"a", 1), (b"aa", 2), (b"b", 3)]  # a new pass
+        await rig.write_file(ROOT_INO, b"0", b"")
+        assert names(2) == [(b"b", 3)]  # resumed: nothing skipped, nothing repeated
+        rig.fs.releasedir(fh)
+
+    run(tmp_path, scenario)
