@@ -393,7 +393,7 @@ class Flusher:
         finally:
             fs.cache.drop_snapshot(snapshot)
         faults.crash_point("after-put")
-        self._commit(ino, key, etag, seq)
+        self._commit(ino, key, etag, seq, if_match if as_copy else None)
 
     def _file_body(self, ino: int, data: Inode) -> tuple[bytes | str, Callable[[], bool] | None]:
         """What an upload of a regular file sends. A large file goes straight from its
@@ -456,9 +456,17 @@ class Flusher:
         self._backoff[ino] = delay
         self._retry_at[ino] = trio.current_time() + delay
 
-    def _commit(self, ino: int, key: str, etag: str, seq: int) -> None:
+    def _commit(self, ino: int, key: str, etag: str, seq: int,
+                rewrote: str | None = None) -> None:
+        """Our upload of change ``seq`` of ``ino`` is in the bucket at ``key`` as
+        ``etag``. ``rewrote``: it was a metadata-only rewrite of the object that had
+        that ETag (same bytes)."""
         clean = False
         with self.journal.write() as txn:
+            if rewrote is not None and rewrote != etag:
+                # a rename that happened meanwhile queued a copy of the object pinned
+                # to the ETag it had before our rewrite: the copy must find it
+                txn.repin_copies(key, rewrote, etag)
             inode = txn.get(ino)
             if inode is not None and inode.nlink > 0 and self.fs.object_key(txn, inode) == key:
                 self.fs.reconciler.note_bucket_state(ino)
@@ -573,6 +581,12 @@ class Flusher:
         if op["op"] == "delete":
             faults.crash_point("before-delete")
             try:
+                if op.get("etag") and not remote.capabilities.conditional_delete:
+                    # the server ignores If-Match on DELETE: look first (best effort,
+                    # as for uploads to such servers)
+                    info = await remote.head_or_none(op["key"])
+                    if info is not None and info.etag != op["etag"]:
+                        raise PreconditionFailed(f"{op['key']} is at another ETag")
                 await remote.delete(op["key"], if_match=op.get("etag"))
             except PreconditionFailed:
                 # rewritten in the bucket since we saw it: S3 wins, the new version stays
@@ -595,6 +609,8 @@ class Flusher:
     def _finish_op(self, seq: int, op: dict, etag: str | None) -> None:
         self.ops_finished += 1
         pending: list[int] = []
+        entries: list[tuple[int, bytes]] = []
+        gone: int | None = None
         with self.journal.write() as txn:
             txn.remove_op(seq)
             if op["op"] != "copy":
@@ -628,8 +644,15 @@ class Flusher:
                 inode.remote_key = inode.remote_etag = None
                 if self.fs.data_of(txn, inode).cached and inode.nlink > 0:
                     self.fs.mark(txn, inode, DIRTY_DATA, pending)
+                elif inode.nlink > 0 and not inode.links and not inode.link_of:
+                    # ... and nothing local: that version is nowhere any more
+                    gone = inode.ino
+                    self.fs.reconciler.version_lost(txn, inode, entries)
             txn.put(inode)
         self.fs.notify(pending)
+        if gone is not None:
+            self.fs.invalidate(entries, [])
+            self.fs.maybe_purge(gone)
 
     # --- waiting for the bucket ---------------------------------------------------------
     def _idle(self, inos: list[int] | None = None) -> bool:

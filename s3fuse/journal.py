@@ -372,6 +372,17 @@ class Txn:
                              db=self._j.db_ops)
                 self.op_delta.add(op, 1)
 
+    def repin_copies(self, src: str, old_etag: str, new_etag: str) -> None:
+        """Pending copies from ``src`` pinned to ``old_etag`` are pinned to ``new_etag``
+        (our own metadata rewrite of that object changed its ETag, not its bytes)."""
+        if self._j.ops_index.keys.get(src, 0) + self.op_delta.keys.get(src, 0) <= 0:
+            return
+        for seq, op in list(self.ops_from()):
+            if op.get("op") == "copy" and op.get("src") == src and op.get("etag") == old_etag:
+                op["etag"] = new_etag
+                self.txn.put(_k(seq), json.dumps(op, separators=(",", ":")).encode(),
+                             db=self._j.db_ops)
+
     # the op index (see ``Journal``): this transaction's view, its own changes included
     def op_names(self, key: str) -> bool:
         """Some pending op names ``key`` (as source, target, or key to delete)."""

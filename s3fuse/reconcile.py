@@ -424,6 +424,16 @@ class Reconciler:
             fs.add_from_object(txn, parent, name, info)
         entries.append((parent, name))
 
+    def version_lost(self, txn: Txn, inode: Inode,
+                     entries: list[tuple[int, bytes]]) -> None:
+        """A renamed file's copy found its source version gone from the bucket (S3
+        wins: replaced or deleted there first), and none of its bytes are cached:
+        the name goes (the caller invalidates ``entries`` and purges after commit)."""
+        log.warning("%s: its version was replaced or deleted in the bucket before its "
+                    "rename reached it, and none of it was cached; removed", inode.name)
+        self._remove_gone(txn, inode, _now_ns(), entries,
+                          "replaced in the bucket before its rename reached it")
+
     def keep_replaced(self, ino: int) -> None:
         """The last handle of ``ino`` closed. If the bucket replaced or deleted it
         while it was open (``replaced``) and it was written through its handles

@@ -7,6 +7,7 @@ real mount in tests/fuse.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import stat
@@ -1166,5 +1167,87 @@ def test_readdir_from_position_0_takes_a_fresh_snapshot(tmp_path):
         await rig.write_file(ROOT_INO, b"0", b"")
         assert names(2) == [(b"b", 3)]  # resumed: nothing skipped, nothing repeated
         rig.fs.releasedir(fh)
+
+    run(tmp_path, scenario)
+
+
+def test_a_rename_during_a_metadata_rewrite_keeps_the_file(tmp_path):
+    """A chmod's metadata-only rewrite (a copy of the object onto itself) was in
+    flight when the file was renamed: the rename's copy was pinned to the ETag before
+    the rewrite, failed, and a file whose bytes were not cached was left with neither
+    bytes nor an object (found while reviewing RENAME_EXCHANGE)."""
+    async def scenario(rig: Rig):
+        await rig.write_file(ROOT_INO, b"f", b"the bytes")
+        await trio.sleep(WINDOW + 5)
+        ino = (await rig.fs.lookup(ROOT_INO, b"f")).ino
+        rig.cache.remove(ino)  # evicted: not cached any more
+        with rig.journal.write() as txn:
+            inode = txn.get(ino)
+            inode.cached = False
+            txn.put(inode)
+        gate = trio.Event()
+        entered = trio.Event()
+        real_copy = rig.fs.remote.copy
+
+        async def copy(src, dst, metadata=None, **kw):
+            if src == dst:  # the metadata rewrite: held until the rename is done
+                entered.set()
+                await gate.wait()
+            return await real_copy(src, dst, metadata, **kw)
+
+        rig.fs.remote.copy = copy
+        await rig.fs.setattr(ino, SetAttrs(mode=0o600))
+        await entered.wait()
+        await rig.fs.rename(ROOT_INO, b"f", ROOT_INO, b"g")
+        gate.set()
+        assert await rig.flusher.drain(60)
+        assert rig.bucket() == {"g": b"the bytes"}
+        fh, _ = await rig.fs.open(ino, os.O_RDONLY)
+        assert await rig.fs.read(fh, 0, 100) == b"the bytes"
+        await rig.fs.release(fh)
+
+    run(tmp_path, scenario, NewEtagOnRewrite())
+
+
+class NewEtagOnRewrite(MemoryStore):
+    """A copy of an object onto itself gets a new ETag, as S3 gives a multipart
+    object rewritten by CopyObject (the memory store keeps it, as S3 does for a
+    single-part one)."""
+
+    def copy(self, src_key, dst_key, metadata=None, *, src_if_match=None):
+        etag = super().copy(src_key, dst_key, metadata, src_if_match=src_if_match)
+        if src_key != dst_key:
+            return etag
+        with self._bucket.lock:
+            obj = self._bucket.objects[dst_key]
+            new = dataclasses.replace(obj, etag=obj.etag + "-2")
+            self._bucket.objects[dst_key] = new
+        return new.etag
+
+
+def test_a_renamed_file_whose_version_was_replaced_before_its_copy_goes(tmp_path):
+    """Renamed, not cached, and its object rewritten outside before the rename's copy
+    ran: that version is nowhere any more, so the new name goes (S3 wins); the old
+    name shows the bucket's version. (Before: an entry with neither bytes nor an
+    object, whose reads failed.)"""
+    async def scenario(rig: Rig):
+        ino = await rig.write_file(ROOT_INO, b"f", b"ours")
+        await trio.sleep(WINDOW + 5)
+        rig.cache.remove(ino)
+        with rig.journal.write() as txn:
+            inode = txn.get(ino)
+            inode.cached = False
+            txn.put(inode)
+        await rig.fs.rename(ROOT_INO, b"f", ROOT_INO, b"g")
+        rig.store.put("f", b"theirs", {})  # before the copy runs
+        assert await rig.flusher.drain(60)
+        with pytest.raises(FsError):
+            await rig.fs.lookup(ROOT_INO, b"g")
+        await rig.fs.poll_dir(ROOT_INO)
+        f = await rig.fs.lookup(ROOT_INO, b"f")
+        fh, _ = await rig.fs.open(f.ino, os.O_RDONLY)
+        assert await rig.fs.read(fh, 0, 100) == b"theirs"
+        await rig.fs.release(fh)
+        assert rig.bucket() == {"f": b"theirs"}
 
     run(tmp_path, scenario)
