@@ -764,7 +764,7 @@ class Filesystem:
                 # the bucket is away: answer from what the mount knows (not asked
                 # again within the TTL); the poller catches up when it is back
                 log.info("cannot list directory %d to look for a name (%s)", parent,
-                         exc or f"no answer within {NAME_CHECK_TIMEOUT_S} s")
+                         str(exc) or f"no answer within {NAME_CHECK_TIMEOUT_S} s")
                 self._note_names_listed(parent, trio.current_time())
                 return False
         return True
