@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import pytest
 from mounts import S3FUSE, Mount, is_mounted, make_mount, require_fuse
 
 from s3fuse.errors import NoSuchKey, PreconditionFailed
@@ -179,6 +180,7 @@ def _mount_view(m: Mount) -> dict[str, bytes]:
             if not n.startswith(".tmp-")}
 
 
+@pytest.mark.timeout(DURATION_S + 300)
 def test_concurrent_writers_never_lose_a_version(unmounted, tmp_path):
     require_fuse()
     a = unmounted
