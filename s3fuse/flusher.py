@@ -40,7 +40,8 @@ from typing import TYPE_CHECKING
 import trio
 
 from . import faults
-from .errors import BodyChanged, FsError, NoSuchKey, PreconditionFailed, StoreError
+from .errors import (BodyChanged, FsError, NoSuchKey, PreconditionFailed, StoreError,
+                     TransientStoreError)
 from .journal import DIRTY_DATA, Inode
 from .reconcile import Decision
 from .store.base import ObjectInfo
@@ -72,6 +73,7 @@ class FlushError:
     path: str
     operation: str
     message: str
+    transient: bool = False  # the bucket could not be reached (or answered 5xx)
 
 
 class Flusher:
@@ -85,7 +87,13 @@ class Flusher:
         self.max_ops = max_ops
         self.fsync_upload = fsync_upload
         self.instance_id = instance_id
-        self._due: dict[int, list[float]] = {}  # ino -> [first change, last change]
+        # ino -> [first change not yet in the bucket, last change]: real times, which
+        # ``pending()`` reports; nothing else is ever written there
+        self._due: dict[int, list[float]] = {}
+        # inos to upload now, whatever their window says (a drain, a writer waiting
+        # for room, a stray found dirty): kept apart from ``_due`` so that the age of
+        # the oldest change stays a real, finite figure
+        self._due_now: set[int] = set()
         self._inflight: dict[int, str] = {}
         self._busy: Counter[str] = Counter()
         self._retry_at: dict[int, float] = {}
@@ -147,9 +155,7 @@ class Flusher:
         self._waiting_for_room = True
         try:
             while self.dirty_total_bytes > self.dirty_limit_bytes:
-                for other, due in self._due.items():
-                    if other != ino:
-                        due[0] = -float("inf")
+                self._due_now.update(other for other in self._due if other != ino)
                 progress = self._progress
                 self._wake.set()
                 await progress.wait()
@@ -159,6 +165,7 @@ class Flusher:
     def forget(self, ino: int) -> None:
         self._drop_size(ino)
         self._due.pop(ino, None)
+        self._due_now.discard(ino)
         self._retry_at.pop(ino, None)
         self._backoff.pop(ino, None)
         self._live_changed.discard(ino)
@@ -195,18 +202,28 @@ class Flusher:
                 inode = txn.get(ino)
                 if inode is not None and inode.dirty & DIRTY_DATA:
                     dirty_bytes += inode.size
-        oldest = min((d[0] for d in self._due.values()), default=None)
+        now = trio.current_time()
+        oldest = min((d[0] for d in self._due.values()), default=now)
+        retrying = sum(1 for at in self._retry_at.values() if at > now)
+        last = self.errors[-1] if self.errors else None
         return {
             "dirty_files": len(dirty),
             "dirty_bytes": dirty_bytes,
             "pending_ops": ops,
             "uploads_in_flight": len(self._inflight),
-            "oldest_pending_age_s": (trio.current_time() - oldest) if oldest is not None
-            else 0.0,
+            "oldest_pending_age_s": max(0.0, now - oldest),
+            # files whose last upload failed, waiting for their next try; and whether
+            # the bucket's op log is backing off after a failed copy or delete
+            "retrying_files": retrying,
+            "ops_retrying": self._ops_retry_at > now and bool(ops),
+            "last_error": None if last is None else {
+                "time": last.when, "path": last.path, "operation": last.operation,
+                "message": last.message, "transient": last.transient},
         }
 
     def _record_error(self, path: str, operation: str, exc: BaseException) -> None:
-        self.errors.append(FlushError(time.time(), path, operation, str(exc)))
+        self.errors.append(FlushError(time.time(), path, operation, str(exc),
+                                      isinstance(exc, TransientStoreError)))
         log.warning("%s %s failed: %s", operation, path, exc)
 
     def _progressed(self) -> None:
@@ -256,7 +273,8 @@ class Flusher:
                 break
             if ino in self._inflight or self._retry_at.get(ino, 0.0) > now:
                 continue
-            if not force and now - last < self.window_s and now - first < self.window_s:
+            if not force and ino not in self._due_now and now - last < self.window_s \
+                    and now - first < self.window_s:
                 continue
             key = self._key_for(ino)
             if key is None:
@@ -489,6 +507,7 @@ class Flusher:
         self._retry_at.pop(ino, None)
         if clean:
             self._due.pop(ino, None)
+            self._due_now.discard(ino)
             self._drop_size(ino)
         elif ino in self._due:
             self._due[ino][0] = trio.current_time()
@@ -635,7 +654,8 @@ class Flusher:
         now = trio.current_time()
         for ino in strays:
             log.warning("inode %d was dirty but not scheduled; scheduling it", ino)
-            self._due[ino] = [-float("inf"), now]
+            self._due[ino] = [now, now]
+            self._due_now.add(ino)
         return bool(strays)
 
     async def drain(self, timeout_s: float, inos: list[int] | None = None) -> bool:
@@ -645,9 +665,8 @@ class Flusher:
         # asked for explicitly: try again now rather than after the backoff
         self._retry_at.clear()
         self._ops_retry_at = 0.0
-        for ino in inos if inos is not None else list(self._due):
-            if ino in self._due:
-                self._due[ino][0] = -float("inf")
+        self._due_now.update(ino for ino in (inos if inos is not None else self._due)
+                             if ino in self._due)
         self._draining += 1
         try:
             return await self._drain(timeout_s, inos)

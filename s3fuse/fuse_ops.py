@@ -19,7 +19,8 @@ import pyfuse3
 import trio
 
 from . import faults
-from .control import CONTROL_DRAIN, CONTROL_PID, CONTROL_STATUS
+from .control import (CONTROL_DRAIN, CONTROL_KEEP_PENDING, CONTROL_PID, CONTROL_STATUS,
+                      DRAIN_RESULT_PREFIX)
 from .errors import to_errno
 from .filesystem import Filesystem, SetAttrs
 from .journal import Inode
@@ -227,11 +228,14 @@ class FuseOps(pyfuse3.Operations):
     @_guard
     async def setxattr(self, inode, name, value, ctx):
         key = name.decode("utf-8", "surrogateescape")
-        if inode == pyfuse3.ROOT_INODE and key == CONTROL_DRAIN and self.control is not None:
+        if inode == pyfuse3.ROOT_INODE and self.control is not None \
+                and key in (CONTROL_DRAIN, CONTROL_KEEP_PENDING):
             if ctx.uid not in (0, self.fs.defaults.uid):
                 raise pyfuse3.FUSEError(errno.EPERM)
-            if not await self.control.drain(value):
-                raise pyfuse3.FUSEError(errno.EAGAIN)
+            if key == CONTROL_DRAIN:
+                self.control.start_drain(value)  # returns at once (see control.py)
+            else:
+                self.control.keep_pending(value)
             return
         await self.fs.load_meta(inode)
         self.fs.setxattr(inode, key, value)
@@ -248,6 +252,8 @@ class FuseOps(pyfuse3.Operations):
                 return self.control.status_json().encode()
             if key == CONTROL_PID:
                 return str(os.getpid()).encode()
+            if key.startswith(DRAIN_RESULT_PREFIX):
+                return self.control.drain_result_json(key[len(DRAIN_RESULT_PREFIX):]).encode()
         await self.fs.load_meta(inode)
         return self.fs.getxattr(inode, key)
 
