@@ -1,8 +1,9 @@
 """The pyfuse3 adapter: translate requests to ``Filesystem`` calls, and nothing else.
 
 Every handler goes through ``_guard``: domain errors become ``FUSEError`` with the
-errno from ``errors.to_errno``; an unexpected exception is logged with its traceback
-and answered with EIO, so a bug fails one call and never takes the mount down.
+errno from ``errors.to_errno`` (one log line when that is EIO); an unexpected
+exception is logged with its traceback and answered with EIO, so a bug fails one call
+and never takes the mount down.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import trio
 from . import faults
 from .control import (CONTROL_DRAIN, CONTROL_KEEP_PENDING, CONTROL_PID, CONTROL_STATUS,
                       DRAIN_RESULT_PREFIX)
-from .errors import to_errno
+from .errors import S3FuseError, to_errno
 from .filesystem import Filesystem, SetAttrs
 from .journal import Inode
 
@@ -44,7 +45,13 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as exc:  # noqa: BLE001 - this is the one place that must
             err = to_errno(exc)
             if err == errno.EIO:
-                log.exception("%s%r failed", fn.__name__, args[:2])
+                if isinstance(exc, S3FuseError):
+                    # an expected failure (the bucket unreachable, ...): one line; the
+                    # traceback only at DEBUG
+                    log.warning("%s%r failed: %s", fn.__name__, args[:2], exc)
+                    log.debug("%s%r failed", fn.__name__, args[:2], exc_info=True)
+                else:
+                    log.exception("%s%r failed", fn.__name__, args[:2])
             raise pyfuse3.FUSEError(err) from None
     return wrapper
 

@@ -48,7 +48,8 @@ class Remote:
             except TransientStoreError as exc:
                 if attempt == self.read_attempts - 1:
                     raise
-                log.warning("retrying after transient error: %s", exc)
+                # the caller logs the error if the last attempt fails too
+                log.debug("retrying after transient error: %s", exc)
                 await trio.sleep(delay)
                 delay *= 2
         raise AssertionError("unreachable")

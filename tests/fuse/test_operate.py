@@ -39,7 +39,7 @@ def test_status_counts_go_up_with_writes_and_to_zero_after_sync(tmp_path, file_s
         assert st["oldest_pending_age_s"] >= 0
         human = subprocess.run([S3FUSE, "status", m.path], capture_output=True, text=True,
                                timeout=30)
-        assert "pending: 5 files, 5000 bytes" in human.stdout
+        assert "pending: 5 files (4.9 KiB); oldest change" in human.stdout
         m.sync()
         st = status(m.path)
         assert (st["dirty_files"], st["dirty_bytes"], st["uploads_in_flight"]) == (0, 0, 0)
