@@ -102,6 +102,7 @@ def test_mount_t_fuse_s3fuse_and_plain_umount_drains(tmp_path, file_source):
                           f"cache_dir={cache},flush_window=3600,_netdev"],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
+    assert res.stdout == "" and res.stderr == ""  # a mount helper is quiet on success
     try:
         assert is_mounted(str(mp))
         with open(mp / "via-mount", "wb") as f:
