@@ -42,6 +42,7 @@ from .filesystem import Defaults, Filesystem
 from .flusher import Flusher
 from .fuse_ops import FuseOps
 from .journal import Journal
+from .metrics import Metrics
 from .remote import Remote
 from .store import open_store
 from .store.base import Capabilities, ObjectStore
@@ -147,6 +148,7 @@ class Daemon:
         self.journal: Journal | None = None
         self.fs: Filesystem | None = None
         self.flusher: Flusher | None = None
+        self.metrics: Metrics | None = None  # with --metrics-addr
         self.started = time.time()
         self._nursery: trio.Nursery | None = None  # the daemon's tasks (drains run here)
         # the stop a signal started (a second signal cancels its drain), if any
@@ -178,6 +180,15 @@ class Daemon:
             raise UsageError(f"cache directory {s.cache_dir} belongs to {known.decode()!r}, "
                              f"not {ident!r}; use another --cache-dir")
         self.instance_id = (self.journal.get_meta(b"instance") or b"").decode()
+        if s.metrics_addr:
+            host, _, port = s.metrics_addr.rpartition(":")
+            self.metrics = Metrics()
+            try:
+                self.metrics.serve(host.strip("[]"), int(port))
+            except OSError as exc:
+                raise UsageError(f"cannot serve metrics at {s.metrics_addr}: "
+                                 f"{exc.strerror or exc}") from None
+            log.info("serving Prometheus metrics at http://%s/metrics", s.metrics_addr)
 
     def probe(self) -> Capabilities:
         assert self.store is not None
@@ -209,7 +220,8 @@ class Daemon:
     async def main(self, ready: Callable[[], None]) -> int:
         s = self.settings
         assert self.store is not None and self.journal is not None
-        remote = Remote(self.store, max_concurrency=max(16, s.max_uploads * 2))
+        remote = Remote(self.store, max_concurrency=max(16, s.max_uploads * 2),
+                        metrics=self.metrics)
         remote.capabilities = await trio.to_thread.run_sync(self.probe)
         self.capabilities = remote.capabilities
         cache = Cache(s.cache_dir, s.cache_size_bytes)
@@ -231,9 +243,10 @@ class Daemon:
                           fsync_upload=s.fsync_upload, instance_id=self.instance_id,
                           dirty_limit_bytes=s.cache_size_bytes)
         fs.flusher = flusher
+        flusher.metrics = self.metrics
         flusher.load()
         self.fs, self.flusher = fs, flusher
-        ops = FuseOps(fs, timeout_s=s.metadata_ttl_s, control=self)
+        ops = FuseOps(fs, timeout_s=s.metadata_ttl_s, control=self, metrics=self.metrics)
         pyfuse3.init(ops, self.mountpoint, self.fuse_options())
         log.info("mounted %s at %s (cache %s)", self.store.description, self.mountpoint,
                  s.cache_dir)
@@ -249,6 +262,8 @@ class Daemon:
                 nursery.start_soon(self._signals)
                 nursery.start_soon(self._poller)
                 nursery.start_soon(self._invalidator)
+                if self.metrics is not None:
+                    nursery.start_soon(self._sample_metrics, self.metrics)
                 fs.meta_loads.nursery = nursery  # attribute prefetches run here
                 await pyfuse3.main()
                 sd_notify("STOPPING=1")
@@ -266,6 +281,8 @@ class Daemon:
             self.journal.close()
             if self.lock is not None:
                 self.lock.release()
+            if self.metrics is not None:
+                self.metrics.close()
             self.store.close()
         return 1 if pending_left else 0
 
@@ -344,6 +361,14 @@ class Daemon:
                     log.exception("polling directory %d failed", ino)
                 await trio.sleep(gap)
             swept = trio.current_time() - start
+
+    async def _sample_metrics(self, metrics: Metrics) -> None:
+        """Copy the pending figures into the metrics' gauges, once a second."""
+        assert self.flusher is not None and self.fs is not None
+        while True:
+            metrics.set_state(self.flusher.pending(), self.fs.cache.used_bytes,
+                              self.fs.cache.limit_bytes)
+            await trio.sleep(1.0)
 
     async def _invalidator(self) -> None:
         """Tell the kernel to forget cached names and pages the bucket changed. Done

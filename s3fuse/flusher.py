@@ -48,6 +48,7 @@ from .store.base import ObjectInfo
 
 if TYPE_CHECKING:
     from .filesystem import Filesystem
+    from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,7 @@ class Flusher:
         self._draining = 0
         self.errors: deque[FlushError] = deque(maxlen=100)
         self.counts: Counter[str] = Counter()
+        self.metrics: Metrics | None = None  # set by the daemon: retries, conflicts
 
     # --- bookkeeping called by the filesystem ----------------------------------------
     def load(self) -> None:
@@ -452,6 +454,8 @@ class Flusher:
                 f"{key}: the server refused the condition but holds the expected ETag"))
             return
         self.counts["conflicts"] += 1
+        if self.metrics is not None:
+            self.metrics.conflict()
 
     def _ours(self, info: ObjectInfo | None, ino: int, seq: int) -> tuple[str, int] | None:
         """Is the object an upload of this very inode by this journal, of this change or
@@ -470,6 +474,8 @@ class Flusher:
 
     def _failed(self, ino: int, key: str, operation: str, exc: BaseException) -> None:
         self._record_error(key, operation, exc)
+        if self.metrics is not None:
+            self.metrics.retry("upload")
         delay = min(MAX_BACKOFF_S, max(1.0, self._backoff.get(ino, 0.5) * 2))
         self._backoff[ino] = delay
         self._retry_at[ino] = trio.current_time() + delay
@@ -533,6 +539,8 @@ class Flusher:
                 if not isinstance(exc, StoreError):
                     log.exception("%s %s failed unexpectedly", op["op"], keys[-1])
                 self._record_error(keys[-1], op["op"], exc)
+                if self.metrics is not None:
+                    self.metrics.retry("operation")
                 self._ops_backoff = min(MAX_BACKOFF_S, max(1.0, self._ops_backoff * 2))
                 self._ops_retry_at = trio.current_time() + self._ops_backoff
                 failed.append(True)

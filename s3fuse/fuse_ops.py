@@ -13,7 +13,8 @@ import functools
 import logging
 import os
 import stat
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 from collections.abc import Callable
 
 import pyfuse3
@@ -26,6 +27,9 @@ from .errors import S3FuseError, to_errno
 from .filesystem import Filesystem, SetAttrs
 from .journal import Inode
 
+if TYPE_CHECKING:
+    from .metrics import Metrics
+
 log = logging.getLogger(__name__)
 
 # a symlink's object holds its target: at most PATH_MAX - 1 bytes
@@ -36,6 +40,19 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     async def wrapper(self: FuseOps, *args: Any) -> Any:
         self.fs.last_request_at = trio.current_time()
+        if self.metrics is None:
+            return await _answer(self, args)
+        start = time.perf_counter()
+        err = 0
+        try:
+            return await _answer(self, args)
+        except pyfuse3.FUSEError as exc:
+            err = exc.errno
+            raise
+        finally:
+            self.metrics.fuse_request(fn.__name__, time.perf_counter() - start, err)
+
+    async def _answer(self: FuseOps, args: tuple) -> Any:
         try:
             if faults.should_raise(fn.__name__):
                 raise RuntimeError(f"injected fault in {fn.__name__}")
@@ -59,11 +76,13 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
 class FuseOps(pyfuse3.Operations):
     enable_writeback_cache = False
 
-    def __init__(self, fs: Filesystem, timeout_s: float, control: Any = None) -> None:
+    def __init__(self, fs: Filesystem, timeout_s: float, control: Any = None,
+                 metrics: Metrics | None = None) -> None:
         super().__init__()
         self.fs = fs
         self.timeout_s = timeout_s
-        self.control = control  # the daemon: drain() and status() for the CLI
+        self.control = control  # the daemon: drains, status, keep-pending for the CLI
+        self.metrics = metrics  # times every request, when set
 
     def _attr(self, inode: Inode) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()

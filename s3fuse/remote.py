@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, TypeVar
+import time
+from typing import TYPE_CHECKING, Any, TypeVar
 from collections.abc import Callable
 
 import trio
@@ -17,13 +18,17 @@ import trio
 from .errors import NoSuchKey, TransientStoreError
 from .store.base import Body, Capabilities, ListPage, ObjectInfo, ObjectStore
 
+if TYPE_CHECKING:
+    from .metrics import Metrics
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
 class Remote:
     def __init__(self, store: ObjectStore, max_concurrency: int = 16,
-                 read_attempts: int = 4, inline: bool = False) -> None:
+                 read_attempts: int = 4, inline: bool = False,
+                 metrics: Metrics | None = None) -> None:
         """``inline``: call the store on the event loop itself. Only for in-memory
         stores in unit tests, where it makes trio's MockClock deterministic."""
         self.store = store
@@ -31,13 +36,28 @@ class Remote:
         self.limiter = trio.CapacityLimiter(max_concurrency)
         self.read_attempts = read_attempts
         self.capabilities = Capabilities()
+        self.metrics = metrics  # counts and times every store call, when set
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         if self.inline:
             await trio.lowlevel.checkpoint()
             return fn(*args, **kwargs)
-        return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs),
-                                             limiter=self.limiter)
+        call = functools.partial(fn, *args, **kwargs)
+        if self.metrics is None:
+            return await trio.to_thread.run_sync(call, limiter=self.limiter)
+        metrics = self.metrics
+
+        def timed() -> T:  # in the worker thread: the time is the request's own
+            start = time.perf_counter()
+            try:
+                result = call()
+            except BaseException as exc:
+                metrics.s3_request(fn.__name__, time.perf_counter() - start, exc)
+                raise
+            metrics.s3_request(fn.__name__, time.perf_counter() - start)
+            return result
+
+        return await trio.to_thread.run_sync(timed, limiter=self.limiter)
 
     async def _read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """A read-only call, retried on transient errors with backoff."""
@@ -50,6 +70,8 @@ class Remote:
                     raise
                 # the caller logs the error if the last attempt fails too
                 log.debug("retrying after transient error: %s", exc)
+                if self.metrics is not None:
+                    self.metrics.retry("read")
                 await trio.sleep(delay)
                 delay *= 2
         raise AssertionError("unreachable")

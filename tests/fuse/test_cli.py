@@ -240,8 +240,11 @@ def test_cache_dir_in_use(file_mount, tmp_path: Path) -> None:
     # values argparse itself checks must fail the same way: one line, not a usage dump
     (["--max-uploads", "many"], "many"),
     (["--fsync", "sometimes"], "sometimes"),
+    (["--metrics-addr", "nowhere"], "nowhere"),
+    (["-o", "metrics_addr=127.0.0.1:http"], "127.0.0.1:http"),
 ], ids=["flush-window", "cache-size", "file-mode", "dir-mode", "unknown-o", "o-value",
-        "flush-window-nan", "drain-timeout-nan", "max-uploads", "fsync"])
+        "flush-window-nan", "drain-timeout-nan", "max-uploads", "fsync", "metrics-addr",
+        "o-metrics-addr"])
 def test_invalid_option_values(extra: list[str], needle: str, bucket_dir: Path, mp: Path,
                                tmp_path: Path) -> None:
     start = time.monotonic()
