@@ -461,7 +461,8 @@ def cmd_umount(args: argparse.Namespace) -> int:
             _control_set(mp, CONTROL_KEEP_PENDING, b"1")
             status = _control_json(mp, CONTROL_STATUS)
         elif not status.get("read_only"):
-            timeout = args.timeout if args.timeout is not None else status["drain_timeout_s"]
+            timeout = status["drain_timeout_s"] if args.timeout is None else \
+                parse_seconds(args.timeout, "--timeout")
             result = _wait_for_drain(mp, timeout, None, "unmounting")
             if result["state"] != "done":
                 return _fail(_gave_up(mp, result, unmounting=True))
@@ -501,7 +502,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
     try:
         mp = _require_mount(args.mountpoint)
         paths = _relative_paths(mp, args.paths) if args.paths else None
-        result = _wait_for_drain(mp, args.timeout, paths, "syncing")
+        timeout = None if args.timeout is None else parse_seconds(args.timeout, "--timeout")
+        result = _wait_for_drain(mp, timeout, paths, "syncing")
     except UsageError as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
@@ -617,7 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "unmount. If the bucket stays unreachable, the mount "
                                    "stays; Ctrl-C stops the waiting, not the mount.")
     u.add_argument("mountpoint")
-    u.add_argument("--timeout", type=float, default=None,
+    u.add_argument("--timeout", default=None,
                    help="give up waiting for the bucket after this many seconds (default: "
                         "the mount's --drain-timeout, which also bounds a systemd stop)")
     u.add_argument("--keep-pending", action="store_true",
@@ -626,7 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sync", help="upload everything pending now and wait")
     s.add_argument("mountpoint")
     s.add_argument("paths", nargs="*", help="limit to these paths (default: everything)")
-    s.add_argument("--timeout", type=float, default=None,
+    s.add_argument("--timeout", default=None,
                    help="give up after this many seconds (default: the mount's drain timeout)")
     st = sub.add_parser("status", help="pending uploads, conflicts, errors")
     st.add_argument("mountpoint", help="the mount point, or any path inside the mount")

@@ -422,3 +422,11 @@ def test_mount_helper_says_nothing_on_success(bucket_dir: Path, mp: Path,
     res = cli("mount-helper", f"file://{bucket_dir}", str(mp), "-o",
               f"cache_dir={tmp_path / 'cache'}")
     assert_one_line_error(res, str(mp))  # errors still show
+
+
+@pytest.mark.parametrize("command", ["sync", "umount"])
+def test_wait_timeout_is_checked(command: str, file_mount) -> None:
+    for bad in ("nan", "soon", "-1"):
+        res = cli(command, "--timeout", bad, file_mount.path)
+        assert_one_line_error(res, "--timeout", bad)
+    assert is_mounted(file_mount.path)
