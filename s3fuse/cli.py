@@ -403,7 +403,8 @@ def _wait_for_drain(mp: str, timeout_s: float | None, paths: list[str] | None,
     showing progress. Returns the drain's last report (``state``: done, gave_up or
     cancelled). On Ctrl-C the drain is called off, and KeyboardInterrupt goes on up."""
     drain_id = uuid.uuid4().hex
-    _control_set(mp, CONTROL_DRAIN, {"id": drain_id, "timeout": timeout_s, "paths": paths})
+    _control_set(mp, CONTROL_DRAIN, {"id": drain_id, "timeout": timeout_s, "paths": paths,
+                                     "for": "umount" if label == "unmounting" else "sync"})
     progress = _Progress(label)
     started = time.monotonic()
     try:

@@ -7,7 +7,8 @@ interrupted by Ctrl-C. So nothing here blocks:
 
 * ``getxattr(MOUNTPOINT, CONTROL_STATUS)``: the status, as JSON; ``CONTROL_PID``: the
   daemon's pid.
-* ``setxattr(MOUNTPOINT, CONTROL_DRAIN, {"id": ID, "timeout": S, "paths": [...]})``
+* ``setxattr(MOUNTPOINT, CONTROL_DRAIN, {"id": ID, "timeout": S, "paths": [...], "for":
+  "sync" or "umount"})``
   starts uploading everything pending (or what is under ``paths``) now and returns at
   once; ``getxattr(MOUNTPOINT, drain_result_name(ID))`` then reads how that drain is
   doing, as JSON (``state``: running, done, gave_up, cancelled; the pending figures).

@@ -63,6 +63,7 @@ class DrainJob:
 
     timeout_s: float
     started: float  # trio.current_time() when it began
+    who: str  # who asked, for the log
     state: str = "running"  # then done, gave_up or cancelled
     ended: float | None = None
     scope: trio.CancelScope | None = None  # cancels it (the CLI's Ctrl-C)
@@ -301,7 +302,7 @@ class Daemon:
             log.info("%s; nothing was pending", why)
 
     async def _drain_logged(self, timeout_s: float, inos: list[int] | None = None,
-                            stopping: bool = False) -> bool:
+                            stopping: bool = False, who: str = "a sync") -> bool:
         """``flusher.drain``, saying in the log what it waits for, every
         ``DRAIN_REPORT_S`` while it waits, and how it ended."""
         assert self.flusher is not None
@@ -333,8 +334,8 @@ class Daemon:
                       "journal; the next mount of this cache directory uploads them",
                       duration(timeout_s), self._pending_words())
         else:
-            log.warning("a sync gave up after %s: %s still pending; the mount keeps "
-                        "retrying", duration(timeout_s), self._pending_words())
+            log.warning("%s gave up waiting after %s: %s still pending; the mount keeps "
+                        "retrying", who, duration(timeout_s), self._pending_words())
         return ok
 
     async def _poller(self) -> None:
@@ -458,7 +459,9 @@ class Daemon:
             timeout = parse_seconds(request["timeout"], "drain timeout")
         paths = request.get("paths")
         inos = self.fs.inodes_under([p.encode() for p in paths]) if paths else None
-        job = DrainJob(timeout_s=timeout, started=trio.current_time(),
+        # who asked, for the log: ``s3fuse umount`` or ``s3fuse sync``
+        who = "s3fuse umount" if request.get("for") == "umount" else "s3fuse sync"
+        job = DrainJob(timeout_s=timeout, started=trio.current_time(), who=who,
                        scope=trio.CancelScope())
         self._drains[drain_id] = job
         while len(self._drains) > KEPT_DRAINS:
@@ -468,12 +471,12 @@ class Daemon:
     async def _run_drain(self, job: DrainJob, inos: list[int] | None) -> None:
         assert job.scope is not None
         with job.scope:
-            ok = await self._drain_logged(job.timeout_s, inos)
+            ok = await self._drain_logged(job.timeout_s, inos, who=job.who)
             job.state = "done" if ok else "gave_up"
         if job.scope.cancelled_caught:
             job.state = "cancelled"
-            log.info("a sync was stopped by its caller: %s still pending",
-                     self._pending_words())
+            log.info("%s stopped waiting (Ctrl-C, or --keep-pending): %s still pending",
+                     job.who, self._pending_words())
         job.ended = trio.current_time()
         job.scope = None
 

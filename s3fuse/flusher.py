@@ -115,6 +115,9 @@ class Flusher:
         self.errors: deque[FlushError] = deque(maxlen=100)
         self.counts: Counter[str] = Counter()
         self.metrics: Metrics | None = None  # set by the daemon: retries, conflicts
+        # keys whose upload or op failed because the bucket was unreachable, and said
+        # so in the log: their next failures go to DEBUG, until one succeeds
+        self._reported: set[str] = set()
 
     # --- bookkeeping called by the filesystem ----------------------------------------
     def load(self) -> None:
@@ -224,9 +227,21 @@ class Flusher:
         }
 
     def _record_error(self, path: str, operation: str, exc: BaseException) -> None:
-        self.errors.append(FlushError(time.time(), path, operation, str(exc),
-                                      isinstance(exc, TransientStoreError)))
-        log.warning("%s %s failed: %s", operation, path, exc)
+        transient = isinstance(exc, TransientStoreError)
+        self.errors.append(FlushError(time.time(), path, operation, str(exc), transient))
+        if not transient:
+            log.warning("%s %s failed: %s", operation, path, exc)
+        elif path not in self._reported:
+            self._reported.add(path)
+            log.warning("%s %s failed: %s; retrying with backoff (until it works, its "
+                        "failures are logged at DEBUG)", operation, path, exc)
+        else:
+            log.debug("%s %s failed again: %s", operation, path, exc)
+
+    def _succeeded(self, path: str) -> None:
+        if path in self._reported:
+            self._reported.discard(path)
+            log.info("%s: the bucket took it after all", path)
 
     def _progressed(self) -> None:
         self._progress.set()
@@ -511,6 +526,7 @@ class Flusher:
                     txn.append_op({"op": "delete", "key": key, "etag": etag, "ino": ino})
         self._backoff.pop(ino, None)
         self._retry_at.pop(ino, None)
+        self._succeeded(key)
         if clean:
             self._due.pop(ino, None)
             self._due_now.discard(ino)
@@ -549,6 +565,7 @@ class Flusher:
                 if op["op"] == "copy":
                     faults.crash_point("after-copy")
                 self._ops_backoff = 0.0
+                self._succeeded(keys[-1])
                 self._finish_op(seq, op, etag)
                 self._progressed()
             finally:

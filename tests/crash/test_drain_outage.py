@@ -325,6 +325,10 @@ def test_umount_during_an_outage_says_what_waits_and_keep_pending_keeps_it(proxi
     with open(os.path.join(m.cache_dir, "s3fuse.log")) as f:
         log = f.read()
     assert "unmounted without waiting for the bucket: 2 files (3.0 MiB) stay pending" in log
+    # many failed attempts, one line each file: the rest went to DEBUG
+    assert log.count("put b failed") == 1 and log.count("put a failed") == 1, log
+    assert "s3fuse umount gave up waiting after 3.0 s" in log
+    assert "s3fuse umount stopped waiting" in log
 
     # the next mount of the cache directory uploads them, once the bucket is back
     proxy.set_mode("pass")
