@@ -397,12 +397,17 @@ class _Progress:
             sys.stderr.flush()
 
 
+def _stop_waiting(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _wait_for_drain(mp: str, timeout_s: float | None, paths: list[str] | None,
                     label: str) -> dict:
     """Have the daemon upload what is pending (under ``paths``) now, and wait for it,
     showing progress. Returns the drain's last report (``state``: done, gave_up or
     cancelled). On Ctrl-C the drain is called off, and KeyboardInterrupt goes on up."""
     drain_id = uuid.uuid4().hex
+    signal.signal(signal.SIGTERM, _stop_waiting)  # kill(1) stops the waiting as Ctrl-C does
     _control_set(mp, CONTROL_DRAIN, {"id": drain_id, "timeout": timeout_s, "paths": paths,
                                      "for": "umount" if label == "unmounting" else "sync"})
     progress = _Progress(label)
@@ -415,7 +420,8 @@ def _wait_for_drain(mp: str, timeout_s: float | None, paths: list[str] | None,
             progress.show(result)
             time.sleep(0.1 if time.monotonic() - started < 1 else 0.5)
     except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C: no traceback
+        for signum in (signal.SIGINT, signal.SIGTERM):  # a second one: no traceback
+            signal.signal(signum, signal.SIG_IGN)
         try:
             _control_set(mp, CONTROL_DRAIN, {"id": drain_id, "cancel": True})
         except UsageError:

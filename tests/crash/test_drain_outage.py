@@ -312,6 +312,15 @@ def test_umount_during_an_outage_says_what_waits_and_keep_pending_keeps_it(proxi
     assert "The mount stays and nothing is lost" in err and "Traceback" not in err
     assert is_mounted(m.path)
     assert open(m.p("a"), "rb").read() == b"a" * 1000  # still serving
+    # and so does SIGTERM (kill)
+    proc = subprocess.Popen([S3FUSE, "sync", m.path], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().startswith("syncing: 2 files (3.0 MiB) pending")
+    proc.terminate()
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "stopped waiting; 2 files" in err, (out, err)
+    assert is_mounted(m.path)
 
     # a forced unmount keeps everything in the journal
     pid = daemon_pid(m)
