@@ -532,7 +532,9 @@ class Flusher:
             self._due_now.discard(ino)
             self._drop_size(ino)
         elif ino in self._due:
+            # changed again while it went up: a new first change, in a new window
             self._due[ino][0] = trio.current_time()
+            self._due_now.discard(ino)
 
     # --- the op log ---------------------------------------------------------------------
     async def _run_ops(self) -> None:
