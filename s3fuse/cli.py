@@ -510,6 +510,13 @@ def cmd_sync(args: argparse.Namespace) -> int:
         mp = _require_mount(args.mountpoint)
         paths = _relative_paths(mp, args.paths) if args.paths else None
         timeout = None if args.timeout is None else parse_seconds(args.timeout, "--timeout")
+        status = _control_json(mp, CONTROL_STATUS)
+        if status.get("read_only"):  # the kernel refuses the control setxattr there
+            if status["dirty_files"] or status["pending_ops"]:
+                return _fail(f"{mp} is mounted read-only; {_pending_of(status)} left by an "
+                             f"earlier mount go up in the background (`s3fuse status {mp}`)")
+            print(f"s3fuse: {mp} is mounted read-only; nothing to upload")
+            return 0
         result = _wait_for_drain(mp, timeout, paths, "syncing")
     except UsageError as exc:
         return _fail(str(exc))

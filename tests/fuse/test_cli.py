@@ -368,6 +368,8 @@ def test_read_only_mount(how: list[str], bucket_dir: Path, mp: Path, tmp_path: P
         assert exc.value.errno == errno.EROFS
     st = json.loads(cli("status", "--json", str(mp)).stdout)
     assert st["read_only"] is True
+    res = cli("sync", str(mp))
+    assert res.returncode == 0 and "read-only; nothing to upload" in res.stdout, res.stderr
     res = cli("umount", str(mp))
     assert res.returncode == 0, res.stderr
     # nothing was written to the bucket (the file store keeps its own state apart)
