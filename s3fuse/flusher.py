@@ -121,12 +121,18 @@ class Flusher:
 
     # --- bookkeeping called by the filesystem ----------------------------------------
     def load(self) -> None:
-        """Schedule everything the journal holds as dirty, due at once (replay)."""
+        """Schedule everything the journal holds as dirty, due at once (replay). Its
+        age counts from the file's last change (its ctime): a change kept across an
+        unmount or a crash is as old as that, not as old as this mount."""
         now = trio.current_time()
+        wall = time.time()
         with self.journal.read() as txn:
             for ino in txn.dirty_inos():
-                self._due[ino] = [now - self.window_s, now - self.window_s]
                 inode = txn.get(ino)
+                age = max(0.0, wall - inode.ctime_ns / 1e9) \
+                    if inode is not None and inode.ctime_ns > 0 else 0.0
+                self._due[ino] = [now - age, now - age]
+                self._due_now.add(ino)
                 if inode is not None and inode.dirty & DIRTY_DATA:
                     self._note_size(ino, inode.size)
         self._wake.set()
