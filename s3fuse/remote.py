@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import trio
 
-from .errors import NoSuchKey, TransientStoreError
+from .errors import NoSuchKey, StoreError, TransientStoreError
 from .store.base import Body, Capabilities, ListPage, ObjectInfo, ObjectStore
 
 if TYPE_CHECKING:
@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+#: how long a read that found the bucket unreachable makes later reads try only once
+OUTAGE_MEMORY_S = 10.0
 
 
 class Remote:
@@ -37,6 +39,10 @@ class Remote:
         self.read_attempts = read_attempts
         self.capabilities = Capabilities()
         self.metrics = metrics  # counts and times every store call, when set
+        # trio time of the last read that failed for want of the bucket (None: the last
+        # one worked): while it is recent, reads try once instead of backing off, so
+        # that each request of the mount does not wait seconds for a bucket known away
+        self.unreachable_at: float | None = None
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         if self.inline:
@@ -60,13 +66,24 @@ class Remote:
         return await trio.to_thread.run_sync(timed, limiter=self.limiter)
 
     async def _read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """A read-only call, retried on transient errors with backoff."""
+        """A read-only call, retried on transient errors with backoff (once only while
+        the bucket is known to be away: see ``unreachable_at``)."""
         delay = 0.2
-        for attempt in range(self.read_attempts):
+        attempts = self.read_attempts
+        if self.unreachable_at is not None \
+                and trio.current_time() - self.unreachable_at < OUTAGE_MEMORY_S:
+            attempts = 1
+        for attempt in range(attempts):
             try:
-                return await self._call(fn, *args, **kwargs)
-            except TransientStoreError as exc:
-                if attempt == self.read_attempts - 1:
+                result = await self._call(fn, *args, **kwargs)
+                self.unreachable_at = None
+                return result
+            except StoreError as exc:
+                if not isinstance(exc, TransientStoreError):
+                    self.unreachable_at = None  # it answered (404, 412, ...)
+                    raise
+                if attempt == attempts - 1:
+                    self.unreachable_at = trio.current_time()
                     raise
                 # the caller logs the error if the last attempt fails too
                 log.debug("retrying after transient error: %s", exc)
