@@ -3,36 +3,47 @@
 ``mount`` without ``--foreground`` starts the daemon as a child process and returns
 once the mount is ready (exit 0), or prints the daemon's one-line error (exit 1).
 The CLI talks to a running daemon through extended attributes on the mount's root
-(``user.s3fuse.drain``, ``user.s3fuse.status``, ``user.s3fuse.pid``), so it needs no
-socket and the filesystem's own permission checks apply.
+(see ``control``), so it needs no socket and the filesystem's own permission checks
+apply. Commands that wait (``sync``, ``umount``) never block in the kernel: they start
+a drain, then poll it, showing progress, so Ctrl-C stops the waiting at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
+import shutil
+import signal
 import subprocess
 import sys
-import threading
 import time
+import uuid
+from urllib.parse import urlsplit
 
-from . import __version__
+from . import __version__, words
 from .config import Settings, default_cache_dir, parse_mode, parse_seconds, parse_size
+from .control import (CONTROL_DRAIN, CONTROL_KEEP_PENDING, CONTROL_PID, CONTROL_STATUS,
+                      drain_result_name)
 from .errors import S3FuseError, UsageError
-from .control import CONTROL_DRAIN, CONTROL_PID, CONTROL_STATUS
 
 READY_FD_ENV = "S3FUSE_READY_FD"
-# -o options that mount(8) and fstab pass along and that mean nothing to us
+# -o options that mount(8) and fstab pass along and that mean nothing to us (reads
+# never move atime here: the atime family is accepted and has nothing to change)
 _IGNORED_O = {"_netdev", "nofail", "rw", "auto", "noauto", "user", "users", "dev", "nodev",
               "suid", "nosuid", "exec", "noexec", "defaults", "async", "atime", "noatime",
-              "relatime"}
+              "relatime", "norelatime", "nodiratime", "diratime", "strictatime",
+              "nostrictatime", "lazytime", "nolazytime"}
 _OPTION_NAMES = {
     "endpoint_url", "region", "cache_dir", "cache_size", "flush_window", "metadata_ttl",
     "poll_interval", "uid", "gid", "file_mode", "dir_mode", "allow_other", "fsync",
-    "log_level", "drain_timeout", "max_uploads", "foreground",
+    "log_level", "drain_timeout", "max_uploads", "foreground", "metrics_addr",
 }
+# -o flags that set a boolean option: -o NAME -> args.ATTRIBUTE = True
+_FLAG_O = {"allow_other": "allow_other", "foreground": "foreground", "ro": "read_only",
+           "read_only": "read_only", "nonempty": "nonempty"}
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -43,7 +54,7 @@ def _fail(message: str, code: int = 1) -> int:
 def _add_mount_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="s3://BUCKET[/PREFIX], or file:///PATH (the embedded "
                                   "local store)")
-    p.add_argument("mountpoint", help="an existing, empty directory")
+    p.add_argument("mountpoint", help="an existing, empty directory (see --nonempty)")
     p.add_argument("--endpoint-url", help="S3-compatible endpoint (MinIO, Ceph RGW, R2, ...); "
                                           "default: AWS")
     p.add_argument("--region", help="S3 region (default: from the AWS config, or us-east-1)")
@@ -67,6 +78,12 @@ def _add_mount_options(p: argparse.ArgumentParser) -> None:
                    help="mode of directories without attributes (default 0755)")
     p.add_argument("--allow-other", action="store_true",
                    help="let other users use the mount (permissions are still checked)")
+    p.add_argument("--read-only", action="store_true",
+                   help="mount read-only (also -o ro): every change fails with EROFS")
+    p.add_argument("--nonempty", action="store_true",
+                   help="mount over a directory that has entries (hidden while mounted)")
+    p.add_argument("--metrics-addr", metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics")
     p.add_argument("--fsync", choices=("local", "upload"), default="local",
                    help="local: fsync makes data durable on this host (default); upload: "
                         "fsync waits until the object is in the bucket")
@@ -93,8 +110,8 @@ def _apply_o_options(args: argparse.Namespace) -> list[str]:
             key = name.replace("-", "_")
             if name in _IGNORED_O or name.startswith("x-systemd.") or name.startswith("comment="):
                 continue
-            if key in ("allow_other", "foreground"):
-                setattr(args, key, True)
+            if key in _FLAG_O and not value:
+                setattr(args, _FLAG_O[key], True)
             elif key in _OPTION_NAMES:
                 if not value:
                     raise UsageError(f"option {name} needs a value ({name}=...)")
@@ -105,9 +122,8 @@ def _apply_o_options(args: argparse.Namespace) -> list[str]:
                         raise UsageError(f"invalid {name} {value!r}: expected a number") \
                             from None
                 setattr(args, key, value)
-            elif name in ("default_permissions", "ro"):
-                if name == "ro":
-                    raise UsageError("read-only mounts (-o ro) are not supported yet")
+            elif name == "default_permissions":
+                pass  # always on
             else:
                 raise UsageError(f"unknown option -o {name}")
     return passthrough
@@ -130,6 +146,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
     max_uploads = int(args.max_uploads)
     if max_uploads < 1:
         raise UsageError("--max-uploads must be at least 1")
+    if args.endpoint_url is not None:
+        check_endpoint_url(args.endpoint_url)
+    if args.metrics_addr is not None:
+        parse_host_port(args.metrics_addr, "--metrics-addr")
     return Settings(
         source=source,
         mountpoint=os.path.abspath(args.mountpoint),
@@ -150,7 +170,31 @@ def settings_from(args: argparse.Namespace) -> Settings:
         drain_timeout_s=parse_seconds(args.drain_timeout, "--drain-timeout"),
         log_level=str(args.log_level).upper(),
         fuse_options=tuple(fuse_opts),
+        read_only=bool(args.read_only),
+        nonempty=bool(args.nonempty),
+        metrics_addr=args.metrics_addr,
     )
+
+
+def check_endpoint_url(url: str) -> None:
+    """An endpoint is ``http(s)://HOST[:PORT][/PATH]``: anything else fails here, in
+    one line, before the daemon starts."""
+    bad = f"invalid --endpoint-url {url!r}: expected http://HOST[:PORT] or https://HOST[:PORT]"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        raise UsageError(bad) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(bad)
+
+
+def parse_host_port(text: str, what: str) -> tuple[str, int]:
+    host, sep, port = str(text).rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise UsageError(f"invalid {what} {text!r}: expected HOST:PORT, e.g. 127.0.0.1:9464")
+    return host, int(port)
 
 
 def setup_logging(level: str) -> None:
@@ -161,14 +205,15 @@ def setup_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def cmd_mount(args: argparse.Namespace, argv: list[str]) -> int:
+def cmd_mount(args: argparse.Namespace, argv: list[str], quiet: bool = False) -> int:
+    """``quiet``: say nothing on success (as mount(8) helpers do)."""
     try:
         settings = settings_from(args)
     except UsageError as exc:
         return _fail(str(exc), 2)
     if args.foreground:
         return _run_foreground(settings)
-    return _spawn_background(settings, argv)
+    return _spawn_background(settings, argv, quiet)
 
 
 def _run_foreground(settings: Settings) -> int:
@@ -195,7 +240,7 @@ def _run_foreground(settings: Settings) -> int:
         return _fail(str(exc))
 
 
-def _spawn_background(settings: Settings, argv: list[str]) -> int:
+def _spawn_background(settings: Settings, argv: list[str], quiet: bool = False) -> int:
     os.makedirs(settings.cache_dir, mode=0o700, exist_ok=True)
     log_path = os.path.join(settings.cache_dir, "s3fuse.log")
     read_fd, write_fd = os.pipe()
@@ -217,6 +262,8 @@ def _spawn_background(settings: Settings, argv: list[str]) -> int:
     os.close(read_fd)
     answer = b"".join(chunks).decode(errors="replace").strip()
     if answer == "READY":
+        if quiet:
+            return 0
         print(f"s3fuse: mounted {settings.source} at {settings.mountpoint} "
               f"(pid {proc.pid}, log {log_path}); unmount with: s3fuse umount "
               f"{settings.mountpoint}")
@@ -235,6 +282,26 @@ def _control_get(mountpoint: str, name: str) -> bytes:
         raise UsageError(f"no s3fuse mount at {mountpoint} ({exc.strerror})") from None
 
 
+def _control_json(mountpoint: str, name: str) -> dict:
+    try:
+        return json.loads(_control_get(mountpoint, name))
+    except ValueError:
+        raise UsageError(f"the daemon at {mountpoint} gave an answer that is not JSON; "
+                         "is it the same s3fuse version?") from None
+
+
+def _control_set(mountpoint: str, name: str, value: dict | bytes) -> None:
+    data = value if isinstance(value, bytes) else json.dumps(value).encode()
+    try:
+        os.setxattr(mountpoint, name, data)
+    except OSError as exc:
+        if exc.errno in (errno.EPERM, errno.EACCES):
+            raise UsageError(f"only root and the user who mounted {mountpoint} may make it "
+                             "upload or unmount") from None
+        raise UsageError(f"the daemon at {mountpoint} refused the request "
+                         f"({exc.strerror})") from None
+
+
 def _require_mount(mountpoint: str) -> str:
     mp = os.path.abspath(mountpoint)
     if not os.path.ismount(mp):
@@ -243,13 +310,20 @@ def _require_mount(mountpoint: str) -> str:
     return mp
 
 
-def _drain(mp: str, timeout_s: float | None = None, paths: list[str] | None = None) -> None:
-    value = json.dumps({"timeout": timeout_s, "paths": paths}).encode()
+def _mount_root(path: str) -> str:
+    """The mount point of the s3fuse mount that holds ``path`` (any path inside it)."""
+    full = os.path.abspath(path)
+    if not os.path.exists(full):
+        raise UsageError(f"{full} does not exist")
+    root = full
+    while not os.path.ismount(root):
+        root = os.path.dirname(root)
     try:
-        os.setxattr(mp, CONTROL_DRAIN, value)
-    except OSError as exc:
-        raise UsageError(f"could not upload everything pending at {mp} "
-                         f"({exc.strerror}); see `s3fuse status {mp}`") from None
+        os.getxattr(root, CONTROL_PID)
+    except OSError:
+        raise UsageError(f"no s3fuse mount at {full}" +
+                         ("" if root == full else " or above it")) from None
+    return root
 
 
 def _alive(pid: int) -> bool:
@@ -259,25 +333,6 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (FileNotFoundError, IndexError):
         return False
-
-
-def cmd_umount(args: argparse.Namespace) -> int:
-    try:
-        mp = _require_mount(args.mountpoint)
-        pid = int(_control_get(mp, CONTROL_PID))
-        _drain(mp)
-    except UsageError as exc:
-        return _fail(str(exc))
-    res = subprocess.run(["fusermount3", "-u", mp], capture_output=True, text=True,
-                         check=False, timeout=60)
-    if res.returncode != 0:
-        detail = (res.stderr.strip().splitlines() or ["failed"])[-1]
-        return _fail(f"could not unmount {mp}: {detail} (everything pending was uploaded)")
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.05)
-    print(f"s3fuse: unmounted {mp}; everything is in the bucket")
-    return 0
 
 
 def _relative_paths(mp: str, paths: list[str]) -> list[str]:
@@ -290,50 +345,185 @@ def _relative_paths(mp: str, paths: list[str]) -> list[str]:
     return out
 
 
-def _progress(mp: str, done: threading.Event, tty: bool) -> None:
-    """Report pending files and bytes until ``done``: a bar on a terminal, a plain
-    line (when it changes) otherwise."""
-    first = None
-    last_line = ""
-    while not done.wait(0.3 if tty else 2.0):
-        try:
-            st = json.loads(os.getxattr(mp, CONTROL_STATUS))
-        except OSError:
-            return
-        files, size = st["dirty_files"] + st["pending_ops"], st["dirty_bytes"]
-        first = first or (files, size)
-        total_files = max(first[0], files, 1)
-        share = 1 - files / total_files
-        if tty:
-            bar = "#" * int(share * 30)
-            sys.stderr.write(f"\rsyncing [{bar:<30}] {files} files, {size} bytes left ")
+def _pending_of(figures: dict) -> str:
+    return words.pending(figures["dirty_files"], figures["dirty_bytes"],
+                         figures["pending_ops"])
+
+
+def _error_words(error: dict) -> str:
+    """A store error's message names the request, the key and the endpoint already."""
+    return error["message"]
+
+
+class _Progress:
+    """How a wait is doing. On a terminal: one line on stderr, rewritten in place. Else:
+    a line on stdout when the figures change, at most every 2 s."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.tty = sys.stderr.isatty()
+        self.since = time.time()  # errors from before the wait are not its news
+        self.drawn = False
+        self.last_line = ""
+        self.last_at = 0.0
+
+    def show(self, r: dict) -> None:
+        parts = [f"{_pending_of(r)} pending"]
+        if r.get("uploads_in_flight"):
+            parts.append(f"{r['uploads_in_flight']} uploading")
+        if r.get("retrying_files"):
+            parts.append(f"{words.plural(r['retrying_files'], 'file')} waiting to retry")
+        if r.get("ops_retrying"):
+            parts.append("renames/deletes waiting to retry")
+        last = r.get("last_error")
+        if last and last["time"] >= self.since - 60:
+            parts.append(f"last error: {_error_words(last)}")
+        line = f"{self.label}: " + ", ".join(parts)
+        if self.tty:
+            line += f" [{words.duration(r['elapsed_s'])} of {words.duration(r['timeout_s'])}]"
+            width = shutil.get_terminal_size((100, 24)).columns
+            if len(line) >= width:
+                line = line[:max(10, width - 4)] + "..."
+            sys.stderr.write("\r" + line + "\x1b[K")
             sys.stderr.flush()
-        else:
-            line = f"syncing: {files} files, {size} bytes left"
-            if line != last_line:
-                print(line, flush=True)
-                last_line = line
-    if tty and first is not None:
-        sys.stderr.write("\n")
+            self.drawn = True
+        elif line != self.last_line and time.monotonic() - self.last_at >= 2.0:
+            print(line, flush=True)
+            self.last_line, self.last_at = line, time.monotonic()
+
+    def end(self) -> None:
+        if self.drawn:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+
+
+def _stop_waiting(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _wait_for_drain(mp: str, timeout_s: float | None, paths: list[str] | None,
+                    label: str) -> dict:
+    """Have the daemon upload what is pending (under ``paths``) now, and wait for it,
+    showing progress. Returns the drain's last report (``state``: done, gave_up or
+    cancelled). On Ctrl-C the drain is called off, and KeyboardInterrupt goes on up."""
+    drain_id = uuid.uuid4().hex
+    signal.signal(signal.SIGTERM, _stop_waiting)  # kill(1) stops the waiting as Ctrl-C does
+    _control_set(mp, CONTROL_DRAIN, {"id": drain_id, "timeout": timeout_s, "paths": paths,
+                                     "for": "umount" if label == "unmounting" else "sync"})
+    progress = _Progress(label)
+    started = time.monotonic()
+    try:
+        while True:
+            result = _control_json(mp, drain_result_name(drain_id))
+            if result["state"] != "running":
+                return result
+            progress.show(result)
+            time.sleep(0.1 if time.monotonic() - started < 1 else 0.5)
+    except KeyboardInterrupt:
+        for signum in (signal.SIGINT, signal.SIGTERM):  # a second one: no traceback
+            signal.signal(signum, signal.SIG_IGN)
+        try:
+            _control_set(mp, CONTROL_DRAIN, {"id": drain_id, "cancel": True})
+        except UsageError:
+            pass
+        raise
+    finally:
+        progress.end()
+
+
+def _gave_up(mp: str, r: dict, unmounting: bool) -> str:
+    last = r.get("last_error")
+    if last and last.get("transient"):
+        why = f"bucket unreachable (last error: {_error_words(last)})"
+    elif last:
+        why = f"uploads failing (last error: {_error_words(last)})"
+    else:
+        why = "the uploads did not finish"
+    text = f"{_pending_of(r)} still pending after {words.duration(r['elapsed_s'])}, {why}; "
+    if unmounting:
+        return text + (f"the mount stays. Run `s3fuse umount --keep-pending {mp}` to "
+                       "unmount anyway; the next mount of this cache directory uploads them.")
+    return text + f"the mount stays and keeps retrying (see `s3fuse status {mp}`)."
+
+
+def _stopped_waiting(mp: str) -> int:
+    """After Ctrl-C: what is pending, and that nothing is lost."""
+    try:
+        figures = _pending_of(_control_json(mp, CONTROL_STATUS)) + " still pending"
+    except (UsageError, KeyError):
+        figures = "what is pending stays pending"
+    print(f"\ns3fuse: stopped waiting; {figures} at {mp}. The mount stays and nothing is "
+          f"lost: it is kept in the journal and uploaded when the bucket answers "
+          f"(`s3fuse status {mp}`).", file=sys.stderr, flush=True)
+    return 130
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    mp = os.path.abspath(args.mountpoint)
+    try:
+        mp = _require_mount(args.mountpoint)
+        status = _control_json(mp, CONTROL_STATUS)
+        pid = int(status["pid"])
+        if args.keep_pending:
+            _control_set(mp, CONTROL_KEEP_PENDING, b"1")
+            status = _control_json(mp, CONTROL_STATUS)
+        elif not status.get("read_only"):
+            timeout = status["drain_timeout_s"] if args.timeout is None else \
+                parse_seconds(args.timeout, "--timeout")
+            result = _wait_for_drain(mp, timeout, None, "unmounting")
+            if result["state"] != "done":
+                return _fail(_gave_up(mp, result, unmounting=True))
+    except UsageError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return _stopped_waiting(mp)
+    res = subprocess.run(["fusermount3", "-u", mp], capture_output=True, text=True,
+                         check=False, timeout=60)
+    if res.returncode != 0:
+        detail = (res.stderr.strip().splitlines() or ["failed"])[-1]
+        if args.keep_pending:
+            try:
+                _control_set(mp, CONTROL_KEEP_PENDING, b"0")
+            except UsageError:
+                pass
+            return _fail(f"could not unmount {mp}: {detail}")
+        return _fail(f"could not unmount {mp}: {detail} (everything pending was uploaded)")
+    deadline = time.monotonic() + 120
+    told = False
+    while time.monotonic() < deadline and _alive(pid):
+        if not told and time.monotonic() > deadline - 115:
+            print(f"s3fuse: unmounted {mp}; waiting for the daemon (pid {pid}) to finish",
+                  file=sys.stderr, flush=True)
+            told = True
+        time.sleep(0.05)
+    if args.keep_pending and (status["dirty_files"] or status["pending_ops"]):
+        print(f"s3fuse: unmounted {mp}; {_pending_of(status)} kept in the journal in "
+              f"{status['cache_dir']}; the next mount of this cache directory uploads them")
+    else:
+        print(f"s3fuse: unmounted {mp}; everything is in the bucket")
+    return 0
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
+    mp = os.path.abspath(args.mountpoint)
     try:
         mp = _require_mount(args.mountpoint)
         paths = _relative_paths(mp, args.paths) if args.paths else None
+        timeout = None if args.timeout is None else parse_seconds(args.timeout, "--timeout")
+        status = _control_json(mp, CONTROL_STATUS)
+        if status.get("read_only"):  # the kernel refuses the control setxattr there
+            if status["dirty_files"] or status["pending_ops"]:
+                return _fail(f"{mp} is mounted read-only; {_pending_of(status)} left by an "
+                             f"earlier mount go up in the background (`s3fuse status {mp}`)")
+            print(f"s3fuse: {mp} is mounted read-only; nothing to upload")
+            return 0
+        result = _wait_for_drain(mp, timeout, paths, "syncing")
     except UsageError as exc:
         return _fail(str(exc))
-    done = threading.Event()
-    reporter = threading.Thread(target=_progress, args=(mp, done, sys.stderr.isatty()),
-                                daemon=True)
-    reporter.start()
-    try:
-        _drain(mp, args.timeout, paths)
-    except UsageError as exc:
-        return _fail(str(exc))
-    finally:
-        done.set()
-        reporter.join(timeout=5)
+    except KeyboardInterrupt:
+        return _stopped_waiting(mp)
+    if result["state"] != "done":
+        return _fail(_gave_up(mp, result, unmounting=False))
     what = "everything pending" if not paths else "everything pending under " + \
         ", ".join(args.paths)
     print(f"s3fuse: {what} at {mp} is in the bucket")
@@ -342,19 +532,28 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     try:
-        mp = _require_mount(args.mountpoint)
-        status = json.loads(_control_get(mp, CONTROL_STATUS))
+        mp = _mount_root(args.mountpoint)
+        status = _control_json(mp, CONTROL_STATUS)
     except UsageError as exc:
         return _fail(str(exc))
     if args.json:
-        print(json.dumps(status, indent=2, sort_keys=True))
+        print(json.dumps(status, indent=2, sort_keys=True, allow_nan=False))
         return 0
-    print(f"{mp}: {status['source']} (pid {status['pid']})")
-    print(f"  pending: {status['dirty_files']} files, {status['dirty_bytes']} bytes, "
-          f"{status['pending_ops']} bucket operations; oldest "
-          f"{status['oldest_pending_age_s']:.0f} s")
-    print(f"  uploads in flight: {status['uploads_in_flight']}")
-    print(f"  cache: {status['cache_bytes']} of {status['cache_limit_bytes']} bytes")
+    plural = words.plural
+    print(f"{mp}: {status['source']} (pid {status['pid']}"
+          f"{', read-only' if status.get('read_only') else ''})")
+    busy = status["dirty_files"] or status["pending_ops"]
+    print(f"  pending: {_pending_of(status)}" +
+          (f"; oldest change {words.duration(status['oldest_pending_age_s'])} ago"
+           if busy else ""))
+    line = f"  uploads in flight: {status['uploads_in_flight']}"
+    if status.get("retrying_files"):
+        line += f"; {plural(status['retrying_files'], 'file')} waiting to retry"
+    print(line)
+    if busy and status.get("last_error"):
+        print(f"  last error: {_error_words(status['last_error'])}")
+    print(f"  cache: {words.size(status['cache_bytes'])} of "
+          f"{words.size(status['cache_limit_bytes'])}")
     caps = status["capabilities"]
     print("  conflict detection: " + ("conditional uploads" if caps["conditional_put"]
                                       else "best effort (the server ignores conditions)"))
@@ -429,15 +628,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     m = sub.add_parser("mount", help="mount a bucket", description="Mount a bucket.")
     _add_mount_options(m)
-    u = sub.add_parser("umount", help="upload everything pending, then unmount")
+    u = sub.add_parser("umount", help="upload everything pending, then unmount",
+                       description="Upload everything pending, showing progress, then "
+                                   "unmount. If the bucket stays unreachable, the mount "
+                                   "stays; Ctrl-C stops the waiting, not the mount.")
     u.add_argument("mountpoint")
+    u.add_argument("--timeout", default=None,
+                   help="give up waiting for the bucket after this many seconds (default: "
+                        "the mount's --drain-timeout, which also bounds a systemd stop)")
+    u.add_argument("--keep-pending", action="store_true",
+                   help="unmount without waiting for the bucket: what is pending stays in "
+                        "the journal, and the next mount of the cache directory uploads it")
     s = sub.add_parser("sync", help="upload everything pending now and wait")
     s.add_argument("mountpoint")
     s.add_argument("paths", nargs="*", help="limit to these paths (default: everything)")
-    s.add_argument("--timeout", type=float, default=None,
+    s.add_argument("--timeout", default=None,
                    help="give up after this many seconds (default: the mount's drain timeout)")
     st = sub.add_parser("status", help="pending uploads, conflicts, errors")
-    st.add_argument("mountpoint")
+    st.add_argument("mountpoint", help="the mount point, or any path inside the mount")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("demo", help="mount a demo tree on the embedded file:// backend")
     fk = sub.add_parser("fsck", help="offline: compare the journal and cache with the bucket",
@@ -482,15 +690,27 @@ def mount_helper_argv(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # the reader went away (``s3fuse status | head``): as with any Unix tool, stop
+        # quietly; point stdout at /dev/null so that the exit does not fail to flush it
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    helper = False  # run by mount(8) as mount.fuse.s3fuse: quiet on success
     if argv and argv[0] == "mount-helper":
-        argv = mount_helper_argv(argv[1:])
+        argv, helper = mount_helper_argv(argv[1:]), True
     elif argv and "://" in argv[0] and argv[0] not in _COMMANDS:
-        argv = mount_helper_argv(argv)
+        argv, helper = mount_helper_argv(argv), True
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "mount":
-        return cmd_mount(args, [a for a in argv if a not in ("--foreground", "-f")])
+        return cmd_mount(args, [a for a in argv if a not in ("--foreground", "-f")], helper)
     if args.command == "umount":
         return cmd_umount(args)
     if args.command == "sync":

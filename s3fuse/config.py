@@ -78,3 +78,6 @@ class Settings:
     drain_timeout_s: float = 600.0
     log_level: str = "INFO"
     fuse_options: tuple[str, ...] = ()
+    read_only: bool = False  # -o ro / --read-only: the kernel mount is read-only
+    nonempty: bool = False  # mount over a directory that has entries
+    metrics_addr: str | None = None  # HOST:PORT to serve Prometheus metrics on

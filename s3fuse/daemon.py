@@ -7,11 +7,13 @@ anything is mounted, and its message is one line. Then the journal is opened
 reported (to the waiting ``s3fuse mount`` parent, and to systemd when it asked),
 and the flusher runs beside ``pyfuse3.main``.
 
-Stopping: ``s3fuse umount`` asks the daemon to drain over the control xattr, then
-unmounts. SIGTERM and SIGINT (systemd's stop, Ctrl-C) drain while still serving,
-then unmount. Either way nothing pending is dropped: if the bucket stays unreachable
-past ``drain_timeout_s`` the daemon exits with the data kept in the journal and says
-how much is pending; the next mount uploads it.
+Stopping: ``s3fuse umount`` asks the daemon to drain over the control xattrs (see
+``control``), shows the progress, then unmounts. SIGTERM and SIGINT (systemd's stop,
+Ctrl-C) drain while still serving, logging the progress, then unmount; a second one
+unmounts at once. Either way nothing pending is dropped: if the bucket stays
+unreachable past ``drain_timeout_s`` (or the user asked not to wait) the daemon exits
+with the data kept in the journal and says how much is pending; the next mount uploads
+it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ import socket
 import subprocess
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import pyfuse3
 import trio
@@ -38,13 +42,31 @@ from .filesystem import Defaults, Filesystem
 from .flusher import Flusher
 from .fuse_ops import FuseOps
 from .journal import Journal
+from .metrics import Metrics
 from .remote import Remote
 from .store import open_store
 from .store.base import Capabilities, ObjectStore
+from .words import duration, pending as pending_words
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_S = 5.0
+#: a drain (of a stop, a sync or an unmount) logs how it is doing this often
+DRAIN_REPORT_S = 15.0
+#: the results of this many drains asked for by the CLI are kept for it to read
+KEPT_DRAINS = 64
+
+
+@dataclass
+class DrainJob:
+    """One drain asked for by ``s3fuse sync``/``umount`` (see ``control``)."""
+
+    timeout_s: float
+    started: float  # trio.current_time() when it began
+    who: str  # who asked, for the log
+    state: str = "running"  # then done, gave_up or cancelled
+    ended: float | None = None
+    scope: trio.CancelScope | None = None  # cancels it (the CLI's Ctrl-C)
 
 
 def sd_notify(message: str) -> None:
@@ -62,9 +84,10 @@ def sd_notify(message: str) -> None:
             log.warning("could not notify systemd: %s", exc)
 
 
-def check_mountpoint(path: str) -> str:
+def check_mountpoint(path: str, nonempty: bool = False) -> str:
     """The mount point as an absolute path; clean up a dead FUSE mount left by a
-    crashed daemon ("Transport endpoint is not connected")."""
+    crashed daemon ("Transport endpoint is not connected"). A directory with entries
+    is refused unless ``nonempty``: mounting over it would hide them."""
     mp = os.path.abspath(path)
     try:
         # statfs always reaches a FUSE daemon (stat may be answered from the kernel's
@@ -84,6 +107,15 @@ def check_mountpoint(path: str) -> str:
         raise UsageError(f"mount point {mp} is not a directory")
     if os.path.ismount(mp):
         raise UsageError(f"mount point {mp} is in use (something is mounted there)")
+    if not nonempty:
+        try:
+            with os.scandir(mp) as entries:
+                busy = next(entries, None) is not None
+        except OSError as exc:
+            raise UsageError(f"mount point {mp}: {exc.strerror}") from None
+        if busy:
+            raise UsageError(f"mount point {mp} is not empty (mounting would hide its "
+                             "entries); use --nonempty (-o nonempty) to mount over it")
     return mp
 
 
@@ -117,14 +149,20 @@ class Daemon:
         self.journal: Journal | None = None
         self.fs: Filesystem | None = None
         self.flusher: Flusher | None = None
+        self.metrics: Metrics | None = None  # with --metrics-addr
         self.started = time.time()
-        self._stopping = False
+        self._nursery: trio.Nursery | None = None  # the daemon's tasks (drains run here)
+        # the stop a signal started (a second signal cancels its drain), if any
+        self._stop_scope: trio.CancelScope | None = None
         self._signal_drain_failed = False
+        # unmount without waiting for the bucket: pending data stays in the journal
+        self._keep_pending = False
+        self._drains: OrderedDict[str, DrainJob] = OrderedDict()  # by the CLI's id
 
     # --- checks before anything is mounted --------------------------------------------
     def prepare(self) -> None:
         s = self.settings
-        self.mountpoint = check_mountpoint(s.mountpoint)
+        self.mountpoint = check_mountpoint(s.mountpoint, s.nonempty)
         store, self.prefix = open_store(s.source, endpoint_url=s.endpoint_url,
                                         region=s.region)
         self.store = store
@@ -143,6 +181,15 @@ class Daemon:
             raise UsageError(f"cache directory {s.cache_dir} belongs to {known.decode()!r}, "
                              f"not {ident!r}; use another --cache-dir")
         self.instance_id = (self.journal.get_meta(b"instance") or b"").decode()
+        if s.metrics_addr:
+            host, _, port = s.metrics_addr.rpartition(":")
+            self.metrics = Metrics()
+            try:
+                self.metrics.serve(host.strip("[]"), int(port))
+            except OSError as exc:
+                raise UsageError(f"cannot serve metrics at {s.metrics_addr}: "
+                                 f"{exc.strerror or exc}") from None
+            log.info("serving Prometheus metrics at http://%s/metrics", s.metrics_addr)
 
     def probe(self) -> Capabilities:
         assert self.store is not None
@@ -166,13 +213,16 @@ class Daemon:
         opts.add("subtype=s3fuse")
         if s.allow_other:
             opts.add("allow_other")
+        if s.read_only:
+            opts.add("ro")  # the kernel refuses every change with EROFS
         opts.update(s.fuse_options)
         return opts
 
     async def main(self, ready: Callable[[], None]) -> int:
         s = self.settings
         assert self.store is not None and self.journal is not None
-        remote = Remote(self.store, max_concurrency=max(16, s.max_uploads * 2))
+        remote = Remote(self.store, max_concurrency=max(16, s.max_uploads * 2),
+                        metrics=self.metrics)
         remote.capabilities = await trio.to_thread.run_sync(self.probe)
         self.capabilities = remote.capabilities
         cache = Cache(s.cache_dir, s.cache_size_bytes)
@@ -194,9 +244,10 @@ class Daemon:
                           fsync_upload=s.fsync_upload, instance_id=self.instance_id,
                           dirty_limit_bytes=s.cache_size_bytes)
         fs.flusher = flusher
+        flusher.metrics = self.metrics
         flusher.load()
         self.fs, self.flusher = fs, flusher
-        ops = FuseOps(fs, timeout_s=s.metadata_ttl_s, control=self)
+        ops = FuseOps(fs, timeout_s=s.metadata_ttl_s, control=self, metrics=self.metrics)
         pyfuse3.init(ops, self.mountpoint, self.fuse_options())
         log.info("mounted %s at %s (cache %s)", self.store.description, self.mountpoint,
                  s.cache_dir)
@@ -205,19 +256,25 @@ class Daemon:
         pending_left = False
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 await nursery.start(flusher.run)
                 fs.fetcher.nursery = nursery  # read-ahead runs in the background
                 nursery.start_soon(self._checkpoint)
                 nursery.start_soon(self._signals)
                 nursery.start_soon(self._poller)
                 nursery.start_soon(self._invalidator)
+                if self.metrics is not None:
+                    nursery.start_soon(self._sample_metrics, self.metrics)
                 fs.meta_loads.nursery = nursery  # attribute prefetches run here
                 await pyfuse3.main()
                 sd_notify("STOPPING=1")
-                log.info("unmounted; uploading what is pending")
-                # after a signal's drain already waited its time, do not wait twice
-                final_s = 1.0 if self._signal_drain_failed else s.drain_timeout_s
-                pending_left = not await self._drain_logged(final_s)
+                if self._keep_pending:
+                    self._log_kept("unmounted without waiting for the bucket")
+                else:
+                    log.info("unmounted; uploading what is pending")
+                    # after a signal's drain already waited its time, do not wait twice
+                    final_s = 1.0 if self._signal_drain_failed else s.drain_timeout_s
+                    pending_left = not await self._drain_logged(final_s, stopping=True)
                 nursery.cancel_scope.cancel()
         finally:
             pyfuse3.close(unmount=True)
@@ -225,24 +282,60 @@ class Daemon:
             self.journal.close()
             if self.lock is not None:
                 self.lock.release()
+            if self.metrics is not None:
+                self.metrics.close()
             self.store.close()
         return 1 if pending_left else 0
 
-    async def _drain_logged(self, timeout_s: float) -> bool:
+    def _pending_words(self) -> str:
         assert self.flusher is not None
-        before = self.flusher.pending()
+        p = self.flusher.pending()
+        return pending_words(p["dirty_files"], p["dirty_bytes"], p["pending_ops"])
+
+    def _log_kept(self, why: str) -> None:
+        assert self.flusher is not None
+        p = self.flusher.pending()
+        if p["dirty_files"] or p["pending_ops"]:
+            log.warning("%s: %s stay pending in the journal; the next mount of this cache "
+                        "directory uploads them", why, self._pending_words())
+        else:
+            log.info("%s; nothing was pending", why)
+
+    async def _drain_logged(self, timeout_s: float, inos: list[int] | None = None,
+                            stopping: bool = False, who: str = "a sync") -> bool:
+        """``flusher.drain``, saying in the log what it waits for, every
+        ``DRAIN_REPORT_S`` while it waits, and how it ended."""
+        assert self.flusher is not None
+        flusher = self.flusher
+        before = flusher.pending()
         if before["dirty_files"] or before["pending_ops"]:
-            log.info("draining: %d files (%d bytes) and %d bucket operations pending",
-                     before["dirty_files"], before["dirty_bytes"], before["pending_ops"])
-        ok = await self.flusher.drain(timeout_s)
-        after = self.flusher.pending()
+            log.info("uploading what is pending: %s", self._pending_words())
+
+        async def report() -> None:
+            started = trio.current_time()
+            while True:
+                await trio.sleep(DRAIN_REPORT_S)
+                p = flusher.pending()
+                last = p["last_error"]
+                log.info("still uploading after %s: %s pending, %d uploading, %d waiting "
+                         "to retry%s", duration(trio.current_time() - started),
+                         self._pending_words(), p["uploads_in_flight"], p["retrying_files"],
+                         f"; last error: {last['operation']} {last['path']}: "
+                         f"{last['message']}" if last else "")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(report)
+            ok = await flusher.drain(timeout_s, inos)
+            nursery.cancel_scope.cancel()
         if ok:
             log.info("drained: everything is in the bucket")
+        elif stopping:
+            log.error("gave up waiting for the bucket after %s: %s stay pending in the "
+                      "journal; the next mount of this cache directory uploads them",
+                      duration(timeout_s), self._pending_words())
         else:
-            log.error("gave up draining after %.0f s: %d files (%d bytes) and %d bucket "
-                      "operations stay pending in the journal; the next mount of this "
-                      "cache directory uploads them", timeout_s, after["dirty_files"],
-                      after["dirty_bytes"], after["pending_ops"])
+            log.warning("%s gave up waiting after %s: %s still pending; the mount keeps "
+                        "retrying", who, duration(timeout_s), self._pending_words())
         return ok
 
     async def _poller(self) -> None:
@@ -269,6 +362,14 @@ class Daemon:
                     log.exception("polling directory %d failed", ino)
                 await trio.sleep(gap)
             swept = trio.current_time() - start
+
+    async def _sample_metrics(self, metrics: Metrics) -> None:
+        """Copy the pending figures into the metrics' gauges, once a second."""
+        assert self.flusher is not None and self.fs is not None
+        while True:
+            metrics.set_state(self.flusher.pending(), self.fs.cache.used_bytes,
+                              self.fs.cache.limit_bytes)
+            await trio.sleep(1.0)
 
     async def _invalidator(self) -> None:
         """Tell the kernel to forget cached names and pages the bucket changed. Done
@@ -311,39 +412,95 @@ class Daemon:
         return True
 
     async def _signals(self) -> None:
+        assert self._nursery is not None
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
-                if self._stopping:
-                    continue
-                self._stopping = True
-                log.info("%s received: uploading what is pending, then unmounting",
-                         signal.Signals(signum).name)
-                if not await self._drain_logged(self.settings.drain_timeout_s):
-                    self._signal_drain_failed = True
-                pyfuse3.terminate()
+                name = signal.Signals(signum).name
+                if self._stop_scope is None:
+                    log.info("%s received: uploading what is pending (for up to %s), then "
+                             "unmounting; send it again to unmount at once, keeping what "
+                             "is pending in the journal", name,
+                             duration(self.settings.drain_timeout_s))
+                    self._stop_scope = trio.CancelScope()
+                    self._nursery.start_soon(self._stop_after_drain, self._stop_scope)
+                elif not self._keep_pending:
+                    log.warning("%s received again: unmounting now", name)
+                    self._keep_pending = True
+                    self._stop_scope.cancel()
+
+    async def _stop_after_drain(self, scope: trio.CancelScope) -> None:
+        with scope:
+            if not await self._drain_logged(self.settings.drain_timeout_s, stopping=True):
+                self._signal_drain_failed = True
+        pyfuse3.terminate()
 
     # --- control requests from the CLI (over xattrs on the mount's root) --------------
-    async def drain(self, value: bytes) -> bool:
-        """A drain asked for by ``s3fuse sync``/``umount``: the value is JSON
-        ``{"timeout": seconds or null, "paths": [mount-relative paths] or null}``."""
+    def start_drain(self, value: bytes) -> None:
+        """Start (or cancel) a drain asked for by ``s3fuse sync``/``umount``; returns at
+        once. The value is JSON ``{"id": str, "timeout": seconds or null, "paths":
+        [mount-relative paths] or null}``, or ``{"id": str, "cancel": true}``."""
         assert self.flusher is not None and self.fs is not None
+        assert self._nursery is not None
         try:
             request = json.loads(value or b"{}")
         except ValueError:
-            request = {}
-        if not isinstance(request, dict):  # a bare number: a timeout
-            request = {"timeout": request} if isinstance(request, (int, float)) else {}
+            raise UsageError("a drain request must be JSON") from None
+        if not isinstance(request, dict) or not isinstance(request.get("id"), str) \
+                or not 0 < len(request["id"]) <= 64:
+            raise UsageError("a drain request needs an id")
+        drain_id = request["id"]
+        if request.get("cancel"):
+            job = self._drains.get(drain_id)
+            if job is not None and job.scope is not None:
+                job.scope.cancel()
+            return
         timeout = self.settings.drain_timeout_s
         if request.get("timeout") is not None:
-            try:
-                timeout = parse_seconds(request["timeout"], "drain timeout")
-            except UsageError:
-                pass
+            timeout = parse_seconds(request["timeout"], "drain timeout")
         paths = request.get("paths")
-        if not paths:
-            return await self._drain_logged(timeout)
-        inos = self.fs.inodes_under([p.encode() for p in paths])
-        return await self.flusher.drain(timeout, inos)
+        inos = self.fs.inodes_under([p.encode() for p in paths]) if paths else None
+        # who asked, for the log: ``s3fuse umount`` or ``s3fuse sync``
+        who = "s3fuse umount" if request.get("for") == "umount" else "s3fuse sync"
+        job = DrainJob(timeout_s=timeout, started=trio.current_time(), who=who,
+                       scope=trio.CancelScope())
+        self._drains[drain_id] = job
+        while len(self._drains) > KEPT_DRAINS:
+            self._drains.popitem(last=False)
+        self._nursery.start_soon(self._run_drain, job, inos)
+
+    async def _run_drain(self, job: DrainJob, inos: list[int] | None) -> None:
+        assert job.scope is not None
+        with job.scope:
+            ok = await self._drain_logged(job.timeout_s, inos, who=job.who)
+            job.state = "done" if ok else "gave_up"
+        if job.scope.cancelled_caught:
+            job.state = "cancelled"
+            log.info("%s stopped waiting (Ctrl-C, or --keep-pending): %s still pending",
+                     job.who, self._pending_words())
+        job.ended = trio.current_time()
+        job.scope = None
+
+    def drain_result(self, drain_id: str) -> dict:
+        """How the drain ``drain_id`` is doing: its state and the pending figures."""
+        assert self.flusher is not None
+        job = self._drains.get(drain_id)
+        if job is None:
+            raise UsageError(f"no drain {drain_id!r}")
+        end = job.ended if job.ended is not None else trio.current_time()
+        return {"state": job.state, "elapsed_s": end - job.started,
+                "timeout_s": job.timeout_s, **self.flusher.pending()}
+
+    def keep_pending(self, value: bytes = b"1") -> None:
+        """``1``: the coming unmount does not wait for the bucket (``umount
+        --keep-pending``); ``0``: it does again (that unmount failed)."""
+        self._keep_pending = value.strip() != b"0"
+        if not self._keep_pending:
+            return
+        for job in self._drains.values():
+            if job.scope is not None:
+                job.scope.cancel()
+        if self._stop_scope is not None:
+            self._stop_scope.cancel()
 
     def status(self) -> dict:
         assert self.flusher is not None and self.fs is not None
@@ -363,24 +520,33 @@ class Daemon:
                              "conditional_delete": caps.conditional_delete},
             "requests": dict(self.flusher.counts),
             "source": self.settings.source,
+            "mountpoint": self.mountpoint,
+            "cache_dir": self.settings.cache_dir,
+            "drain_timeout_s": self.settings.drain_timeout_s,
+            "read_only": self.settings.read_only,
             "pid": os.getpid(),
         }
 
     def status_json(self) -> str:
         """The status as JSON that fits in one extended attribute (the kernel's
         limit is 64 KiB): the longest lists keep their newest entries, and
-        ``<list>_total`` says how many there are in all."""
+        ``<list>_total`` says how many there are in all. (allow_nan=False: a figure
+        that is not finite is a bug to hear about, never output that JSON parsers
+        refuse.)"""
         status = self.status()
         for name in STATUS_LISTS:
             status[f"{name}_total"] = len(status[name])
-        text = json.dumps(status, sort_keys=True)
+        text = json.dumps(status, sort_keys=True, allow_nan=False)
         while len(text.encode()) > STATUS_MAX_BYTES:
             longest = max(STATUS_LISTS, key=lambda n: len(status[n]))
             if not status[longest]:
                 break
             status[longest] = status[longest][len(status[longest]) // 2:]
-            text = json.dumps(status, sort_keys=True)
+            text = json.dumps(status, sort_keys=True, allow_nan=False)
         return text
+
+    def drain_result_json(self, drain_id: str) -> str:
+        return json.dumps(self.drain_result(drain_id), sort_keys=True, allow_nan=False)
 
 
 #: the lists in the status, and how large its JSON may be (an xattr value: 64 KiB)

@@ -52,6 +52,9 @@ class VersionGone(S3FuseError):
 class StoreError(S3FuseError):
     """Base class of object-store failures. Messages never contain credentials."""
 
+    #: the HTTP status the server answered with, where there was an answer (metrics)
+    http_status: int | None = None
+
 
 class NoSuchKey(StoreError):
     """The object does not exist (HTTP 404 on an object)."""

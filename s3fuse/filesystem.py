@@ -32,7 +32,7 @@ import trio
 from . import faults, keys, metadata
 from .reconcile import Decision, Reconciler, Stamp
 from .cache import Cache
-from .errors import FsError, StoreError, VersionGone
+from .errors import FsError, StoreError, TransientStoreError, VersionGone
 from .fetch import Fetcher
 from .journal import DIRTY_DATA, DIRTY_META, ROOT_INO, Inode, Journal, Txn
 from .remote import Remote
@@ -54,6 +54,9 @@ FETCH_ATTEMPTS = 8
 # (``ls -l``, ``find -ls``: one lookup per entry, in listing order)
 PREFETCH_AHEAD = 32
 PREFETCH_AFTER_READDIR_S = 30.0
+#: after a directory could not be listed (bucket unreachable), the mount works from
+#: what it knows of it and asks the bucket again only after this many seconds
+UNLISTED_RETRY_S = 10.0
 STATE_XATTR = "user.s3fuse.state"
 # renameat2(2) flags (linux/fs.h; pyfuse3 has the same values): the two ``rename``
 # implements. Any other bit (RENAME_WHITEOUT, bits Linux may add) answers EINVAL.
@@ -153,6 +156,12 @@ class Filesystem:
         self._next_fh = 1
         self.skipped_keys: dict[str, str] = {}
         self._list_locks: dict[int, trio.Lock] = {}
+        # directories whose listing failed (bucket unreachable): ino -> monotonic time
+        # of that failure; they are used from what the mount knows until a listing works
+        self._unlisted: dict[int, float] = {}
+        # entries whose HEAD failed the same way: ino -> monotonic time; they show the
+        # defaults, and are asked about again after UNLISTED_RETRY_S
+        self._unheaded: dict[int, float] = {}
         self.fetcher = Fetcher(self)
         self.meta_loads = MetaLoads()
         self.metadata_ttl_s = 1.0
@@ -409,8 +418,16 @@ class Filesystem:
             self.skipped_keys[key] = reason
             log.warning("skipping key %r: %s", key, reason)
 
-    async def ensure_listed(self, ino: int) -> None:
+    async def ensure_listed(self, ino: int, complete: bool = False) -> None:
         """Make sure the directory's entries from the bucket are in the journal.
+
+        If the bucket cannot be reached, the directory is used from what the mount
+        knows of it (its local entries: creating, writing and renaming there work), said
+        once in the log, and listed again at the first use after ``UNLISTED_RETRY_S``;
+        that listing merges like any other (local entries stay, and the uploads'
+        conditions settle names both sides made). ``complete``: the caller must know
+        every entry (an rmdir's emptiness check, moving a whole directory), so the
+        error is raised instead.
 
         Lists the prefix once (all pages) and adds the entries in one transaction,
         from the listing alone: size, and LastModified as the times, with the mount's
@@ -423,6 +440,10 @@ class Filesystem:
         """
         inode = self.get(ino)
         if inode.listed or not stat.S_ISDIR(inode.mode):
+            return
+        failed_at = self._unlisted.get(ino)
+        if not complete and failed_at is not None \
+                and trio.current_time() - failed_at < UNLISTED_RETRY_S:
             return
         lock = self._list_locks.setdefault(ino, trio.Lock())
         async with lock:
@@ -441,7 +462,21 @@ class Filesystem:
                     txn.put(d)
                 return
             listed_at = self.reconciler.stamp()
-            dirs, files = await self._list_dir(ino, prefix)
+            try:
+                dirs, files = await self._list_dir(ino, prefix)
+            except TransientStoreError as exc:
+                if complete:
+                    raise
+                if ino not in self._unlisted:
+                    log.warning("cannot list directory %s (%s); using what the mount knows "
+                                "of it until the bucket answers", prefix or "/", exc)
+                self._unlisted[ino] = trio.current_time()
+                return
+            # entries were made here while it was unlisted: say that they are merged
+            merging = self._unlisted.pop(ino, None) is not None
+            if merging:
+                log.info("listed directory %s: merged with what the mount made meanwhile",
+                         prefix or "/")
             now = _now_ns()
             added: list[int] = []
             with self.journal.write() as txn:
@@ -449,7 +484,14 @@ class Filesystem:
                 if d.listed:
                     return
                 for name in dirs:
-                    if txn.lookup(ino, name) is not None:
+                    found = txn.lookup(ino, name)
+                    if found is not None:
+                        local = txn.get(found) if merging else None
+                        if local is not None and stat.S_ISDIR(local.mode) and local.listed:
+                            # made here while the bucket was away, and the bucket has it
+                            # too: its own listing merges what the bucket holds under it
+                            local.listed = False
+                            txn.put(local)
                         continue
                     child = self._inode_from_object(txn, ino, name, None, is_dir=True,
                                                     fallback_ns=now)
@@ -551,6 +593,9 @@ class Filesystem:
         inode = self.get(ino)
         if inode.meta_loaded:
             return inode
+        failed_at = self._unheaded.get(ino)
+        if failed_at is not None and trio.current_time() - failed_at < UNLISTED_RETRY_S:
+            return inode
         loads = self.meta_loads
         done = loads.loading.get(ino)
         if done is None:
@@ -579,8 +624,12 @@ class Filesystem:
         try:
             info = await self.remote.head_or_none(key)
         except StoreError as exc:
-            log.info("cannot read the attributes of %s (%s); showing defaults", key, exc)
+            if ino not in self._unheaded:
+                log.info("cannot read the attributes of %s (%s); showing defaults", key, exc)
+            if isinstance(exc, TransientStoreError):
+                self._unheaded[ino] = trio.current_time()
             return
+        self._unheaded.pop(ino, None)
         if is_dir or (info is not None and info.etag == etag):
             self._set_meta(ino, inode, info, is_dir, key)
             if not is_dir and key == inode.remote_key:
@@ -1031,7 +1080,7 @@ class Filesystem:
             ino = txn.lookup(parent, name)
         if ino is None:
             raise FsError(errno.ENOENT)
-        await self.ensure_listed(ino)
+        await self.ensure_listed(ino, complete=True)  # empty in the bucket too?
         now = _now_ns()
         pending: list[int] = []
         with self.journal.write() as txn:
@@ -1057,7 +1106,7 @@ class Filesystem:
         stack = [ino]
         while stack:
             d = stack.pop()
-            await self.ensure_listed(d)
+            await self.ensure_listed(d, complete=True)
             with self.journal.read() as txn:
                 for _, child in txn.children(d):
                     c = txn.get(child)
@@ -1115,7 +1164,7 @@ class Filesystem:
         if stat.S_ISDIR(moving.mode):
             await self._ensure_subtree_listed(ino)
         if target_ino is not None:
-            await self.ensure_listed(target_ino)
+            await self.ensure_listed(target_ino, complete=True)
 
         now = _now_ns()
         pending: list[int] = []

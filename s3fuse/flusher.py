@@ -40,12 +40,14 @@ from typing import TYPE_CHECKING
 import trio
 
 from . import faults
-from .errors import BodyChanged, FsError, NoSuchKey, PreconditionFailed, StoreError
+from .errors import (BodyChanged, FsError, NoSuchKey, PreconditionFailed, StoreError,
+                     TransientStoreError)
 from .journal import DIRTY_DATA, Inode
 from .reconcile import SEQ_META
 
 if TYPE_CHECKING:
     from .filesystem import Filesystem
+    from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,7 @@ class FlushError:
     path: str
     operation: str
     message: str
+    transient: bool = False  # the bucket could not be reached (or answered 5xx)
 
 
 class Flusher:
@@ -83,7 +86,13 @@ class Flusher:
         self.max_ops = max_ops
         self.fsync_upload = fsync_upload
         self.instance_id = instance_id
-        self._due: dict[int, list[float]] = {}  # ino -> [first change, last change]
+        # ino -> [first change not yet in the bucket, last change]: real times, which
+        # ``pending()`` reports; nothing else is ever written there
+        self._due: dict[int, list[float]] = {}
+        # inos to upload now, whatever their window says (a drain, a writer waiting
+        # for room, a stray found dirty): kept apart from ``_due`` so that the age of
+        # the oldest change stays a real, finite figure
+        self._due_now: set[int] = set()
         self._inflight: dict[int, str] = {}
         self._busy: Counter[str] = Counter()
         self._retry_at: dict[int, float] = {}
@@ -103,15 +112,25 @@ class Flusher:
         self._draining = 0
         self.errors: deque[FlushError] = deque(maxlen=100)
         self.counts: Counter[str] = Counter()
+        self.metrics: Metrics | None = None  # set by the daemon: retries, conflicts
+        # keys whose upload or op failed because the bucket was unreachable, and said
+        # so in the log: their next failures go to DEBUG, until one succeeds
+        self._reported: set[str] = set()
 
     # --- bookkeeping called by the filesystem ----------------------------------------
     def load(self) -> None:
-        """Schedule everything the journal holds as dirty, due at once (replay)."""
+        """Schedule everything the journal holds as dirty, due at once (replay). Its
+        age counts from the file's last change (its ctime): a change kept across an
+        unmount or a crash is as old as that, not as old as this mount."""
         now = trio.current_time()
+        wall = time.time()
         with self.journal.read() as txn:
             for ino in txn.dirty_inos():
-                self._due[ino] = [now - self.window_s, now - self.window_s]
                 inode = txn.get(ino)
+                age = max(0.0, wall - inode.ctime_ns / 1e9) \
+                    if inode is not None and inode.ctime_ns > 0 else 0.0
+                self._due[ino] = [now - age, now - age]
+                self._due_now.add(ino)
                 if inode is not None and inode.dirty & DIRTY_DATA:
                     self._note_size(ino, inode.size)
         self._wake.set()
@@ -145,9 +164,7 @@ class Flusher:
         self._waiting_for_room = True
         try:
             while self.dirty_total_bytes > self.dirty_limit_bytes:
-                for other, due in self._due.items():
-                    if other != ino:
-                        due[0] = -float("inf")
+                self._due_now.update(other for other in self._due if other != ino)
                 progress = self._progress
                 self._wake.set()
                 await progress.wait()
@@ -157,6 +174,7 @@ class Flusher:
     def forget(self, ino: int) -> None:
         self._drop_size(ino)
         self._due.pop(ino, None)
+        self._due_now.discard(ino)
         self._retry_at.pop(ino, None)
         self._backoff.pop(ino, None)
         self._live_changed.discard(ino)
@@ -193,19 +211,41 @@ class Flusher:
                 inode = txn.get(ino)
                 if inode is not None and inode.dirty & DIRTY_DATA:
                     dirty_bytes += inode.size
-        oldest = min((d[0] for d in self._due.values()), default=None)
+        now = trio.current_time()
+        oldest = min((d[0] for d in self._due.values()), default=now)
+        retrying = sum(1 for at in self._retry_at.values() if at > now)
+        last = self.errors[-1] if self.errors else None
         return {
             "dirty_files": len(dirty),
             "dirty_bytes": dirty_bytes,
             "pending_ops": ops,
             "uploads_in_flight": len(self._inflight),
-            "oldest_pending_age_s": (trio.current_time() - oldest) if oldest is not None
-            else 0.0,
+            "oldest_pending_age_s": max(0.0, now - oldest),
+            # files whose last upload failed, waiting for their next try; and whether
+            # the bucket's op log is backing off after a failed copy or delete
+            "retrying_files": retrying,
+            "ops_retrying": self._ops_retry_at > now and bool(ops),
+            "last_error": None if last is None else {
+                "time": last.when, "path": last.path, "operation": last.operation,
+                "message": last.message, "transient": last.transient},
         }
 
     def _record_error(self, path: str, operation: str, exc: BaseException) -> None:
-        self.errors.append(FlushError(time.time(), path, operation, str(exc)))
-        log.warning("%s %s failed: %s", operation, path, exc)
+        transient = isinstance(exc, TransientStoreError)
+        self.errors.append(FlushError(time.time(), path, operation, str(exc), transient))
+        if not transient:
+            log.warning("%s %s failed: %s", operation, path, exc)
+        elif path not in self._reported:
+            self._reported.add(path)
+            log.warning("%s %s failed: %s; retrying with backoff (until it works, its "
+                        "failures are logged at DEBUG)", operation, path, exc)
+        else:
+            log.debug("%s %s failed again: %s", operation, path, exc)
+
+    def _succeeded(self, path: str) -> None:
+        if path in self._reported:
+            self._reported.discard(path)
+            log.info("%s: the bucket took it after all", path)
 
     def _progressed(self) -> None:
         self._progress.set()
@@ -254,7 +294,8 @@ class Flusher:
                 break
             if ino in self._inflight or self._retry_at.get(ino, 0.0) > now:
                 continue
-            if not force and now - last < self.window_s and now - first < self.window_s:
+            if not force and ino not in self._due_now and now - last < self.window_s \
+                    and now - first < self.window_s:
                 continue
             key = self._key_for(ino)
             if key is None:
@@ -421,8 +462,13 @@ class Flusher:
             self._failed(ino, key, "put", exc)
             return None
         if ours is None:
-            self.counts["conflicts"] += 1
+            self._count_conflict()
         return ours
+
+    def _count_conflict(self) -> None:
+        self.counts["conflicts"] += 1
+        if self.metrics is not None:
+            self.metrics.conflict()
 
     async def _changed_outside(self, ino: int, key: str, expect_etag: str | None,
                                seq: int) -> bool:
@@ -442,7 +488,7 @@ class Flusher:
                 self._failed(ino, key, "put", exc)
                 return True
             if ours is None:
-                self.counts["conflicts"] += 1
+                self._count_conflict()
                 return True
         # the inode may have moved on while we asked
         with self.journal.read() as txn:
@@ -452,6 +498,8 @@ class Flusher:
 
     def _failed(self, ino: int, key: str, operation: str, exc: BaseException) -> None:
         self._record_error(key, operation, exc)
+        if self.metrics is not None:
+            self.metrics.retry("upload")
         delay = min(MAX_BACKOFF_S, max(1.0, self._backoff.get(ino, 0.5) * 2))
         self._backoff[ino] = delay
         self._retry_at[ino] = trio.current_time() + delay
@@ -498,11 +546,15 @@ class Flusher:
                     txn.append_op({"op": "delete", "key": key, "etag": etag, "ino": ino})
         self._backoff.pop(ino, None)
         self._retry_at.pop(ino, None)
+        self._succeeded(key)
         if clean:
             self._due.pop(ino, None)
+            self._due_now.discard(ino)
             self._drop_size(ino)
         elif ino in self._due:
+            # changed again while it went up: a new first change, in a new window
             self._due[ino][0] = trio.current_time()
+            self._due_now.discard(ino)
 
     # --- the op log ---------------------------------------------------------------------
     async def _run_ops(self) -> None:
@@ -525,6 +577,8 @@ class Flusher:
                 if not isinstance(exc, StoreError):
                     log.exception("%s %s failed unexpectedly", op["op"], keys[-1])
                 self._record_error(keys[-1], op["op"], exc)
+                if self.metrics is not None:
+                    self.metrics.retry("operation")
                 self._ops_backoff = min(MAX_BACKOFF_S, max(1.0, self._ops_backoff * 2))
                 self._ops_retry_at = trio.current_time() + self._ops_backoff
                 failed.append(True)
@@ -533,6 +587,7 @@ class Flusher:
                 if op["op"] == "copy":
                     faults.crash_point("after-copy")
                 self._ops_backoff = 0.0
+                self._succeeded(keys[-1])
                 self._finish_op(seq, op, etag)
                 self._progressed()
             finally:
@@ -672,7 +727,8 @@ class Flusher:
         now = trio.current_time()
         for ino in strays:
             log.warning("inode %d was dirty but not scheduled; scheduling it", ino)
-            self._due[ino] = [-float("inf"), now]
+            self._due[ino] = [now, now]
+            self._due_now.add(ino)
         return bool(strays)
 
     async def drain(self, timeout_s: float, inos: list[int] | None = None) -> bool:
@@ -682,9 +738,8 @@ class Flusher:
         # asked for explicitly: try again now rather than after the backoff
         self._retry_at.clear()
         self._ops_retry_at = 0.0
-        for ino in inos if inos is not None else list(self._due):
-            if ino in self._due:
-                self._due[ino][0] = -float("inf")
+        self._due_now.update(ino for ino in (inos if inos is not None else self._due)
+                             if ino in self._due)
         self._draining += 1
         try:
             return await self._drain(timeout_s, inos)

@@ -1,8 +1,9 @@
 """The pyfuse3 adapter: translate requests to ``Filesystem`` calls, and nothing else.
 
 Every handler goes through ``_guard``: domain errors become ``FUSEError`` with the
-errno from ``errors.to_errno``; an unexpected exception is logged with its traceback
-and answered with EIO, so a bug fails one call and never takes the mount down.
+errno from ``errors.to_errno`` (one log line when that is EIO); an unexpected
+exception is logged with its traceback and answered with EIO, so a bug fails one call
+and never takes the mount down.
 """
 
 from __future__ import annotations
@@ -12,17 +13,22 @@ import functools
 import logging
 import os
 import stat
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 from collections.abc import Callable
 
 import pyfuse3
 import trio
 
 from . import faults
-from .control import CONTROL_DRAIN, CONTROL_PID, CONTROL_STATUS
-from .errors import FsError, to_errno
+from .control import (CONTROL_DRAIN, CONTROL_KEEP_PENDING, CONTROL_PID, CONTROL_STATUS,
+                      DRAIN_RESULT_PREFIX)
+from .errors import FsError, S3FuseError, to_errno
 from .filesystem import RENAME_EXCHANGE, RENAME_NOREPLACE, Filesystem, SetAttrs
 from .journal import Inode
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +40,19 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     async def wrapper(self: FuseOps, *args: Any) -> Any:
         self.fs.last_request_at = trio.current_time()
+        if self.metrics is None:
+            return await _answer(self, args)
+        start = time.perf_counter()
+        err = 0
+        try:
+            return await _answer(self, args)
+        except pyfuse3.FUSEError as exc:
+            err = exc.errno
+            raise
+        finally:
+            self.metrics.fuse_request(fn.__name__, time.perf_counter() - start, err)
+
+    async def _answer(self: FuseOps, args: tuple) -> Any:
         try:
             if faults.should_raise(fn.__name__):
                 raise RuntimeError(f"injected fault in {fn.__name__}")
@@ -43,7 +62,13 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as exc:  # noqa: BLE001 - this is the one place that must
             err = to_errno(exc)
             if err == errno.EIO:
-                log.exception("%s%r failed", fn.__name__, args[:2])
+                if isinstance(exc, S3FuseError):
+                    # an expected failure (the bucket unreachable, ...): one line; the
+                    # traceback only at DEBUG
+                    log.warning("%s%r failed: %s", fn.__name__, args[:2], exc)
+                    log.debug("%s%r failed", fn.__name__, args[:2], exc_info=True)
+                else:
+                    log.exception("%s%r failed", fn.__name__, args[:2])
             raise pyfuse3.FUSEError(err) from None
     return wrapper
 
@@ -51,11 +76,13 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
 class FuseOps(pyfuse3.Operations):
     enable_writeback_cache = False
 
-    def __init__(self, fs: Filesystem, timeout_s: float, control: Any = None) -> None:
+    def __init__(self, fs: Filesystem, timeout_s: float, control: Any = None,
+                 metrics: Metrics | None = None) -> None:
         super().__init__()
         self.fs = fs
         self.timeout_s = timeout_s
-        self.control = control  # the daemon: drain() and status() for the CLI
+        self.control = control  # the daemon: drains, status, keep-pending for the CLI
+        self.metrics = metrics  # times every request, when set
 
     def _attr(self, inode: Inode) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
@@ -260,11 +287,14 @@ class FuseOps(pyfuse3.Operations):
     @_guard
     async def setxattr(self, inode, name, value, ctx):
         key = name.decode("utf-8", "surrogateescape")
-        if inode == pyfuse3.ROOT_INODE and key == CONTROL_DRAIN and self.control is not None:
+        if inode == pyfuse3.ROOT_INODE and self.control is not None \
+                and key in (CONTROL_DRAIN, CONTROL_KEEP_PENDING):
             if ctx.uid not in (0, self.fs.defaults.uid):
                 raise pyfuse3.FUSEError(errno.EPERM)
-            if not await self.control.drain(value):
-                raise pyfuse3.FUSEError(errno.EAGAIN)
+            if key == CONTROL_DRAIN:
+                self.control.start_drain(value)  # returns at once (see control.py)
+            else:
+                self.control.keep_pending(value)
             return
         await self.fs.load_meta(inode)
         self.fs.setxattr(inode, key, value)
@@ -281,6 +311,8 @@ class FuseOps(pyfuse3.Operations):
                 return self.control.status_json().encode()
             if key == CONTROL_PID:
                 return str(os.getpid()).encode()
+            if key.startswith(DRAIN_RESULT_PREFIX):
+                return self.control.drain_result_json(key[len(DRAIN_RESULT_PREFIX):]).encode()
         await self.fs.load_meta(inode)
         return self.fs.getxattr(inode, key)
 

@@ -9,21 +9,28 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, TypeVar
+import time
+from typing import TYPE_CHECKING, Any, TypeVar
 from collections.abc import Callable
 
 import trio
 
-from .errors import NoSuchKey, TransientStoreError
+from .errors import NoSuchKey, StoreError, TransientStoreError
 from .store.base import Body, Capabilities, ListPage, ObjectInfo, ObjectStore
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+#: how long a read that found the bucket unreachable makes later reads try only once
+OUTAGE_MEMORY_S = 10.0
 
 
 class Remote:
     def __init__(self, store: ObjectStore, max_concurrency: int = 16,
-                 read_attempts: int = 4, inline: bool = False) -> None:
+                 read_attempts: int = 4, inline: bool = False,
+                 metrics: Metrics | None = None) -> None:
         """``inline``: call the store on the event loop itself. Only for in-memory
         stores in unit tests, where it makes trio's MockClock deterministic."""
         self.store = store
@@ -31,6 +38,11 @@ class Remote:
         self.limiter = trio.CapacityLimiter(max_concurrency)
         self.read_attempts = read_attempts
         self.capabilities = Capabilities()
+        self.metrics = metrics  # counts and times every store call, when set
+        # trio time of the last read that failed for want of the bucket (None: the last
+        # one worked): while it is recent, reads try once instead of backing off, so
+        # that each request of the mount does not wait seconds for a bucket known away
+        self.unreachable_at: float | None = None
 
     async def _call(self, fn: Callable[..., T], *args: Any, abandon: bool = False,
                     **kwargs: Any) -> T:
@@ -39,20 +51,50 @@ class Remote:
         if self.inline:
             await trio.lowlevel.checkpoint()
             return fn(*args, **kwargs)
-        return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs),
-                                             limiter=self.limiter, abandon_on_cancel=abandon)
+        call = functools.partial(fn, *args, **kwargs)
+        if self.metrics is None:
+            return await trio.to_thread.run_sync(call, limiter=self.limiter,
+                                                 abandon_on_cancel=abandon)
+        metrics = self.metrics
+
+        def timed() -> T:  # in the worker thread: the time is the request's own
+            start = time.perf_counter()
+            try:
+                result = call()
+            except BaseException as exc:
+                metrics.s3_request(fn.__name__, time.perf_counter() - start, exc)
+                raise
+            metrics.s3_request(fn.__name__, time.perf_counter() - start)
+            return result
+
+        return await trio.to_thread.run_sync(timed, limiter=self.limiter,
+                                             abandon_on_cancel=abandon)
 
     async def _read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """A read-only call, retried on transient errors with backoff. A caller may
-        give up on it (a cancel scope): it changes nothing in the bucket."""
+        """A read-only call, retried on transient errors with backoff (once only while
+        the bucket is known to be away: see ``unreachable_at``). A caller may give up
+        on it (a cancel scope): it changes nothing in the bucket."""
         delay = 0.2
-        for attempt in range(self.read_attempts):
+        attempts = self.read_attempts
+        if self.unreachable_at is not None \
+                and trio.current_time() - self.unreachable_at < OUTAGE_MEMORY_S:
+            attempts = 1
+        for attempt in range(attempts):
             try:
-                return await self._call(fn, *args, abandon=True, **kwargs)
-            except TransientStoreError as exc:
-                if attempt == self.read_attempts - 1:
+                result = await self._call(fn, *args, abandon=True, **kwargs)
+                self.unreachable_at = None
+                return result
+            except StoreError as exc:
+                if not isinstance(exc, TransientStoreError):
+                    self.unreachable_at = None  # it answered (404, 412, ...)
                     raise
-                log.warning("retrying after transient error: %s", exc)
+                if attempt == attempts - 1:
+                    self.unreachable_at = trio.current_time()
+                    raise
+                # the caller logs the error if the last attempt fails too
+                log.debug("retrying after transient error: %s", exc)
+                if self.metrics is not None:
+                    self.metrics.retry("read")
                 await trio.sleep(delay)
                 delay *= 2
         raise AssertionError("unreachable")

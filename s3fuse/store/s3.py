@@ -229,6 +229,13 @@ class S3Store:
 
     def _map_client_error(self, exc: ClientError, where: str, *,
                           conditional: bool) -> StoreError:
+        mapped = self._client_error_type(exc, where, conditional=conditional)
+        status = (exc.response.get("ResponseMetadata", {}) or {}).get("HTTPStatusCode")
+        mapped.http_status = status or None
+        return mapped
+
+    def _client_error_type(self, exc: ClientError, where: str, *,
+                           conditional: bool) -> StoreError:
         error = exc.response.get("Error", {}) or {}
         code = str(error.get("Code", "") or "")
         status = (exc.response.get("ResponseMetadata", {}) or {}).get("HTTPStatusCode") or 0

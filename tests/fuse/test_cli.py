@@ -8,6 +8,7 @@ commands (umount, sync, status) refuse a directory that is not an s3fuse mount, 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 import boto3
 import botocore.exceptions
 import pytest
+from mounts import make_mount, require_fuse
 from servers import MotoServer, closed_port
 
 pytestmark = pytest.mark.fuse
@@ -238,8 +240,11 @@ def test_cache_dir_in_use(file_mount, tmp_path: Path) -> None:
     # values argparse itself checks must fail the same way: one line, not a usage dump
     (["--max-uploads", "many"], "many"),
     (["--fsync", "sometimes"], "sometimes"),
+    (["--metrics-addr", "nowhere"], "nowhere"),
+    (["-o", "metrics_addr=127.0.0.1:http"], "127.0.0.1:http"),
 ], ids=["flush-window", "cache-size", "file-mode", "dir-mode", "unknown-o", "o-value",
-        "flush-window-nan", "drain-timeout-nan", "max-uploads", "fsync"])
+        "flush-window-nan", "drain-timeout-nan", "max-uploads", "fsync", "metrics-addr",
+        "o-metrics-addr"])
 def test_invalid_option_values(extra: list[str], needle: str, bucket_dir: Path, mp: Path,
                                tmp_path: Path) -> None:
     start = time.monotonic()
@@ -304,3 +309,126 @@ def test_help() -> None:
     assert res.returncode == 0, res.stderr
     assert "--flush-window" in res.stdout
     assert "--cache-dir" in res.stdout
+
+
+# --- issue 14: checks before the daemon, mount(8) options, read-only, status --------
+
+
+@pytest.mark.parametrize("url", ["notaurl", "http://", "ftp://127.0.0.1:9000",
+                                 "http://127.0.0.1:99999"])
+def test_endpoint_url_is_checked_before_the_daemon_starts(url: str, mp: Path,
+                                                           tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    res = cli("mount", "s3://some-bucket", str(mp), "--cache-dir", str(cache),
+              "--endpoint-url", url)
+    assert_one_line_error(res, "--endpoint-url", url)
+    assert res.returncode == 2
+    assert not cache.exists()  # no daemon was started (it would have logged there)
+    assert not is_mounted(str(mp))
+
+
+def test_non_empty_mount_point_is_refused_unless_asked(bucket_dir: Path, mp: Path,
+                                                       tmp_path: Path) -> None:
+    (mp / "already-here").write_text("local\n")
+    base = ["mount", f"file://{bucket_dir}", str(mp), "--cache-dir", str(tmp_path / "cache")]
+    res = cli(*base)
+    assert_one_line_error(res, str(mp), "not empty", "--nonempty")
+    assert not is_mounted(str(mp))
+    for extra in (["--nonempty"], ["-o", "nonempty"]):
+        res = cli(*base, *extra)
+        assert res.returncode == 0, res.stderr
+        assert is_mounted(str(mp)) and os.listdir(mp) == []  # hidden while mounted
+        assert cli("umount", str(mp)).returncode == 0
+        assert (mp / "already-here").read_text() == "local\n"
+
+
+def test_fstab_atime_options_are_accepted(bucket_dir: Path, mp: Path, tmp_path: Path) -> None:
+    res = cli("mount", f"file://{bucket_dir}", str(mp), "--cache-dir", str(tmp_path / "cache"),
+              "-o", "noatime,nodiratime,relatime,atime,lazytime")
+    assert res.returncode == 0, res.stderr
+    assert is_mounted(str(mp))
+
+
+@pytest.mark.parametrize("how", [["--read-only"], ["-o", "ro"]], ids=["flag", "o-ro"])
+def test_read_only_mount(how: list[str], bucket_dir: Path, mp: Path, tmp_path: Path) -> None:
+    (bucket_dir / "data.csv").write_bytes(b"a,b\n1,2\n")
+    res = cli("mount", f"file://{bucket_dir}", str(mp), "--cache-dir", str(tmp_path / "cache"),
+              *how)
+    assert res.returncode == 0, res.stderr
+    with open("/proc/self/mounts") as f:
+        opts = next(line.split()[3] for line in f if line.split()[1] == str(mp))
+    assert "ro" in opts.split(","), opts  # the kernel's mount is read-only
+    assert (mp / "data.csv").read_bytes() == b"a,b\n1,2\n"
+    for change in (lambda: open(mp / "new", "w"), lambda: open(mp / "data.csv", "a"),
+                   lambda: os.mkdir(mp / "d"), lambda: os.unlink(mp / "data.csv"),
+                   lambda: os.rename(mp / "data.csv", mp / "x.csv"),
+                   lambda: os.chmod(mp / "data.csv", 0o600)):
+        with pytest.raises(OSError) as exc:
+            change()
+        assert exc.value.errno == errno.EROFS
+    st = json.loads(cli("status", "--json", str(mp)).stdout)
+    assert st["read_only"] is True
+    res = cli("sync", str(mp))
+    assert res.returncode == 0 and "read-only; nothing to upload" in res.stdout, res.stderr
+    res = cli("umount", str(mp))
+    assert res.returncode == 0, res.stderr
+    # nothing was written to the bucket (the file store keeps its own state apart)
+    assert [p.name for p in bucket_dir.iterdir() if not p.name.startswith(".s3fuse")] == \
+        ["data.csv"]
+
+
+def test_status_reads_well_from_anywhere_in_the_mount(tmp_path: Path, file_source: str
+                                                       ) -> None:
+    require_fuse()
+    m = make_mount(tmp_path, file_source, None)
+    m.extra_args = ["--flush-window", "3600"]
+    m.mount()
+    try:
+        status_from_inside(m)
+    finally:
+        m.cleanup()
+
+
+def status_from_inside(m) -> None:
+    with open(m.p("one"), "wb") as f:
+        f.write(b"x" * 2048)
+    os.makedirs(m.p("deep/er"))
+    res = cli("status", m.p("deep/er"))  # a path inside the mount
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith(f"{m.path}: ")
+    # in words (SPEC §8), never "1 files" or raw bytes; the directories' markers are
+    # pending too
+    assert "pending: 3 files (2.0 KiB); oldest change" in res.stdout, res.stdout
+    m.sync()
+    with open(m.p("one"), "wb") as f:
+        f.write(b"y")
+    res = cli("status", m.p("one"))
+    assert "pending: 1 file (1 byte); oldest change" in res.stdout, res.stdout
+    assert "1 files" not in res.stdout and "inf" not in res.stdout
+    res = cli("status", "--json", m.p("deep/er"))
+    assert json.loads(res.stdout)["mountpoint"] == m.path
+    # piped into head: the reader goes away early, the command ends quietly
+    for flags in ("", "--json"):
+        res = subprocess.run(f"{S3FUSE} status {flags} {m.path} | head -c 10", shell=True,
+                             capture_output=True, text=True, timeout=FAST)
+        assert len(res.stdout) == 10 and res.stderr == "", res.stderr
+
+
+def test_mount_helper_says_nothing_on_success(bucket_dir: Path, mp: Path,
+                                              tmp_path: Path) -> None:
+    res = cli("mount-helper", f"file://{bucket_dir}", str(mp), "-o",
+              f"cache_dir={tmp_path / 'cache'},nodiratime")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "" and res.stderr == ""
+    assert is_mounted(str(mp))
+    res = cli("mount-helper", f"file://{bucket_dir}", str(mp), "-o",
+              f"cache_dir={tmp_path / 'cache'}")
+    assert_one_line_error(res, str(mp))  # errors still show
+
+
+@pytest.mark.parametrize("command", ["sync", "umount"])
+def test_wait_timeout_is_checked(command: str, file_mount) -> None:
+    for bad in ("nan", "soon", "-1"):
+        res = cli(command, "--timeout", bad, file_mount.path)
+        assert_one_line_error(res, "--timeout", bad)
+    assert is_mounted(file_mount.path)

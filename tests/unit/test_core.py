@@ -11,6 +11,7 @@ import dataclasses
 import errno
 import os
 import stat
+import time
 
 import pytest
 import trio
@@ -1251,3 +1252,42 @@ def test_a_renamed_file_whose_version_was_replaced_before_its_copy_goes(tmp_path
         assert rig.bucket() == {"f": b"theirs"}
 
     run(tmp_path, scenario)
+
+
+def test_pending_age_stays_finite_and_true_through_failed_drains_and_replay(
+        tmp_path, monkeypatch):
+    """A drain that gives up, or a writer waiting for room, marks files 'due now'; the
+    age of the oldest change stays the real one (it used to become Infinity), and a
+    replayed change is as old as its last write, not as the new mount."""
+    import json
+
+    from s3fuse.errors import TransientStoreError
+
+    store = MemoryStore()
+
+    async def outage(rig: Rig):
+        await rig.write_file(ROOT_INO, b"kept", b"data")
+        await trio.sleep(5)
+        store.inject("put", TransientStoreError("PUT kept: cannot reach the bucket"),
+                     times=1000)
+        assert not await rig.flusher.drain(3.0)
+        st = rig.flusher.pending()
+        assert 8 - 0.5 <= st["oldest_pending_age_s"] <= 8 + 0.5, st
+        assert st["dirty_files"] == 1 and rig.flusher.errors, st
+        assert st["last_error"]["transient"] is True
+        json.dumps(st, allow_nan=False)  # raises on Infinity or NaN
+
+    run(tmp_path, outage, store)
+
+    real_time = time.time
+    monkeypatch.setattr("s3fuse.flusher.time.time", lambda: real_time() + 3600)
+
+    async def replay():
+        rig = Rig(tmp_path, store)
+        try:
+            age = rig.flusher.pending()["oldest_pending_age_s"]
+            assert 3600 <= age < 3600 + 60, age
+        finally:
+            rig.close()
+
+    trio.run(replay, clock=trio.testing.MockClock(autojump_threshold=0))
