@@ -919,7 +919,8 @@ class FileStore:
             os.close(fd)
 
     def versioning(self) -> str:
-        """ "enabled" once ``enable_versioning()`` ran on this root, else "off"."""
+        """Return "enabled" once ``enable_versioning()`` ran on this root, else "off"
+        (the file store has no "suspended")."""
         with self._root() as root_fd:
             return "enabled" if self._versioned(root_fd) else "off"
 

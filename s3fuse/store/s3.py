@@ -16,6 +16,10 @@ as multipart uploads; their conditions are checked with a HEAD before the upload
 CompleteMultipartUpload, where servers that support it check them atomically (Ceph
 RGW 16 ignores them there; it also completes with an empty ETag, which is then
 computed from the parts' ETags as S3 does).
+
+Versions: ListObjectVersions, VersionId on GET/HEAD and in CopySource, and
+GetBucketVersioning. On a versioned bucket Ceph RGW 16 refuses every If-Match PUT and
+ignores If-None-Match, which ``probe()`` finds (and reports as no conditional puts).
 """
 
 from __future__ import annotations
