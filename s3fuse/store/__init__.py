@@ -18,10 +18,18 @@ import os
 import re
 
 from s3fuse.errors import UsageError
-from s3fuse.store.base import Body, Capabilities, ListPage, ObjectInfo, ObjectStore
+from s3fuse.store.base import (
+    Body,
+    Capabilities,
+    ListPage,
+    ObjectInfo,
+    ObjectStore,
+    VersionInfo,
+    VersionPage,
+)
 
-__all__ = ["Body", "Capabilities", "ListPage", "ObjectInfo", "ObjectStore", "open_store",
-           "normalize_prefix"]
+__all__ = ["Body", "Capabilities", "ListPage", "ObjectInfo", "ObjectStore", "VersionInfo",
+           "VersionPage", "open_store", "normalize_prefix"]
 
 _FORMS = "s3://BUCKET[/PREFIX], file:///ABSOLUTE/PATH or memory://NAME"
 # Lenient on purpose: S3-compatible servers accept names AWS would not (upper case,

@@ -10,11 +10,15 @@ whether it was a key (``K...``: resume strictly after that key) or a common pref
 
 from __future__ import annotations
 
+import json
+import secrets
+import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from s3fuse.errors import StoreError
-from s3fuse.store.base import ListPage, ObjectInfo
+from s3fuse.store.base import ListPage, ObjectInfo, VersionInfo, VersionPage
 
 @dataclass(frozen=True)
 class Resume:
@@ -101,4 +105,84 @@ def paginate(entries: Iterable[ObjectInfo | str], max_keys: int) -> ListPage:
         else:
             page.objects.append(entry)
         last = entry
+    return page
+
+
+# --- versions (memory and file backends) ---------------------------------------------
+#
+# A version id is ``NNNNNNNNNNNNNNNNNNNN`` (the write's time in ns, 20 digits) plus 8 hex
+# digits of randomness, so ids sort by time. The "null" version (written while
+# versioning was off) has no such id; it sorts by its write time as ``NNN...N-null``
+# ("-" sorts before every hex digit). That string, the *sort name*, orders a key's
+# versions: the larger, the newer.
+
+NULL = "null"
+
+#: guards ``_last_ns``
+_clock_lock = threading.Lock()
+#: the time of the last id made in this process: ids are strictly increasing
+_last_ns = 0
+
+
+def new_version_id(after: str | None = None) -> str:
+    """A fresh version id, newer than every id made before in this process and than
+    the sort name ``after`` (the key's newest version, when the caller knows it)."""
+    global _last_ns
+    floor = sort_ns(after) if after else 0
+    with _clock_lock:
+        _last_ns = max(time.time_ns(), _last_ns + 1, floor + 1)
+        return f"{_last_ns:020d}{secrets.token_hex(4)}"
+
+
+def null_sort_name(mtime_ns: int) -> str:
+    """The sort name of the "null" version written at ``mtime_ns``."""
+    return f"{max(0, mtime_ns):020d}-{NULL}"
+
+
+def sort_ns(sort_name: str) -> int:
+    """The time in a sort name (0 if it has none)."""
+    try:
+        return int(sort_name[:20])
+    except ValueError:
+        return 0
+
+
+def version_id_of(sort_name: str) -> str:
+    return NULL if sort_name.endswith("-" + NULL) else sort_name
+
+
+def decode_version_token(token: str | None) -> tuple[str, str] | None:
+    """``(key, sort name)`` of the last version a page returned, or None."""
+    if token is None:
+        return None
+    try:
+        key, name = json.loads(token[1:]) if token.startswith("V") else (None, None)
+    except ValueError:
+        key = name = None
+    if not isinstance(key, str) or not isinstance(name, str):
+        raise StoreError(f"invalid continuation token {token[:40]!r}")
+    return key, name
+
+
+def version_after(resume: tuple[str, str] | None, key: str, sort_name: str) -> bool:
+    """True when the version (key, sort_name) comes after the token's version."""
+    if resume is None:
+        return True
+    return key > resume[0] or (key == resume[0] and sort_name < resume[1])
+
+
+def paginate_versions(entries: Iterable[tuple[str, VersionInfo]],
+                      max_keys: int) -> VersionPage:
+    """One page from ``(sort name, version)`` pairs already in listing order (keys
+    ascending, each key newest first) and already past the token."""
+    check_max_keys(max_keys)
+    page = VersionPage()
+    last: tuple[str, str] | None = None
+    for taken, (name, info) in enumerate(entries):
+        if taken == max_keys:
+            assert last is not None
+            page.next_token = "V" + json.dumps(list(last))
+            break
+        page.versions.append(info)
+        last = (info.key, name)
     return page

@@ -14,6 +14,21 @@ Conventions shared by all backends:
   ``if_none_match=True`` creates only if absent. Either failing raises
   ``PreconditionFailed`` and changes nothing.
 * Errors are the classes in ``s3fuse.errors``; ``TransientStoreError`` means retry.
+
+Versions (S3 bucket versioning, and its equivalent in the other backends):
+
+* ``versioning()`` says whether the bucket keeps old versions: ``"enabled"``,
+  ``"suspended"`` (it did once: the versions kept then are still there, new writes
+  replace the "null" version) or ``"off"`` (never enabled).
+* Every object has a version id: an opaque string, or ``"null"`` for an object written
+  while versioning was off or suspended (S3's literal name for it). Versions written by
+  the memory and file backends get ids that sort by time; S3 ids are opaque.
+* ``list_versions`` works whatever ``versioning()`` says: on a bucket that never had
+  versioning, every key has exactly one version, ``"null"``, the current object.
+* A delete on a versioned bucket keeps the object as an old version and adds a *delete
+  marker* (a version with no content) as the key's latest version.
+* ``get``/``head``/``copy`` take a version id (``version_id``, ``src_version_id``):
+  a version that does not exist, or that is a delete marker, raises ``NoSuchKey``.
 """
 
 from __future__ import annotations
@@ -57,6 +72,32 @@ class ListPage:
 
 
 @dataclass(frozen=True)
+class VersionInfo:
+    """One version of a key (or a delete marker) as ``list_versions`` saw it.
+
+    A delete marker has ``etag`` "" and ``size`` 0. ``is_latest``: this is the key's
+    current version (a key whose latest version is a delete marker does not exist).
+    """
+
+    key: str
+    version_id: str
+    etag: str
+    size: int
+    mtime_ns: int
+    is_latest: bool
+    is_delete_marker: bool = False
+
+
+@dataclass
+class VersionPage:
+    """One page of ``list_versions``: keys in ascending UTF-8 byte order, the versions
+    of each key newest first. ``next_token`` is None on the last page."""
+
+    versions: list[VersionInfo] = field(default_factory=list)
+    next_token: str | None = None
+
+
+@dataclass(frozen=True)
 class Capabilities:
     """What the server honours; filled by ``probe()`` at mount time."""
 
@@ -78,19 +119,22 @@ class ObjectStore(Protocol):
         endpoint), each with a one-line message fit for the user.
         """
 
-    def head(self, key: str) -> ObjectInfo:
-        """Size, ETag, mtime and user metadata of ``key``. Raises NoSuchKey."""
+    def head(self, key: str, *, version_id: str | None = None) -> ObjectInfo:
+        """Size, ETag, mtime and user metadata of ``key`` (of its version ``version_id``
+        if given). Raises NoSuchKey (also for a missing version or a delete marker)."""
 
     def get(self, key: str, start: int = 0, end: int | None = None, *,
-            if_match: str | None = None) -> bytes:
+            if_match: str | None = None, version_id: str | None = None) -> bytes:
         """Bytes ``[start, end)`` of the object (``end`` None: to the end).
 
         With ``if_match`` the read is pinned to that ETag: PreconditionFailed if the
         object changed. A range past the end returns the bytes that exist (maybe b"").
+        With ``version_id`` the bytes are those of that version (which never change);
+        NoSuchKey if it does not exist or is a delete marker.
         """
 
     def get_into(self, key: str, fileobj: BinaryIO, start: int = 0, end: int | None = None,
-                 *, if_match: str | None = None) -> int:
+                 *, if_match: str | None = None, version_id: str | None = None) -> int:
         """Like ``get`` but writes into ``fileobj`` at its current position, streaming.
         Returns the number of bytes written."""
 
@@ -109,12 +153,14 @@ class ObjectStore(Protocol):
         """
 
     def copy(self, src_key: str, dst_key: str, metadata: dict[str, str] | None = None, *,
-             src_if_match: str | None = None) -> str:
+             src_if_match: str | None = None, src_version_id: str | None = None) -> str:
         """Server-side copy ``src_key`` to ``dst_key``; no bytes pass through the host.
 
         ``metadata`` None keeps the source's metadata, a dict replaces it.
         ``src_if_match`` pins the source version (PreconditionFailed otherwise).
-        Raises NoSuchKey if the source is gone. Returns the new object's ETag.
+        ``src_version_id`` copies that version of the source (its metadata too, unless
+        replaced); the destination becomes a new current version like any write.
+        Raises NoSuchKey if the source (version) is gone. Returns the new object's ETag.
         """
 
     def delete(self, key: str, *, if_match: str | None = None) -> None:
@@ -133,9 +179,28 @@ class ObjectStore(Protocol):
         Listing metadata is None in the returned ObjectInfo.
         """
 
+    def list_versions(self, prefix: str, token: str | None = None,
+                      max_keys: int = 1000) -> VersionPage:
+        """One page of every version and delete marker of the keys starting with
+        ``prefix`` (no delimiter: the whole subtree).
+
+        Keys in ascending order, each key's versions newest first; at most
+        ``max_keys`` versions per page, continued with the opaque ``next_token``. On
+        a bucket whose versioning is "off" every key has one version, "null".
+        """
+
+    def versioning(self) -> str:
+        """The bucket's versioning state: "enabled", "suspended" or "off" (never
+        enabled). Raises like ``check()`` when the bucket cannot be asked."""
+
     def probe(self, scratch_key: str) -> Capabilities:
         """Find out which conditional requests the server honours, by writing and
-        then deleting ``scratch_key`` (the daemon passes a key under its prefix)."""
+        then deleting ``scratch_key`` (the daemon passes a key under its prefix).
+
+        The answer is for this bucket as it is now: some servers honour a condition
+        on an unversioned bucket and refuse it on a versioned one (Ceph RGW 16 refuses
+        every If-Match PUT there). On a versioned bucket the probe removes the
+        versions it made, leaving no history behind."""
 
     def close(self) -> None:
         """Release connections and files. Idempotent."""

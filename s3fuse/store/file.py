@@ -9,6 +9,28 @@ Layout (chosen so a person can look at the files directly):
 * ``ROOT/.s3fuse-store/`` is private (``tmp/`` for uploads in progress, ``lock``); it
   never shows up in listings and keys under it are refused.
 
+Versions (off by default; ``enable_versioning()`` turns them on for good):
+
+* ``.s3fuse-store/versioning`` holds ``enabled`` once versioning is on;
+* the old versions and delete markers of ``KEY`` live in ``.s3fuse-store/versions/HH/H/``,
+  where ``H`` is the SHA-256 of the key in hex and ``HH`` its first two digits: the file
+  ``key`` there holds the key itself, and each version is a file named by its *sort
+  name* (``_listing.py``): its version id (20 digits of ns time plus 8 hex digits),
+  or ``<ns>-null`` for the version written before versioning was on. A version file
+  is the old object itself (a hard link to the replaced inode, xattr included), or for
+  a directory marker an empty file with the marker's record; a delete marker is an
+  empty file whose ``user.s3fuse.obj`` is ``{"delete_marker": true}``.
+* The current object's version id is ``vid`` in its record (none: "null").
+
+Nothing in ``versions/`` is reachable by a key, and a version id is used as a file name
+only after it is checked to have exactly that form. A change to a versioned key runs
+under the lock in this order: the current version is linked into ``versions/`` first,
+then (for a delete) the delete marker is placed there, and only then is the object
+replaced by rename (or unlinked). A crash in between leaves the object as it was plus
+a history entry whose sort name is at or above the object's own: listings ignore such
+entries (they are the current object, or a delete that never happened) and the next
+change to the key removes them. A delete of an absent key adds no marker.
+
 Files put into ROOT by hand are objects too: with no (or an outdated) xattr their ETag
 is derived from (size, mtime_ns) and their metadata is empty (or kept from the xattr).
 
@@ -35,6 +57,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import secrets
 import stat
 import threading
@@ -54,12 +77,33 @@ from s3fuse.errors import (
     StoreError,
 )
 from s3fuse.store._body import CHUNK, EMPTY_ETAG, body_size, check_range, iter_body
-from s3fuse.store._listing import Resume, decode_token, paginate, roll_up
-from s3fuse.store.base import Body, Capabilities, ListPage, ObjectInfo
+from s3fuse.store._listing import (
+    NULL,
+    Resume,
+    decode_token,
+    decode_version_token,
+    new_version_id,
+    null_sort_name,
+    paginate,
+    paginate_versions,
+    roll_up,
+    version_after,
+    version_id_of,
+)
+from s3fuse.store.base import Body, Capabilities, ListPage, ObjectInfo, VersionInfo, VersionPage
 
 PRIVATE = ".s3fuse-store"
 XATTR_OBJ = "user.s3fuse.obj"
 XATTR_MARKER = "user.s3fuse.marker"
+#: under PRIVATE: the versioning setting, and the tree of old versions
+SETTING = "versioning"
+VERSIONS = "versions"
+#: in a key's versions directory: the file holding the key
+KEY_FILE = "key"
+#: a version id the store made (the only form used as a file name)
+_VID_RE = re.compile(r"[0-9]{20}[0-9a-f]{8}")
+#: a sort name: a version id, or the "null" version's "<ns>-null"
+_SORT_RE = re.compile(r"[0-9]{20}(?:[0-9a-f]{8}|-null)")
 
 #: temp files older than this are leftovers of a crash; ``check()`` removes them
 STALE_TMP_SECONDS = 24 * 3600
@@ -141,6 +185,34 @@ def _file_info(fd: int, key: str, st: os.stat_result, with_metadata: bool) -> Ob
     if not isinstance(etag, str) or not etag:
         etag = _derived_etag(st)
     return ObjectInfo(key, st.st_size, etag, st.st_mtime_ns, meta if with_metadata else None)
+
+
+def _record_sort(record: dict | None, st: os.stat_result | None) -> str:
+    """The sort name of a current object (``st``: its file's stat; None for a marker)
+    from its record: its ``vid``, or the "null" version's. A file edited by hand since
+    (size or mtime changed) is a "null" version of its own."""
+    if record is not None:
+        vid = record.get("vid")
+        fresh = st is None or (record.get("size") == st.st_size
+                               and record.get("mtime_ns") == st.st_mtime_ns)
+        if fresh and isinstance(vid, str) and _VID_RE.fullmatch(vid):
+            return vid
+        if st is None and isinstance(record.get("mtime_ns"), int):
+            return null_sort_name(record["mtime_ns"])
+    return null_sort_name(st.st_mtime_ns if st is not None else 0)
+
+
+def _history_hash(key: str) -> tuple[str, str]:
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()
+    return digest[:2], digest
+
+
+def _history_names(hist_fd: int) -> list[str]:
+    """The sort names of the versions in a key's versions directory, newest first."""
+    with os.scandir(hist_fd) as it:
+        names = [e.name for e in it if _SORT_RE.fullmatch(e.name)]
+    names.sort(reverse=True)
+    return names
 
 
 def _marker_info(fd: int, key: str, with_metadata: bool) -> ObjectInfo | None:
@@ -278,6 +350,9 @@ class FileStore:
         self._lock = threading.Lock()
         self._lock_fd: int | None = None
         self._lock_fd_guard = threading.Lock()
+        #: tests only: called with a step name ("version-kept", "marker-placed") in
+        #: the middle of a versioned change; raising there stands for a crash
+        self.fault_hook: Callable[[str], None] | None = None
 
     # --- descriptors and locking -------------------------------------------------------
 
@@ -385,12 +460,18 @@ class FileStore:
     # --- reading ------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _open_object(self, key: str) -> Iterator[tuple[int | None, ObjectInfo]]:
-        """Open ``key`` for reading: yields ``(fd, info)``; fd is None for a marker.
+    def _open_object(self, key: str, version_id: str | None = None
+                     ) -> Iterator[tuple[int | None, ObjectInfo]]:
+        """Open ``key`` (its version ``version_id`` if given) for reading: yields
+        ``(fd, info)``; fd is None for a marker.
 
         Raises NoSuchKey. The fd pins one version of the object: writers replace files
         by rename, so the content read through it matches ``info.etag``.
         """
+        if version_id is not None:
+            with self._open_version(key, version_id) as opened:
+                yield opened
+            return
         segments, is_marker = split_key(key)
         with self._root() as root_fd:
             dirs = segments if is_marker else segments[:-1]
@@ -411,6 +492,99 @@ class FileStore:
             raise NoSuchKey(f"file store: no such key {key!r}")
         fd, st = opened
         try:
+            yield fd, _file_info(fd, key, st, with_metadata=True)
+        finally:
+            os.close(fd)
+
+    def _live(self, root_fd: int, key: str) -> tuple[str, ObjectInfo] | None:
+        """``(sort name, info)`` of the current object of ``key``, or None."""
+        segments, is_marker = split_key(key)
+        dir_fd = self._open_dirs(root_fd, segments if is_marker else segments[:-1], key)
+        if dir_fd is None:
+            return None
+        try:
+            if is_marker:
+                record = _load_json_xattr(dir_fd, XATTR_MARKER)
+                info = _marker_info(dir_fd, key, with_metadata=True)
+                return None if info is None else (_record_sort(record, None), info)
+            opened = _open_file(dir_fd, segments[-1])
+        finally:
+            os.close(dir_fd)
+        if opened is None:
+            return None
+        fd, st = opened
+        try:
+            return (_record_sort(_load_json_xattr(fd, XATTR_OBJ), st),
+                    _file_info(fd, key, st, with_metadata=True))
+        finally:
+            os.close(fd)
+
+    def _history_dir(self, root_fd: int, key: str, create: bool = False) -> int | None:
+        """Descriptor of the versions directory of ``key`` (None if it has none).
+
+        ``create`` (under the lock) makes it, with the file naming the key."""
+        top, digest = _history_hash(key)
+        if not create:
+            priv = _open_dir(root_fd, PRIVATE)
+            if priv is None:
+                return None
+            try:
+                fd = self._open_dirs(priv, [VERSIONS, top, digest], key)
+            finally:
+                os.close(priv)
+            return fd
+        fd = self._private_dir(root_fd, VERSIONS, top, digest)
+        try:
+            if _lstat(fd, KEY_FILE) is None:
+                tmp = f"{KEY_FILE}.{secrets.token_hex(6)}.tmp"
+                kfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                              | os.O_CLOEXEC, 0o600, dir_fd=fd)
+                try:
+                    _write_all(kfd, key.encode("utf-8"))
+                    self._fsync(kfd)
+                finally:
+                    os.close(kfd)
+                os.rename(tmp, KEY_FILE, src_dir_fd=fd, dst_dir_fd=fd)
+                self._fsync(fd)
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @contextlib.contextmanager
+    def _open_version(self, key: str, version_id: str
+                      ) -> Iterator[tuple[int | None, ObjectInfo]]:
+        """``_open_object`` for one version: the current object if it is that version,
+        else its file in the key's versions directory. NoSuchKey for a delete marker."""
+        split_key(key)
+        missing = NoSuchKey(f"file store: {key!r} has no version {version_id!r}")
+        if version_id != NULL and not _VID_RE.fullmatch(version_id):
+            raise missing
+        with self._root() as root_fd:
+            live = self._live(root_fd, key)
+            if live is not None and version_id_of(live[0]) == version_id:
+                # (reopened: the current object may be replaced meanwhile; the pin
+                # on its ETag tells)
+                with self._open_object(key) as (fd, info):
+                    if info.etag == live[1].etag:
+                        yield fd, info
+                        return
+                live = None
+            hist = self._history_dir(root_fd, key)
+        if hist is None:
+            raise missing
+        try:
+            names = [n for n in _history_names(hist) if version_id_of(n) == version_id]
+            opened = _open_file(hist, names[0]) if names else None
+        finally:
+            os.close(hist)
+        if opened is None:
+            raise missing
+        fd, st = opened
+        try:
+            record = _load_json_xattr(fd, XATTR_OBJ)
+            if record is not None and record.get("delete_marker"):
+                raise missing
             yield fd, _file_info(fd, key, st, with_metadata=True)
         finally:
             os.close(fd)
@@ -448,14 +622,14 @@ class FileStore:
                     if entry.stat(follow_symlinks=False).st_mtime < cutoff:
                         os.unlink(entry.name, dir_fd=tmp_fd)
 
-    def head(self, key: str) -> ObjectInfo:
-        with self._open_object(key) as (_fd, info):
+    def head(self, key: str, *, version_id: str | None = None) -> ObjectInfo:
+        with self._open_object(key, version_id) as (_fd, info):
             return info
 
     def get(self, key: str, start: int = 0, end: int | None = None, *,
-            if_match: str | None = None) -> bytes:
+            if_match: str | None = None, version_id: str | None = None) -> bytes:
         check_range(start, end)
-        with self._open_object(key) as (fd, info):
+        with self._open_object(key, version_id) as (fd, info):
             _check_pin(key, info, if_match)
             stop = info.size if end is None else min(end, info.size)
             if fd is None or stop <= start:
@@ -471,9 +645,9 @@ class FileStore:
             return b"".join(parts)
 
     def get_into(self, key: str, fileobj: BinaryIO, start: int = 0, end: int | None = None,
-                 *, if_match: str | None = None) -> int:
+                 *, if_match: str | None = None, version_id: str | None = None) -> int:
         check_range(start, end)
-        with self._open_object(key) as (fd, info):
+        with self._open_object(key, version_id) as (fd, info):
             _check_pin(key, info, if_match)
             stop = info.size if end is None else min(end, info.size)
             offset = start
@@ -509,9 +683,9 @@ class FileStore:
         return self._write_object(key, segments, fill, metadata, if_match, if_none_match)
 
     def copy(self, src_key: str, dst_key: str, metadata: dict[str, str] | None = None, *,
-             src_if_match: str | None = None) -> str:
+             src_if_match: str | None = None, src_version_id: str | None = None) -> str:
         dst_segments, dst_marker = split_key(dst_key)
-        with self._open_object(src_key) as (src_fd, info):
+        with self._open_object(src_key, src_version_id) as (src_fd, info):
             _check_pin(src_key, info, src_if_match)
             meta = info.metadata if metadata is None else metadata
             assert meta is not None
@@ -541,6 +715,7 @@ class FileStore:
         with self._root() as root_fd:
             tmp_fd = self._private_dir(root_fd, "tmp")
             tmp_name = f"{secrets.token_hex(12)}.tmp"
+            versioned = self._versioned(root_fd)
             try:
                 fd = os.open(tmp_name,
                              os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -552,12 +727,14 @@ class FileStore:
                     etag = etag or _derived_etag(st)
                     record = {"etag": etag, "meta": dict(metadata),
                               "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+                    if versioned:
+                        record["vid"] = new_version_id()
                     _set_record(fd, XATTR_OBJ, record, key)
                 finally:
                     os.close(fd)
                 with self._locked(root_fd):
                     parent = self._place(root_fd, key, segments, tmp_fd, tmp_name,
-                                         if_match, if_none_match)
+                                         if_match, if_none_match, record)
                 try:
                     # durability, not atomicity: no need to hold the lock for it
                     self._fsync(parent)  # the rename is what makes the object durable
@@ -570,8 +747,10 @@ class FileStore:
                 os.close(tmp_fd)
 
     def _place(self, root_fd: int, key: str, segments: list[str], tmp_fd: int,
-               tmp_name: str, if_match: str | None, if_none_match: bool) -> int:
-        """Check the conditions and rename the temp file to ``key``. Under the lock.
+               tmp_name: str, if_match: str | None, if_none_match: bool,
+               record: dict) -> int:
+        """Check the conditions, keep the current version (versioning on), and rename
+        the temp file (whose xattr is ``record``) to ``key``. Under the lock.
 
         Returns the parent directory's fd (the caller fsyncs and closes it)."""
         name = segments[-1]
@@ -596,6 +775,18 @@ class FileStore:
                         finally:
                             os.close(fd)
             _check_conditions(key, current, if_match, if_none_match)
+            if self._versioned(root_fd):
+                kept = (self._keep_version(root_fd, key, parent, name)
+                        if current is not None else self._newest_kept(root_fd, key))
+                if not _sorts_after(record.get("vid"), kept):
+                    # (versioning came on meanwhile, or the clock went back)
+                    record["vid"] = new_version_id(kept)
+                    with contextlib.closing(_Fd(os.open(
+                            tmp_name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                            dir_fd=tmp_fd))) as fd:
+                        _set_record(fd.fd, XATTR_OBJ, record, key)
+                        self._fsync(fd.fd)
+                self._fault("version-kept")
             if parent is None:
                 parent = self._open_dirs(root_fd, segments[:-1], key, create=True)
                 assert parent is not None
@@ -629,6 +820,11 @@ class FileStore:
                 finally:
                     os.close(parent)
             _check_conditions(key, current, if_match, if_none_match)
+            if self._versioned(root_fd):
+                kept = (self._keep_marker_version(root_fd, key, segments)
+                        if current is not None else self._newest_kept(root_fd, key))
+                record["vid"] = new_version_id(kept)
+                self._fault("version-kept")
             dir_fd = self._open_dirs(root_fd, segments, key, create=True)
             assert dir_fd is not None
             try:
@@ -651,6 +847,9 @@ class FileStore:
                     if current is None:
                         return
                     _check_conditions(key, current, if_match, False)
+                    if self._versioned(root_fd):
+                        kept = self._keep_marker_version(root_fd, key, segments)
+                        self._place_delete_marker(root_fd, key, kept)
                     os.removexattr(dir_fd, XATTR_MARKER)
                 else:
                     opened = _open_file(dir_fd, segments[-1])
@@ -662,6 +861,9 @@ class FileStore:
                     finally:
                         os.close(fd)
                     _check_conditions(key, current, if_match, False)
+                    if self._versioned(root_fd):
+                        kept = self._keep_version(root_fd, key, dir_fd, segments[-1])
+                        self._place_delete_marker(root_fd, key, kept)
                     os.unlink(segments[-1], dir_fd=dir_fd)
                 # No fsync here: deletes are idempotent and the daemon's journal replays
                 # them after a crash; an fsync per unlink would make `rm -r` crawl.
@@ -692,6 +894,271 @@ class FileStore:
                     raise
             finally:
                 os.close(parent)
+
+    # --- versions -----------------------------------------------------------------------
+
+    def _fault(self, step: str) -> None:
+        if self.fault_hook is not None:
+            self.fault_hook(step)
+
+    def _versioned(self, root_fd: int) -> bool:
+        """Whether versioning is on (read each time: another process may turn it on)."""
+        priv = _open_dir(root_fd, PRIVATE)
+        if priv is None:
+            return False
+        try:
+            opened = _open_file(priv, SETTING)
+        finally:
+            os.close(priv)
+        if opened is None:
+            return False
+        fd, _st = opened
+        try:
+            return os.read(fd, 64).strip() == b"enabled"
+        finally:
+            os.close(fd)
+
+    def versioning(self) -> str:
+        """Return "enabled" once ``enable_versioning()`` ran on this root, else "off"
+        (the file store has no "suspended")."""
+        with self._root() as root_fd:
+            return "enabled" if self._versioned(root_fd) else "off"
+
+    def enable_versioning(self) -> None:
+        """Keep old versions and delete markers on this root from now on (for good:
+        there is no way back but deleting ``.s3fuse-store/versions``)."""
+        with self._root() as root_fd, self._locked(root_fd):
+            if self._versioned(root_fd):
+                return
+            priv = self._private_dir(root_fd)
+            try:
+                tmp = f"{SETTING}.{secrets.token_hex(6)}.tmp"
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, 0o600, dir_fd=priv)
+                try:
+                    _write_all(fd, b"enabled\n")
+                    self._fsync(fd)
+                finally:
+                    os.close(fd)
+                os.rename(tmp, SETTING, src_dir_fd=priv, dst_dir_fd=priv)
+                self._fsync(priv)
+            finally:
+                os.close(priv)
+
+    def _newest_kept(self, root_fd: int, key: str) -> str | None:
+        """Sort name of the newest entry in the key's versions directory."""
+        hist = self._history_dir(root_fd, key)
+        if hist is None:
+            return None
+        try:
+            names = _history_names(hist)
+        finally:
+            os.close(hist)
+        return names[0] if names else None
+
+    def _open_history(self, root_fd: int, key: str, current: str) -> int:
+        """The key's versions directory (made if needed), without the leftovers of an
+        interrupted change: entries at or above ``current``, the sort name of the
+        current version. Under the lock."""
+        hist = self._history_dir(root_fd, key, create=True)
+        assert hist is not None
+        for name in _history_names(hist):
+            if name < current:
+                break
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=hist)
+        return hist
+
+    def _keep_version(self, root_fd: int, key: str, dir_fd: int, name: str) -> str:
+        """Link the current object (file ``name`` in ``dir_fd``) into the key's versions
+        directory before it is replaced or removed; return its sort name. Under the
+        lock. A crash after this leaves a second name for the current object, which
+        listings ignore."""
+        opened = _open_file(dir_fd, name)
+        if opened is None:
+            raise KeyConflict(f"file store: {key!r} vanished, retry")
+        fd, st = opened
+        try:
+            sort = _record_sort(_load_json_xattr(fd, XATTR_OBJ), st)
+            hist = self._open_history(root_fd, key, sort)
+            try:
+                try:
+                    os.link(name, sort, src_dir_fd=dir_fd, dst_dir_fd=hist,
+                            follow_symlinks=False)
+                except OSError as e:
+                    if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                        raise
+                    self._place_version_file(root_fd, hist, sort, key,
+                                             lambda out: _copy_fd(fd, out, st.st_size),
+                                             _load_json_xattr(fd, XATTR_OBJ) or {},
+                                             st.st_mtime_ns)
+                self._fsync(hist)
+            finally:
+                os.close(hist)
+        finally:
+            os.close(fd)
+        return sort
+
+    def _keep_marker_version(self, root_fd: int, key: str, segments: list[str]) -> str:
+        """Save the current directory marker of ``key`` as an empty version file
+        carrying its record; return its sort name. Under the lock."""
+        dir_fd = self._open_dirs(root_fd, segments, key)
+        if dir_fd is None:
+            raise KeyConflict(f"file store: {key!r} vanished, retry")
+        try:
+            record = _load_json_xattr(dir_fd, XATTR_MARKER) or {}
+        finally:
+            os.close(dir_fd)
+        sort = _record_sort(record, None)
+        mtime_ns = record.get("mtime_ns") if isinstance(record.get("mtime_ns"), int) else 0
+        hist = self._open_history(root_fd, key, sort)
+        try:
+            self._place_version_file(root_fd, hist, sort, key, None, record, mtime_ns)
+        finally:
+            os.close(hist)
+        return sort
+
+    def _place_delete_marker(self, root_fd: int, key: str, after: str) -> None:
+        """Add a delete marker newer than ``after`` to the key's versions. Under the
+        lock, before the object goes (a crash then leaves a marker that listings
+        ignore while the object is still there)."""
+        vid = new_version_id(after)
+        hist = self._open_history(root_fd, key, vid)
+        try:
+            self._place_version_file(root_fd, hist, vid, key, None,
+                                     {"delete_marker": True}, int(vid[:20]))
+        finally:
+            os.close(hist)
+        self._fault("marker-placed")
+
+    def _place_version_file(self, root_fd: int, hist: int, name: str, key: str,
+                            fill: Callable[[int], None] | None, record: dict,
+                            mtime_ns: int) -> None:
+        """Write a version file via a temp file: content from ``fill`` (none: empty),
+        mtime ``mtime_ns``, and ``record`` as its xattr (with the size and mtime it
+        now has, so its ETag is trusted). Under the lock."""
+        tmp_fd = self._private_dir(root_fd, "tmp")
+        tmp_name = f"{secrets.token_hex(12)}.tmp"
+        try:
+            fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600, dir_fd=tmp_fd)
+            try:
+                if fill is not None:
+                    fill(fd)
+                os.utime(fd, ns=(mtime_ns, mtime_ns))
+                st = os.fstat(fd)
+                record = dict(record, size=st.st_size, mtime_ns=st.st_mtime_ns)
+                if fill is None and not record.get("delete_marker"):
+                    record.setdefault("etag", EMPTY_ETAG)
+                _set_record(fd, XATTR_OBJ, record, key)
+                self._fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp_name, name, src_dir_fd=tmp_fd, dst_dir_fd=hist)
+            self._fsync(hist)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp_name, dir_fd=tmp_fd)
+            os.close(tmp_fd)
+
+    def list_versions(self, prefix: str, token: str | None = None,
+                      max_keys: int = 1000) -> VersionPage:
+        """See ``ObjectStore.list_versions``. Reads every key's versions directory
+        (there is no index): fine for a workspace, slow for millions of keys."""
+        resume = decode_version_token(token)
+        with self._root() as root_fd:
+            keys: set[str] = set()
+            for entry in self._entries(root_fd, prefix, Resume(), rollup=False):
+                assert not isinstance(entry, str)
+                keys.add(entry.key)
+            keys.update(self._history_keys(root_fd, prefix))
+            out: list[tuple[str, VersionInfo]] = []
+            for key in sorted(keys):
+                if resume is not None and key < resume[0]:
+                    continue
+                out.extend((name, info) for name, info in self._versions_of(root_fd, key)
+                           if version_after(resume, key, name))
+                if len(out) > max_keys:
+                    break
+        return paginate_versions(out, max_keys)
+
+    def _history_keys(self, root_fd: int, prefix: str) -> Iterator[str]:
+        """Every key under ``prefix`` with kept versions."""
+        priv = _open_dir(root_fd, PRIVATE)
+        if priv is None:
+            return
+        try:
+            top = self._open_dirs(priv, [VERSIONS], prefix)
+        finally:
+            os.close(priv)
+        if top is None:
+            return
+        try:
+            with os.scandir(top) as it:
+                buckets = [e.name for e in it if e.is_dir(follow_symlinks=False)]
+            for bucket in buckets:
+                bfd = _open_dir(top, bucket)
+                if bfd is None:
+                    continue
+                try:
+                    with os.scandir(bfd) as it:
+                        dirs = [e.name for e in it if e.is_dir(follow_symlinks=False)]
+                    for name in dirs:
+                        hfd = _open_dir(bfd, name)
+                        if hfd is None:
+                            continue
+                        try:
+                            opened = _open_file(hfd, KEY_FILE)
+                            if opened is None:
+                                continue  # a crash before the key file: no versions
+                            kfd, _st = opened
+                            try:
+                                key = os.read(kfd, 4096).decode("utf-8", "replace")
+                            finally:
+                                os.close(kfd)
+                        finally:
+                            os.close(hfd)
+                        if key.startswith(prefix) and _history_hash(key)[1] == name:
+                            yield key
+                finally:
+                    os.close(bfd)
+        finally:
+            os.close(top)
+
+    def _versions_of(self, root_fd: int, key: str) -> list[tuple[str, VersionInfo]]:
+        """``(sort name, version)`` of every version of ``key``, newest first."""
+        out: list[tuple[str, VersionInfo]] = []
+        live = self._live(root_fd, key)
+        if live is not None:
+            sort, info = live
+            out.append((sort, VersionInfo(key, version_id_of(sort), info.etag, info.size,
+                                          info.mtime_ns, True)))
+        hist = self._history_dir(root_fd, key)
+        if hist is None:
+            return out
+        try:
+            for name in _history_names(hist):
+                if live is not None and name >= live[0]:
+                    continue  # the leftover of an interrupted change
+                opened = _open_file(hist, name)
+                if opened is None:
+                    continue
+                fd, st = opened
+                try:
+                    record = _load_json_xattr(fd, XATTR_OBJ)
+                    latest = not out
+                    if record is not None and record.get("delete_marker"):
+                        out.append((name, VersionInfo(key, version_id_of(name), "", 0,
+                                                      st.st_mtime_ns, latest, True)))
+                    else:
+                        info = _file_info(fd, key, st, with_metadata=False)
+                        out.append((name, VersionInfo(key, version_id_of(name), info.etag,
+                                                      info.size, info.mtime_ns, latest)))
+                finally:
+                    os.close(fd)
+        finally:
+            os.close(hist)
+        return out
 
     # --- listing ------------------------------------------------------------------------
 
@@ -811,6 +1278,21 @@ def _set_record(fd: int, name: str, record: dict, key: str) -> None:
         if e.errno == errno.ENOTSUP:
             raise NotSupported("file store: the filesystem does not support user xattrs") from None
         raise
+
+
+class _Fd:
+    """A descriptor that ``contextlib.closing`` closes."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _sorts_after(vid: object, kept: str | None) -> bool:
+    """True when ``vid`` is a version id newer than the sort name ``kept``."""
+    return isinstance(vid, str) and (kept is None or vid > kept)
 
 
 def _check_pin(key: str, info: ObjectInfo, if_match: str | None) -> None:

@@ -10,6 +10,13 @@ Conditional requests behave like S3 at the level of the ``ObjectStore`` contract
 key* (S3 answers 404 there; every backend reports ``PreconditionFailed``), a pinned
 ``get`` fails when the object changed, and ``delete(if_match=...)`` of a missing key
 succeeds. ETags are the md5 of the body, as S3 gives for single-part uploads.
+
+Versions: ``enable_versioning()``/``suspend_versioning()`` switch the bucket's
+versioning as S3's PutBucketVersioning does (it starts "off"). Old versions and delete
+markers are kept per key; a write while versioning is suspended (or off) replaces the
+key's "null" version. ``refuse_if_match_when_versioned`` stages Ceph RGW 16, which
+refuses every If-Match PUT on a versioned bucket (``probe()`` then reports
+``conditional_put=False``).
 """
 
 from __future__ import annotations
@@ -23,11 +30,25 @@ from typing import BinaryIO
 
 from s3fuse.errors import BodyChanged, InvalidKey, NoSuchKey, PreconditionFailed
 from s3fuse.store._body import check_range, md5_hex, read_body
-from s3fuse.store._listing import Resume, decode_token, paginate, roll_up
-from s3fuse.store.base import Body, Capabilities, ListPage, ObjectInfo
+from s3fuse.store._listing import (
+    NULL,
+    Resume,
+    decode_token,
+    decode_version_token,
+    new_version_id,
+    null_sort_name,
+    paginate,
+    paginate_versions,
+    roll_up,
+    version_after,
+    version_id_of,
+)
+from s3fuse.store.base import Body, Capabilities, ListPage, ObjectInfo, VersionInfo, VersionPage
 
-#: request kinds counted in ``MemoryStore.counts`` (``check`` is counted too)
-KINDS = frozenset({"head", "get", "put", "copy", "delete", "list", "check"})
+#: request kinds counted in ``MemoryStore.counts`` (``check`` is counted too);
+#: reads of a given version count as "head"/"get"/"copy" like the others
+KINDS = frozenset({"head", "get", "put", "copy", "delete", "list", "check",
+                   "list_versions", "versioning"})
 
 #: S3's limit on key length, in UTF-8 bytes
 MAX_KEY_BYTES = 1024
@@ -39,10 +60,28 @@ class _Object:
     metadata: dict[str, str]
     etag: str
     mtime_ns: int
+    #: sort name of this version (see _listing.py): its id, or "<ns>-null"
+    sort: str = ""
 
     def info(self, key: str, with_metadata: bool = True) -> ObjectInfo:
         return ObjectInfo(key, len(self.body), self.etag, self.mtime_ns,
                           dict(self.metadata) if with_metadata else None)
+
+
+@dataclass(frozen=True)
+class _Version:
+    """An old version of a key, or a delete marker (``obj`` None)."""
+
+    sort: str  # sort name: the version id, or "<ns>-null"
+    obj: _Object | None
+    mtime_ns: int
+
+    def info(self, key: str, is_latest: bool) -> VersionInfo:
+        if self.obj is None:
+            return VersionInfo(key, version_id_of(self.sort), "", 0, self.mtime_ns,
+                               is_latest, True)
+        return VersionInfo(key, version_id_of(self.sort), self.obj.etag, len(self.obj.body),
+                           self.obj.mtime_ns, is_latest, False)
 
 
 @dataclass
@@ -50,7 +89,13 @@ class _Bucket:
     """The state behind one bucket name. ``lock`` guards every field."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: the current version of every existing key
     objects: dict[str, _Object] = field(default_factory=dict)
+    #: per key, its older versions and delete markers, newest first (a key absent
+    #: from ``objects`` with history has a delete marker as its newest entry)
+    history: dict[str, list[_Version]] = field(default_factory=dict)
+    #: "off" (never enabled), "enabled" or "suspended", as S3 names them
+    versioning: str = "off"
     counts: Counter = field(default_factory=Counter)
     faults: dict[str, deque[Exception]] = field(default_factory=dict)
 
@@ -84,7 +129,8 @@ class MemoryStore:
     """
 
     def __init__(self, name: str | None = None, *,
-                 honour: Capabilities = Capabilities(True, True, True)) -> None:
+                 honour: Capabilities = Capabilities(True, True, True),
+                 refuse_if_match_when_versioned: bool = False) -> None:
         if name is None:
             self._bucket = _Bucket()
         else:
@@ -93,6 +139,8 @@ class MemoryStore:
         self.name = name
         self.description = f"memory://{name}" if name is not None else "memory (private)"
         self.honour = honour
+        #: refuse every If-Match PUT while versioning is enabled (as Ceph RGW 16 does)
+        self.refuse_if_match_when_versioned = refuse_if_match_when_versioned
         #: requests made so far, by kind; shared by every store on this bucket
         self.counts: Counter = self._bucket.counts
 
@@ -110,6 +158,17 @@ class MemoryStore:
         with self._bucket.lock:
             return {k: (o.body, dict(o.metadata)) for k, o in self._bucket.objects.items()}
 
+    def enable_versioning(self) -> None:
+        """Keep old versions and delete markers from now on (S3: Status=Enabled)."""
+        with self._bucket.lock:
+            self._bucket.versioning = "enabled"
+
+    def suspend_versioning(self) -> None:
+        """Stop making new versions; those kept stay (S3: Status=Suspended)."""
+        with self._bucket.lock:
+            if self._bucket.versioning != "off":
+                self._bucket.versioning = "suspended"
+
     def _request(self, kind: str) -> None:
         """Count one request and raise an injected fault if one is pending.
 
@@ -120,11 +179,54 @@ class MemoryStore:
         if pending:
             raise pending.popleft()
 
-    def _current(self, key: str) -> _Object:
+    def _current(self, key: str, version_id: str | None = None) -> _Object:
+        """The current object of ``key``, or its version ``version_id``. Under the lock."""
         obj = self._bucket.objects.get(key)
-        if obj is None:
-            raise NoSuchKey(f"memory: no such key {key!r}")
-        return obj
+        if version_id is None:
+            if obj is None:
+                raise NoSuchKey(f"memory: no such key {key!r}")
+            return obj
+        if obj is not None and version_id_of(obj.sort) == version_id:
+            return obj
+        for old in self._bucket.history.get(key, ()):
+            if version_id_of(old.sort) == version_id and old.obj is not None:
+                return old.obj
+        raise NoSuchKey(f"memory: {key!r} has no version {version_id!r}")
+
+    def _newest_sort(self, key: str) -> str | None:
+        current = self._bucket.objects.get(key)
+        if current is not None:
+            return current.sort
+        older = self._bucket.history.get(key)
+        return older[0].sort if older else None
+
+    def _replace(self, key: str, new: _Object | None) -> str:
+        """Make ``new`` (None: a delete marker, or nothing) the key's current version,
+        keeping the one it replaces as versioning says. Under the lock.
+
+        Returns the new version's sort name."""
+        b = self._bucket
+        now = time.time_ns()
+        if b.versioning == "enabled":
+            sort = new_version_id(self._newest_sort(key))
+        else:
+            sort = null_sort_name(max(now, (new.mtime_ns if new else 0)))
+        current = b.objects.pop(key, None)
+        older = b.history.get(key, [])
+        if b.versioning != "off":
+            if current is not None:
+                older.insert(0, _Version(current.sort, current, current.mtime_ns))
+            if b.versioning == "suspended":  # the new write is the "null" version
+                older = [v for v in older if version_id_of(v.sort) != NULL]
+            if new is None:
+                older.insert(0, _Version(sort, None, now))
+        if older:
+            b.history[key] = older
+        else:
+            b.history.pop(key, None)
+        if new is not None:
+            b.objects[key] = _Object(new.body, new.metadata, new.etag, new.mtime_ns, sort)
+        return sort
 
     # --- ObjectStore -----------------------------------------------------------------
 
@@ -132,27 +234,27 @@ class MemoryStore:
         with self._bucket.lock:
             self._request("check")
 
-    def head(self, key: str) -> ObjectInfo:
+    def head(self, key: str, *, version_id: str | None = None) -> ObjectInfo:
         _validate(key)
         with self._bucket.lock:
             self._request("head")
-            return self._current(key).info(key)
+            return self._current(key, version_id).info(key)
 
     def get(self, key: str, start: int = 0, end: int | None = None, *,
-            if_match: str | None = None) -> bytes:
+            if_match: str | None = None, version_id: str | None = None) -> bytes:
         _validate(key)
         check_range(start, end)
         with self._bucket.lock:
             self._request("get")
-            obj = self._current(key)
+            obj = self._current(key, version_id)
             if if_match is not None and obj.etag != if_match:
                 raise PreconditionFailed(f"memory: {key!r} changed (etag {obj.etag})")
             body = obj.body
         return body[start:end] if end is None or end > start else b""
 
     def get_into(self, key: str, fileobj: BinaryIO, start: int = 0, end: int | None = None,
-                 *, if_match: str | None = None) -> int:
-        data = self.get(key, start, end, if_match=if_match)
+                 *, if_match: str | None = None, version_id: str | None = None) -> int:
+        data = self.get(key, start, end, if_match=if_match, version_id=version_id)
         fileobj.write(data)
         return len(data)
 
@@ -166,9 +268,13 @@ class MemoryStore:
         new = _Object(data, dict(metadata), md5_hex(data), time.time_ns())
         with self._bucket.lock:
             self._request("put")
+            if (if_match is not None and self.refuse_if_match_when_versioned
+                    and self._bucket.versioning == "enabled"):
+                raise PreconditionFailed(f"memory: If-Match PUTs are refused on a "
+                                         f"versioned bucket ({key!r})")
             if self.honour.conditional_put:
                 self._check_conditions(key, if_match, if_none_match)
-            self._bucket.objects[key] = new
+            self._replace(key, new)
         return new.etag
 
     def _check_conditions(self, key: str, if_match: str | None, if_none_match: bool) -> None:
@@ -180,18 +286,18 @@ class MemoryStore:
             raise PreconditionFailed(f"memory: {key!r} is not at etag {if_match} ({seen})")
 
     def copy(self, src_key: str, dst_key: str, metadata: dict[str, str] | None = None, *,
-             src_if_match: str | None = None) -> str:
+             src_if_match: str | None = None, src_version_id: str | None = None) -> str:
         _validate(src_key)
         _validate(dst_key)
         with self._bucket.lock:
             self._request("copy")
-            src = self._current(src_key)
+            src = self._current(src_key, src_version_id)
             if (src_if_match is not None and self.honour.conditional_copy
                     and src.etag != src_if_match):
                 raise PreconditionFailed(f"memory: copy source {src_key!r} changed")
             meta = dict(src.metadata) if metadata is None else dict(metadata)
             # Like S3's CopyObject, the copy of a single-part object keeps its ETag.
-            self._bucket.objects[dst_key] = _Object(src.body, meta, src.etag, time.time_ns())
+            self._replace(dst_key, _Object(src.body, meta, src.etag, time.time_ns()))
             return src.etag
 
     def delete(self, key: str, *, if_match: str | None = None) -> None:
@@ -200,11 +306,13 @@ class MemoryStore:
             self._request("delete")
             existing = self._bucket.objects.get(key)
             if existing is None:
+                if self._bucket.versioning != "off" and if_match is None:
+                    self._replace(key, None)  # S3 adds a marker even then
                 return
             if (if_match is not None and self.honour.conditional_delete
                     and existing.etag != if_match):
                 raise PreconditionFailed(f"memory: {key!r} is not at etag {if_match}")
-            del self._bucket.objects[key]
+            self._replace(key, None)
 
     def list(self, prefix: str, delimiter: str | None = "/", token: str | None = None,
              max_keys: int = 1000) -> ListPage:
@@ -216,7 +324,46 @@ class MemoryStore:
             infos = [self._bucket.objects[k].info(k, with_metadata=False) for k in keys]
         return paginate(roll_up(infos, prefix, delimiter), max_keys)
 
+    def list_versions(self, prefix: str, token: str | None = None,
+                      max_keys: int = 1000) -> VersionPage:
+        resume = decode_version_token(token)
+        with self._bucket.lock:
+            self._request("list_versions")
+            b = self._bucket
+            keys = sorted(k for k in set(b.objects) | set(b.history)
+                          if k.startswith(prefix) and (resume is None or k >= resume[0]))
+            entries: list[tuple[str, VersionInfo]] = []
+            for key in keys:
+                chain: list[tuple[str, _Object | _Version]] = []
+                current = b.objects.get(key)
+                if current is not None:
+                    chain.append((current.sort, current))
+                chain.extend((v.sort, v) for v in b.history.get(key, ()))
+                for i, (sort, item) in enumerate(chain):
+                    if not version_after(resume, key, sort):
+                        continue
+                    if isinstance(item, _Version):
+                        entries.append((sort, item.info(key, i == 0)))
+                    else:
+                        entries.append((sort, VersionInfo(
+                            key, version_id_of(sort), item.etag, len(item.body),
+                            item.mtime_ns, i == 0, False)))
+                if len(entries) > max_keys:
+                    break
+        return paginate_versions(entries, max_keys)
+
+    def versioning(self) -> str:
+        with self._bucket.lock:
+            self._request("versioning")
+            return self._bucket.versioning
+
     def probe(self, scratch_key: str) -> Capabilities:
+        with self._bucket.lock:
+            refuses = (self.refuse_if_match_when_versioned
+                       and self._bucket.versioning == "enabled")
+        if refuses:
+            return Capabilities(False, self.honour.conditional_copy,
+                                self.honour.conditional_delete)
         return self.honour
 
     def close(self) -> None:

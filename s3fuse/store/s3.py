@@ -16,6 +16,10 @@ as multipart uploads; their conditions are checked with a HEAD before the upload
 CompleteMultipartUpload, where servers that support it check them atomically (Ceph
 RGW 16 ignores them there; it also completes with an empty ETag, which is then
 computed from the parts' ETags as S3 does).
+
+Versions: ListObjectVersions, VersionId on GET/HEAD and in CopySource, and
+GetBucketVersioning. On a versioned bucket Ceph RGW 16 refuses every If-Match PUT and
+ignores If-None-Match, which ``probe()`` finds (and reports as no conditional puts).
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ from __future__ import annotations
 import calendar
 import contextlib
 import hashlib
+import json
 import logging
 import math
 import os
 import threading
+import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -61,7 +67,7 @@ from s3fuse.errors import (
     TransientStoreError,
 )
 from s3fuse.store._body import CHUNK, body_size, check_range, is_bytes
-from s3fuse.store.base import Body, Capabilities, ListPage, ObjectInfo
+from s3fuse.store.base import Body, Capabilities, ListPage, ObjectInfo, VersionInfo, VersionPage
 
 log = logging.getLogger(__name__)
 
@@ -183,8 +189,10 @@ class S3Store:
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
-        return self._session.client("s3", endpoint_url=self._endpoint_url,
-                                    config=base.merge(config))
+        client = self._session.client("s3", endpoint_url=self._endpoint_url,
+                                      config=base.merge(config))
+        client.meta.events.register("before-parse.s3.ListObjectVersions", _version_order)
+        return client
 
     # --- errors -------------------------------------------------------------------------
 
@@ -206,11 +214,21 @@ class S3Store:
         return text
 
     def _map(self, exc: BaseException, op: str, key: str | None = None, *,
-             conditional: bool = False) -> BaseException:
+             conditional: bool = False, version_id: str | None = None) -> BaseException:
         """The ``s3fuse.errors`` exception for a botocore/network error."""
         where = f"{op} {self._where(key)}"
+        if version_id is not None:
+            where += f" version {version_id}"
         if isinstance(exc, ClientError):
-            return self._map_client_error(exc, where, conditional=conditional)
+            mapped = self._map_client_error(exc, where, conditional=conditional)
+            status = (exc.response.get("ResponseMetadata", {}) or {}).get("HTTPStatusCode")
+            code = str((exc.response.get("Error", {}) or {}).get("Code", "") or "")
+            if version_id is not None and (
+                    status == 405 or code in ("NoSuchVersion", "MethodNotAllowed")
+                    or (status == 400 and code in ("InvalidArgument", "400", ""))):
+                # a delete marker (405), an unknown or malformed version id (404/400)
+                return NoSuchKey(str(mapped))
+            return mapped
         if isinstance(exc, (NoCredentialsError, PartialCredentialsError,
                             CredentialRetrievalError)):
             return AccessDenied(
@@ -263,13 +281,15 @@ class S3Store:
         return StoreError(detail)
 
     @contextlib.contextmanager
-    def _op(self, op: str, key: str | None = None, *,
-            conditional: bool = False) -> Iterator[None]:
-        """Run a request, translating botocore and network errors."""
+    def _op(self, op: str, key: str | None = None, *, conditional: bool = False,
+            version_id: str | None = None) -> Iterator[None]:
+        """Run a request, translating botocore and network errors (``version_id``:
+        the request names a version, whose absence is NoSuchKey)."""
         try:
             yield
         except (ClientError, BotoCoreError, *_NETWORK_ERRORS) as exc:
-            raise self._map(exc, op, key, conditional=conditional) from exc
+            raise self._map(exc, op, key, conditional=conditional,
+                            version_id=version_id) from exc
 
     # --- reading ------------------------------------------------------------------------
 
@@ -302,11 +322,10 @@ class S3Store:
         finally:
             client.close()
 
-    def head(self, key: str) -> ObjectInfo:
+    def head(self, key: str, *, version_id: str | None = None) -> ObjectInfo:
         self._check_key(key)
-        with self._op("HEAD", key):
-            r = self._client.head_object(Bucket=self.bucket, Key=key)
-        return self._info(key, r)
+        return self._info(key, self._head_pinned(key, None, op="HEAD",
+                                                 version_id=version_id))
 
     @staticmethod
     def _info(key: str, r: dict) -> ObjectInfo:
@@ -314,27 +333,43 @@ class S3Store:
         return ObjectInfo(key, int(r.get("ContentLength", 0)), _unquote(r.get("ETag", "")),
                           _mtime_ns(r["LastModified"]), meta)
 
-    def _head_pinned(self, key: str, if_match: str | None, op: str = "GET") -> dict:
+    def _head_pinned(self, key: str, if_match: str | None, op: str = "GET",
+                     version_id: str | None = None) -> dict:
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
         if if_match is not None:
             kwargs["IfMatch"] = _quote(if_match)
-        with self._op(op, key):
-            return self._client.head_object(**kwargs)
+        if version_id is not None:
+            kwargs["VersionId"] = version_id
+        with self._op(op, key, version_id=version_id):
+            try:
+                return self._client.head_object(**kwargs)
+            except ClientError as exc:
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                if version_id is None or status != 400:
+                    raise
+            # A HEAD's 400 has no body to say why (AWS: a malformed version id; moto
+            # 5 answers any HEAD of version "null" so): ask with a GET, which says.
+            r = self._client.get_object(**kwargs)
+            r["Body"].close()  # (unread: only the headers were wanted)
+            return r
 
     def _get_object(self, key: str, start: int, end: int | None,
-                    if_match: str | None) -> dict | None:
+                    if_match: str | None, version_id: str | None = None) -> dict | None:
         """GetObject for ``[start, end)``; None when the range holds no bytes."""
         self._check_key(key)
         check_range(start, end)
         if end is not None and end <= start:
-            self._head_pinned(key, if_match)  # still: NoSuchKey / PreconditionFailed
+            # still: NoSuchKey / PreconditionFailed
+            self._head_pinned(key, if_match, version_id=version_id)
             return None
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
         if start or end is not None:
             kwargs["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
         if if_match is not None:
             kwargs["IfMatch"] = _quote(if_match)
-        with self._op("GET", key):
+        if version_id is not None:
+            kwargs["VersionId"] = version_id
+        with self._op("GET", key, version_id=version_id):
             try:
                 return self._client.get_object(**kwargs)
             except ClientError as exc:
@@ -342,22 +377,22 @@ class S3Store:
                 if status != 416 and exc.response.get("Error", {}).get("Code") != "InvalidRange":
                     raise
         # 416: the range starts at or past the end. Confirm the pin, then: no bytes.
-        self._head_pinned(key, if_match)
+        self._head_pinned(key, if_match, version_id=version_id)
         return None
 
     def get(self, key: str, start: int = 0, end: int | None = None, *,
-            if_match: str | None = None) -> bytes:
-        r = self._get_object(key, start, end, if_match)
+            if_match: str | None = None, version_id: str | None = None) -> bytes:
+        r = self._get_object(key, start, end, if_match, version_id)
         if r is None:
             return b""
         with self._op("GET", key), contextlib.closing(r["Body"]) as body:
             return body.read()
 
     def get_into(self, key: str, fileobj: BinaryIO, start: int = 0, end: int | None = None,
-                 *, if_match: str | None = None) -> int:
+                 *, if_match: str | None = None, version_id: str | None = None) -> int:
         """See ``ObjectStore.get_into``. If the transfer breaks, part of the range may
         already be in ``fileobj`` (TransientStoreError is raised; redo the range)."""
-        r = self._get_object(key, start, end, if_match)
+        r = self._get_object(key, start, end, if_match, version_id)
         if r is None:
             return 0
         written = 0
@@ -385,6 +420,56 @@ class S3Store:
         prefixes = [p["Prefix"] for p in r.get("CommonPrefixes", [])]
         next_token = r.get("NextContinuationToken") if r.get("IsTruncated") else None
         return ListPage(objects, prefixes, next_token)
+
+    def list_versions(self, prefix: str, token: str | None = None,
+                      max_keys: int = 1000) -> VersionPage:
+        """ListObjectVersions. The token is the next page's (KeyMarker,
+        VersionIdMarker) as JSON. boto3 returns versions and delete markers in two
+        lists; they are merged back by time."""
+        if max_keys < 1:
+            raise ValueError(f"max_keys must be >= 1, not {max_keys}")
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix,
+                                  "MaxKeys": max_keys}
+        if token:
+            try:
+                key_marker, vid_marker = json.loads(token)
+            except (ValueError, TypeError):
+                raise StoreError(f"invalid continuation token {token[:40]!r}") from None
+            kwargs["KeyMarker"] = key_marker
+            if vid_marker:
+                kwargs["VersionIdMarker"] = vid_marker
+        with self._op("LIST versions", prefix):
+            r = self._client.list_object_versions(**kwargs)
+        versions = [VersionInfo(
+            v["Key"], str(v.get("VersionId") or "null"), _unquote(v.get("ETag", "")),
+            int(v.get("Size", 0)), _mtime_ns(v["LastModified"]), bool(v.get("IsLatest")))
+            for v in r.get("Versions", [])]
+        markers = [VersionInfo(
+            m["Key"], str(m.get("VersionId") or "null"), "", 0, _mtime_ns(m["LastModified"]),
+            bool(m.get("IsLatest")), True) for m in r.get("DeleteMarkers", [])]
+        # Each key's latest first, then by LastModified; on a tie, the response's own
+        # order (seen by _version_order), which interleaves versions and markers on S3
+        # and RGW (moto lists all versions, then all markers, with LastModified in
+        # whole seconds: a version and a marker of one second may come out swapped).
+        position = {entry: i for i, entry in enumerate(r.get(_ORDER_FIELD) or [])}
+        found = list(enumerate(versions)) + list(enumerate(markers))
+        found.sort(key=lambda e: (e[1].key.encode("utf-8"), not e[1].is_latest,
+                                  -e[1].mtime_ns,
+                                  position.get((e[1].key, e[1].version_id), len(position)),
+                                  e[0]))
+        next_token = None
+        if r.get("IsTruncated"):
+            next_token = json.dumps([r.get("NextKeyMarker") or "",
+                                     r.get("NextVersionIdMarker") or ""])
+        return VersionPage([info for _, info in found], next_token)
+
+    def versioning(self) -> str:
+        """GetBucketVersioning: "enabled", "suspended", or "off" (no Status: never
+        enabled)."""
+        with self._op("GET versioning"):
+            r = self._client.get_bucket_versioning(Bucket=self.bucket)
+        status = str(r.get("Status") or "").lower()
+        return status if status in ("enabled", "suspended") else "off"
 
     # --- writing ------------------------------------------------------------------------
 
@@ -557,19 +642,22 @@ class S3Store:
             raise
 
     def copy(self, src_key: str, dst_key: str, metadata: dict[str, str] | None = None, *,
-             src_if_match: str | None = None) -> str:
+             src_if_match: str | None = None, src_version_id: str | None = None) -> str:
         """Server-side copy. Objects over ``max_copy_size`` are copied part by part
         (UploadPartCopy), every part pinned to the source's ETag."""
         self._check_key(src_key)
         self._check_key(dst_key)
         # One HEAD first: it pins/validates the source, gives its size (which copy API
         # to use) and the headers that a metadata REPLACE would otherwise reset.
-        head = self._head_pinned(src_key, src_if_match, op="COPY")
+        head = self._head_pinned(src_key, src_if_match, op="COPY",
+                                 version_id=src_version_id)
         size = int(head.get("ContentLength", 0))
         keep = {name: head[name] for name in (
             "ContentType", "ContentEncoding", "ContentDisposition", "ContentLanguage",
             "CacheControl", "Expires") if head.get(name)}
         source = {"Bucket": self.bucket, "Key": src_key}
+        if src_version_id is not None:
+            source["VersionId"] = src_version_id
         if size > self.max_copy_size:
             pin = src_if_match or _unquote(head["ETag"])
             new_meta = head.get("Metadata", {}) if metadata is None else metadata
@@ -583,7 +671,7 @@ class S3Store:
             kwargs.update(MetadataDirective="REPLACE", Metadata=dict(metadata), **keep)
         if src_if_match is not None:
             kwargs["CopySourceIfMatch"] = _quote(src_if_match)
-        with self._op("COPY", f"{src_key} -> {dst_key}"):
+        with self._op("COPY", f"{src_key} -> {dst_key}", version_id=src_version_id):
             r = self._client.copy_object(**kwargs)
         return _unquote(r["CopyObjectResult"]["ETag"])
 
@@ -623,6 +711,12 @@ class S3Store:
         success, or a 400/501 for the unknown header, means no support. A put with
         the right ``If-Match`` must succeed too (this is where the store learns how the
         server wants the ETag quoted). Network, credential and bucket errors propagate.
+
+        The answer depends on the bucket's versioning: Ceph RGW 16 refuses every
+        If-Match PUT on a versioned bucket and ignores If-None-Match there, so the
+        probe reports ``conditional_put=False`` (the flusher then looks first). On a
+        bucket that is or was versioned, the versions and delete markers the probe
+        made are removed one by one (DeleteObject with VersionId).
         """
 
         def refused(request) -> bool:
@@ -638,6 +732,13 @@ class S3Store:
             return False
 
         wrong = "0" * 32
+        try:
+            state = self.versioning()
+        except (TransientStoreError, NoSuchBucket):
+            raise
+        except StoreError as exc:  # not allowed to ask (GetBucketVersioning): tidy anyway
+            log.info("probe: %s", exc)
+            state = "unknown"
         self.delete(scratch_key)
         try:
             etag = self.put(scratch_key, b"s3fuse probe\n", {}, if_none_match=True)
@@ -662,13 +763,62 @@ class S3Store:
             delete_ok = refused(lambda: self.delete(scratch_key, if_match=wrong))
         finally:
             self.delete(scratch_key)
+            if state != "off":
+                self._purge_versions(scratch_key)
+        if state in ("enabled", "suspended") and not (none_match and match):
+            log.warning("%s does not honour conditional PUTs on the %s bucket %r "
+                        "(If-None-Match: %s, If-Match: %s)", self.endpoint,
+                        f"versioning-{state}", self.bucket,
+                        "yes" if none_match else "no", "yes" if match else "no")
         return Capabilities(conditional_put=none_match and match,
                             conditional_copy=copy_ok, conditional_delete=delete_ok)
+
+    def _purge_versions(self, key: str) -> None:
+        """Delete every version and delete marker of exactly ``key`` (the probe's
+        scratch object). Failures are logged, not raised: they only leave history."""
+        try:
+            token = None
+            while True:
+                page = self.list_versions(key, token)
+                for v in page.versions:
+                    if v.key == key:
+                        with self._op("DELETE", key, version_id=v.version_id):
+                            self._client.delete_object(Bucket=self.bucket, Key=key,
+                                                       VersionId=v.version_id)
+                token = page.next_token
+                if token is None:
+                    return
+        except StoreError as exc:
+            log.warning("probe: could not remove the versions of %s: %s",
+                        self._where(key), exc)
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
             self._client.close()
+
+
+#: the response field where ``_version_order`` leaves the order it saw
+_ORDER_FIELD = "S3FuseVersionOrder"
+
+
+def _version_order(response_dict: dict, customized_response_dict: dict, **_kw: Any) -> None:
+    """botocore hook (before-parse, ListObjectVersions): record the order of the
+    <Version> and <DeleteMarker> elements as (key, version id), which boto3's two
+    separate lists lose. Best effort: on any surprise, records nothing."""
+    try:
+        if response_dict.get("status_code", 500) >= 300:
+            return
+        root = ElementTree.fromstring(response_dict.get("body") or b"")
+        order = []
+        for child in root:
+            tag = child.tag.rsplit("}", 1)[-1]
+            if tag in ("Version", "DeleteMarker"):
+                fields = {c.tag.rsplit("}", 1)[-1]: (c.text or "") for c in child}
+                order.append((fields.get("Key", ""), fields.get("VersionId") or "null"))
+        customized_response_dict[_ORDER_FIELD] = order
+    except Exception:  # (ParseError, a streamed body...): fall back to LastModified
+        return
 
 
 def _multipart_etag(parts: list[dict]) -> str | None:

@@ -8,6 +8,7 @@ with this module's fixtures: pytest resolves ``store`` where a test is collected
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,27 @@ def atomic_conditions(s3_target):
     # steps; the suite's moto runs its writes one at a time (tests/moto_serial.py).
     # RGW guards the write of the object's head with the state it checked.
     return True
+
+
+@pytest.fixture
+def enable_versioning(s3_target):
+    def enable():
+        from conftest import s3_client
+
+        client = s3_client(s3_target.endpoint)
+        client.put_bucket_versioning(Bucket=s3_target.bucket,
+                                     VersioningConfiguration={"Status": "Enabled"})
+        client.close()
+
+    return enable
+
+
+@pytest.fixture
+def tick(s3_target):
+    def tick():
+        if s3_target.server == "moto":
+            time.sleep(1.02 - time.time() % 1)  # into the next whole second
+        else:
+            time.sleep(0.005)  # RGW: milliseconds
+
+    return tick

@@ -7,7 +7,11 @@ The fixtures a backend module provides:
 * ``store``: an empty store;
 * ``many_keys``: how many keys the pagination test writes (fewer on S3, for speed);
 * ``atomic_conditions``: whether concurrent conditional puts are serialised by the
-  backend (moto checks and writes in two steps, so it is not).
+  backend (moto checks and writes in two steps, so it is not);
+* ``enable_versioning``: a function that turns versioning on for ``store``'s bucket;
+* ``tick``: a function to call between a write and a delete whose order a version
+  listing must show (moto keeps LastModified in whole seconds and lists versions and
+  delete markers apart, so only the time orders them).
 """
 
 from __future__ import annotations
@@ -55,6 +59,16 @@ def many_keys():
 @pytest.fixture
 def atomic_conditions():
     return True
+
+
+@pytest.fixture
+def enable_versioning(store):
+    return store.enable_versioning
+
+
+@pytest.fixture
+def tick():
+    return lambda: None
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -476,3 +490,170 @@ def test_markers(store):
     store.delete("folder/inner")
     page = store.list("", "/")
     assert (page.objects, page.prefixes) == ([], [])
+
+
+# --- versions ---------------------------------------------------------------------------------
+
+
+def all_versions(store, prefix, max_keys=1000, max_pages=200):
+    """Every version under ``prefix`` following tokens; return (versions, pages)."""
+    versions, token, pages = [], None, 0
+    while True:
+        page = store.list_versions(prefix, token, max_keys)
+        pages += 1
+        assert len(page.versions) <= max_keys
+        versions.extend(page.versions)
+        token = page.next_token
+        if token is None:
+            return versions, pages
+        assert pages < max_pages, "version listing does not terminate"
+
+
+def summary(versions):
+    """(key, is_latest, is_delete_marker, etag) of each version, in listing order."""
+    return [(v.key, v.is_latest, v.is_delete_marker, v.etag) for v in versions]
+
+
+def test_unversioned_bucket_has_one_null_version_per_key(store):
+    assert store.versioning() == "off"
+    store.put("a", b"first", {})
+    e2 = store.put("a", b"second", {"v": "2"})
+    eb = store.put("b/c", b"c", {})
+    store.put("gone", b"x", {})
+    store.delete("gone")
+    versions, _ = all_versions(store, "")
+    assert [(v.key, v.version_id, v.is_latest, v.is_delete_marker, v.etag, v.size)
+            for v in versions] == [("a", "null", True, False, e2, 6),
+                                   ("b/c", "null", True, False, eb, 1)]
+    assert store.get("a", version_id="null") == b"second"
+    assert store.head("a", version_id="null").metadata == {"v": "2"}
+
+
+def test_overwrite_keeps_every_version_newest_first(store, enable_versioning):
+    enable_versioning()
+    assert store.versioning() == "enabled"
+    bodies = [b"version one", b"version two!", b"three"]
+    etags = [store.put("dir/k", body, {"n": str(i)}) for i, body in enumerate(bodies)]
+    store.put("dir/other", b"o", {})
+    store.put("dirt", b"not under dir/", {})
+    versions, _ = all_versions(store, "dir/")
+    assert [v.key for v in versions] == ["dir/k"] * 3 + ["dir/other"]
+    mine = versions[:3]
+    assert [v.etag for v in mine] == etags[::-1]
+    assert [v.size for v in mine] == [len(b) for b in bodies[::-1]]
+    assert [v.is_latest for v in versions] == [True, False, False, True]
+    assert not any(v.is_delete_marker for v in versions)
+    ids = {v.version_id for v in mine}
+    assert len(ids) == 3 and "null" not in ids
+    assert mine[0].mtime_ns >= mine[1].mtime_ns >= mine[2].mtime_ns
+    for v, i in zip(mine, (2, 1, 0), strict=True):
+        assert store.get("dir/k", version_id=v.version_id) == bodies[i]
+        info = store.head("dir/k", version_id=v.version_id)
+        assert (info.etag, info.size, info.metadata) == (etags[i], len(bodies[i]), {"n": str(i)})
+    old = mine[2].version_id
+    assert store.get("dir/k", 8, None, version_id=old) == b"one"
+    assert store.get("dir/k", 100, 200, version_id=old) == b""
+    buf = io.BytesIO()
+    assert store.get_into("dir/k", buf, 0, 7, version_id=old) == 7
+    assert buf.getvalue() == b"version"
+    assert store.get("dir/k", version_id=old, if_match=etags[0]) == bodies[0]
+    with pytest.raises(PreconditionFailed):
+        store.get("dir/k", version_id=old, if_match=etags[1])
+    assert store.get("dir/k") == b"three"  # the current object is the newest
+
+
+def test_delete_leaves_a_marker_and_the_old_versions(store, enable_versioning, tick):
+    enable_versioning()
+    e1 = store.put("x", b"one", {})
+    e2 = store.put("x", b"two", {})
+    tick()
+    store.delete("x")
+    with pytest.raises(NoSuchKey):
+        store.head("x")
+    assert store.list("", None).objects == []
+    versions, _ = all_versions(store, "")
+    assert summary(versions) == [("x", True, True, ""), ("x", False, False, e2),
+                                 ("x", False, False, e1)]
+    marker = versions[0]
+    assert marker.size == 0
+    for read in (lambda: store.get("x", version_id=marker.version_id),
+                 lambda: store.head("x", version_id=marker.version_id)):
+        with pytest.raises(NoSuchKey):
+            read()
+    assert store.get("x", version_id=versions[2].version_id) == b"one"
+
+    tick()
+    e3 = store.put("x", b"three", {})
+    versions, _ = all_versions(store, "")
+    assert summary(versions) == [("x", True, False, e3), ("x", False, True, ""),
+                                 ("x", False, False, e2), ("x", False, False, e1)]
+    assert versions[1].version_id == marker.version_id
+
+
+def test_versions_written_before_versioning_was_enabled(store, enable_versioning):
+    e0 = store.put("k", b"from before", {"old": "1"})
+    enable_versioning()
+    e1 = store.put("k", b"after", {})
+    versions, _ = all_versions(store, "k")
+    assert [(v.version_id == "null", v.etag, v.is_latest) for v in versions] == [
+        (False, e1, True), (True, e0, False)]
+    assert store.get("k", version_id="null") == b"from before"
+    assert store.head("k", version_id="null").metadata == {"old": "1"}
+
+
+def test_missing_versions(store, enable_versioning):
+    enable_versioning()
+    store.put("a", b"a", {})
+    store.put("b", b"b", {})
+    other = store.list_versions("b").versions[0].version_id
+    for call in (lambda: store.get("a", version_id=other),
+                 lambda: store.head("a", version_id=other),
+                 lambda: store.get_into("a", io.BytesIO(), version_id=other),
+                 lambda: store.copy("a", "c", src_version_id=other),
+                 lambda: store.get("nope", version_id=other),
+                 lambda: store.get("a", version_id="null")):  # written after enabling
+        with pytest.raises(NoSuchKey):
+            call()
+    with pytest.raises(NoSuchKey):
+        store.head("c")
+
+
+def test_copy_from_a_version(store, enable_versioning):
+    enable_versioning()
+    e1 = store.put("src", b"old bytes", {"m": "old"})
+    store.put("src", b"new bytes!", {"m": "new"})
+    v1 = store.list_versions("src").versions[1].version_id
+    assert store.copy("src", "dst", src_version_id=v1) == e1
+    info = store.head("dst")
+    assert (info.etag, info.metadata) == (e1, {"m": "old"})
+    assert store.get("dst") == b"old bytes"
+    store.copy("src", "dst2", {"m": "replaced"}, src_version_id=v1)
+    assert store.head("dst2").metadata == {"m": "replaced"}
+    assert store.get("dst2") == b"old bytes"
+    store.copy("src", "src", src_version_id=v1, src_if_match=e1)  # a restore in place
+    assert store.get("src") == b"old bytes" and store.head("src").metadata == {"m": "old"}
+    versions, _ = all_versions(store, "src")
+    assert [v.etag for v in versions] == [e1, md5(b"new bytes!"), e1]
+    assert store.get("src", version_id=v1) == b"old bytes"  # still there, unchanged
+
+
+def test_version_listing_pagination(store, enable_versioning, tick):
+    enable_versioning()
+    expected = []
+    for key, writes, deleted in (("p/a", 5, False), ("p/b", 1, False), ("p/c", 3, True),
+                                 ("p/d/e", 2, False)):
+        etags = [store.put(key, f"{key} {i}".encode(), {}) for i in range(writes)]
+        if deleted:
+            tick()
+            store.delete(key)
+            expected.append((key, True, True, ""))
+        expected += [(key, i == writes - 1 and not deleted, False, e)
+                     for i, e in reversed(list(enumerate(etags)))]
+    store.put("q", b"outside the prefix", {})
+    full, pages = all_versions(store, "p/")
+    assert summary(full) == expected and pages == 1
+    for size in (1, 2, 3, 4, 7):
+        versions, pages = all_versions(store, "p/", max_keys=size)
+        assert [(v.key, v.version_id) for v in versions] == [
+            (v.key, v.version_id) for v in full], size
+        assert pages == -(-len(full) // size), size

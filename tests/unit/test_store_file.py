@@ -499,3 +499,184 @@ def test_listing_matches_the_memory_model(keys, prefix, delimiter, max_keys):
                     break
         assert got == want
         store.close()
+
+
+# --- versions -----------------------------------------------------------------------------
+
+
+class Crash(Exception):
+    """Stands for the process dying at a step of a versioned change."""
+
+
+def crash_at(step):
+    def hook(reached):
+        if reached == step:
+            raise Crash(step)
+    return hook
+
+
+def version_summary(store, prefix=""):
+    page = store.list_versions(prefix, max_keys=10_000)
+    assert page.next_token is None
+    return [(v.key, v.version_id, v.is_latest, v.is_delete_marker, v.etag)
+            for v in page.versions]
+
+
+def kept_files(root):
+    """Every file in the versions area (key files excluded)."""
+    base = root / PRIVATE / "versions"
+    return sorted(p.name for p in base.rglob("*") if p.is_file() and p.name != "key")
+
+
+def test_versioning_is_off_by_default_and_remembered(root):
+    first = FileStore(root)
+    assert first.versioning() == "off"
+    assert not (root / PRIVATE / "versioning").exists()
+    first.enable_versioning()
+    first.enable_versioning()  # idempotent
+    assert (root / PRIVATE / "versioning").read_text() == "enabled\n"
+    second = FileStore(root)  # another process on the same root
+    assert second.versioning() == "enabled"
+    second.put("k", b"one", {})
+    second.put("k", b"two", {})
+    assert [v[1] != "null" for v in version_summary(first)] == [True, True]
+    first.close()
+    second.close()
+
+
+def test_versions_are_never_keys(store, root):
+    store.enable_versioning()
+    store.put("a/b", b"one", {"m": "1"})
+    store.put("a/b", b"two", {"m": "2"})
+    store.put("dir/", b"", {"mode": "16877"})
+    store.put("dir/", b"", {"mode": "16832"})
+    store.delete("dir/")
+    store.put("gone", b"g", {})
+    store.delete("gone")
+    assert all_keys(store) == ["a/b"]
+    assert store.list("", "/").prefixes == ["a/"] and store.list("", "/").objects == []
+    assert len(kept_files(root)) == 6  # a/b: 1; dir/: 2 + marker; gone: 1 + marker
+    assert sorted(p.name for p in root.iterdir()) == [PRIVATE, "a"]
+    for key in (".s3fuse-store/versions", ".s3fuse-store/versions/x", PRIVATE + "/"):
+        with pytest.raises(InvalidKey):
+            store.get(key)
+        with pytest.raises(InvalidKey):
+            store.get(key, version_id="null")
+    assert store.list_versions(PRIVATE).versions == []
+    assert {v[0] for v in version_summary(store)} == {"a/b", "dir/", "gone"}
+    # the old marker versions keep their metadata
+    dir_versions = [v for v in store.list_versions("dir/").versions]
+    assert [v.is_delete_marker for v in dir_versions] == [True, False, False]
+    assert store.head("dir/", version_id=dir_versions[1].version_id).metadata == {
+        "mode": "16832"}
+    assert store.head("dir/", version_id=dir_versions[2].version_id).metadata == {
+        "mode": "16877"}
+
+
+@pytest.mark.parametrize("version_id", [
+    "../../../etc/passwd", "..", ".", "", "key", "null/../x", "/etc/passwd",
+    "0" * 20 + "../x", "00000000000000000000-null", "0" * 28 + "/", "0" * 29])
+def test_hostile_version_ids_read_nothing(store, root, version_id):
+    store.enable_versioning()
+    store.put("k", b"one", {})
+    store.put("k", b"two", {})
+    with pytest.raises(NoSuchKey):
+        store.get("k", version_id=version_id)
+    with pytest.raises(NoSuchKey):
+        store.head("k", version_id=version_id)
+    with pytest.raises(NoSuchKey):
+        store.copy("k", "copied", src_version_id=version_id)
+
+
+def test_old_versions_survive_edits_of_the_live_file(store, root):
+    """A kept version is the replaced inode itself; the next object is a new inode."""
+    store.enable_versioning()
+    store.put("k", b"one", {})
+    old = store.list_versions("k").versions[0].version_id
+    store.put("k", b"two", {})
+    (root / "k").write_bytes(b"edited by hand")
+    assert store.get("k", version_id=old) == b"one"
+    versions = store.list_versions("k").versions
+    # the hand-edited file is a version of its own ("null": the store did not write it)
+    assert [(v.version_id == "null", v.is_latest) for v in versions] == [
+        (True, True), (False, False)]
+
+
+def test_crash_between_keeping_the_old_version_and_the_rename(store, root):
+    store.enable_versioning()
+    e1 = store.put("d/k", b"one", {"v": "1"})
+    before = version_summary(store)
+    store.fault_hook = crash_at("version-kept")
+    with pytest.raises(Crash):
+        store.put("d/k", b"two", {"v": "2"})
+    assert len(kept_files(root)) == 1  # the old version, linked aside: the crash's trace
+    # The store is as it was: the object, its listing, its versions (no duplicate).
+    for s in (store, FileStore(root)):
+        assert s.get("d/k") == b"one" and s.head("d/k").etag == e1
+        assert all_keys(s) == ["d/k"]
+        assert version_summary(s) == before
+        assert s.get("d/k", version_id=before[0][1]) == b"one"
+    assert list((root / PRIVATE / "tmp").iterdir()) == []
+    # The next write goes through and leaves exactly one old version.
+    store.fault_hook = None
+    e2 = store.put("d/k", b"two", {"v": "2"})
+    after = version_summary(store)
+    assert [(v[4], v[2]) for v in after] == [(e2, True), (e1, False)]
+    assert after[1][1] == before[0][1]
+    assert len(kept_files(root)) == 1
+
+
+def test_crash_between_the_delete_marker_and_the_unlink(store, root):
+    store.enable_versioning()
+    e1 = store.put("k", b"one", {})
+    before = version_summary(store)
+    store.fault_hook = crash_at("marker-placed")
+    with pytest.raises(Crash):
+        store.delete("k")
+    assert len(kept_files(root)) == 2  # the linked object and the marker
+    assert store.get("k") == b"one" and version_summary(store) == before
+    store.fault_hook = None
+    store.delete("k")  # the journal replays the delete
+    after = version_summary(store)
+    assert [(v[2], v[3], v[4]) for v in after] == [(True, True, ""), (False, False, e1)]
+    assert len(kept_files(root)) == 2  # the leftover marker went
+    with pytest.raises(NoSuchKey):
+        store.head("k")
+
+
+def test_crash_while_keeping_a_marker_version(store, root):
+    store.enable_versioning()
+    store.put("m/", b"", {"mode": "1"})
+    before = version_summary(store)
+    store.fault_hook = crash_at("version-kept")
+    with pytest.raises(Crash):
+        store.put("m/", b"", {"mode": "2"})
+    assert store.head("m/").metadata == {"mode": "1"}
+    assert version_summary(store) == before
+    store.fault_hook = None
+    store.put("m/", b"", {"mode": "2"})
+    versions = store.list_versions("m/").versions
+    assert [store.head("m/", version_id=v.version_id).metadata for v in versions] == [
+        {"mode": "2"}, {"mode": "1"}]
+
+
+def test_versions_of_keys_that_became_prefixes(store):
+    """History may hold a key ``a`` and keys under ``a/`` at once (the live tree
+    cannot): a file replaced by a directory keeps its versions."""
+    store.enable_versioning()
+    e1 = store.put("a", b"a file", {})
+    store.delete("a")
+    e2 = store.put("a/b", b"below", {})
+    assert [(v.key, v.is_delete_marker, v.etag) for v in store.list_versions("a").versions] \
+        == [("a", True, ""), ("a", False, e1), ("a/b", False, e2)]
+    old = store.list_versions("a").versions[1].version_id
+    assert store.get("a", version_id=old) == b"a file"
+
+
+def test_version_ids_sort_by_time(store):
+    store.enable_versioning()
+    ids = []
+    for i in range(5):
+        store.put("k", str(i).encode(), {})
+        ids.append(store.list_versions("k").versions[0].version_id)
+    assert ids == sorted(ids) and len(set(ids)) == 5

@@ -94,3 +94,60 @@ def test_bad_continuation_token():
     s.put("a", b"", {})
     with pytest.raises(StoreError):
         s.list("", token="garbage")
+
+
+# --- versions -------------------------------------------------------------------------------
+
+
+def test_versioned_requests_are_counted():
+    s = MemoryStore()
+    s.enable_versioning()
+    s.put("a", b"1", {})
+    s.put("a", b"2", {})
+    old = s.list_versions("a").versions[1].version_id
+    s.head("a", version_id=old)
+    s.get("a", version_id=old)
+    s.get_into("a", io.BytesIO(), version_id=old)
+    s.copy("a", "b", src_version_id=old)
+    s.versioning()
+    assert s.counts == {"put": 2, "list_versions": 1, "head": 1, "get": 2, "copy": 1,
+                        "versioning": 1}
+    s.inject("list_versions", TransientStoreError("injected"))
+    with pytest.raises(TransientStoreError):
+        s.list_versions("")
+    assert s.counts["list_versions"] == 2
+
+
+def test_suspended_versioning_replaces_the_null_version():
+    s = MemoryStore()
+    s.put("k", b"null one", {})
+    s.suspend_versioning()
+    assert s.versioning() == "off"  # S3: never enabled stays "off"
+    s.enable_versioning()
+    s.put("k", b"versioned", {})
+    s.suspend_versioning()
+    assert s.versioning() == "suspended"
+    s.put("k", b"null two", {})  # replaces the null version, keeps the versioned one
+    s.put("k", b"null three", {})
+    versions = s.list_versions("k").versions
+    assert [(v.version_id == "null", v.size) for v in versions] == [(True, 10), (False, 9)]
+    assert s.get("k", version_id="null") == b"null three"
+    s.delete("k")  # a null delete marker replaces the null version
+    versions = s.list_versions("k").versions
+    assert [(v.version_id, v.is_delete_marker) for v in versions][0] == ("null", True)
+    assert len(versions) == 2
+
+
+def test_a_server_that_refuses_if_match_when_versioned(shared_name):
+    """Ceph RGW 16 staged: every If-Match PUT is refused once versioning is on, and
+    the probe says so for that bucket only."""
+    s = MemoryStore(shared_name, refuse_if_match_when_versioned=True)
+    assert s.probe("probe").conditional_put
+    e1 = s.put("k", b"1", {})
+    e2 = s.put("k", b"2", {}, if_match=e1)
+    s.enable_versioning()
+    assert not s.probe("probe").conditional_put
+    with pytest.raises(PreconditionFailed):
+        s.put("k", b"3", {}, if_match=e2)
+    assert s.get("k") == b"2"
+    assert MemoryStore().probe("probe").conditional_put  # another bucket
