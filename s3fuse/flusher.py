@@ -43,7 +43,7 @@ from . import faults
 from .errors import (BodyChanged, FsError, NoSuchKey, PreconditionFailed, StoreError,
                      TransientStoreError)
 from .journal import DIRTY_DATA, Inode
-from .reconcile import SEQ_META
+from .reconcile import SEQ_META, Decision
 
 if TYPE_CHECKING:
     from .filesystem import Filesystem
@@ -456,14 +456,18 @@ class Flusher:
         seen_at = self.fs.reconciler.stamp()
         try:
             info = await self.fs.remote.head_or_none(key)
-            ours = self.fs.reconciler.upload_refused(ino, key, info, seen_at,
-                                                     self.instance_id, seq)
+            outcome = self.fs.reconciler.upload_refused(ino, key, info, seen_at,
+                                                        self.instance_id, seq)
         except StoreError as exc:  # (ConditionMismatch too: retried, never overwritten)
             self._failed(ino, key, "put", exc)
             return None
-        if ours is None:
+        if isinstance(outcome, tuple):
+            return outcome
+        if outcome is Decision.KEEP:
+            self._retry_at[ino] = trio.current_time() + self._tick_s()  # (moved on)
+        else:
             self._count_conflict()
-        return ours
+        return None
 
     def _count_conflict(self) -> None:
         self.counts["conflicts"] += 1
@@ -482,13 +486,16 @@ class Flusher:
             return True
         if (info.etag if info else None) != expect_etag:
             try:
-                ours = self.fs.reconciler.upload_refused(ino, key, info, seen_at,
-                                                         self.instance_id, 1 << 62)
+                outcome = self.fs.reconciler.upload_refused(ino, key, info, seen_at,
+                                                            self.instance_id, 1 << 62)
             except StoreError as exc:
                 self._failed(ino, key, "put", exc)
                 return True
-            if ours is None:
-                self._count_conflict()
+            if not isinstance(outcome, tuple):
+                if outcome is Decision.KEEP:
+                    self._retry_at[ino] = trio.current_time() + self._tick_s()  # (moved on)
+                else:
+                    self._count_conflict()
                 return True
         # the inode may have moved on while we asked
         with self.journal.read() as txn:

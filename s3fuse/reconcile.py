@@ -284,12 +284,14 @@ class Reconciler:
         return decision
 
     def upload_refused(self, ino: int, key: str, info: ObjectInfo | None, seen_at: Stamp,
-                       instance: str, seq: int) -> tuple[str, int] | None:
+                       instance: str, seq: int) -> tuple[str, int] | Decision:
         """An upload of ``ino`` to ``key`` found another object than it expected (its
         condition failed, or a HEAD before an unconditional upload said so); ``info``
         is what a HEAD sent at ``seen_at`` found. If that object is our own earlier
-        upload, returns its (ETag, change sequence) to adopt. Otherwise S3 wins: ours
-        goes to lost+found (None is returned). Raises ``ConditionMismatch`` when the
+        upload, returns its (ETag, change sequence) to adopt. Otherwise S3 wins, and
+        the decision carried out is returned: CONFLICT or CONFLICT_GONE (ours went to
+        lost+found), or KEEP when the inode moved on meanwhile (nothing to do now; the
+        next attempt uploads what it is then). Raises ``ConditionMismatch`` when the
         bucket holds exactly what the upload expected: the server compares ETags in
         another way, and retrying later is all that is safe."""
         ours = own_upload(info, instance, ino, seq)
@@ -299,9 +301,12 @@ class Reconciler:
                               reason="changed both in the bucket and on the mount",
                               by_upload=True)
         if decision is Decision.KEEP:
-            raise ConditionMismatch(f"{key}: the server refused the condition but holds "
-                                    "what the mount expected")
-        return None
+            inode = self.fs.get(ino)
+            expected = inode.remote_etag if inode.remote_key == key else None
+            if inode.nlink > 0 and (info.etag if info is not None else None) == expected:
+                raise ConditionMismatch(f"{key}: the server refused the condition but "
+                                        "holds what the mount expected")
+        return decision
 
     async def adopt_current(self, ino: int, gone_etag: str | None) -> bool:
         """The version ``gone_etag`` a clean file's bytes were being fetched from is no
