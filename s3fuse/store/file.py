@@ -207,6 +207,31 @@ def _history_hash(key: str) -> tuple[str, str]:
     return digest[:2], digest
 
 
+def _subdir_names(dir_fd: int) -> list[str]:
+    """The names of the directories (not followed through links) in ``dir_fd``."""
+    with os.scandir(dir_fd) as it:
+        return [e.name for e in it if e.is_dir(follow_symlinks=False)]
+
+
+def _history_key(bucket_fd: int, name: str) -> str | None:
+    """The key whose versions directory is ``name`` in ``bucket_fd`` (its key file),
+    or None if it has none (a crash before the key file: no versions)."""
+    hfd = _open_dir(bucket_fd, name)
+    if hfd is None:
+        return None
+    try:
+        opened = _open_file(hfd, KEY_FILE)
+        if opened is None:
+            return None
+        kfd, _st = opened
+        try:
+            return os.read(kfd, 4096).decode("utf-8", "replace")
+        finally:
+            os.close(kfd)
+    finally:
+        os.close(hfd)
+
+
 def _history_names(hist_fd: int) -> list[str]:
     """The sort names of the versions in a key's versions directory, newest first."""
     with os.scandir(hist_fd) as it:
@@ -1094,31 +1119,15 @@ class FileStore:
         if top is None:
             return
         try:
-            with os.scandir(top) as it:
-                buckets = [e.name for e in it if e.is_dir(follow_symlinks=False)]
-            for bucket in buckets:
+            for bucket in _subdir_names(top):
                 bfd = _open_dir(top, bucket)
                 if bfd is None:
                     continue
                 try:
-                    with os.scandir(bfd) as it:
-                        dirs = [e.name for e in it if e.is_dir(follow_symlinks=False)]
-                    for name in dirs:
-                        hfd = _open_dir(bfd, name)
-                        if hfd is None:
-                            continue
-                        try:
-                            opened = _open_file(hfd, KEY_FILE)
-                            if opened is None:
-                                continue  # a crash before the key file: no versions
-                            kfd, _st = opened
-                            try:
-                                key = os.read(kfd, 4096).decode("utf-8", "replace")
-                            finally:
-                                os.close(kfd)
-                        finally:
-                            os.close(hfd)
-                        if key.startswith(prefix) and _history_hash(key)[1] == name:
+                    for name in _subdir_names(bfd):
+                        key = _history_key(bfd, name)
+                        if key is not None and key.startswith(prefix) \
+                                and _history_hash(key)[1] == name:
                             yield key
                 finally:
                     os.close(bfd)
