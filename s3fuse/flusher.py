@@ -43,7 +43,8 @@ from . import faults
 from .errors import (BodyChanged, FsError, NoSuchKey, PreconditionFailed, StoreError,
                      TransientStoreError)
 from .journal import DIRTY_DATA, Inode
-from .reconcile import SEQ_META, Decision
+from .reconcile import SEQ_META, Decision, Stamp
+from .store.base import ObjectInfo
 
 if TYPE_CHECKING:
     from .filesystem import Filesystem
@@ -456,6 +457,19 @@ class Flusher:
         seen_at = self.fs.reconciler.stamp()
         try:
             info = await self.fs.remote.head_or_none(key)
+        except StoreError as exc:
+            self._failed(ino, key, "put", exc)
+            return None
+        return self._settle_refusal(ino, key, info, seen_at, seq)
+
+    def _settle_refusal(self, ino: int, key: str, info: ObjectInfo | None, seen_at: Stamp,
+                        seq: int) -> tuple[str, int] | None:
+        """Hand what the bucket holds at ``key`` (``info``, seen at ``seen_at``) to the
+        S3-wins policy for an upload of change ``seq`` it did not expect. (ETag,
+        change sequence) of our own earlier upload to adopt, or None: a conflict
+        was kept in lost+found, or the inode moved on (tried again after a tick), or
+        the attempt failed (tried again with backoff)."""
+        try:
             outcome = self.fs.reconciler.upload_refused(ino, key, info, seen_at,
                                                         self.instance_id, seq)
         except StoreError as exc:  # (ConditionMismatch too: retried, never overwritten)
@@ -484,19 +498,9 @@ class Flusher:
         except StoreError as exc:
             self._failed(ino, key, "head", exc)
             return True
-        if (info.etag if info else None) != expect_etag:
-            try:
-                outcome = self.fs.reconciler.upload_refused(ino, key, info, seen_at,
-                                                            self.instance_id, 1 << 62)
-            except StoreError as exc:
-                self._failed(ino, key, "put", exc)
-                return True
-            if not isinstance(outcome, tuple):
-                if outcome is Decision.KEEP:
-                    self._retry_at[ino] = trio.current_time() + self._tick_s()  # (moved on)
-                else:
-                    self._count_conflict()
-                return True
+        if (info.etag if info else None) != expect_etag \
+                and self._settle_refusal(ino, key, info, seen_at, 1 << 62) is None:
+            return True
         # the inode may have moved on while we asked
         with self.journal.read() as txn:
             inode = txn.get(ino)
