@@ -799,12 +799,15 @@ class Filesystem:
         outside shows on lookup, not only at the next poll. One LIST per directory
         per TTL, shared by the lookups that miss meanwhile (git and Python imports
         look up many names that do not exist). True if a listing was applied."""
-        ttl = self.metadata_ttl_s
-        if trio.current_time() - self._names_at.get(parent, float("-inf")) < ttl:
+        def fresh() -> bool:
+            age = trio.current_time() - self._names_at.get(parent, float("-inf"))
+            return age < self.metadata_ttl_s
+
+        if fresh():
             return False
         lock = self._list_locks.setdefault(parent, trio.Lock())
         async with lock:
-            if trio.current_time() - self._names_at.get(parent, float("-inf")) < ttl:
+            if fresh():
                 return True  # listed while we waited
             try:
                 with trio.fail_after(NAME_CHECK_TIMEOUT_S):
