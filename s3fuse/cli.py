@@ -1,4 +1,6 @@
-"""Command line: ``s3fuse mount | umount | sync | status | fsck | demo``.
+"""Command line: ``s3fuse mount | umount | sync | status | fsck | demo``, and the
+time-travel commands ``versioning | snapshot | history | restore | fork``
+(``cli_timetravel``).
 
 ``mount`` without ``--foreground`` starts the daemon as a child process and returns
 once the mount is ready (exit 0), or prints the daemon's one-line error (exit 1).
@@ -598,6 +600,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     store = FileStore(store_root)
     try:
+        store.enable_versioning()  # time travel from the first minute (README)
         if not store.list("", None).objects:
             store.put("README.txt", b"Hello from s3fuse. Every file here is a plain object "
                       b"in the bucket directory " + store_root.encode() + b".\n", {})
@@ -661,6 +664,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fix what is safe: the bucket wins for clean files; data pending "
                          "upload is never dropped")
     fk.add_argument("--json", action="store_true", help="machine-readable output")
+    from . import cli_timetravel
+
+    cli_timetravel.add_parsers(sub)
     return p
 
 
@@ -721,6 +727,10 @@ def _main(argv: list[str] | None) -> int:
         return cmd_demo(args)
     if args.command == "fsck":
         return cmd_fsck(args)
+    from . import cli_timetravel
+
+    if args.command in cli_timetravel.COMMANDS:
+        return cli_timetravel.run(args)
     return _fail(f"unknown command {args.command}", 2)
 
 

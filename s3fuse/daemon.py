@@ -520,6 +520,12 @@ class Daemon:
                              "conditional_delete": caps.conditional_delete},
             "requests": dict(self.flusher.counts),
             "source": self.settings.source,
+            # what a command needs to reach the bucket as the mount does (never
+            # credentials: the command uses the user's own AWS chain)
+            "endpoint_url": self.settings.endpoint_url,
+            "region": self.settings.region,
+            # the id in the s3fuse-seq tag of this mount's uploads (s3fuse history)
+            "journal_id": self.instance_id,
             "mountpoint": self.mountpoint,
             "cache_dir": self.settings.cache_dir,
             "drain_timeout_s": self.settings.drain_timeout_s,

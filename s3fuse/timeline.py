@@ -95,9 +95,7 @@ def require_versioning(store: ObjectStore, what: str) -> None:
     if store.versioning() == "off":
         raise VersioningOff(
             f"{what}: the bucket does not keep old versions; turn versioning on first "
-            "(S3: aws s3api put-bucket-versioning --bucket BUCKET "
-            "--versioning-configuration Status=Enabled; file:// stores: "
-            "s3fuse versioning enable file:///PATH)")
+            "with `s3fuse versioning enable s3://BUCKET` (or file:///PATH), then remount")
 
 
 def iter_versions(store: ObjectStore, prefix: str) -> Iterator[VersionInfo]:

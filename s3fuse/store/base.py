@@ -193,6 +193,16 @@ class ObjectStore(Protocol):
         """The bucket's versioning state: "enabled", "suspended" or "off" (never
         enabled). Raises like ``check()`` when the bucket cannot be asked."""
 
+    def enable_versioning(self) -> None:
+        """Turn versioning on ("enabled") for good: S3 PutBucketVersioning; the file
+        and memory backends start keeping versions. Idempotent."""
+
+    def lifecycle_rules(self) -> list[dict]:
+        """The bucket's lifecycle rules in S3's form (GetBucketLifecycleConfiguration
+        ``Rules``: ``Status``, ``Filter``/``Prefix``, ``Expiration``,
+        ``NoncurrentVersionExpiration``, ...); [] when there are none (the file and
+        memory backends never expire anything)."""
+
     def probe(self, scratch_key: str) -> Capabilities:
         """Find out which conditional requests the server honours, by writing and
         then deleting ``scratch_key`` (the daemon passes a key under its prefix).

@@ -949,6 +949,10 @@ class FileStore:
         with self._root() as root_fd:
             return "enabled" if self._versioned(root_fd) else "off"
 
+    def lifecycle_rules(self) -> list[dict]:
+        """Nothing here ever expires."""
+        return []
+
     def enable_versioning(self) -> None:
         """Keep old versions and delete markers on this root from now on (for good:
         there is no way back but deleting ``.s3fuse-store/versions``)."""

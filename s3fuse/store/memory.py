@@ -357,6 +357,10 @@ class MemoryStore:
             self._request("versioning")
             return self._bucket.versioning
 
+    def lifecycle_rules(self) -> list[dict]:
+        """Nothing here ever expires."""
+        return []
+
     def probe(self, scratch_key: str) -> Capabilities:
         with self._bucket.lock:
             refuses = (self.refuse_if_match_when_versioned

@@ -176,6 +176,8 @@ class S3Store:
             max_pool_connections=max_pool_connections))
         #: send a PUT's If-Match without quotes (Ceph RGW); learnt from a refused put
         self._bare_put_if_match = False
+        #: send If-None-Match on CopyObject; cleared when the server refuses it
+        self._copy_if_none_match = True
         self._closed = False
 
     def _make_client(self, config: Config) -> Any:
@@ -470,6 +472,62 @@ class S3Store:
             r = self._client.get_bucket_versioning(Bucket=self.bucket)
         status = str(r.get("Status") or "").lower()
         return status if status in ("enabled", "suspended") else "off"
+
+    def enable_versioning(self) -> None:
+        """PutBucketVersioning Status=Enabled: keep old versions from now on."""
+        with self._op("PUT versioning"):
+            self._client.put_bucket_versioning(
+                Bucket=self.bucket, VersioningConfiguration={"Status": "Enabled"})
+
+    def lifecycle_rules(self) -> list[dict]:
+        """GetBucketLifecycleConfiguration's rules ([] when the bucket has none)."""
+        try:
+            with self._op("GET lifecycle"):
+                r = self._client.get_bucket_lifecycle_configuration(Bucket=self.bucket)
+        except StoreError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ClientError) and cause.response.get("Error", {}).get(
+                    "Code") in ("NoSuchLifecycleConfiguration", "NoSuchLifecycle"):
+                return []
+            raise
+        return list(r.get("Rules") or [])
+
+    def copy_version(self, src_bucket: str, src_key: str, version_id: str, dst_key: str,
+                     size: int, *, if_none_match: bool = False) -> str:
+        """Server-side copy of one version of ``src_bucket``/``src_key`` (a bucket on
+        the same server) to ``dst_key`` here, its metadata kept: one CopyObject, no
+        HEAD, as the caller knows the size (over ``max_copy_size``: part by part).
+        ``if_none_match``: only if ``dst_key`` does not exist (PreconditionFailed),
+        where the server honours it (a server that refuses the header gets the copy
+        without it)."""
+        self._check_key(src_key)
+        self._check_key(dst_key)
+        source = {"Bucket": src_bucket, "Key": src_key, "VersionId": version_id}
+        if size > self.max_copy_size:
+            with self._op("COPY", f"{src_key} -> {dst_key}", version_id=version_id):
+                head = self._client.head_object(Bucket=src_bucket, Key=src_key,
+                                                VersionId=version_id)
+            keep = {name: head[name] for name in (
+                "ContentType", "ContentEncoding", "ContentDisposition", "ContentLanguage",
+                "CacheControl", "Expires") if head.get(name)}
+            return self._copy_multipart(dst_key, source, size, _unquote(head["ETag"]),
+                                        {"Metadata": dict(head.get("Metadata", {})), **keep})
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": dst_key,
+                                  "CopySource": source, "MetadataDirective": "COPY"}
+        if if_none_match and self._copy_if_none_match:
+            kwargs["IfNoneMatch"] = "*"
+        try:
+            with self._op("COPY", f"{src_key} -> {dst_key}", version_id=version_id):
+                r = self._client.copy_object(**kwargs)
+        except NotSupported:
+            if "IfNoneMatch" not in kwargs:
+                raise
+            self._copy_if_none_match = False  # (assigned: concurrent copies agree)
+            log.info("%s refuses If-None-Match on CopyObject; copying without it",
+                     self.endpoint)
+            return self.copy_version(src_bucket, src_key, version_id, dst_key, size,
+                                     if_none_match=if_none_match)
+        return _unquote(r["CopyObjectResult"]["ETag"])
 
     # --- writing ------------------------------------------------------------------------
 

@@ -109,6 +109,14 @@ def git_env(tmp_path: Path) -> dict[str, str]:
             "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
 
 
+def git_init(repo: str, env: dict[str, str]) -> None:
+    """A new repository at ``repo`` (made here), with a committer."""
+    os.mkdir(repo)
+    run(["git", "-c", "init.defaultBranch=main", "init", "-q"], cwd=repo, env=env)
+    run(["git", "config", "user.name", "S3 Fuse"], cwd=repo, env=env)
+    run(["git", "config", "user.email", "s3fuse@example.invalid"], cwd=repo, env=env)
+
+
 def assert_fsck_clean(repo: str, env: dict[str, str]) -> None:
     res = subprocess.run(["git", "fsck", "--full", "--strict"], cwd=repo, env=env,
                          capture_output=True, text=True, timeout=TIMEOUT, check=False)
@@ -121,10 +129,7 @@ def assert_fsck_clean(repo: str, env: dict[str, str]) -> None:
 def test_git_init_commit_fsck_clone_remount(mount, tmp_path: Path) -> None:
     env = git_env(tmp_path)
     repo = mount.p("repo")
-    os.mkdir(repo)
-    run(["git", "-c", "init.defaultBranch=main", "init", "-q"], cwd=repo, env=env)
-    run(["git", "config", "user.name", "S3 Fuse"], cwd=repo, env=env)
-    run(["git", "config", "user.email", "s3fuse@example.invalid"], cwd=repo, env=env)
+    git_init(repo, env)
 
     files: dict[str, bytes] = {}
     for i in range(50):

@@ -92,7 +92,7 @@ def test_pin_tree_leaves_out_records_and_round_trips():
 
 def test_require_versioning_says_how():
     s = MemoryStore()
-    with pytest.raises(VersioningOff, match="put-bucket-versioning"):
+    with pytest.raises(VersioningOff, match="s3fuse versioning enable"):
         require_versioning(s, "snapshot")
     s.enable_versioning()
     require_versioning(s, "snapshot")

@@ -1,0 +1,264 @@
+"""``s3fuse restore PATH``: put a file or a whole tree back as it was at a point in
+its history, through the mount.
+
+A restore is an ordinary change of the mount: plain file operations on MOUNTPOINT
+paths, made by this process (``mkdir``, a temporary file then ``rename`` per file,
+``symlink``, ``chmod``, ``utime``, ``unlink``/``rmdir`` of what the target did not
+have). So it lands in the journal, goes up with the mount's conditional uploads and
+follows the S3-wins rules: a restore never overwrites a change made in the bucket
+that the mount has not seen (the bucket's version stays at the path and the
+restored one goes to lost+found, as for any conflicting change).
+
+The old bytes are read from the store by exact version id (``get_into`` with
+``version_id``), never from "the current object". Files whose live bytes already
+match the target (same size, same MD5 as the version's ETag) are not rewritten.
+Only entries inside PATH are touched; its missing parents are created.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import stat
+from collections.abc import Callable
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from . import metadata, timeline
+from .store.base import ObjectInfo
+from .timeline import Pinned
+from .workspace import Workspace, run_parallel
+
+_TMP = ".s3fuse-restore-"
+
+
+@dataclass
+class Want:
+    """One entry of the target tree (``rel`` relative to the mount root)."""
+
+    rel: str
+    kind: str  # "file", "symlink" or "dir"
+    pinned: Pinned | None  # None: a directory implied by its entries (no marker)
+    info: ObjectInfo | None = None  # the version's HEAD (its metadata)
+
+
+@dataclass
+class Report:
+    written: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    directories: int = 0
+    failed: list[str] = field(default_factory=list)
+
+
+def _inside(rel: str, sub: str) -> bool:
+    return not sub or rel == sub or rel.startswith(sub + "/")
+
+
+def plan(target: dict[str, Pinned], sub: str) -> dict[str, Want]:
+    """The entries to have under ``sub``: every pinned object, and the directories
+    that hold them (within ``sub``)."""
+    wants: dict[str, Want] = {}
+    for key, p in target.items():
+        rel = key.rstrip("/")
+        if not rel:
+            continue  # a marker for the prefix itself
+        wants[rel] = Want(rel, "dir" if key.endswith("/") else "file", p)
+    for rel in list(wants):
+        parent = os.path.dirname(rel)
+        while parent and _inside(parent, sub) and parent not in wants:
+            wants[parent] = Want(parent, "dir", None)
+            parent = os.path.dirname(parent)
+    return wants
+
+
+def _live(mp: str, sub: str) -> dict[str, str]:
+    """What the mount shows under ``sub`` now: relative path -> kind (the reserved
+    ``.s3fuse`` at the root, and restore's own leftovers, left out)."""
+    top = os.path.join(mp, sub) if sub else mp
+    out: dict[str, str] = {}
+    try:
+        st = os.lstat(top)
+    except FileNotFoundError:
+        return out
+    if not stat.S_ISDIR(st.st_mode):
+        out[sub] = "symlink" if stat.S_ISLNK(st.st_mode) else "file"
+        return out
+    if sub:
+        out[sub] = "dir"
+    for dirpath, dirnames, filenames in os.walk(top):
+        base = os.path.relpath(dirpath, mp) if dirpath != mp else ""
+        if not base:
+            dirnames[:] = [d for d in dirnames if not timeline.is_reserved(d)]
+            filenames = [f for f in filenames if not timeline.is_reserved(f)]
+        for name in dirnames:
+            rel = os.path.join(base, name) if base else name
+            if os.path.islink(os.path.join(dirpath, name)):
+                out[rel] = "symlink"
+            else:
+                out[rel] = "dir"
+        for name in filenames:
+            rel = os.path.join(base, name) if base else name
+            out[rel] = "symlink" if os.path.islink(os.path.join(dirpath, name)) else "file"
+    return out
+
+
+def _attrs(info: ObjectInfo | None) -> tuple[int | None, int | None, int | None, int | None]:
+    """(mode, mtime_ns, uid, gid) the version's metadata names, None where absent."""
+    md = {k.lower(): v for k, v in ((info.metadata if info else None) or {}).items()}
+    mode = metadata.parse_mode(md["mode"]) if "mode" in md else None
+    mtime = metadata.parse_time_ns(md["mtime"]) if "mtime" in md else None
+    ids = []
+    for name in ("uid", "gid"):
+        try:
+            ids.append(int(md[name]))
+        except (KeyError, ValueError):
+            ids.append(None)
+    return mode, mtime, ids[0], ids[1]
+
+
+def _same_bytes(path: str, p: Pinned) -> bool:
+    """The live file holds exactly the version's bytes (size and single-part MD5)."""
+    if len(p.etag) != 32 or "-" in p.etag:
+        return False
+    try:
+        if os.lstat(path).st_size != p.size:
+            return False
+        digest = hashlib.md5(usedforsecurity=False)
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        return digest.hexdigest() == p.etag
+    except OSError:
+        return False
+
+
+class Restorer:
+    """One restore of ``sub`` (relative to the mount root) to ``target``."""
+
+    def __init__(self, ws: Workspace, sub: str, target: dict[str, Pinned],
+                 jobs: int = 8) -> None:
+        self.ws, self.sub, self.jobs = ws, sub, jobs
+        self.mp = ws.mountpoint
+        self.wants = plan(target, sub)
+        self.report = Report()
+        self._lock = threading.Lock()  # guards report (files are put back in threads)
+
+    def _count(self, what: str) -> None:
+        with self._lock:
+            setattr(self.report, what, getattr(self.report, what) + 1)
+
+    def path(self, rel: str) -> str:
+        return os.path.join(self.mp, rel)
+
+    def total(self) -> int:
+        return len(self.wants)
+
+    def run(self, progress: Callable[[int], None]) -> Report:
+        """Everything, in order: read the versions' metadata, remove what the target
+        did not have, make directories, write files, then set directory attributes
+        deepest first. KeyboardInterrupt stops it between files (a file is either
+        the old one or the restored one, never half of each)."""
+        pinned_wants = [w for w in self.wants.values() if w.pinned is not None]
+        with ThreadPoolExecutor(max_workers=self.jobs) as pool:
+            run_parallel(pool, self._head, pinned_wants, lambda n: None)
+            for w in pinned_wants:
+                mode = _attrs(w.info)[0]
+                if w.kind == "file" and mode is not None and stat.S_ISLNK(mode):
+                    w.kind = "symlink"
+            self._remove_unwanted()
+            self._make_parents()
+            dirs = sorted((w for w in self.wants.values() if w.kind == "dir"),
+                          key=lambda w: w.rel)
+            for w in dirs:
+                self._make_dir(w)
+            done = len(dirs)
+            progress(done)
+            files = [w for w in self.wants.values() if w.kind != "dir"]
+            run_parallel(pool, self._put_back, files, lambda n: progress(done + n))
+            for w in sorted(dirs, key=lambda w: w.rel, reverse=True):
+                self._set_attrs(w, self.path(w.rel))
+        return self.report
+
+    def _head(self, w: Want) -> None:
+        assert w.pinned is not None
+        w.info = self.ws.store.head(self.ws.key(w.pinned.key), version_id=w.pinned.version_id)
+
+    def _remove_unwanted(self) -> None:
+        live = _live(self.mp, self.sub)
+        for rel in sorted(live, reverse=True):  # children before their directory
+            want = self.wants.get(rel)
+            if want is not None and want.kind == live[rel]:
+                continue
+            full = self.path(rel)
+            if live[rel] == "dir":
+                os.rmdir(full)  # its entries went first
+            else:
+                os.unlink(full)
+            self.report.removed += 1
+
+    def _make_parents(self) -> None:
+        """Directories above ``sub`` that no longer exist (restoring a file or a tree
+        whose parents were removed too): made with the mount's default mode."""
+        if self.sub and self.wants:
+            parent = os.path.dirname(self.sub)
+            if parent:
+                os.makedirs(self.path(parent), exist_ok=True)
+
+    def _make_dir(self, w: Want) -> None:
+        full = self.path(w.rel)
+        if not os.path.isdir(full):
+            mode = _attrs(w.info)[0]
+            os.mkdir(full, stat.S_IMODE(mode) if mode is not None else 0o755)
+        self.report.directories += 1
+
+    def _put_back(self, w: Want) -> None:
+        p = w.pinned
+        assert p is not None
+        full = self.path(w.rel)
+        key = self.ws.key(p.key)
+        tmp = os.path.join(os.path.dirname(full), f".{_TMP}{secrets.token_hex(6)}")
+        try:
+            if w.kind == "symlink":
+                target = os.fsdecode(self.ws.store.get(key, version_id=p.version_id))
+                if os.path.islink(full) and os.readlink(full) == target:
+                    self._count("unchanged")
+                else:
+                    os.symlink(target, tmp)
+                    os.rename(tmp, full)
+                    self._count("written")
+            elif os.path.isfile(full) and not os.path.islink(full) and _same_bytes(full, p):
+                self._count("unchanged")
+            else:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    self.ws.store.get_into(key, f, version_id=p.version_id)
+                self._set_attrs(w, tmp)
+                os.rename(tmp, full)
+                self._count("written")
+                return
+            self._set_attrs(w, full)
+        finally:
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+
+    def _set_attrs(self, w: Want, full: str) -> None:
+        """Mode, owner (as root) and mtime from the version's metadata, where it has
+        them (an object written by another tool keeps the mount's defaults)."""
+        mode, mtime, uid, gid = _attrs(w.info)
+        link = w.kind == "symlink"
+        st = os.lstat(full)
+        if os.geteuid() == 0 and (uid, gid) != (None, None) and \
+                (uid, gid) != (st.st_uid, st.st_gid):
+            os.chown(full, -1 if uid is None else uid, -1 if gid is None else gid,
+                     follow_symlinks=not link)
+        if mode is not None and not link and stat.S_IMODE(mode) != stat.S_IMODE(st.st_mode):
+            os.chmod(full, stat.S_IMODE(mode))
+        if mtime is not None and mtime != st.st_mtime_ns:
+            try:
+                os.utime(full, ns=(mtime, mtime), follow_symlinks=not link)
+            except OSError:
+                if not link:
+                    raise

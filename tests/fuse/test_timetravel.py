@@ -1,0 +1,411 @@
+"""Time travel through real mounts (SPEC §9), on the file:// store, moto and Ceph RGW:
+``s3fuse versioning``, ``snapshot``, ``history``, ``restore`` and ``fork`` run as a
+user runs them, against a bucket with versioning on.
+
+The agent scenario end to end (git repository, snapshot, wreckage, restore, ``git
+fsck`` and the tree byte for byte); a history of ten uploads in order with their
+writers; a restore over an outside change keeping both versions; two forks of one
+snapshot diverging; a fork killed with SIGKILL resuming; the one-line errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import new_bucket
+from mounts import S3FUSE, Mount, make_mount, require_fuse
+from test_programs import assert_fsck_clean, git_env, git_init, run
+
+TIMEOUT = 120
+
+
+def cli(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
+    res = subprocess.run([S3FUSE, *args], capture_output=True, text=True, timeout=TIMEOUT,
+                         check=False)
+    if ok:
+        assert res.returncode == 0, f"s3fuse {' '.join(args)}: {res.stdout}{res.stderr}"
+    return res
+
+
+def bucket_url(m: Mount) -> str:
+    """The bucket (not the mounted prefix) of a mount's source."""
+    if m.source.startswith("s3://"):
+        return "s3://" + m.source[len("s3://"):].split("/")[0]
+    return m.source
+
+
+def endpoint_args(m: Mount) -> list[str]:
+    return ["--endpoint-url", m.endpoint] if m.endpoint else []
+
+
+@pytest.fixture
+def versioned(unmounted):
+    """A mount of a bucket whose versioning `s3fuse versioning enable` turned on."""
+    require_fuse()
+    url = bucket_url(unmounted)
+    assert "versioning off" in cli("versioning", "status", url,
+                                   *endpoint_args(unmounted)).stdout
+    cli("versioning", "enable", url, *endpoint_args(unmounted))
+    assert "versioning enabled" in cli("versioning", "status", url,
+                                       *endpoint_args(unmounted)).stdout
+    unmounted.mount()
+    return unmounted
+
+
+def tree(root: str) -> dict[str, tuple]:
+    """relative path -> (kind, mode bits, bytes or link target, mtime of files) of
+    everything under ``root`` but s3fuse's reserved ``.s3fuse``."""
+    out: dict[str, tuple] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        if dirpath == root:
+            dirnames[:] = [d for d in dirnames if d != ".s3fuse"]
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, root)
+            st = os.lstat(full)
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("link", os.readlink(full))
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("dir", stat.S_IMODE(st.st_mode))
+            else:
+                with open(full, "rb") as f:
+                    out[rel] = ("file", stat.S_IMODE(st.st_mode), f.read(), st.st_mtime_ns)
+    return out
+
+
+def assert_same_tree(now: dict, then: dict) -> None:
+    assert now.keys() == then.keys(), (f"missing {sorted(then.keys() - now.keys())[:10]}, "
+                                       f"extra {sorted(now.keys() - then.keys())[:10]}")
+    differ = sorted(k for k in then if now[k] != then[k])
+    assert not differ, f"differ: {[(k, now[k][:2], then[k][:2]) for k in differ[:5]]}"
+
+
+# --- the agent scenario -----------------------------------------------------------
+
+
+def test_agent_scenario_snapshot_wreck_restore(versioned, tmp_path: Path) -> None:
+    m = versioned
+    env = git_env(tmp_path)
+    repo = m.p("work")
+    git_init(repo, env)
+    for d in ("src", "docs", "tests"):
+        os.mkdir(os.path.join(repo, d))
+        for i in range(8):
+            with open(os.path.join(repo, d, f"f{i}.txt"), "w") as f:
+                f.write(f"{d} {i}\n" * (i * 50 + 1))
+    os.chmod(os.path.join(repo, "src", "f1.txt"), 0o755)
+    os.symlink("src/f0.txt", os.path.join(repo, "link"))
+    os.mkdir(os.path.join(repo, "empty"))
+    run(["git", "add", "-A"], cwd=repo, env=env)
+    run(["git", "commit", "-qm", "one"], cwd=repo, env=env)
+    with open(os.path.join(repo, "docs", "f2.txt"), "a") as f:
+        f.write("more\n")
+    run(["git", "commit", "-qam", "two"], cwd=repo, env=env)
+    before = tree(m.path)
+    res = cli("snapshot", "create", m.path, "before-risky-step")
+    assert "snapshot before-risky-step" in res.stdout
+    listed = json.loads(cli("snapshot", "list", m.path, "--json").stdout)
+    assert [s["name"] for s in listed] == ["before-risky-step"]
+    assert listed[0]["objects"] >= len([v for v in before.values() if v[0] != "dir"])
+
+    # the risky step: edits, a commit, new files, then rm -rf of half the tree
+    with open(os.path.join(repo, "src", "f3.txt"), "w") as f:
+        f.write("broken\n")
+    os.chmod(os.path.join(repo, "src", "f1.txt"), 0o600)
+    with open(os.path.join(repo, "new.txt"), "w") as f:
+        f.write("new\n")
+    run(["git", "add", "-A"], cwd=repo, env=env)
+    run(["git", "commit", "-qm", "wreck"], cwd=repo, env=env)
+    shutil.rmtree(os.path.join(repo, "src"))
+    shutil.rmtree(os.path.join(repo, "tests"))
+    shutil.rmtree(os.path.join(repo, ".git", "objects"))
+    m.sync()
+    assert tree(m.path) != before
+
+    res = cli("restore", m.path, "--snapshot", "before-risky-step")
+    assert "restored" in res.stdout
+    m.sync()
+    assert_same_tree(tree(m.path), before)
+    assert_fsck_clean(repo, env)
+    assert run(["git", "log", "--format=%s"], cwd=repo, env=env).split() == ["two", "one"]
+    # and the bucket holds it too: after a remount (nothing cached) still the same
+    m.remount()
+    assert_same_tree(tree(m.path), before)
+
+
+def test_restore_of_a_deleted_file_and_a_removed_tree_by_time(versioned) -> None:
+    m = versioned
+    os.makedirs(m.p("d/e"))
+    for rel in ("d/a", "d/e/b", "keep"):
+        with open(m.p(rel), "w") as f:
+            f.write(rel)
+    m.sync()
+    time.sleep(1.1)  # S3 keeps Last-Modified in seconds (moto): a clear point between
+    when = cli_time()
+    time.sleep(1.1)
+    with open(m.p("d/later"), "w") as f:
+        f.write("later")
+    shutil.rmtree(m.p("d/e"))
+    os.unlink(m.p("d/a"))
+    m.sync()
+    cli("restore", m.p("d"), "--at", when)
+    m.sync()
+    assert sorted(os.listdir(m.p("d"))) == ["a", "e"]  # d/later did not exist then
+    assert open(m.p("d/e/b")).read() == "d/e/b"
+    assert open(m.p("keep")).read() == "keep"  # outside PATH: untouched
+
+
+def cli_time() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+# --- history ------------------------------------------------------------------------
+
+
+def test_history_of_ten_uploads_in_order_with_writers(versioned) -> None:
+    m = versioned
+    for i in range(10):
+        with open(m.p("notes.txt"), "w") as f:
+            f.write(f"version {i}\n" * (i + 1))
+        m.sync()  # one flush window apart, each its own upload
+        time.sleep(1.05 if m.source.startswith("s3://") else 0.01)  # distinct seconds
+    found = json.loads(cli("history", m.p("notes.txt"), "--json").stdout)
+    assert [v["size"] for v in found] == [len(f"version {i}\n") * (i + 1)
+                                          for i in reversed(range(10))]
+    assert all(v["writer"] == "this mount" for v in found)
+    assert found[0]["current"] and not any(v["current"] for v in found[1:])
+    times = [v["time"] for v in found]
+    assert times == sorted(times, reverse=True)
+    # an outside writer, then a delete, then a restore of an old version by its id
+    m.put("notes.txt", b"from another tool\n")
+    _seen(m, "notes.txt", b"from another tool\n")
+    os.unlink(m.p("notes.txt"))
+    m.sync()
+    found = json.loads(cli("history", m.p("notes.txt"), "--json").stdout)
+    assert found[0]["deleted"] and found[1]["writer"] == "outside"
+    assert len(found) == 12
+    text = cli("history", m.p("notes.txt")).stdout.splitlines()
+    assert "deleted" in text[0] and "outside" in text[1] and "this mount" in text[2]
+    third = found[-3]["version_id"]  # "version 2"
+    cli("restore", m.p("notes.txt"), "--version", third)
+    assert open(m.p("notes.txt")).read() == "version 2\n" * 3
+    m.sync()
+    assert m.objects()["notes.txt"] == b"version 2\n" * 3
+
+
+def _seen(m: Mount, rel: str, body: bytes) -> None:
+    """Wait (bounded) until the mount shows an outside write."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            with open(m.p(rel), "rb") as f:
+                if f.read() == body:
+                    return
+        except FileNotFoundError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"the mount never showed the outside write of {rel}")
+
+
+# --- restore over an outside change -------------------------------------------------
+
+
+def test_restore_over_an_unseen_outside_change_keeps_both(unmounted) -> None:
+    require_fuse()
+    m = unmounted
+    cli("versioning", "enable", bucket_url(m), *endpoint_args(m))
+    m.extra_args = ["--metadata-ttl", "600", "--poll-interval", "600"]
+    m.fsck_allow = ("f",)
+    m.mount()
+    with open(m.p("f"), "w") as f:
+        f.write("v1\n")
+    m.sync()
+    cli("snapshot", "create", m.path, "s")
+    with open(m.p("f"), "w") as f:
+        f.write("v2\n")
+    m.sync()
+    m.put("f", b"outside\n")  # the mount will not look before it uploads again
+    cli("restore", m.p("f"), "--snapshot", "s")
+    m.sync()
+    assert m.objects()["f"] == b"outside\n"  # S3 wins: the bucket's version stays
+    lost = m.p(".s3fuse/lost+found")
+    kept = [open(os.path.join(lost, n), "rb").read() for n in os.listdir(lost)]
+    assert b"v1\n" in kept  # and the restored bytes are kept in lost+found
+    st = json.loads(cli("status", "--json", m.path).stdout)
+    assert st["conflicts_total"] >= 1
+
+
+# --- fork ---------------------------------------------------------------------------
+
+
+def _s3_only(m: Mount) -> None:
+    if not m.source.startswith("s3://"):
+        pytest.skip("fork takes s3:// URLs")
+
+
+def test_two_forks_of_one_snapshot_diverge(versioned, tmp_path: Path) -> None:
+    m = versioned
+    _s3_only(m)
+    os.makedirs(m.p("a/b"))
+    for rel in ("a/one", "a/b/two", "top"):
+        with open(m.p(rel), "w") as f:
+            f.write(rel * 100)
+    os.symlink("a/one", m.p("ln"))
+    cli("snapshot", "create", m.path, "base")
+    with open(m.p("top"), "w") as f:
+        f.write("changed after the snapshot")
+    m.sync()
+    snap = {k: v for k, v in m.objects().items() if not k.startswith(".s3fuse/")}
+    snap["top"] = b"top" * 100
+    bucket = bucket_url(m)[len("s3://"):]
+    other = new_bucket(m.endpoint)
+    dests = [f"s3://{bucket}/fork1", f"s3://{other}/fork2"]
+    for dest in dests:
+        res = cli("fork", m.path, "--snapshot", "base", dest, *endpoint_args(m))
+        assert "copied" in res.stdout
+    mounts = []
+    for i, dest in enumerate(dests):
+        d = tmp_path / f"fork{i}"
+        d.mkdir()
+        fm = make_mount(d, dest, m.endpoint)
+        fm.mount()
+        mounts.append(fm)
+    try:
+        for fm in mounts:
+            assert {k: v for k, v in fm.objects().items()
+                    if not k.startswith(".s3fuse/")} == snap
+            assert os.readlink(fm.p("ln")) == "a/one"
+        with open(mounts[0].p("top"), "w") as f:
+            f.write("fork one")
+        os.unlink(mounts[1].p("a/one"))
+        for fm in mounts:
+            fm.sync()
+        assert open(mounts[1].p("top")).read() == "top" * 100
+        assert open(mounts[0].p("a/one")).read() == "a/one" * 100
+        assert open(m.p("top")).read() == "changed after the snapshot"
+        assert open(m.p("a/one")).read() == "a/one" * 100
+    finally:
+        for fm in mounts:
+            fm.cleanup()
+
+
+def test_fork_killed_midway_resumes_and_completes(versioned) -> None:
+    m = versioned
+    _s3_only(m)
+    store, prefix = m.store()
+    try:
+        for i in range(400):
+            store.put(f"{prefix}many/f{i:03d}", f"body {i}".encode(), {})
+    finally:
+        store.close()
+    time.sleep(1.1)
+    when = cli_time()
+    bucket = bucket_url(m)[len("s3://"):]
+    dest = f"s3://{bucket}/forked"
+    argv = [S3FUSE, "fork", m.source, "--at", when, dest, "--jobs", "1", *endpoint_args(m)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    copied = 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        copied = len(_keys(m, "forked/many/"))
+        if copied >= 20:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "the fork finished before it could be killed"
+    assert 20 <= copied < 400
+    res = cli("fork", m.source, "--at", when, dest, *endpoint_args(m))
+    assert "(resumed)" in res.stdout and "there already" in res.stdout
+    dest_store, _ = m.store()
+    try:
+        for i in range(400):
+            assert dest_store.get(f"forked/many/f{i:03d}") == f"body {i}".encode()
+    finally:
+        dest_store.close()
+    # a third run copies nothing; another point in time into the same DEST is refused
+    assert "0 objects copied" in cli("fork", m.source, "--at", when, dest,
+                                     *endpoint_args(m)).stdout
+    m.put("many/f000", b"changed")
+    time.sleep(1.1)
+    res = cli("fork", m.source, "--at", cli_time(), dest, *endpoint_args(m), ok=False)
+    assert res.returncode != 0 and "another fork" in res.stderr
+
+
+def _keys(m: Mount, under: str) -> list[str]:
+    store, _ = m.store()
+    try:
+        out, token = [], None
+        while True:
+            page = store.list(under, None, token)
+            out += [o.key for o in page.objects]
+            token = page.next_token
+            if token is None:
+                return out
+    finally:
+        store.close()
+
+
+def test_snapshot_warns_about_a_lifecycle_rule_that_expires_its_versions(versioned) -> None:
+    m = versioned
+    _s3_only(m)
+    from conftest import s3_client
+
+    client = s3_client(m.endpoint)
+    client.put_bucket_lifecycle_configuration(
+        Bucket=bucket_url(m)[len("s3://"):],
+        LifecycleConfiguration={"Rules": [{
+            "ID": "old-versions", "Status": "Enabled", "Filter": {"Prefix": ""},
+            "NoncurrentVersionExpiration": {"NoncurrentDays": 30}}]})
+    with open(m.p("f"), "w") as f:
+        f.write("x")
+    res = cli("snapshot", "create", m.path, "s1")
+    warning = [line for line in res.stderr.splitlines() if "warning" in line]
+    assert len(warning) == 1 and "old-versions" in warning[0]
+    cli("snapshot", "delete", m.path, "s1")
+    assert json.loads(cli("snapshot", "list", m.path, "--json").stdout) == []
+
+
+# --- one-line errors ----------------------------------------------------------------
+
+
+def test_time_travel_on_an_unversioned_bucket_says_how_to_turn_it_on(file_mount) -> None:
+    m = file_mount
+    with open(m.p("f"), "w") as f:
+        f.write("x")
+    for argv in (["history", m.p("f")], ["snapshot", "create", m.path, "s"],
+                 ["snapshot", "list", m.path], ["restore", m.p("f"), "--at", cli_time()]):
+        res = cli(*argv, ok=False)
+        assert res.returncode != 0
+        assert res.stderr.count("\n") == 1 and "s3fuse versioning enable" in res.stderr, argv
+
+
+def test_bad_input_is_one_line(versioned) -> None:
+    m = versioned
+    cases = [
+        (["restore", m.path, "--at", "yesterday"], "not a UTC time"),
+        (["restore", m.path, "--at", "2026-13-01T00:00:00Z"], "not a valid time"),
+        (["restore", m.path, "--snapshot", "nope"], "no snapshot named 'nope'"),
+        (["snapshot", "create", m.path, "../x"], "not a snapshot name"),
+        (["snapshot", "delete", m.path, "nope"], "no snapshot named 'nope'"),
+        (["history", "/tmp"], "not on an s3fuse mount"),
+        (["restore", m.p(".s3fuse/lost+found"), "--at", cli_time()], "reserved"),
+        (["fork", m.path, "--at", cli_time(), "file:///tmp/x"], "DEST must be"),
+    ]
+    for argv, words in cases:
+        res = cli(*argv, ok=False)
+        assert res.returncode != 0, argv
+        assert res.stderr.count("\n") == 1 and words in res.stderr, (argv, res.stderr)
+    with open(m.p("f"), "w") as f:
+        f.write("x")
+    cli("snapshot", "create", m.path, "twice")
+    res = cli("snapshot", "create", m.path, "twice", ok=False)
+    assert res.returncode != 0 and "exists already" in res.stderr
