@@ -141,8 +141,8 @@ def lifecycle_warning(store: ObjectStore, prefix: str, count: int) -> str | None
         if rule.get("NoncurrentVersionExpiration"):
             days = rule["NoncurrentVersionExpiration"].get("NoncurrentDays")
             what = f"noncurrent versions after {days} days" if days else "noncurrent versions"
-        elif rule.get("Expiration"):
-            what = "objects"
+        elif {"Days", "Date"} & set(rule.get("Expiration") or {}):
+            what = "objects"  # (ExpiredObjectDeleteMarker alone removes only markers)
         else:
             continue
         return (f"lifecycle rule {rule.get('ID') or '(unnamed)'!s} on prefix {scope!r} "

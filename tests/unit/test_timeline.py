@@ -96,3 +96,30 @@ def test_require_versioning_says_how():
         require_versioning(s, "snapshot")
     s.enable_versioning()
     require_versioning(s, "snapshot")
+
+
+def test_lifecycle_warning_names_the_rule_that_expires_pinned_versions():
+    from s3fuse.snapshots import lifecycle_warning
+
+    class Rules(MemoryStore):
+        rules: list = []
+
+        def lifecycle_rules(self):
+            return self.rules
+
+    s = Rules("lifecycle-warning")
+    assert lifecycle_warning(s, "ws/", 3) is None
+    s.rules = [{"ID": "markers", "Status": "Enabled", "Filter": {"Prefix": ""},
+                "Expiration": {"ExpiredObjectDeleteMarker": True}},
+               {"ID": "other", "Status": "Enabled", "Filter": {"Prefix": "logs/"},
+                "NoncurrentVersionExpiration": {"NoncurrentDays": 1}},
+               {"ID": "off", "Status": "Disabled", "Prefix": "",
+                "Expiration": {"Days": 1}}]
+    assert lifecycle_warning(s, "ws/", 3) is None
+    s.rules.append({"ID": "old", "Status": "Enabled",
+                    "Filter": {"And": {"Prefix": "ws/a", "Tags": []}},
+                    "NoncurrentVersionExpiration": {"NoncurrentDays": 30}})
+    text = lifecycle_warning(s, "ws/", 3)
+    assert text is not None and "old" in text and "30 days" in text and "\n" not in text
+    s.rules = [{"ID": "gone", "Status": "Enabled", "Prefix": "", "Expiration": {"Days": 9}}]
+    assert "expires objects" in lifecycle_warning(s, "ws/", 3)
