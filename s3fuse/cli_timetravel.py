@@ -275,6 +275,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
           f"written, {report.unchanged} unchanged, {report.removed} removed, "
           f"{words.plural(report.directories, 'directory', 'directories')}; it uploads "
           f"like any change (`s3fuse sync {ws.mountpoint}` waits for it)")
+    if report.skipped:
+        print(f"s3fuse: skipped {words.plural(len(report.skipped), 'key')} that cannot be "
+              f"paths, as the mount does (first: {report.skipped[0]!r})", file=sys.stderr)
     return 0
 
 

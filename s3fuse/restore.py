@@ -26,7 +26,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from . import metadata, timeline
+from . import keys, metadata, timeline
 from .store.base import ObjectInfo
 from .timeline import Pinned
 from .workspace import Workspace, run_parallel
@@ -50,28 +50,33 @@ class Report:
     unchanged: int = 0
     removed: int = 0
     directories: int = 0
-    failed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # keys that cannot be paths
 
 
 def _inside(rel: str, sub: str) -> bool:
     return not sub or rel == sub or rel.startswith(sub + "/")
 
 
-def plan(target: dict[str, Pinned], sub: str) -> dict[str, Want]:
+def plan(target: dict[str, Pinned], sub: str) -> tuple[dict[str, Want], list[str]]:
     """The entries to have under ``sub``: every pinned object, and the directories
-    that hold them (within ``sub``)."""
+    that hold them (within ``sub``); and the keys that cannot be paths (``a//b``,
+    ``../x``: skipped, as the mount skips them, never a path outside the mount)."""
     wants: dict[str, Want] = {}
+    skipped: list[str] = []
     for key, p in target.items():
-        rel = key.rstrip("/")
+        rel = key[:-1] if key.endswith("/") else key
         if not rel:
             continue  # a marker for the prefix itself
+        if any(keys.name_from_segment(seg) is None for seg in rel.split("/")):
+            skipped.append(key)
+            continue
         wants[rel] = Want(rel, "dir" if key.endswith("/") else "file", p)
     for rel in list(wants):
         parent = os.path.dirname(rel)
         while parent and _inside(parent, sub) and parent not in wants:
             wants[parent] = Want(parent, "dir", None)
             parent = os.path.dirname(parent)
-    return wants
+    return wants, skipped
 
 
 def _live(mp: str, sub: str) -> dict[str, str]:
@@ -142,8 +147,8 @@ class Restorer:
                  jobs: int = 8) -> None:
         self.ws, self.sub, self.jobs = ws, sub, jobs
         self.mp = ws.mountpoint
-        self.wants = plan(target, sub)
-        self.report = Report()
+        self.wants, skipped = plan(target, sub)
+        self.report = Report(skipped=skipped)
         self._lock = threading.Lock()  # guards report (files are put back in threads)
 
     def _count(self, what: str) -> None:

@@ -1,6 +1,7 @@
 """fork's bookkeeping on the in-memory store (fast; the real runs are in
 tests/fuse/test_timetravel.py): the record, resuming after a crash midway without
-copying twice, leaving alone what someone changed in DEST, refusing a DEST in use."""
+copying twice, leaving alone what someone changed in DEST, refusing a DEST in use.
+And restore's plan never names a path outside the mount."""
 
 from __future__ import annotations
 
@@ -96,3 +97,14 @@ def test_a_dest_in_use_or_holding_another_fork_is_refused(store) -> None:
     fewer = dict(list(pins.items())[:5])
     with pytest.raises(UsageError, match="another fork"):
         fork(source, other, {"at": "T"}, fewer)
+
+
+def test_restore_plans_no_path_outside_the_mount() -> None:
+    from s3fuse.restore import plan
+    from s3fuse.timeline import Pinned
+
+    target = {k: Pinned(k, "v", "e", 0, 0) for k in
+              ("a/b", "../../etc/passwd", "x//y", "./z", "d/", "ok/../../up")}
+    wants, skipped = plan(target, "")
+    assert set(wants) == {"a", "a/b", "d"}
+    assert sorted(skipped) == sorted(["../../etc/passwd", "x//y", "./z", "ok/../../up"])
