@@ -57,24 +57,27 @@ class Created:
 
 def create(store: ObjectStore, bucket: str, prefix: str, name: str, at_ns: int) -> Created:
     """Pin every key under ``prefix`` at ``at_ns`` and store the record, never over an
-    existing snapshot of that name (If-None-Match; a HEAD first where the server
-    does not honour it)."""
+    existing snapshot of that name (a HEAD, then a PUT with If-None-Match)."""
     timeline.check_snapshot_name(name)
     timeline.require_versioning(store, "snapshot create")
     key = timeline.snapshot_key(prefix, name)
     exists = UsageError(f"a snapshot named {name!r} exists already; delete it first "
                         "(`s3fuse snapshot delete`) or choose another name")
+    # A HEAD first: some servers ignore If-None-Match (Ceph RGW on a versioned bucket
+    # stores the PUT anyway); the condition then only narrows the race to two
+    # snapshots of one name taken at the same moment.
+    try:
+        store.head(key)
+        raise exists
+    except NoSuchKey:
+        pass
     record = Snapshot(name, at_ns, bucket, prefix, timeline.pin_tree(store, prefix, at_ns))
     try:
         store.put(key, record.encode(), {}, if_none_match=True)
     except PreconditionFailed:
         raise exists from None
     except NotSupported:
-        try:
-            store.head(key)
-            raise exists
-        except NoSuchKey:
-            store.put(key, record.encode(), {})
+        store.put(key, record.encode(), {})
     return Created(record, lifecycle_warning(store, prefix, len(record.objects)))
 
 
