@@ -522,7 +522,7 @@ class Daemon:
             "source": self.settings.source,
             # what a command needs to reach the bucket as the mount does (never
             # credentials: the command uses the user's own AWS chain)
-            "endpoint_url": self.settings.endpoint_url,
+            "endpoint_url": self._endpoint_for_status(),
             "region": self.settings.region,
             # the id in the s3fuse-seq tag of this mount's uploads (s3fuse history)
             "journal_id": self.instance_id,
@@ -532,6 +532,15 @@ class Daemon:
             "read_only": self.settings.read_only,
             "pid": os.getpid(),
         }
+
+    def _endpoint_for_status(self) -> str | None:
+        """The endpoint without any user:password part an URL may carry (the status
+        is readable by whoever may read the mount's root)."""
+        if not self.settings.endpoint_url:
+            return None
+        from .store.s3 import safe_endpoint
+
+        return safe_endpoint(self.settings.endpoint_url)
 
     def status_json(self) -> str:
         """The status as JSON that fits in one extended attribute (the kernel's
