@@ -18,6 +18,7 @@ Only entries inside PATH are touched; its missing parents are created.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 import stat
@@ -79,6 +80,16 @@ def plan(target: dict[str, Pinned], sub: str) -> tuple[dict[str, Want], list[str
     return wants, skipped
 
 
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    if stat.S_ISREG(mode) or stat.S_IFMT(mode) == 0:
+        return "file"
+    return "special"  # a FIFO, a socket or a device node
+
+
 def _live(mp: str, sub: str) -> dict[str, str]:
     """What the mount shows under ``sub`` now: relative path -> kind (the reserved
     ``.s3fuse`` at the root, and restore's own leftovers, left out)."""
@@ -89,7 +100,7 @@ def _live(mp: str, sub: str) -> dict[str, str]:
     except FileNotFoundError:
         return out
     if not stat.S_ISDIR(st.st_mode):
-        out[sub] = "symlink" if stat.S_ISLNK(st.st_mode) else "file"
+        out[sub] = _kind(st.st_mode)
         return out
     if sub:
         out[sub] = "dir"
@@ -98,15 +109,9 @@ def _live(mp: str, sub: str) -> dict[str, str]:
         if not base:
             dirnames[:] = [d for d in dirnames if not timeline.is_reserved(d)]
             filenames = [f for f in filenames if not timeline.is_reserved(f)]
-        for name in dirnames:
+        for name in dirnames + filenames:
             rel = os.path.join(base, name) if base else name
-            if os.path.islink(os.path.join(dirpath, name)):
-                out[rel] = "symlink"
-            else:
-                out[rel] = "dir"
-        for name in filenames:
-            rel = os.path.join(base, name) if base else name
-            out[rel] = "symlink" if os.path.islink(os.path.join(dirpath, name)) else "file"
+            out[rel] = _kind(os.lstat(os.path.join(dirpath, name)).st_mode)
     return out
 
 
@@ -171,8 +176,8 @@ class Restorer:
             run_parallel(pool, self._head, pinned_wants, lambda n: None)
             for w in pinned_wants:
                 mode = _attrs(w.info)[0]
-                if w.kind == "file" and mode is not None and stat.S_ISLNK(mode):
-                    w.kind = "symlink"
+                if w.kind == "file" and mode is not None:
+                    w.kind = _kind(mode)
             self._remove_unwanted()
             self._make_parents()
             dirs = sorted((w for w in self.wants.values() if w.kind == "dir"),
@@ -234,6 +239,20 @@ class Restorer:
                     os.symlink(target, tmp)
                     os.rename(tmp, full)
                     self._count("written")
+            elif w.kind == "special":
+                mode = _attrs(w.info)[0] or 0
+                rdev = int((w.info.metadata or {}).get("rdev") or 0) if w.info else 0
+                try:
+                    st = os.lstat(full)
+                    same = (stat.S_IFMT(st.st_mode), st.st_rdev) == (stat.S_IFMT(mode), rdev)
+                except FileNotFoundError:
+                    same = False
+                if same:
+                    self._count("unchanged")
+                else:
+                    os.mknod(tmp, mode, rdev)
+                    os.rename(tmp, full)
+                    self._count("written")
             elif os.path.isfile(full) and not os.path.islink(full) and _same_bytes(full, p):
                 self._count("unchanged")
             else:
@@ -261,9 +280,36 @@ class Restorer:
                      follow_symlinks=not link)
         if mode is not None and not link and stat.S_IMODE(mode) != stat.S_IMODE(st.st_mode):
             os.chmod(full, stat.S_IMODE(mode))
+        if not link:
+            _set_xattrs(full, w.info)
         if mtime is not None and mtime != st.st_mtime_ns:
             try:
                 os.utime(full, ns=(mtime, mtime), follow_symlinks=not link)
             except OSError:
                 if not link:
                     raise
+
+
+def _set_xattrs(full: str, info: ObjectInfo | None) -> None:
+    """The version's ``user.*`` extended attributes (metadata ``xattr``), and none
+    other (s3fuse's own ``user.s3fuse.*`` aside)."""
+    if info is None:
+        return
+    try:
+        wanted = json.loads((info.metadata or {}).get("xattr") or "{}")
+        if not isinstance(wanted, dict):
+            wanted = {}
+    except ValueError:
+        wanted = {}
+    for name in os.listxattr(full, follow_symlinks=False):
+        if name.startswith("user.") and not name.startswith("user.s3fuse.") \
+                and name not in wanted:
+            os.removexattr(full, name, follow_symlinks=False)
+    for name, b64 in wanted.items():
+        value = metadata.xattr_value(str(b64))
+        try:
+            if os.getxattr(full, name, follow_symlinks=False) == value:
+                continue
+        except OSError:
+            pass
+        os.setxattr(full, name, value, follow_symlinks=False)

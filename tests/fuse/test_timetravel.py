@@ -147,6 +147,8 @@ def test_restore_of_a_deleted_file_and_a_removed_tree_by_time(versioned) -> None
     for rel in ("d/a", "d/e/b", "keep"):
         with open(m.p(rel), "w") as f:
             f.write(rel)
+    os.setxattr(m.p("d/a"), "user.color", b"blue")
+    os.mkfifo(m.p("d/e/pipe"), 0o640)
     m.sync()
     time.sleep(1.1)  # S3 keeps Last-Modified in seconds (moto): a clear point between
     when = cli_time()
@@ -160,6 +162,9 @@ def test_restore_of_a_deleted_file_and_a_removed_tree_by_time(versioned) -> None
     m.sync()
     assert sorted(os.listdir(m.p("d"))) == ["a", "e"]  # d/later did not exist then
     assert open(m.p("d/e/b")).read() == "d/e/b"
+    assert os.getxattr(m.p("d/a"), "user.color") == b"blue"
+    st = os.lstat(m.p("d/e/pipe"))
+    assert stat.S_ISFIFO(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o640
     assert open(m.p("keep")).read() == "keep"  # outside PATH: untouched
 
 
