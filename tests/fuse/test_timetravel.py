@@ -414,3 +414,39 @@ def test_bad_input_is_one_line(versioned) -> None:
     cli("snapshot", "create", m.path, "twice")
     res = cli("snapshot", "create", m.path, "twice", ok=False)
     assert res.returncode != 0 and "exists already" in res.stderr
+
+
+def test_ctrl_c_stops_a_long_restore_cleanly_and_a_rerun_finishes(tmp_path, file_source):
+    require_fuse()
+    m = make_mount(tmp_path, file_source, None)
+    cli("versioning", "enable", m.source)
+    try:
+        m.mount()
+        os.mkdir(m.p("many"))
+        for i in range(300):
+            with open(m.p(f"many/f{i:03d}"), "w") as f:
+                f.write(f"old {i}\n")
+        cli("snapshot", "create", m.path, "s")
+        shutil.rmtree(m.p("many"))
+        m.sync()
+        proc = subprocess.Popen([S3FUSE, "restore", m.p("many"), "--snapshot", "s",
+                                 "--jobs", "1"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            if os.path.isdir(m.p("many")) and len(os.listdir(m.p("many"))) >= 20:
+                break
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, "the restore finished before Ctrl-C"
+        said = [line for line in err.splitlines() if not line.startswith("restoring: ")]
+        assert len(said) == 1 and "run the same command again" in said[0], err
+        names = os.listdir(m.p("many"))
+        assert 20 <= len(names) < 300
+        assert not [n for n in names if "s3fuse-restore" in n]  # no temporary left
+        cli("restore", m.p("many"), "--snapshot", "s")
+        assert sorted(os.listdir(m.p("many"))) == [f"f{i:03d}" for i in range(300)]
+        assert all(open(m.p(f"many/f{i:03d}")).read() == f"old {i}\n" for i in range(300))
+    finally:
+        m.cleanup()
