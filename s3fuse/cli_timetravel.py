@@ -17,7 +17,7 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from . import history, snapshots, timeline, words
-from .errors import S3FuseError, StoreError, UsageError
+from .errors import NoSuchKey, S3FuseError, StoreError, UsageError
 from .fork import FORK_RECORD, Side, fork
 from .restore import Restorer
 from .store import open_store
@@ -282,8 +282,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def _one_version(ws: Workspace, rel: str, version_id: str) -> timeline.Pinned:
-    from .errors import NoSuchKey
-
+    if not rel or os.path.isdir(os.path.join(ws.mountpoint, rel)):
+        raise UsageError("--version restores a file: give the file's path (for a tree, "
+                         "use --at or --snapshot)")
     try:
         info = ws.store.head(ws.key(rel), version_id=version_id)
     except NoSuchKey:

@@ -402,6 +402,8 @@ def test_bad_input_is_one_line(versioned) -> None:
         (["snapshot", "create", m.path, "../x"], "not a snapshot name"),
         (["snapshot", "delete", m.path, "nope"], "no snapshot named 'nope'"),
         (["history", "/tmp"], "not on an s3fuse mount"),
+        (["restore", m.path, "--version", "abc"], "--version restores a file"),
+        (["restore", m.p("nothing"), "--version", "abc"], "has no version 'abc'"),
         (["restore", m.p(".s3fuse/lost+found"), "--at", cli_time()], "reserved"),
         (["fork", m.path, "--at", cli_time(), "file:///tmp/x"], "DEST must be"),
     ]
