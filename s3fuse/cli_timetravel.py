@@ -190,7 +190,8 @@ def _snapshot_create(ws: Workspace, args: argparse.Namespace) -> int:
     print(f"s3fuse: snapshot {args.name} of {ws.where}: "
           f"{words.plural(len(objects), 'object')} "
           f"({words.size(sum(p.size for p in objects))}) as of "
-          f"{timeline.format_when(at)}, in {words.duration(time.monotonic() - started)}")
+          f"{timeline.format_when(made.snapshot.created_ns)}, "
+          f"in {words.duration(time.monotonic() - started)}")
     return 0
 
 

@@ -56,10 +56,15 @@ class Created:
 
 
 def create(store: ObjectStore, bucket: str, prefix: str, name: str, at_ns: int) -> Created:
-    """Pin every key under ``prefix`` at ``at_ns`` and store the record, never over an
-    existing snapshot of that name (a HEAD, then a PUT with If-None-Match)."""
+    """Pin every key under ``prefix`` as of now and store the record, never over an
+    existing snapshot of that name (a HEAD, then a PUT with If-None-Match).
+
+    "Now" is the later of ``at_ns`` (the host's clock, taken after the sync barrier)
+    and the server's clock: Last-Modified is the server's, so with a server clock
+    ahead of the host an upload acknowledged before the barrier ended is still in."""
     timeline.check_snapshot_name(name)
     timeline.require_versioning(store, "snapshot create")
+    at_ns = max(at_ns, store.server_time_ns())
     key = timeline.snapshot_key(prefix, name)
     exists = UsageError(f"a snapshot named {name!r} exists already; delete it first "
                         "(`s3fuse snapshot delete`) or choose another name")

@@ -197,6 +197,11 @@ class ObjectStore(Protocol):
         """Turn versioning on ("enabled") for good: S3 PutBucketVersioning; the file
         and memory backends start keeping versions. Idempotent."""
 
+    def server_time_ns(self) -> int:
+        """The server's clock now, rounded up: no version written before this call
+        has a later Last-Modified. S3: the end of the second in the Date header of a
+        HEAD of the bucket; the file and memory backends: the host's clock."""
+
     def lifecycle_rules(self) -> list[dict]:
         """The bucket's lifecycle rules in S3's form (GetBucketLifecycleConfiguration
         ``Rules``: ``Status``, ``Filter``/``Prefix``, ``Expiration``,

@@ -949,6 +949,9 @@ class FileStore:
         with self._root() as root_fd:
             return "enabled" if self._versioned(root_fd) else "off"
 
+    def server_time_ns(self) -> int:
+        return time.time_ns()
+
     def lifecycle_rules(self) -> list[dict]:
         """Nothing here ever expires."""
         return []

@@ -357,6 +357,9 @@ class MemoryStore:
             self._request("versioning")
             return self._bucket.versioning
 
+    def server_time_ns(self) -> int:
+        return time.time_ns()
+
     def lifecycle_rules(self) -> list[dict]:
         """Nothing here ever expires."""
         return []

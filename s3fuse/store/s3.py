@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import calendar
 import contextlib
+import email.utils
 import hashlib
 import json
 import logging
 import math
 import os
 import threading
+import time
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -491,6 +493,17 @@ class S3Store:
                 return []
             raise
         return list(r.get("Rules") or [])
+
+    def server_time_ns(self) -> int:
+        """The Date of a HEAD of the bucket (whole seconds), to the end of its second."""
+        with self._op("HEAD bucket"):
+            r = self._client.head_bucket(Bucket=self.bucket)
+        date = (r.get("ResponseMetadata", {}).get("HTTPHeaders") or {}).get("date")
+        try:
+            sec = calendar.timegm(email.utils.parsedate_to_datetime(date).utctimetuple())
+        except (TypeError, ValueError):
+            return time.time_ns()  # no usable Date: the host's clock
+        return (sec + 1) * 1_000_000_000 - 1
 
     def copy_version(self, src_bucket: str, src_key: str, version_id: str, dst_key: str,
                      size: int, *, if_none_match: bool = False) -> str:

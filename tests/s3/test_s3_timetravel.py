@@ -58,3 +58,13 @@ def test_copy_version_from_another_bucket_keeps_that_version_and_its_metadata(
             other.copy_version(store.bucket, "k", "not-a-version", "copied/x", 1)
     finally:
         other.close()
+
+
+def test_server_time_is_never_before_a_version_just_written(store) -> None:
+    import time
+
+    store.put("t", b"x", {})
+    written = store.head("t").mtime_ns
+    now = store.server_time_ns()
+    assert now >= written
+    assert abs(now - time.time_ns()) < 5 * 10**9  # the test servers share our clock
