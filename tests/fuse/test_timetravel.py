@@ -175,7 +175,7 @@ def cli_time() -> str:
 # --- history ------------------------------------------------------------------------
 
 
-def test_history_of_ten_uploads_in_order_with_writers(versioned) -> None:
+def test_history_of_ten_uploads_in_order_with_writers(versioned, tmp_path: Path) -> None:
     m = versioned
     for i in range(10):
         with open(m.p("notes.txt"), "w") as f:
@@ -189,16 +189,29 @@ def test_history_of_ten_uploads_in_order_with_writers(versioned) -> None:
     assert found[0]["current"] and not any(v["current"] for v in found[1:])
     times = [v["time"] for v in found]
     assert times == sorted(times, reverse=True)
-    # an outside writer, then a delete, then a restore of an old version by its id
+    # another mount of the bucket, an outside writer, a delete; then a restore of an
+    # old version by its id
+    (tmp_path / "second").mkdir()
+    other = make_mount(tmp_path / "second", m.source, m.endpoint)
+    other.mount()
+    try:
+        with open(other.p("notes.txt"), "w") as f:
+            f.write("from the second mount\n")
+        other.sync()
+        other_id = json.loads(cli("status", "--json", other.path).stdout)["journal_id"]
+    finally:
+        other.umount()
+    time.sleep(1.05 if m.source.startswith("s3://") else 0.01)
     m.put("notes.txt", b"from another tool\n")
     _seen(m, "notes.txt", b"from another tool\n")
     os.unlink(m.p("notes.txt"))
     m.sync()
     found = json.loads(cli("history", m.p("notes.txt"), "--json").stdout)
     assert found[0]["deleted"] and found[1]["writer"] == "outside"
-    assert len(found) == 12
+    assert found[2]["writer"] == f"s3fuse mount {other_id}" != "s3fuse mount "
+    assert len(found) == 13
     text = cli("history", m.p("notes.txt")).stdout.splitlines()
-    assert "deleted" in text[0] and "outside" in text[1] and "this mount" in text[2]
+    assert "deleted" in text[0] and "outside" in text[1] and "this mount" in text[3]
     third = found[-3]["version_id"]  # "version 2"
     cli("restore", m.p("notes.txt"), "--version", third)
     assert open(m.p("notes.txt")).read() == "version 2\n" * 3
