@@ -99,6 +99,11 @@ class Remote:
                 delay *= 2
         raise AssertionError("unreachable")
 
+    async def read_call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Any read-only call of the store (``store.head``, ``store.list_versions``,
+        ...) with the foreground retries above: for the read-only views."""
+        return await self._read(fn, *args, **kwargs)
+
     async def head(self, key: str) -> ObjectInfo:
         return await self._read(self.store.head, key)
 
