@@ -345,17 +345,32 @@ class Views:
 
     def _drop(self, node: Node) -> None:
         """Forget ``node`` once the kernel holds no reference to it nor to anything
-        below it (its listing goes with it; read again if it is looked up again)."""
-        while not node.fixed and node.lookups == 0 \
-                and not any(c in self.nodes for c in node.children.values()):
-            del self.nodes[node.ino]
-            self._prefetched.pop(node.ino, None)
+        below it (its listing goes with it: read again if it is looked up again);
+        then its parent, if that leaves it unreferenced too."""
+        while not node.fixed and self._unreferenced(node):
+            self._forget_subtree(node)
             parent = self.nodes.get(node.parent)
             if parent is None:
                 return
             if parent.children.get(node.name) == node.ino:
                 del parent.children[node.name]
             node = parent
+
+    def _unreferenced(self, node: Node) -> bool:
+        """No lookup count on ``node`` or below it (nodes a prefetch made count as
+        nothing until the kernel looks them up)."""
+        if node.fixed or node.lookups > 0:
+            return False
+        return all(self._unreferenced(self.nodes[i]) for i in node.children.values()
+                   if i in self.nodes)
+
+    def _forget_subtree(self, node: Node) -> None:
+        for i in list(node.children.values()):
+            child = self.nodes.get(i)
+            if child is not None:
+                self._forget_subtree(child)
+        self.nodes.pop(node.ino, None)
+        self._prefetched.pop(node.ino, None)
 
     def attr(self, node: Node) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
@@ -507,7 +522,8 @@ class Views:
             else:
                 node.entries = await self._at_dir(node.view, node.rel)
         await _single_flight(self._listing, node.ino, lambda: node.entries is not None, read)
-        assert node.entries is not None
+        if node.entries is None:
+            raise FsError(errno.EIO, "listing the directory failed")
         return node.entries
 
     async def _list_snapshots(self) -> dict[bytes, Entry]:
@@ -677,6 +693,11 @@ class Views:
         return node
 
     async def _load(self, node: Node) -> None:
+        if node.parent == SNAPSHOTS_DIR and node.view is None:
+            # a snapshot listed but not looked up yet: read its record now
+            if await self._snapshot_root(self.nodes[SNAPSHOTS_DIR], node.name) is not node:
+                raise FsError(errno.ESTALE, "the snapshot's record was replaced")
+            return
         p = node.pinned
         assert p is not None
         info = await self.remote.read_call(self.remote.store.head, p.key,
@@ -772,8 +793,11 @@ class Views:
                 _, old = self._blocks.popitem(last=False)
                 self._block_bytes -= len(old)
         await _single_flight(self._block_loads, key, lambda: key in self._blocks, get)
+        data = self._blocks.get(key)
+        if data is None:
+            raise FsError(errno.EIO, "reading the version failed")
         self._blocks.move_to_end(key)
-        return self._blocks[key]
+        return data
 
     # --- the live tree's root listing --------------------------------------------------
     def root_attr(self) -> pyfuse3.EntryAttributes:
@@ -785,19 +809,21 @@ class Views:
 
 async def _single_flight(busy: dict[Any, trio.Event], key: Any, ready: Callable[[], bool],
                          work: Callable[[], Awaitable[None]]) -> None:
-    """Run ``work`` until ``ready()``; callers that come while it runs for ``key``
-    wait for it instead of asking the bucket again (and try themselves if it failed)."""
-    while not ready():
-        running = busy.get(key)
-        if running is not None:
-            await running.wait()
-            continue
-        done = busy[key] = trio.Event()
-        try:
-            await work()
-        finally:
-            del busy[key]
-            done.set()
+    """Run ``work`` unless ``ready()``; callers that come while it runs for ``key``
+    wait for it instead of asking the bucket again (if it failed, they find the
+    result still not ready: the one that ran it had the error)."""
+    if ready():
+        return
+    running = busy.get(key)
+    if running is not None:
+        await running.wait()
+        return
+    done = busy[key] = trio.Event()
+    try:
+        await work()
+    finally:
+        del busy[key]
+        done.set()
 
 
 _KINDS = {
