@@ -16,13 +16,15 @@ Ceph RGW (tests/conftest.py's RGW_FUSE_MODULES).
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from mounts import require_fuse
+from mounts import S3FUSE, require_fuse
 
 from s3fuse import timeline
 from s3fuse.store.base import ObjectStore
@@ -282,4 +284,34 @@ def test_at_views_need_versioning(unmounted):
     said = [line for line in log.splitlines() if "does not keep old versions" in line]
     assert len(said) == 1 and "versioning" in said[0]
     assert os.listdir(m.p(".s3fuse/snapshots")) == []
+    m.umount()
+
+
+def test_versioning_turned_on_while_mounted(unmounted, request):
+    """Ceph RGW 16 refuses every If-Match PUT once a bucket is versioned: turned on
+    while mounted, the first refused upload makes the mount probe again and go on with
+    the fallback, with no conflict; elsewhere conditional uploads simply go on. Either
+    way the change lands, and the new at-views work without a remount."""
+    require_fuse()
+    m = unmounted
+    m.mount()
+    Path(m.p("f")).write_bytes(b"one")
+    m.sync()
+    enable_versioning(m)
+    Path(m.p("f")).write_bytes(b"two")
+    m.sync()
+    assert m.objects()["f"] == b"two"
+    res = subprocess.run([S3FUSE, "status", "--json", m.path], capture_output=True,
+                         text=True, timeout=30)
+    status = json.loads(res.stdout)
+    assert status["conflicts"] == [] and status["errors"] == []
+    server = request.node.callspec.params["unmounted"]
+    log = Path(m.cache_dir, "s3fuse.log").read_text(errors="replace")
+    if server == "rgw":
+        assert status["capabilities"]["conditional_put"] is False
+        assert "no longer honours conditional PUTs" in log
+    else:
+        assert status["capabilities"]["conditional_put"] is True
+    when = a_moment()
+    assert Path(m.p(f".s3fuse/at/{when}/f")).read_bytes() == b"two"
     m.umount()
