@@ -463,10 +463,14 @@ class Views:
         if self._versioning[1] == "off":
             if not self._said_versioning_off:
                 self._said_versioning_off = True
-                try:
-                    timeline.require_versioning(self.remote.store, ".s3fuse/at")
+                try:  # (its one line says how to turn versioning on; asks once more)
+                    await trio.to_thread.run_sync(timeline.require_versioning,
+                                                  self.remote.store, ".s3fuse/at")
                 except timeline.VersioningOff as exc:
                     log.warning("%s", exc)
+                except S3FuseError as exc:
+                    log.warning(".s3fuse/at: the bucket does not keep old versions (%s)",
+                                exc)
             raise FsError(errno.EOPNOTSUPP, "the bucket does not keep old versions")
 
     def _snapshot_key(self, name: bytes) -> str:
