@@ -93,6 +93,9 @@ PREFETCH_AFTER_READDIR_S = 30.0
 #: reads are cached in blocks of this size, at most BLOCK_CACHE_BYTES in all
 BLOCK = 1 << 20
 BLOCK_CACHE_BYTES = 64 << 20
+#: the headers of this many versions are kept (one HEAD each, however often the
+#: kernel forgets and looks up their entries again)
+HEADERS_KEPT = 100_000
 #: how long the answer to "is versioning on?" is trusted
 VERSIONING_TTL_S = 10.0
 #: attribute timeout of a loaded view entry: it never changes
@@ -178,7 +181,10 @@ class Views:
         self._next_ino = _FIRST_DYNAMIC
         self._handles: dict[int, _DirHandle | Node] = {}
         self._next_fh = VIEW_BASE
-        self._loading: dict[int, trio.Event] = {}
+        self._loading: dict[tuple[str, str], trio.Event] = {}
+        # (key, version id) -> that version's user metadata (None: none), least
+        # recently used first: a version's headers never change
+        self._headers: OrderedDict[tuple[str, str], dict[str, str] | None] = OrderedDict()
         self._listing: dict[int, trio.Event] = {}
         self._prefetched: dict[int, set[bytes]] = {}
         self._head_limiter = trio.CapacityLimiter(HEAD_CONCURRENCY)
@@ -326,7 +332,9 @@ class Views:
             assert p is not None
             return Node(ino, parent.ino, name, stat.S_IFREG | d.file_mode, d.uid, d.gid,
                         p.mtime_ns, size=p.size, view=view, rel=p.key, pinned=p)
-        return self._child(parent, name, make)
+        node = self._child(parent, name, make)
+        self._apply_headers(node)  # (read before, for an earlier node of this name)
+        return node
 
     def forget(self, items: list[tuple[int, int]]) -> list[tuple[int, int]]:
         """Take the view inodes out of ``items`` (the kernel forgot them); returns the
@@ -689,25 +697,44 @@ class Views:
 
     # --- attributes ------------------------------------------------------------------
     async def load(self, node: Node) -> Node:
-        """Read the pinned version's headers once (concurrent callers share it)."""
-        async def head() -> None:
-            async with self._head_limiter:
-                await self._load(node)
-        await _single_flight(self._loading, node.ino, lambda: node.loaded, head)
-        return node
-
-    async def _load(self, node: Node) -> None:
+        """Make the node's attributes those of its pinned version's headers."""
+        if node.loaded:
+            return node
         if node.parent == SNAPSHOTS_DIR and node.view is None:
             # a snapshot listed but not looked up yet: read its record now
             if await self._snapshot_root(self.nodes[SNAPSHOTS_DIR], node.name) is not node:
                 raise FsError(errno.ESTALE, "the snapshot's record was replaced")
-            return
+            return node
+        assert node.pinned is not None
+        await self._read_headers(node.pinned)
+        self._apply_headers(node)
+        if not node.loaded:
+            raise FsError(errno.EIO, "reading the version's headers failed")
+        return node
+
+    async def _read_headers(self, p: Pinned) -> None:
+        """HEAD the version ``p`` once (concurrent callers share the request, and
+        ``_headers`` keeps the answer: a version's headers never change)."""
+        version = (p.key, p.version_id)
+
+        async def head() -> None:
+            async with self._head_limiter:
+                info = await self.remote.read_call(self.remote.store.head, p.key,
+                                                   version_id=p.version_id)
+            self._headers[version] = info.metadata
+            while len(self._headers) > HEADERS_KEPT:
+                self._headers.popitem(last=False)
+        await _single_flight(self._loading, version, lambda: version in self._headers, head)
+
+    def _apply_headers(self, node: Node) -> None:
+        """Take the attributes from the pinned version's headers, if they were read."""
         p = node.pinned
-        assert p is not None
-        info = await self.remote.read_call(self.remote.store.head, p.key,
-                                           version_id=p.version_id)
+        version = (p.key, p.version_id) if p is not None else None
+        if node.loaded or version not in self._headers:
+            return
+        self._headers.move_to_end(version)
         d = self.fs.defaults
-        fields = metadata.decode(info.metadata, is_dir=node.is_dir,
+        fields = metadata.decode(self._headers[version], is_dir=node.is_dir,
                                  default_mode=d.dir_mode if node.is_dir else d.file_mode,
                                  default_uid=d.uid, default_gid=d.gid,
                                  fallback_mtime_ns=p.mtime_ns)
@@ -728,12 +755,12 @@ class Views:
         start = bisect.bisect_right(names, name)
         for other in names[start:start + PREFETCH_AHEAD]:
             entry = parent.entries[other]
-            if other in queued or entry.is_dir:
+            p = entry.pinned
+            if other in queued or entry.is_dir or p is None \
+                    or (p.key, p.version_id) in self._headers:
                 continue
             queued.add(other)
-            child = self._entry_node(parent, other, entry)
-            if not child.loaded:
-                nursery.start_soon(self._quietly, self.load(child))
+            nursery.start_soon(self._quietly, self._read_headers(p))
 
     async def _quietly(self, work: Awaitable[Any]) -> None:
         try:
