@@ -93,6 +93,8 @@ def write_first_tree(m) -> dict[str, tuple]:
     Path(m.p("a.txt")).write_bytes(b"first a\n")
     os.makedirs(m.p("d/sub"))
     Path(m.p("d/b.bin")).write_bytes(big)
+    # several of the views' 1 MiB read blocks, read sequentially and at odd offsets
+    Path(m.p("d/large.bin")).write_bytes(os.urandom(2_600_000))
     Path(m.p("d/sub/c.txt")).write_bytes(b"c\n")
     Path(m.p("run.sh")).write_bytes(b"#!/bin/sh\n")
     os.chmod(m.p("run.sh"), 0o750)
@@ -104,6 +106,7 @@ def write_first_tree(m) -> dict[str, tuple]:
 
 def change_live_tree(m) -> None:
     Path(m.p("a.txt")).write_bytes(b"second a, longer\n")
+    Path(m.p("d/large.bin")).write_bytes(os.urandom(2_600_000))
     os.unlink(m.p("d/b.bin"))
     os.rename(m.p("d/sub"), m.p("d/moved"))
     os.unlink(m.p("link"))
@@ -157,6 +160,9 @@ def test_point_in_time_view_stays_as_it_was(versioned):
     # read afresh from the bucket: a new name for the same time
     fresh = m.p(f".s3fuse/at/{t1[:-1]}.000Z")
     assert snapshot_tree(fresh) == first
+    with open(os.path.join(view, "d/large.bin"), "rb") as f:
+        f.seek(1_048_000)
+        assert f.read(2_000) == first["d/large.bin"][2][1_048_000:1_050_000]
     later = snapshot_tree(m.p(f".s3fuse/at/{t2}"))
     assert later == snapshot_tree(m.path)
     assert "d/moved/c.txt" in later and "d/b.bin" not in later and "empty" not in later
