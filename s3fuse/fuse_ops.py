@@ -57,10 +57,10 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             if faults.should_raise(fn.__name__):
                 raise RuntimeError(f"injected fault in {fn.__name__}")
-            # [views hook 1/4] requests on .s3fuse and below are views.py's
-            handled, answer = await self.views.intercept(self, fn.__name__, args)
-            if handled:
-                return answer
+            if self.views.claims(fn.__name__, args):  # [views hook 1/4] .s3fuse and
+                handled, answer = await self.views.intercept(self, fn.__name__, args)
+                if handled:  # below are views.py's
+                    return answer
             return await fn(self, *args)
         except pyfuse3.FUSEError:
             raise

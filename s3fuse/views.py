@@ -201,6 +201,22 @@ class Views:
     def owns(self, number: int) -> bool:
         return number >= VIEW_BASE
 
+    def claims(self, op: str, args: tuple) -> bool:
+        """Whether the request ``op(*args)`` may be this module's (a cheap test made
+        for every request; ``intercept`` decides)."""
+        kind = _KIND_OF.get(op)
+        if kind is None:
+            return False
+        owns, root = self.owns, pyfuse3.ROOT_INODE
+        if kind in ("inode", "handle"):
+            return owns(args[0])
+        if kind == "parent":
+            return owns(args[0]) or (args[0] == root and args[1] == RESERVED)
+        if kind == "rename":
+            return owns(args[0]) or owns(args[2]) or (args[0] == root and args[1] == RESERVED) \
+                or (args[2] == root and args[3] == RESERVED)
+        return owns(args[0]) or owns(args[1]) or (args[1] == root and args[2] == RESERVED)
+
     async def intercept(self, ops: FuseOps, op: str, args: tuple) -> tuple[bool, Any]:
         """``(True, answer)`` when the request ``op(*args)`` is this module's (it may
         raise FsError instead); ``(False, None)`` to let the live tree answer."""
@@ -879,3 +895,4 @@ def _bind(kind: str, op: str) -> Callable[..., Awaitable[tuple[bool, Any]]]:
 
 
 _ROUTES = {op: _bind(kind, op) for kind, ops_ in _KINDS.items() for op in ops_}
+_KIND_OF = {op: kind for kind, ops_ in _KINDS.items() for op in ops_}
