@@ -103,6 +103,7 @@ PINNED_TIMEOUT_S = 300.0
 #: a subdirectory of an at-view: at most this many version pages are read to find
 #: whether it held a key then
 EXISTS_MAX_PAGES = 1000
+EXISTS_FIRST_PAGE = 16
 
 # requests that change something: EROFS inside the views
 _CHANGES = {"setattr", "mknod", "mkdir", "unlink", "rmdir", "symlink", "rename", "link",
@@ -147,6 +148,7 @@ class Node:
     target: bytes | None = None
     lookups: int = 0
     entries: dict[bytes, Entry] | None = None  # a directory's listing, once read
+    names: list[bytes] = field(default_factory=list)  # its names, sorted
     children: dict[bytes, int] = field(default_factory=dict)  # name -> node made
     readdir_at: float = -float("inf")
     fixed: bool = False  # never forgotten
@@ -552,6 +554,8 @@ class Views:
         await _single_flight(self._listing, node.ino, lambda: node.entries is not None, read)
         if node.entries is None:
             raise FsError(errno.EIO, "listing the directory failed")
+        if len(node.names) != len(node.entries) or node.view is None:
+            node.names = sorted(node.entries)  # (a pinned listing never changes)
         return node.entries
 
     async def _list_snapshots(self) -> dict[bytes, Entry]:
@@ -648,8 +652,10 @@ class Views:
         token = None
         settled: set[str] = set()
         store = self.remote.store
-        for _ in range(EXISTS_MAX_PAGES):
-            page = await self.remote.read_call(store.list_versions, sub, token)
+        for n in range(EXISTS_MAX_PAGES):
+            # a small first page: the first key is most often the answer
+            page = await self.remote.read_call(store.list_versions, sub, token,
+                                               EXISTS_FIRST_PAGE if n == 0 else 1000)
             for v in page.versions:
                 if v.key in settled or v.mtime_ns > view.at_ns:
                     continue
@@ -668,7 +674,7 @@ class Views:
     def readdir(self, ops: FuseOps, h: _DirHandle, start: int, token: Any) -> None:
         node = self.get(h.ino)
         if start == 0:
-            h.names = sorted((node.entries or {}).keys())
+            h.names = list(node.names)
             node.readdir_at = trio.current_time()
             self._prefetched.pop(node.ino, None)
         if start < 2:
@@ -767,7 +773,7 @@ class Views:
                 > PREFETCH_AFTER_READDIR_S or parent.entries is None:
             return
         queued = self._prefetched.setdefault(parent.ino, set())
-        names = sorted(parent.entries)
+        names = parent.names
         start = bisect.bisect_right(names, name)
         for other in names[start:start + PREFETCH_AHEAD]:
             entry = parent.entries[other]
