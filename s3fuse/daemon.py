@@ -43,7 +43,7 @@ from .flusher import Flusher
 from .fuse_ops import FuseOps
 from .journal import Journal
 from .metrics import Metrics
-from .remote import Remote
+from .remote import Remote, probe_key
 from .store import open_store
 from .store.base import Capabilities, ObjectStore
 from .words import duration, pending as pending_words
@@ -194,7 +194,7 @@ class Daemon:
     def probe(self) -> Capabilities:
         assert self.store is not None
         try:
-            caps = self.store.probe(f"{self.prefix}.s3fuse-probe-{uuid.uuid4().hex[:8]}")
+            caps = self.store.probe(probe_key(self.prefix))
         except TransientStoreError as exc:
             raise UsageError(str(exc)) from None
         except StoreError as exc:
@@ -224,7 +224,6 @@ class Daemon:
         remote = Remote(self.store, max_concurrency=max(16, s.max_uploads * 2),
                         metrics=self.metrics)
         remote.capabilities = await trio.to_thread.run_sync(self.probe)
-        self.capabilities = remote.capabilities
         cache = Cache(s.cache_dir, s.cache_size_bytes)
         fs = Filesystem(self.journal, cache, remote, self.prefix,
                         Defaults(uid=s.uid, gid=s.gid, file_mode=s.file_mode,
@@ -505,7 +504,7 @@ class Daemon:
     def status(self) -> dict:
         assert self.flusher is not None and self.fs is not None
         pending = self.flusher.pending()
-        caps = self.capabilities
+        caps = self.fs.remote.capabilities  # (a refusal may have probed again)
         return {
             **pending,
             "conflicts": list(self.fs.reconciler.conflicts),

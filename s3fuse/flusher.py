@@ -43,7 +43,7 @@ from . import faults
 from .errors import (BodyChanged, FsError, NoSuchKey, PreconditionFailed, StoreError,
                      TransientStoreError)
 from .journal import DIRTY_DATA, Inode
-from .reconcile import SEQ_META, Decision, Stamp
+from .reconcile import SEQ_META, ConditionMismatch, Decision, Stamp
 from .store.base import ObjectInfo
 
 if TYPE_CHECKING:
@@ -423,7 +423,7 @@ class Flusher:
             self.counts["body_changed"] += 1
             return
         except PreconditionFailed:
-            ours = await self._refused(ino, key, seq)
+            ours = await self._refused(ino, key, seq, if_match)
             if ours is None:
                 return
             # our own earlier upload landed (before a crash, or its reply was lost):
@@ -449,16 +449,29 @@ class Flusher:
         generation = cache.generation(data.ino)
         return cache.path(data.ino), lambda: cache.generation(data.ino) == generation
 
-    async def _refused(self, ino: int, key: str, seq: int) -> tuple[str, int] | None:
-        """The bucket did not hold what an upload of change ``seq`` expected at ``key``:
-        ask what it holds and let the S3-wins policy settle it. (ETag, change
-        sequence) of our own earlier upload to adopt, or None (settled: a conflict
-        kept ours in lost+found, or the attempt is retried later)."""
+    async def _refused(self, ino: int, key: str, seq: int,
+                       if_match: str | None) -> tuple[str, int] | None:
+        """The bucket did not hold what an upload of change ``seq`` expected at ``key``
+        (its condition ``if_match``): ask what it holds and let the S3-wins policy
+        settle it. (ETag, change sequence) of our own earlier upload to adopt, or None
+        (settled: a conflict kept ours in lost+found, or the attempt is retried)."""
         seen_at = self.fs.reconciler.stamp()
         try:
             info = await self.fs.remote.head_or_none(key)
         except StoreError as exc:
             self._failed(ino, key, "put", exc)
+            return None
+        if if_match is not None and info is not None and info.etag == if_match:
+            # The bucket holds what the condition named: no conflict, and nothing to
+            # adopt. The server may have stopped honouring If-Match on this bucket
+            # (Ceph RGW 16, once versioning is turned on while mounted): probe again,
+            # and retry at once with the fallback if so; else later, never overwriting.
+            if await self.fs.remote.reprobe(self.fs.prefix):
+                self._retry_at[ino] = trio.current_time()
+            else:
+                self._failed(ino, key, "put", ConditionMismatch(
+                    f"{key}: the server refused the condition but holds what the mount "
+                    "expected"))
             return None
         return self._settle_refusal(ino, key, info, seen_at, seq)
 

@@ -26,6 +26,7 @@ from .control import (CONTROL_DRAIN, CONTROL_KEEP_PENDING, CONTROL_PID, CONTROL_
 from .errors import FsError, S3FuseError, to_errno
 from .filesystem import RENAME_EXCHANGE, RENAME_NOREPLACE, Filesystem, SetAttrs
 from .journal import Inode
+from .views import Views
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -56,6 +57,10 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             if faults.should_raise(fn.__name__):
                 raise RuntimeError(f"injected fault in {fn.__name__}")
+            if self.views.claims(fn.__name__, args):  # [views hook 1/4] .s3fuse and
+                handled, answer = await self.views.intercept(self, fn.__name__, args)
+                if handled:  # below are views.py's
+                    return answer
             return await fn(self, *args)
         except pyfuse3.FUSEError:
             raise
@@ -83,6 +88,7 @@ class FuseOps(pyfuse3.Operations):
         self.timeout_s = timeout_s
         self.control = control  # the daemon: drains, status, keep-pending for the CLI
         self.metrics = metrics  # times every request, when set
+        self.views = Views(fs, timeout_s)  # [views hook 2/4] .s3fuse/ (views.py)
 
     def _attr(self, inode: Inode) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
@@ -124,7 +130,8 @@ class FuseOps(pyfuse3.Operations):
 
     async def forget(self, inode_list):
         try:
-            self.fs.forget(list(inode_list))
+            # [views hook 3/4] the views' inodes are forgotten by views.py
+            self.fs.forget(self.views.forget(list(inode_list)))
         except Exception:  # forget must never raise
             log.exception("forget failed")
 
@@ -251,6 +258,13 @@ class FuseOps(pyfuse3.Operations):
                 if not pyfuse3.readdir_reply(token, name, self._attr(inode), pos + 1):
                     return
         for name, inode, next_id in self.fs.readdir(fh, max(0, start_id - 2)):
+            if inode.parent == pyfuse3.ROOT_INODE and name == self.views.reserved:
+                # [views hook 4/4] the journal's .s3fuse (lost+found) is listed as the
+                # views' directory (views.py; not listed while the journal has none)
+                if not pyfuse3.readdir_reply(token, name, self.views.root_attr(),
+                                             next_id + 2):
+                    break
+                continue
             attr = self._attr(inode)
             if not inode.meta_loaded and stat.S_ISREG(inode.mode) \
                     and inode.size <= MAX_SYMLINK_BYTES:

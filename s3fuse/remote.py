@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+import uuid
 from typing import TYPE_CHECKING, Any, TypeVar
 from collections.abc import Callable
 
@@ -27,6 +28,11 @@ T = TypeVar("T")
 OUTAGE_MEMORY_S = 10.0
 
 
+def probe_key(prefix: str) -> str:
+    """A fresh scratch key for ``ObjectStore.probe`` under the mounted prefix."""
+    return f"{prefix}.s3fuse-probe-{uuid.uuid4().hex[:8]}"
+
+
 class Remote:
     def __init__(self, store: ObjectStore, max_concurrency: int = 16,
                  read_attempts: int = 4, inline: bool = False,
@@ -37,7 +43,10 @@ class Remote:
         self.inline = inline
         self.limiter = trio.CapacityLimiter(max_concurrency)
         self.read_attempts = read_attempts
+        # what the server honours (the daemon's probe at mount time; ``reprobe``
+        # after a refusal the bucket's state does not explain): owned here
         self.capabilities = Capabilities()
+        self._reprobing = trio.Lock()
         self.metrics = metrics  # counts and times every store call, when set
         # trio time of the last read that failed for want of the bucket (None: the last
         # one worked): while it is recent, reads try once instead of backing off, so
@@ -98,6 +107,36 @@ class Remote:
                 await trio.sleep(delay)
                 delay *= 2
         raise AssertionError("unreachable")
+
+    async def read_call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Any read-only call of the store (``store.head``, ``store.list_versions``,
+        ...) with the foreground retries above: for the read-only views."""
+        return await self._read(fn, *args, **kwargs)
+
+    async def reprobe(self, prefix: str) -> bool:
+        """The server refused an If-Match PUT although the bucket holds that ETag: it
+        may have stopped honouring the condition on this bucket (Ceph RGW 16 refuses
+        every If-Match PUT once the bucket's versioning is turned on). Probe again and
+        adopt the answer; True if conditional PUTs are off now, so the next attempt
+        takes the fallback (a HEAD, then an unconditional PUT). Concurrent callers
+        share one probe."""
+        if not self.capabilities.conditional_put:
+            return True  # another refusal's probe found it already
+        async with self._reprobing:
+            if not self.capabilities.conditional_put:
+                return True
+            try:
+                caps = await self._call(self.store.probe, probe_key(prefix))
+            except StoreError as exc:
+                log.info("could not probe the server's capabilities again (%s)", exc)
+                return False
+            if caps.conditional_put:
+                return False
+            self.capabilities = caps
+            log.warning("the server no longer honours conditional PUTs on this bucket "
+                        "(was its versioning turned on?): conflict detection with outside "
+                        "writers is best-effort from now on")
+            return True
 
     async def head(self, key: str) -> ObjectInfo:
         return await self._read(self.store.head, key)

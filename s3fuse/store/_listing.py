@@ -151,38 +151,84 @@ def version_id_of(sort_name: str) -> str:
     return NULL if sort_name.endswith("-" + NULL) else sort_name
 
 
-def decode_version_token(token: str | None) -> tuple[str, str] | None:
-    """``(key, sort name)`` of the last version a page returned, or None."""
+@dataclass(frozen=True)
+class VersionResume:
+    """Where a version page starts: after the version (``key``, sort name ``name``),
+    or, for a common prefix (``is_prefix``), after every key starting with ``key``."""
+
+    key: str
+    name: str = ""
+    is_prefix: bool = False
+
+    def admits_key(self, key: str) -> bool:
+        """True when some version of ``key`` (or the prefix ``key``) may come after."""
+        if self.is_prefix:
+            return key > self.key and not key.startswith(self.key)
+        return key >= self.key
+
+
+def decode_version_token(token: str | None) -> VersionResume | None:
+    """Where the page after ``token`` starts (None: at the beginning)."""
     if token is None:
         return None
     try:
-        key, name = json.loads(token[1:]) if token.startswith("V") else (None, None)
+        doc = json.loads(token[1:]) if token.startswith("V") else None
     except ValueError:
-        key = name = None
-    if not isinstance(key, str) or not isinstance(name, str):
+        doc = None
+    if not isinstance(doc, list) or len(doc) not in (2, 3) \
+            or not all(isinstance(x, str) for x in doc[:2]):
         raise StoreError(f"invalid continuation token {token[:40]!r}")
-    return key, name
+    return VersionResume(doc[0], doc[1], len(doc) == 3)
 
 
-def version_after(resume: tuple[str, str] | None, key: str, sort_name: str) -> bool:
-    """True when the version (key, sort_name) comes after the token's version."""
+def version_after(resume: VersionResume | None, key: str, sort_name: str) -> bool:
+    """True when the version (key, sort_name) comes after the token's entry."""
     if resume is None:
         return True
-    return key > resume[0] or (key == resume[0] and sort_name < resume[1])
+    if resume.is_prefix:
+        return resume.admits_key(key)
+    return key > resume.key or (key == resume.key and sort_name < resume.name)
 
 
-def paginate_versions(entries: Iterable[tuple[str, VersionInfo]],
+def roll_up_keys(keys: Iterable[str], prefix: str, delimiter: str | None,
+                 resume: VersionResume | None) -> Iterator[tuple[str, bool]]:
+    """``(key, False)`` for each of the sorted ``keys`` (all under ``prefix``) with no
+    ``delimiter`` after the prefix, ``(common prefix, True)`` once for the others, in
+    listing order; prefixes the token has passed are left out (keys are filtered by
+    the caller, version by version)."""
+    last = None
+    for key in keys:
+        cut = key.find(delimiter, len(prefix)) if delimiter else -1
+        if cut < 0:
+            if resume is None or resume.admits_key(key):
+                yield key, False
+            continue
+        common = key[: cut + len(delimiter)]
+        if common != last:
+            last = common
+            if resume is None or (common > resume.key
+                                  and not (resume.is_prefix and common == resume.key)):
+                yield common, True
+
+
+def paginate_versions(entries: Iterable[tuple[str, VersionInfo] | str],
                       max_keys: int) -> VersionPage:
-    """One page from ``(sort name, version)`` pairs already in listing order (keys
-    ascending, each key newest first) and already past the token."""
+    """One page from ``(sort name, version)`` pairs and common prefixes (``str``)
+    already in listing order (keys ascending, each key newest first) and already
+    past the token. A common prefix counts as one entry, as on S3."""
     check_max_keys(max_keys)
     page = VersionPage()
-    last: tuple[str, str] | None = None
-    for taken, (name, info) in enumerate(entries):
+    last: list[str | bool] | None = None
+    for taken, entry in enumerate(entries):
         if taken == max_keys:
             assert last is not None
-            page.next_token = "V" + json.dumps(list(last))
+            page.next_token = "V" + json.dumps(last)
             break
-        page.versions.append(info)
-        last = (info.key, name)
+        if isinstance(entry, str):
+            page.prefixes.append(entry)
+            last = [entry, "", True]
+        else:
+            name, info = entry
+            page.versions.append(info)
+            last = [info.key, name]
     return page

@@ -91,9 +91,12 @@ class VersionInfo:
 @dataclass
 class VersionPage:
     """One page of ``list_versions``: keys in ascending UTF-8 byte order, the versions
-    of each key newest first. ``next_token`` is None on the last page."""
+    of each key newest first. ``prefixes``: with a delimiter, the common prefixes
+    (each ending in it) of the keys rolled up, ascending. ``next_token`` is None on
+    the last page."""
 
     versions: list[VersionInfo] = field(default_factory=list)
+    prefixes: list[str] = field(default_factory=list)
     next_token: str | None = None
 
 
@@ -180,13 +183,17 @@ class ObjectStore(Protocol):
         """
 
     def list_versions(self, prefix: str, token: str | None = None,
-                      max_keys: int = 1000) -> VersionPage:
+                      max_keys: int = 1000, delimiter: str | None = None) -> VersionPage:
         """One page of every version and delete marker of the keys starting with
-        ``prefix`` (no delimiter: the whole subtree).
+        ``prefix`` (``delimiter`` None: the whole subtree).
 
         Keys in ascending order, each key's versions newest first; at most
-        ``max_keys`` versions per page, continued with the opaque ``next_token``. On
-        a bucket whose versioning is "off" every key has one version, "null".
+        ``max_keys`` entries per page (a version, a marker or a common prefix),
+        continued with the opaque ``next_token``. With ``delimiter`` ("/"), keys with
+        a delimiter after the prefix are rolled up into ``prefixes``, as in ``list``:
+        one directory level (a prefix is listed if any version, even a delete marker,
+        lies below it). On a bucket whose versioning is "off" every key has one
+        version, "null".
         """
 
     def versioning(self) -> str:

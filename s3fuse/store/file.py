@@ -87,6 +87,7 @@ from s3fuse.store._listing import (
     paginate,
     paginate_versions,
     roll_up,
+    roll_up_keys,
     version_after,
     version_id_of,
 )
@@ -1094,9 +1095,10 @@ class FileStore:
             os.close(tmp_fd)
 
     def list_versions(self, prefix: str, token: str | None = None,
-                      max_keys: int = 1000) -> VersionPage:
+                      max_keys: int = 1000, delimiter: str | None = None) -> VersionPage:
         """See ``ObjectStore.list_versions``. Reads every key's versions directory
-        (there is no index): fine for a workspace, slow for millions of keys."""
+        (there is no index): fine for a workspace, slow for millions of keys. With a
+        delimiter only the keys of the one level have their versions read."""
         resume = decode_version_token(token)
         with self._root() as root_fd:
             keys: set[str] = set()
@@ -1104,9 +1106,10 @@ class FileStore:
                 assert not isinstance(entry, str)
                 keys.add(entry.key)
             keys.update(self._history_keys(root_fd, prefix))
-            out: list[tuple[str, VersionInfo]] = []
-            for key in sorted(keys):
-                if resume is not None and key < resume[0]:
+            out: list[tuple[str, VersionInfo] | str] = []
+            for key, is_prefix in roll_up_keys(sorted(keys), prefix, delimiter, resume):
+                if is_prefix:
+                    out.append(key)
                     continue
                 out.extend((name, info) for name, info in self._versions_of(root_fd, key)
                            if version_after(resume, key, name))

@@ -40,6 +40,7 @@ from s3fuse.store._listing import (
     paginate,
     paginate_versions,
     roll_up,
+    roll_up_keys,
     version_after,
     version_id_of,
 )
@@ -325,15 +326,17 @@ class MemoryStore:
         return paginate(roll_up(infos, prefix, delimiter), max_keys)
 
     def list_versions(self, prefix: str, token: str | None = None,
-                      max_keys: int = 1000) -> VersionPage:
+                      max_keys: int = 1000, delimiter: str | None = None) -> VersionPage:
         resume = decode_version_token(token)
         with self._bucket.lock:
             self._request("list_versions")
             b = self._bucket
-            keys = sorted(k for k in set(b.objects) | set(b.history)
-                          if k.startswith(prefix) and (resume is None or k >= resume[0]))
-            entries: list[tuple[str, VersionInfo]] = []
-            for key in keys:
+            keys = sorted(k for k in set(b.objects) | set(b.history) if k.startswith(prefix))
+            entries: list[tuple[str, VersionInfo] | str] = []
+            for key, is_prefix in roll_up_keys(keys, prefix, delimiter, resume):
+                if is_prefix:
+                    entries.append(key)
+                    continue
                 chain: list[tuple[str, _Object | _Version]] = []
                 current = b.objects.get(key)
                 if current is not None:

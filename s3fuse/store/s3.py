@@ -426,7 +426,7 @@ class S3Store:
         return ListPage(objects, prefixes, next_token)
 
     def list_versions(self, prefix: str, token: str | None = None,
-                      max_keys: int = 1000) -> VersionPage:
+                      max_keys: int = 1000, delimiter: str | None = None) -> VersionPage:
         """ListObjectVersions. The token is the next page's (KeyMarker,
         VersionIdMarker) as JSON. boto3 returns versions and delete markers in two
         lists; they are merged back by time."""
@@ -434,6 +434,8 @@ class S3Store:
             raise ValueError(f"max_keys must be >= 1, not {max_keys}")
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix,
                                   "MaxKeys": max_keys}
+        if delimiter:
+            kwargs["Delimiter"] = delimiter
         if token:
             try:
                 key_marker, vid_marker = json.loads(token)
@@ -465,7 +467,8 @@ class S3Store:
         if r.get("IsTruncated"):
             next_token = json.dumps([r.get("NextKeyMarker") or "",
                                      r.get("NextVersionIdMarker") or ""])
-        return VersionPage([info for _, info in found], next_token)
+        prefixes = [p["Prefix"] for p in r.get("CommonPrefixes", [])]
+        return VersionPage([info for _, info in found], prefixes, next_token)
 
     def versioning(self) -> str:
         """GetBucketVersioning: "enabled", "suspended", or "off" (no Status: never

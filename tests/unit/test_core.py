@@ -1291,3 +1291,37 @@ def test_pending_age_stays_finite_and_true_through_failed_drains_and_replay(
             rig.close()
 
     trio.run(replay, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_versioning_turned_on_while_mounted_makes_the_mount_probe_again(tmp_path):
+    """Ceph RGW 16 refuses every If-Match PUT once the bucket's versioning is on. A
+    refusal while the bucket holds exactly the ETag the condition named is no conflict:
+    the mount probes again and uploads with the fallback (HEAD, then a plain PUT) at
+    once, and still keeps an outside change (S3 wins) afterwards."""
+    store = MemoryStore(refuse_if_match_when_versioned=True)
+
+    async def scenario(rig: Rig):
+        rig.fs.remote.capabilities = store.probe("probe")
+        assert rig.fs.remote.capabilities.conditional_put
+        ino = await rig.write_file(ROOT_INO, b"f", b"one")
+        await trio.sleep(WINDOW + 5)
+        assert rig.bucket() == {"f": b"one"}
+        store.enable_versioning()
+        fh, _ = await rig.fs.open(ino, os.O_WRONLY)
+        await rig.fs.write(fh, 0, b"two")
+        await rig.fs.release(fh)
+        await trio.sleep(WINDOW + 5)  # one window, no backoff
+        assert rig.bucket() == {"f": b"two"}
+        assert rig.fs.reconciler.conflicts == []
+        assert not rig.fs.remote.capabilities.conditional_put
+        assert not rig.flusher.errors
+        # the fallback still sees an outside change before it uploads
+        fh, _ = await rig.fs.open(ino, os.O_WRONLY)  # opened before the change
+        store.put("f", b"theirs", {})
+        await rig.fs.write(fh, 0, b"ours")
+        await rig.fs.release(fh)
+        await trio.sleep(WINDOW + 5)
+        assert rig.bucket() == {"f": b"theirs"}
+        assert rig.fs.reconciler.conflicts[-1]["path"] == "f"
+
+    run(tmp_path, scenario, store)

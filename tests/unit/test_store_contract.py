@@ -657,3 +657,54 @@ def test_version_listing_pagination(store, enable_versioning, tick):
         assert [(v.key, v.version_id) for v in versions] == [
             (v.key, v.version_id) for v in full], size
         assert pages == -(-len(full) // size), size
+
+
+def all_version_entries(store, prefix, delimiter, max_keys=1000, max_pages=200):
+    """Versions and common prefixes of one level, in page order, following tokens:
+    ``("v", key, version_id)`` and ``("pre", prefix)``; and the number of pages."""
+    entries, token, pages = [], None, 0
+    while True:
+        page = store.list_versions(prefix, token, max_keys, delimiter=delimiter)
+        pages += 1
+        # (moto may add a common prefix to a full page: not counted here)
+        assert len(page.versions) <= max_keys and len(page.prefixes) <= max_keys
+        entries += [("v", v.key, v.version_id) for v in page.versions]
+        entries += [("pre", p) for p in page.prefixes]
+        token = page.next_token
+        if token is None:
+            return entries, pages
+        assert pages < max_pages, "version listing does not terminate"
+
+
+def test_version_listing_with_a_delimiter(store, enable_versioning, tick):
+    enable_versioning()
+    store.put("w/a.txt", b"1", {})
+    store.put("w/a.txt", b"2", {})
+    store.put("w/a/deep/x", b"x", {})
+    store.put("w/b/", b"", {})  # a directory marker
+    store.put("w/gone/y", b"y", {})
+    tick()
+    store.delete("w/gone/y")  # only a marker is current: still a common prefix
+    store.put("w/z", b"z", {})
+    store.put("wx/outside", b"o", {})
+    page = store.list_versions("w/", delimiter="/")
+    assert page.next_token is None
+    assert page.prefixes == ["w/a/", "w/b/", "w/gone/"]
+    assert [(v.key, v.is_latest) for v in page.versions] == [
+        ("w/a.txt", True), ("w/a.txt", False), ("w/z", True)]
+    assert [v.etag for v in page.versions[:2]] == [md5(b"2"), md5(b"1")]
+    inner = store.list_versions("w/b/", delimiter="/")
+    assert [v.key for v in inner.versions] == ["w/b/"] and inner.prefixes == []
+    top = store.list_versions("", delimiter="/")
+    assert (top.prefixes, top.versions) == (["w/", "wx/"], [])
+    # no delimiter: the whole subtree, as before
+    assert {v.key for v in store.list_versions("w/").versions} == {
+        "w/a.txt", "w/a/deep/x", "w/b/", "w/gone/y", "w/z"}
+    full, pages = all_version_entries(store, "w/", "/")
+    assert pages == 1
+    # pages of any size neither lose nor repeat a version or a prefix
+    for size in (1, 2, 3, 4):
+        entries, pages = all_version_entries(store, "w/", "/", max_keys=size)
+        assert sorted(entries) == sorted(full), size
+        assert len(entries) == len(full) == 6, size
+        assert pages <= 6, size
