@@ -240,7 +240,7 @@ class Daemon:
                 log.warning("too many kernel cache invalidations queued; dropping some")
 
         fs.notify_kernel = notify_kernel
-        flusher = Flusher(fs, s.flush_window_s, max_uploads=s.max_uploads,
+        flusher = Flusher(fs.ns, fs.flusher_links(), s.flush_window_s, max_uploads=s.max_uploads,
                           fsync_upload=s.fsync_upload, instance_id=self.instance_id,
                           dirty_limit_bytes=s.cache_size_bytes)
         fs.flusher = flusher

@@ -34,7 +34,10 @@ from .reconcile import Decision, Reconciler, Stamp
 from .cache import Cache
 from .errors import FsError, StoreError, TransientStoreError, VersionGone
 from .fetch import Fetcher
+from .flusher import FlusherLinks
 from .journal import DIRTY_DATA, DIRTY_META, ROOT_INO, Inode, Journal, Txn
+from .namespace import (Defaults, Namespace, leave_bucket, object_metadata, set_remote,
+                        unmark)
 from .remote import Remote
 from .store.base import ObjectInfo
 
@@ -64,14 +67,6 @@ RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 # an exchange fetches a side it must upload whole, then tries again: this many times
 EXCHANGE_TRIES = 4
-
-
-@dataclass
-class Defaults:
-    uid: int
-    gid: int
-    file_mode: int = 0o644
-    dir_mode: int = 0o755
 
 
 @dataclass
@@ -136,11 +131,6 @@ def _now_ns() -> int:
     return time.time_ns()
 
 
-def _name(inode: Inode) -> bytes:
-    """The entry name a record holds (as ``keys.name_from_segment`` made it)."""
-    return inode.name.encode("utf-8", "surrogatepass")
-
-
 class Filesystem:
     def __init__(self, journal: Journal, cache: Cache, remote: Remote, prefix: str,
                  defaults: Defaults) -> None:
@@ -149,7 +139,9 @@ class Filesystem:
         self.remote = remote
         self.prefix = prefix
         self.defaults = defaults
-        self.flusher: Flusher | None = None
+        # records, paths and keys, and the setters of their invariants
+        self.ns = Namespace(journal, prefix, defaults)
+        self._flusher: Flusher | None = None
         self.lookups: dict[int, int] = {}
         self.open_count: dict[int, int] = {}
         self.handles: dict[int, Handle | DirHandle] = {}
@@ -162,7 +154,7 @@ class Filesystem:
         # entries whose HEAD failed the same way: ino -> monotonic time; they show the
         # defaults, and are asked about again after UNLISTED_RETRY_S
         self._unheaded: dict[int, float] = {}
-        self.fetcher = Fetcher(self)
+        self.fetcher = Fetcher(self.ns, cache, remote, self.read_source)
         self.meta_loads = MetaLoads()
         self.metadata_ttl_s = 1.0
         self._dir_used: dict[int, float] = {}  # directory ino -> trio clock time used
@@ -177,10 +169,27 @@ class Filesystem:
         self._names_at: dict[int, float] = {}
         # the S3-wins policy: what the mount does with what it learns of the bucket
         self.reconciler = Reconciler(self)
-        # paths kept only locally because their key would pass S3's 1,024 bytes
-        self.not_exported: dict[int, str] = {}
         # set by the daemon: tells the kernel to drop cached names and pages
         self.notify_kernel: Callable[[list[tuple[int, bytes]], list[int]], None] | None = None
+
+    @property
+    def flusher(self) -> Flusher | None:
+        """The flusher the daemon attached (None in fsck and some tests)."""
+        return self._flusher
+
+    @flusher.setter
+    def flusher(self, flusher: Flusher | None) -> None:
+        # the namespace tells it what became dirty, and what has nothing to upload
+        self._flusher = flusher
+        self.ns.on_change = flusher.note_change if flusher is not None else None
+        self.ns.on_forget = flusher.forget if flusher is not None else None
+
+    def flusher_links(self) -> FlusherLinks:
+        """The narrow references a ``Flusher`` of this filesystem is built with."""
+        return FlusherLinks(remote=self.remote, cache=self.cache, reconciler=self.reconciler,
+                            ensure_cached=self.ensure_cached, invalidate=self.invalidate,
+                            maybe_purge=self.maybe_purge,
+                            last_request_at=lambda: self.last_request_at)
 
     # --- start-up ----------------------------------------------------------------------
     def init(self) -> None:
@@ -225,162 +234,8 @@ class Filesystem:
 
     # --- small helpers -------------------------------------------------------------
     def get(self, ino: int) -> Inode:
-        with self.journal.read() as txn:
-            inode = txn.get(ino)
-        if inode is None:
-            raise FsError(errno.ENOENT, f"inode {ino}")
-        return inode
-
-    def get_in(self, txn: Txn, ino: int) -> Inode:
-        """The inode ``ino`` as ``txn`` sees it; ENOENT if there is none."""
-        inode = txn.get(ino)
-        if inode is None:
-            raise FsError(errno.ENOENT, f"inode {ino}")
-        return inode
-
-    # --- hard links: one inode, a name record per name (see ``journal.Inode``) --------
-    def data_of(self, txn: Txn, rec: Inode) -> Inode:
-        """The inode whose bytes and attributes a name record's object carries."""
-        return self.get_in(txn, rec.link_of) if rec.link_of else rec
-
-    def _records(self, txn: Txn, inode: Inode) -> list[Inode]:
-        """Every name record of ``inode``: itself, then its link records."""
-        return [inode] + [self.get_in(txn, ino) for ino in inode.links]
-
-    def record_at(self, txn: Txn, parent: int, name: bytes, inode: Inode) -> Inode:
-        """The name record of ``inode`` for its entry ``name`` in ``parent``."""
-        if not inode.links or (inode.parent == parent and _name(inode) == name):
-            return inode
-        for ino in inode.links:
-            rec = self.get_in(txn, ino)
-            if rec.parent == parent and _name(rec) == name:
-                return rec
-        raise FsError(errno.EIO, f"inode {inode.ino} has no record of its name {name!r}")
-
-    def remove_name(self, txn: Txn, inode: Inode, parent: int, name: bytes, now: int,
-                     pending: list[int], dropped: list[int]) -> tuple[str, str | None] | None:
-        """The entry ``name`` of ``parent`` (already unlinked by the caller) no longer
-        names the non-directory ``inode``. Returns that name's object (key, ETag), for
-        the caller to delete or, renaming over it, to inherit; None if it has none.
-        Records dropped from the journal are added to ``dropped`` (for the flusher)."""
-        rec = self.record_at(txn, parent, name, inode)
-        remote = (rec.remote_key, rec.remote_etag)
-        inode.nlink -= 1
-        inode.ctime_ns = now
-        if rec is not inode:
-            inode.links.remove(rec.ino)
-            txn.delete_inode(rec.ino)
-            dropped.append(rec.ino)
-        elif inode.links:
-            # its first name goes: the next name's record becomes the inode's own
-            nxt = self.get_in(txn, inode.links.pop(0))
-            inode.parent, inode.name = nxt.parent, nxt.name
-            inode.remote_key, inode.remote_etag = nxt.remote_key, nxt.remote_etag
-            inode.dirty = nxt.dirty
-            inode.change_seq = max(inode.change_seq, nxt.change_seq) + 1
-            txn.clear_dirty(inode.ino)
-            if inode.dirty:
-                txn.mark_dirty(inode.ino)
-                pending.append(inode.ino)
-            txn.retarget_ops(nxt.ino, inode.ino)
-            txn.delete_inode(nxt.ino)
-            dropped.append(nxt.ino)
-        else:
-            inode.remote_key = inode.remote_etag = None
-            inode.dirty = 0
-            txn.clear_dirty(inode.ino)
-        if inode.nlink > 0:
-            self.mark(txn, inode, DIRTY_META, pending)  # the names left carry the ctime
-        return remote if remote[0] is not None else None
-
-    def forget_records(self, dropped: list[int]) -> None:
-        for ino in dropped:
-            self.forget_schedule(ino)
-
-    def forget_schedule(self, ino: int) -> None:
-        """``ino`` has nothing to upload any more (gone, or no longer dirty)."""
-        if self.flusher is not None:
-            self.flusher.forget(ino)
-
-    def path_names(self, txn: Txn, inode: Inode) -> list[str]:
-        names: list[str] = []
-        depth = 0
-        while inode.ino != ROOT_INO:
-            names.append(inode.name)
-            parent = txn.peek(inode.parent)  # read-only: no copy per ancestor
-            if parent is None:
-                raise FsError(errno.ENOENT, f"inode {inode.parent}")
-            inode = parent
-            depth += 1
-            if depth > 4096:
-                raise FsError(errno.ELOOP, "directory chain too deep")
-        names.reverse()
-        return names
-
-    def object_key(self, txn: Txn, inode: Inode) -> str | None:
-        """The bucket key for this inode's current path (``dir/`` for a directory),
-        or None if it is not exported (the root, ``.s3fuse/``, too long a key)."""
-        if inode.ino == ROOT_INO:
-            return None
-        names = self.path_names(txn, inode)
-        if names[0] == keys.RESERVED_ROOT_NAME.decode():
-            return None
-        key = self.prefix + "/".join(names)
-        if stat.S_ISDIR(inode.mode):
-            key += "/"
-        if len(key.encode()) > keys.KEY_MAX:
-            self.not_exported[inode.ino] = "/".join(names)
-            return None
-        return key
-
-    def inode_at_key(self, txn: Txn, key: str) -> Inode | None:
-        """The live inode whose path is ``key`` (a ``dir/`` key names a directory)."""
-        if not key.startswith(self.prefix):
-            return None
-        rel = key[len(self.prefix):]
-        want_dir = rel.endswith("/")
-        ino = parent = ROOT_INO
-        name = b""
-        for part in rel.rstrip("/").split("/"):
-            name = part.encode()
-            found = txn.lookup(ino, name)
-            if found is None:
-                return None
-            parent, ino = ino, found
-        inode = txn.get(ino)
-        if inode is None or stat.S_ISDIR(inode.mode) != want_dir:
-            return None
-        return self.record_at(txn, parent, name, inode)
-
-    def _dir_prefix(self, txn: Txn, inode: Inode) -> str:
-        if inode.ino == ROOT_INO:
-            return self.prefix
-        return self.prefix + "/".join(self.path_names(txn, inode)) + "/"
-
-    def touch_dir(self, txn: Txn, ino: int, now: int, nlink_delta: int = 0) -> None:
-        d = self.get_in(txn, ino)
-        d.mtime_ns = d.ctime_ns = now
-        d.nlink += nlink_delta
-        txn.put(d)
-
-    def mark(self, txn: Txn, inode: Inode, flags: int, pending: list[int]) -> None:
-        """Record a change to upload; the caller has ``txn.put`` the inode after. The
-        other names of a hard-linked file are marked too: each name's object holds the
-        same bytes and attributes."""
-        if self.object_key(txn, inode) is not None:
-            inode.dirty |= flags
-            inode.change_seq += 1
-            txn.mark_dirty(inode.ino)
-            pending.append(inode.ino)
-        for ino in inode.links:
-            rec = self.get_in(txn, ino)
-            self.mark(txn, rec, flags, pending)
-            txn.put(rec)
-
-    def notify(self, pending: list[int]) -> None:
-        if self.flusher is not None:
-            for ino in pending:
-                self.flusher.note_change(ino)
+        """The inode ``ino`` as of now; ENOENT if there is none (``Namespace.get``)."""
+        return self.ns.get(ino)
 
     def _new_fh(self, h: Handle | DirHandle) -> int:
         fh = self._next_fh
@@ -410,7 +265,7 @@ class Filesystem:
             txn.delete_inode(ino)
         self.fetcher.forget(ino)
         self.reconciler.forget(ino)
-        self.forget_schedule(ino)
+        self.ns.forget_schedule(ino)
 
     # --- listing the bucket into the journal ---------------------------------------
     def _skip(self, key: str, reason: str) -> None:
@@ -453,11 +308,11 @@ class Filesystem:
             if not inode.meta_loaded:
                 inode = await self.load_meta(ino)
             with self.journal.read() as txn:
-                prefix = self._dir_prefix(txn, inode)
-                exported = inode.ino == ROOT_INO or self.object_key(txn, inode) is not None
+                prefix = self.ns.dir_prefix(txn, inode)
+                exported = inode.ino == ROOT_INO or self.ns.object_key(txn, inode) is not None
             if not exported:
                 with self.journal.write() as txn:
-                    d = self.get_in(txn, ino)
+                    d = self.ns.get_in(txn, ino)
                     d.listed = True
                     txn.put(d)
                 return
@@ -480,7 +335,7 @@ class Filesystem:
             now = _now_ns()
             added: list[int] = []
             with self.journal.write() as txn:
-                d = self.get_in(txn, ino)
+                d = self.ns.get_in(txn, ino)
                 if d.listed:
                     return
                 for name in dirs:
@@ -493,14 +348,11 @@ class Filesystem:
                             local.listed = False
                             txn.put(local)
                         continue
-                    child = self._inode_from_object(txn, ino, name, None, is_dir=True,
-                                                    fallback_ns=now)
-                    txn.put(child)
-                    txn.link(ino, name, child.ino)
+                    self.ns.add_dir_from_bucket(txn, ino, name, dirs[name], None, now)
                     d.nlink += 1
                 for name, obj in files.items():
                     if txn.lookup(ino, name) is None:
-                        added.append(self.add_from_object(txn, ino, name, obj).ino)
+                        added.append(self.ns.add_from_object(txn, ino, name, obj).ino)
                 d.listed = True
                 txn.put(d)
             for child_ino in added:
@@ -555,34 +407,6 @@ class Filesystem:
             raise failed[0]  # (itself, not in an exception group: callers catch it)
         return found
 
-    def add_from_object(self, txn: Txn, parent: int, name: bytes, info: ObjectInfo) -> Inode:
-        """A new entry for a file object seen in the bucket (clean, not cached); from
-        a listing (no metadata) its attributes are loaded later (``load_meta``)."""
-        child = self._inode_from_object(txn, parent, name, info, is_dir=False,
-                                        fallback_ns=info.mtime_ns)
-        child.size = info.size
-        child.remote_key, child.remote_etag = info.key, info.etag
-        txn.put(child)
-        txn.link(parent, name, child.ino)
-        return child
-
-    def _inode_from_object(self, txn: Txn, parent: int, name: bytes,
-                           info: ObjectInfo | None, *, is_dir: bool,
-                           fallback_ns: int) -> Inode:
-        """An inode from what the bucket said: a HEAD (``info.metadata`` set) gives its
-        attributes; a listing, or a common prefix (``info`` None), gives defaults and
-        ``meta_loaded=False``."""
-        fields = metadata.decode(
-            info.metadata if info is not None else None, is_dir=is_dir,
-            default_mode=self.defaults.dir_mode if is_dir else self.defaults.file_mode,
-            default_uid=self.defaults.uid, default_gid=self.defaults.gid,
-            fallback_mtime_ns=fallback_ns)
-        inode = Inode(ino=txn.new_ino(), parent=parent, name=name.decode(), **fields)
-        inode.meta_loaded = info is not None and info.metadata is not None
-        if is_dir:
-            inode.nlink = 2
-        return inode
-
     # --- attributes loaded lazily ---------------------------------------------------
     async def load_meta(self, ino: int) -> Inode:
         """Make ``ino``'s attributes trustworthy before they are used: an entry known
@@ -613,7 +437,7 @@ class Filesystem:
         ino = inode.ino
         is_dir = stat.S_ISDIR(inode.mode)
         with self.journal.read() as txn:
-            path_key = self.object_key(txn, inode)
+            path_key = self.ns.object_key(txn, inode)
         # a file's bytes (and headers) are at its object, or at a pending copy's source
         key, etag = (path_key, None) if is_dir else self.read_source(inode)
         if key is None:
@@ -658,18 +482,14 @@ class Filesystem:
                     before.parent, before.name, before.remote_key, before.remote_etag):
                 return  # moved or refreshed meanwhile: the next caller asks again
             if info is not None:
-                fields = metadata.decode(
-                    info.metadata, is_dir=is_dir,
-                    default_mode=self.defaults.dir_mode if is_dir else self.defaults.file_mode,
-                    default_uid=self.defaults.uid, default_gid=self.defaults.gid,
-                    fallback_mtime_ns=info.mtime_ns)
+                fields = self.ns.decode(info.metadata, is_dir, info.mtime_ns)
                 if inode.dirty:  # local times are newer than the object's
                     for name in ("mtime_ns", "atime_ns", "ctime_ns"):
                         del fields[name]
                 for name, value in fields.items():
                     setattr(inode, name, value)
                 if is_dir and inode.remote_key in (None, key):
-                    inode.remote_key, inode.remote_etag = key, info.etag
+                    set_remote(inode, key, info.etag)
             inode.meta_loaded = True
             txn.put(inode)
 
@@ -735,7 +555,7 @@ class Filesystem:
 
     def _lookup_entry(self, parent: int, name: bytes) -> Inode:
         with self.journal.read() as txn:
-            p = self.get_in(txn, parent)
+            p = self.ns.get_in(txn, parent)
             if not stat.S_ISDIR(p.mode):
                 raise FsError(errno.ENOTDIR)
             if name == b".":
@@ -749,7 +569,7 @@ class Filesystem:
                 if found is None:
                     raise FsError(errno.ENOENT)
                 ino = found
-            return self.get_in(txn, ino)
+            return self.ns.get_in(txn, ino)
 
     # --- lookups --------------------------------------------------------------------
     async def lookup(self, parent: int, name: bytes) -> Inode:
@@ -859,7 +679,7 @@ class Filesystem:
         now = _now_ns()
         pending: list[int] = []
         with self.journal.write() as txn:
-            inode = self.get_in(txn, ino)
+            inode = self.ns.get_in(txn, ino)
             flags = 0
             if changes.size is not None:
                 self.cache.truncate(ino, changes.size)
@@ -876,9 +696,9 @@ class Filesystem:
                     flags |= DIRTY_META
             inode.ctime_ns = now
             if flags and inode.nlink > 0:
-                self.mark(txn, inode, flags, pending)
+                self.ns.mark(txn, inode, flags, pending)
             txn.put(inode)
-        self.notify(pending)
+        self.ns.notify(pending)
         return inode
 
     async def readlink(self, ino: int) -> bytes:
@@ -892,7 +712,7 @@ class Filesystem:
             target = (await self.remote.get(src_key, if_match=etag)).decode("utf-8",
                                                                            "surrogateescape")
             with self.journal.write() as txn:
-                inode = self.get_in(txn, ino)
+                inode = self.ns.get_in(txn, ino)
                 inode.target = target
                 txn.put(inode)
         return inode.target.encode("utf-8", "surrogateescape")
@@ -906,7 +726,7 @@ class Filesystem:
     def _new_entry_dir(self, txn: Txn, parent: int, name: bytes) -> Inode:
         """The directory a new entry ``name`` goes into, checked: a live directory
         without that name."""
-        p = self.get_in(txn, parent)
+        p = self.ns.get_in(txn, parent)
         if not stat.S_ISDIR(p.mode):
             raise FsError(errno.ENOTDIR)
         if p.nlink == 0:
@@ -926,7 +746,7 @@ class Filesystem:
         inode = Inode(ino=txn.new_ino(), mode=mode, uid=uid, gid=gid, parent=parent,
                       name=seg, atime_ns=now, mtime_ns=now, ctime_ns=now, **fields)
         txn.link(parent, name, inode.ino)
-        self.touch_dir(txn, parent, now, 1 if stat.S_ISDIR(mode) else 0)
+        self.ns.touch_dir(txn, parent, now, 1 if stat.S_ISDIR(mode) else 0)
         return inode
 
     async def create(self, parent: int, name: bytes, mode: int, uid: int, gid: int,
@@ -939,10 +759,10 @@ class Filesystem:
         with self.journal.write() as txn:
             inode = self._add_entry(txn, parent, name, seg, stat.S_IFREG | stat.S_IMODE(mode),
                                     uid, gid, now, cached=True)
-            self.mark(txn, inode, DIRTY_DATA, pending)
+            self.ns.mark(txn, inode, DIRTY_DATA, pending)
             txn.put(inode)
         self.cache.create(inode.ino)
-        self.notify(pending)
+        self.ns.notify(pending)
         self.add_lookup(inode.ino)
         self.open_count[inode.ino] = self.open_count.get(inode.ino, 0) + 1
         return self._new_fh(Handle(inode.ino, writable, append, direct)), inode
@@ -958,11 +778,11 @@ class Filesystem:
         with self.journal.write() as txn:
             inode = self._add_entry(txn, parent, name, seg, kind | stat.S_IMODE(mode), uid,
                                     gid, now, rdev=rdev, cached=True)
-            self.mark(txn, inode, DIRTY_DATA, pending)
+            self.ns.mark(txn, inode, DIRTY_DATA, pending)
             txn.put(inode)
         if kind == stat.S_IFREG:
             self.cache.create(inode.ino)
-        self.notify(pending)
+        self.ns.notify(pending)
         self.add_lookup(inode.ino)
         return inode
 
@@ -973,10 +793,10 @@ class Filesystem:
         with self.journal.write() as txn:
             inode = self._add_entry(txn, parent, name, seg, stat.S_IFDIR | stat.S_IMODE(mode),
                                     uid, gid, now, nlink=2, listed=True)
-            self.mark(txn, inode, DIRTY_META, pending)
+            self.ns.mark(txn, inode, DIRTY_META, pending)
             txn.put(inode)
         self._note_names_listed(inode.ino, trio.current_time())  # (made here: empty)
-        self.notify(pending)
+        self.ns.notify(pending)
         self.add_lookup(inode.ino)
         return inode
 
@@ -989,9 +809,9 @@ class Filesystem:
         with self.journal.write() as txn:
             inode = self._add_entry(txn, parent, name, seg, stat.S_IFLNK | 0o777, uid, gid,
                                     now, target=text, size=len(target), cached=True)
-            self.mark(txn, inode, DIRTY_DATA, pending)
+            self.ns.mark(txn, inode, DIRTY_DATA, pending)
             txn.put(inode)
-        self.notify(pending)
+        self.ns.notify(pending)
         self.add_lookup(inode.ino)
         return inode
 
@@ -1011,7 +831,7 @@ class Filesystem:
         now = _now_ns()
         pending: list[int] = []
         with self.journal.write() as txn:
-            inode = self.get_in(txn, ino)
+            inode = self.ns.get_in(txn, ino)
             if inode.nlink == 0:
                 raise FsError(errno.ENOENT, "the file was removed")
             self._new_entry_dir(txn, parent, name)
@@ -1019,17 +839,17 @@ class Filesystem:
                         parent=parent, name=seg, link_of=ino)
             txn.put(rec)
             txn.link(parent, name, ino)
-            self.touch_dir(txn, parent, now)
+            self.ns.touch_dir(txn, parent, now)
             inode.links.append(rec.ino)
             inode.nlink += 1
             inode.ctime_ns = now
             # every name's object gets the new ctime; the new name's is written whole
-            self.mark(txn, inode, DIRTY_META, pending)
-            rec = self.get_in(txn, rec.ino)
-            self.mark(txn, rec, DIRTY_DATA, pending)
+            self.ns.mark(txn, inode, DIRTY_META, pending)
+            rec = self.ns.get_in(txn, rec.ino)
+            self.ns.mark(txn, rec, DIRTY_DATA, pending)
             txn.put(rec)
             txn.put(inode)
-        self.notify(pending)
+        self.ns.notify(pending)
         self.add_lookup(ino)
         return inode
 
@@ -1039,18 +859,16 @@ class Filesystem:
         if inode.remote_key is not None:
             txn.append_op({"op": "delete", "key": inode.remote_key, "etag": inode.remote_etag,
                            "ino": inode.ino})
-        inode.remote_key = inode.remote_etag = None
-        inode.dirty = 0
-        txn.clear_dirty(inode.ino)
+        leave_bucket(txn, inode)
 
     def _keep_parent_dir(self, txn: Txn, parent: int, pending: list[int]) -> None:
         """A directory that loses its last entry keeps existing in the bucket: make
         sure a marker gets written for it."""
         if parent == ROOT_INO or txn.has_children(parent):
             return
-        d = self.get_in(txn, parent)
+        d = self.ns.get_in(txn, parent)
         if d.remote_key is None and d.nlink > 0:
-            self.mark(txn, d, DIRTY_META, pending)
+            self.ns.mark(txn, d, DIRTY_META, pending)
             txn.put(d)
 
     async def unlink(self, parent: int, name: bytes) -> None:
@@ -1062,19 +880,19 @@ class Filesystem:
             ino = txn.lookup(parent, name)
             if ino is None:
                 raise FsError(errno.ENOENT)
-            inode = self.get_in(txn, ino)
+            inode = self.ns.get_in(txn, ino)
             if stat.S_ISDIR(inode.mode):
                 raise FsError(errno.EISDIR)
             txn.unlink(parent, name)
-            self.touch_dir(txn, parent, now)
-            remote = self.remove_name(txn, inode, parent, name, now, pending, dropped)
+            self.ns.touch_dir(txn, parent, now)
+            remote = self.ns.remove_name(txn, inode, parent, name, now, pending, dropped)
             if remote is not None:
                 txn.append_op({"op": "delete", "key": remote[0], "etag": remote[1],
                                "ino": ino})
             txn.put(inode)
             self._keep_parent_dir(txn, parent, pending)
-        self.notify(pending)
-        self.forget_records(dropped)
+        self.ns.notify(pending)
+        self.ns.forget_records(dropped)
         self.maybe_purge(ino)
 
     async def rmdir(self, parent: int, name: bytes) -> None:
@@ -1089,19 +907,19 @@ class Filesystem:
         with self.journal.write() as txn:
             if txn.lookup(parent, name) != ino:
                 raise FsError(errno.ENOENT)
-            inode = self.get_in(txn, ino)
+            inode = self.ns.get_in(txn, ino)
             if not stat.S_ISDIR(inode.mode):
                 raise FsError(errno.ENOTDIR)
             if txn.has_children(ino):
                 raise FsError(errno.ENOTEMPTY)
             txn.unlink(parent, name)
-            self.touch_dir(txn, parent, now, -1)
+            self.ns.touch_dir(txn, parent, now, -1)
             inode.nlink = 0
             inode.ctime_ns = now
             self._drop_remote(txn, inode)
             txn.put(inode)
             self._keep_parent_dir(txn, parent, pending)
-        self.notify(pending)
+        self.ns.notify(pending)
         self.maybe_purge(ino)
 
     # --- rename -------------------------------------------------------------------------
@@ -1116,19 +934,6 @@ class Filesystem:
                     if c is not None and stat.S_ISDIR(c.mode):
                         stack.append(child)
 
-    def _subtree(self, txn: Txn, top: Inode) -> Iterator[Inode]:
-        """``top`` (a name record) and, for a directory, every name record below it:
-        a hard-linked file once per name it has there."""
-        stack = [top]
-        while stack:
-            rec = stack.pop()
-            yield rec
-            if stat.S_ISDIR(rec.mode):
-                for name, child in txn.children(rec.ino):
-                    c = self.get_in(txn, child)
-                    stack.append(c if stat.S_ISDIR(c.mode)
-                                 else self.record_at(txn, rec.ino, name, c))
-
     def _check_not_below(self, txn: Txn, dest: Inode, ino: int) -> None:
         """EINVAL if directory ``dest`` is directory ``ino`` or below it: no moving a
         directory into itself."""
@@ -1138,7 +943,7 @@ class Filesystem:
                 raise FsError(errno.EINVAL, "cannot move a directory into itself")
             if walk.ino == ROOT_INO:
                 return
-            walk = self.get_in(txn, walk.parent)
+            walk = self.ns.get_in(txn, walk.parent)
 
     async def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes,
                      flags: int = 0) -> None:
@@ -1162,7 +967,7 @@ class Filesystem:
             ino = txn.lookup(old_parent, old_name)
             if ino is None:
                 raise FsError(errno.ENOENT)
-            moving = self.get_in(txn, ino)
+            moving = self.ns.get_in(txn, ino)
             target_ino = txn.lookup(new_parent, new_name)
         if stat.S_ISDIR(moving.mode):
             await self._ensure_subtree_listed(ino)
@@ -1175,9 +980,9 @@ class Filesystem:
         with self.journal.write() as txn:
             if txn.lookup(old_parent, old_name) != ino:
                 raise FsError(errno.ENOENT)
-            moving = self.get_in(txn, ino)
+            moving = self.ns.get_in(txn, ino)
             is_dir = stat.S_ISDIR(moving.mode)
-            np = self.get_in(txn, new_parent)
+            np = self.ns.get_in(txn, new_parent)
             if not stat.S_ISDIR(np.mode):
                 raise FsError(errno.ENOTDIR)
             if np.nlink == 0:
@@ -1191,7 +996,7 @@ class Filesystem:
             if target_ino is not None:
                 if flags & RENAME_NOREPLACE:
                     raise FsError(errno.EEXIST)
-                displaced = self.get_in(txn, target_ino)
+                displaced = self.ns.get_in(txn, target_ino)
                 if stat.S_ISDIR(displaced.mode):
                     if not is_dir:
                         raise FsError(errno.EISDIR)
@@ -1202,8 +1007,8 @@ class Filesystem:
 
             # the name record that moves (a hard-linked file has one per name), and
             # the keys before the move of every object that has to follow it
-            rec = moving if is_dir else self.record_at(txn, old_parent, old_name, moving)
-            old_keys = {i.ino: self.object_key(txn, i) for i in self._subtree(txn, rec)}
+            rec = moving if is_dir else self.ns.record_at(txn, old_parent, old_name, moving)
+            old_keys = {i.ino: self.ns.object_key(txn, i) for i in self.ns.subtree(txn, rec)}
 
             # the namespace change itself
             # (the moved inode overwrites the displaced name's object: no delete needed)
@@ -1215,38 +1020,36 @@ class Filesystem:
                     displaced.ctime_ns = now
                     if displaced.remote_key is not None:
                         inherited = (displaced.remote_key, displaced.remote_etag)
-                    displaced.remote_key = displaced.remote_etag = None
-                    displaced.dirty = 0
-                    txn.clear_dirty(displaced.ino)
-                    self.touch_dir(txn, new_parent, now, -1)
+                    leave_bucket(txn, displaced)
+                    self.ns.touch_dir(txn, new_parent, now, -1)
                 else:
-                    inherited = self.remove_name(txn, displaced, new_parent, new_name, now,
+                    inherited = self.ns.remove_name(txn, displaced, new_parent, new_name, now,
                                                   pending, dropped)
                 txn.put(displaced)
             txn.unlink(old_parent, old_name)
             txn.link(new_parent, new_name, ino)
-            moving = self.get_in(txn, ino)
+            moving = self.ns.get_in(txn, ino)
             moving.ctime_ns = now
             if rec.ino == ino:
                 moving.parent, moving.name = new_parent, new_seg
                 txn.put(moving)
             else:
                 txn.put(moving)
-                rec = self.get_in(txn, rec.ino)
+                rec = self.ns.get_in(txn, rec.ino)
                 rec.parent, rec.name = new_parent, new_seg
                 txn.put(rec)
             dir_delta = 1 if is_dir else 0
-            self.touch_dir(txn, old_parent, now, -dir_delta)
-            self.touch_dir(txn, new_parent, now, dir_delta)
+            self.ns.touch_dir(txn, old_parent, now, -dir_delta)
+            self.ns.touch_dir(txn, new_parent, now, dir_delta)
 
             faults.crash_point("mid-rename")  # the transaction is not committed yet
             # bucket side: every object below the moved entry follows it
-            for node in self._subtree(txn, self.get_in(txn, rec.ino)):
+            for node in self.ns.subtree(txn, self.ns.get_in(txn, rec.ino)):
                 self._move_remote(txn, node, old_keys[node.ino],
                                   inherited if node.ino == rec.ino else None, pending)
             self._keep_parent_dir(txn, old_parent, pending)
-        self.notify(pending)
-        self.forget_records(dropped)
+        self.ns.notify(pending)
+        self.ns.forget_records(dropped)
         if displaced is not None:
             self.maybe_purge(displaced.ino)
 
@@ -1257,8 +1060,8 @@ class Filesystem:
         ``inherited``: the object already at the new key that this node replaces; our
         next upload there is conditioned on its ETag instead of deleting it first.
         """
-        node = self.get_in(txn, node.ino)
-        new_key = self.object_key(txn, node)
+        node = self.ns.get_in(txn, node.ino)
+        new_key = self.ns.object_key(txn, node)
         is_dir = stat.S_ISDIR(node.mode)
         had_remote = node.remote_key is not None
         if had_remote and node.remote_key != new_key:
@@ -1266,27 +1069,26 @@ class Filesystem:
             if is_dir or node.dirty & DIRTY_DATA or new_key is None:
                 # rewritten from local state at the new key (or not at all)
                 txn.append_op({"op": "delete", **old})
-                node.remote_key = node.remote_etag = None
+                set_remote(node, None, None)
             else:
                 # clean data stays server-side: copy, then delete the old key
                 txn.append_op({"op": "copy", "src": old["key"], "dst": new_key,
                                "etag": old["etag"], "ino": node.ino})
                 txn.append_op({"op": "delete", **old})
-                node.remote_key, node.remote_etag = new_key, None
+                set_remote(node, new_key, None)
                 inherited = None  # the copy overwrites it
         if new_key is None:
-            node.dirty = 0
-            txn.clear_dirty(node.ino)
+            unmark(txn, node)
         else:
             if inherited is not None and node.remote_key is None:
-                node.remote_key, node.remote_etag = inherited
+                set_remote(node, *inherited)
             if old_key is None:
                 # it was not exported before (e.g. under .s3fuse/): upload it now
-                self.mark(txn, node, DIRTY_META if is_dir else DIRTY_DATA | DIRTY_META,
+                self.ns.mark(txn, node, DIRTY_META if is_dir else DIRTY_DATA | DIRTY_META,
                            pending)
             elif is_dir and (had_remote or inherited is not None):
                 # the directory's marker and attributes move with it
-                self.mark(txn, node, DIRTY_META, pending)
+                self.ns.mark(txn, node, DIRTY_META, pending)
         txn.put(node)
 
     # --- RENAME_EXCHANGE --------------------------------------------------------------
@@ -1348,7 +1150,7 @@ class Filesystem:
                 found = (txn.lookup(parent_a, name_a), txn.lookup(parent_b, name_b))
                 if found[0] is None or found[1] is None:
                     raise FsError(errno.ENOENT)
-                dirs = [ino for ino in found if stat.S_ISDIR(self.get_in(txn, ino).mode)]
+                dirs = [ino for ino in found if stat.S_ISDIR(self.ns.get_in(txn, ino).mode)]
             for ino in dirs:
                 await self._ensure_subtree_listed(ino)
             try:
@@ -1377,21 +1179,21 @@ class Filesystem:
             if ino_a is None or ino_b is None:
                 raise FsError(errno.ENOENT)
             for parent in (parent_a, parent_b):
-                d = self.get_in(txn, parent)
+                d = self.ns.get_in(txn, parent)
                 if not stat.S_ISDIR(d.mode):
                     raise FsError(errno.ENOTDIR)
                 if d.nlink == 0:
                     raise FsError(errno.ENOENT)
             if ino_a == ino_b:
                 return  # two names of one file: Linux does nothing either
-            a, b = self.get_in(txn, ino_a), self.get_in(txn, ino_b)
+            a, b = self.ns.get_in(txn, ino_a), self.ns.get_in(txn, ino_b)
             a_dir, b_dir = stat.S_ISDIR(a.mode), stat.S_ISDIR(b.mode)
             if a_dir:
-                self._check_not_below(txn, self.get_in(txn, parent_b), ino_a)
+                self._check_not_below(txn, self.ns.get_in(txn, parent_b), ino_a)
             if b_dir:
-                self._check_not_below(txn, self.get_in(txn, parent_a), ino_b)
-            rec_a = a if a_dir else self.record_at(txn, parent_a, name_a, a)
-            rec_b = b if b_dir else self.record_at(txn, parent_b, name_b, b)
+                self._check_not_below(txn, self.ns.get_in(txn, parent_a), ino_b)
+            rec_a = a if a_dir else self.ns.record_at(txn, parent_a, name_a, a)
+            rec_b = b if b_dir else self.ns.record_at(txn, parent_b, name_b, b)
 
             # before the swap: every object below each entry by its place, and the pairs
             places_a, places_b = self._places(txn, rec_a), self._places(txn, rec_b)
@@ -1417,17 +1219,17 @@ class Filesystem:
             txn.link(parent_b, name_b, ino_a)
             for rec_ino, data_ino, parent, seg in ((rec_a.ino, ino_a, parent_b, rec_b.name),
                                                    (rec_b.ino, ino_b, parent_a, rec_a.name)):
-                data = self.get_in(txn, data_ino)
+                data = self.ns.get_in(txn, data_ino)
                 data.ctime_ns = now
                 txn.put(data)
-                rec = self.get_in(txn, rec_ino)
+                rec = self.ns.get_in(txn, rec_ino)
                 rec.parent, rec.name = parent, seg
                 txn.put(rec)
             # a directory that trades places with a file moves a subdirectory link
             delta = int(b_dir) - int(a_dir)
-            self.touch_dir(txn, parent_a, now, delta if parent_a != parent_b else 0)
+            self.ns.touch_dir(txn, parent_a, now, delta if parent_a != parent_b else 0)
             if parent_b != parent_a:
-                self.touch_dir(txn, parent_b, now, -delta)
+                self.ns.touch_dir(txn, parent_b, now, -delta)
 
             faults.crash_point("mid-exchange")  # the transaction is not committed yet
             # bucket side
@@ -1438,11 +1240,11 @@ class Filesystem:
                 self._swap_remote(txn, x.ino, key_x, y.ino, key_y, copied, pending)
                 done.update((x.ino, y.ino))
                 if copied is not None:
-                    durable.add(self.data_of(txn, y if copied == x.ino else x).ino)
+                    durable.add(self.ns.data_of(txn, y if copied == x.ino else x).ino)
             for node, old_key in clashes:  # (their deletes first: nothing waits on them)
-                durable.add(self.data_of(txn, node).ino)
-                node = self.get_in(txn, node.ino)
-                self.mark(txn, node, DIRTY_DATA, pending)
+                durable.add(self.ns.data_of(txn, node).ino)
+                node = self.ns.get_in(txn, node.ino)
+                self.ns.mark(txn, node, DIRTY_DATA, pending)
                 txn.put(node)
                 self._move_remote(txn, node, old_key, None, pending)
                 done.add(node.ino)
@@ -1458,25 +1260,25 @@ class Filesystem:
             for ino in durable:
                 self.cache.fsync(ino)
             self.journal.sync()
-        self.notify(pending)
+        self.ns.notify(pending)
 
     def _places(self, txn: Txn, top: Inode) -> dict[tuple[tuple[str, ...], bool],
                                                    tuple[Inode, str | None]]:
         """Every name record at or below ``top``, by its place relative to ``top``
         (the names below it, and whether it is a directory: a file's key and a
         directory's never meet), with its object key now."""
-        depth = len(self.path_names(txn, top))
+        depth = len(self.ns.path_names(txn, top))
         out: dict[tuple[tuple[str, ...], bool], tuple[Inode, str | None]] = {}
-        for node in self._subtree(txn, top):
-            place = (tuple(self.path_names(txn, node)[depth:]), stat.S_ISDIR(node.mode))
-            out[place] = (node, self.object_key(txn, node))
+        for node in self.ns.subtree(txn, top):
+            place = (tuple(self.ns.path_names(txn, node)[depth:]), stat.S_ISDIR(node.mode))
+            out[place] = (node, self.ns.object_key(txn, node))
         return out
 
     def _is_local(self, txn: Txn, rec: Inode) -> bool:
         """Can name record ``rec``'s object be written whole from local state now?"""
         if rec.dirty & DIRTY_DATA:
             return True  # (dirty data is always whole in the cache)
-        data = self.data_of(txn, rec)
+        data = self.ns.data_of(txn, rec)
         if not data.meta_loaded:
             return False
         if stat.S_ISREG(data.mode):
@@ -1499,7 +1301,7 @@ class Filesystem:
         copied: Inode | None = copyable[0] if len(copyable) == 1 else None
         if len(copyable) == 2:
             # two clean objects: the smaller one we hold goes up from local bytes
-            by_size = sorted(copyable, key=lambda r: self.data_of(txn, r).size)
+            by_size = sorted(copyable, key=lambda r: self.ns.data_of(txn, r).size)
             local = next((r for r in by_size if self._is_local(txn, r)), None)
             if local is None:
                 raise _NeedLocal(by_size[0].ino)
@@ -1517,36 +1319,34 @@ class Filesystem:
         (key and ETag), so its next write there is conditioned on the version it
         replaces. ``copied`` (a record, or None) has its own object copied to its new
         key instead; every other side is (re)written from local state."""
-        x, y = self.get_in(txn, x_ino), self.get_in(txn, y_ino)
+        x, y = self.ns.get_in(txn, x_ino), self.ns.get_in(txn, y_ino)
         is_dir = stat.S_ISDIR(x.mode)
         had = {x.ino: x.remote_key is not None, y.ino: y.remote_key is not None}
         old_x = (x.remote_key, x.remote_etag)
-        x.remote_key, x.remote_etag = y.remote_key, y.remote_etag
-        y.remote_key, y.remote_etag = old_x
+        set_remote(x, y.remote_key, y.remote_etag)
+        set_remote(y, *old_x)
         if copied is not None:
             c, other = (x, y) if copied == x.ino else (y, x)
             # (after the swap, ``other`` holds the copied side's own object)
-            new_key = self.object_key(txn, c)
+            new_key = self.ns.object_key(txn, c)
             txn.append_op({"op": "copy", "src": other.remote_key, "dst": new_key,
                            "etag": other.remote_etag, "ino": c.ino})
-            c.remote_key, c.remote_etag = new_key, None  # the copy gives the ETag
+            set_remote(c, new_key, None)  # the copy gives the ETag
         txn.put(x)
         txn.put(y)
         for ino, old_key in ((x_ino, key_x), (y_ino, key_y)):
-            node = self.get_in(txn, ino)
-            if self.object_key(txn, node) is None:
+            node = self.ns.get_in(txn, ino)
+            if self.ns.object_key(txn, node) is None:
                 # left the bucket (now under .s3fuse/): its place's object, if any, is
                 # the other side's now
-                node.remote_key = node.remote_etag = None
-                node.dirty = 0
-                txn.clear_dirty(ino)
+                leave_bucket(txn, node)
             elif ino == copied:
                 pass
             elif not is_dir:
-                self.mark(txn, node, DIRTY_DATA | DIRTY_META, pending)
+                self.ns.mark(txn, node, DIRTY_DATA | DIRTY_META, pending)
             elif had[x_ino] or had[y_ino] or old_key is None:
                 # its marker, rewritten (or written: it just entered the bucket)
-                self.mark(txn, node, DIRTY_META, pending)
+                self.ns.mark(txn, node, DIRTY_META, pending)
             txn.put(node)
 
     # --- file data ----------------------------------------------------------------------
@@ -1578,16 +1378,16 @@ class Filesystem:
                                        for r in records):
                 return
         with self.journal.write() as txn:
-            inode = self.get_in(txn, ino)
-            self.mark(txn, inode, DIRTY_DATA, pending)
+            inode = self.ns.get_in(txn, ino)
+            self.ns.mark(txn, inode, DIRTY_DATA, pending)
             txn.put(inode)
-        self.notify(pending)
+        self.ns.notify(pending)
 
     async def _start_empty(self, ino: int) -> None:
         """The file's content becomes empty, whole in the cache (a truncate to 0, or
         a version that is gone)."""
         with self.journal.write() as txn:
-            inode = self.get_in(txn, ino)
+            inode = self.ns.get_in(txn, ino)
             self.cache.create(ino, 0)
             inode.cached = True
             inode.size = 0
@@ -1709,13 +1509,13 @@ class Filesystem:
         pending: list[int] = []
         self.cache.write(h.ino, offset, data)
         with self.journal.write() as txn:
-            inode = self.get_in(txn, h.ino)
+            inode = self.ns.get_in(txn, h.ino)
             inode.size = max(inode.size, offset + len(data))
             inode.mtime_ns = inode.ctime_ns = now
             if inode.nlink > 0:
-                self.mark(txn, inode, DIRTY_DATA, pending)
+                self.ns.mark(txn, inode, DIRTY_DATA, pending)
             txn.put(inode)
-        self.notify(pending)
+        self.ns.notify(pending)
         return len(data)
 
     def _write_deferred(self, ino: int, end: int, now: int) -> bool:
@@ -1731,7 +1531,7 @@ class Filesystem:
         inode.mtime_ns = inode.ctime_ns = now
         inode.change_seq += 1
         self.journal.defer(inode)
-        self.notify([ino])
+        self.ns.notify([ino])
         return True
 
     async def fsync(self, fh: int) -> None:
@@ -1872,9 +1672,9 @@ class Filesystem:
             with self.journal.read() as txn:
                 d = txn.get(parent)
                 if d is None or d.nlink == 0 or not stat.S_ISDIR(d.mode) or (
-                        parent != ROOT_INO and self.object_key(txn, d) is None):
+                        parent != ROOT_INO and self.ns.object_key(txn, d) is None):
                     return None
-                prefix = self._dir_prefix(txn, d)
+                prefix = self.ns.dir_prefix(txn, d)
             started = self.reconciler.stamp()  # what the listing shows is at least this new
             try:
                 page = await self.remote.list_all(prefix, "/")
@@ -1898,12 +1698,12 @@ class Filesystem:
         """Live files and directories whose key would be too long for S3."""
         out = []
         with self.journal.read() as txn:
-            for ino in list(self.not_exported):
+            for ino in list(self.ns.not_exported):
                 inode = txn.get(ino)
-                if inode is None or inode.nlink == 0 or self.object_key(txn, inode) is not None:
-                    self.not_exported.pop(ino, None)
+                if inode is None or inode.nlink == 0 or self.ns.object_key(txn, inode) is not None:
+                    self.ns.not_exported.pop(ino, None)
                     continue
-                out.append({"path": self.not_exported[ino],
+                out.append({"path": self.ns.not_exported[ino],
                             "reason": f"key longer than {keys.KEY_MAX} bytes"})
         return out
 
@@ -1920,15 +1720,9 @@ class Filesystem:
                     ino = txn.lookup(ino, part) if ino is not None else None
                 inode = txn.get(ino) if ino is not None else None
                 if inode is not None:
-                    rec = inode if ino == ROOT_INO else self.record_at(txn, parent, name, inode)
-                    found.extend(i.ino for i in self._subtree(txn, rec))
+                    rec = inode if ino == ROOT_INO else self.ns.record_at(txn, parent, name, inode)
+                    found.extend(i.ino for i in self.ns.subtree(txn, rec))
         return found
-
-    def in_lost_found(self, inode: Inode) -> bool:
-        with self.journal.read() as txn:
-            names = self.path_names(txn, inode)
-        return len(names) > 2 and names[0] == keys.RESERVED_ROOT_NAME.decode() \
-            and names[1] == "lost+found"
 
     def dirs_to_poll(self, used_within_s: float) -> list[int]:
         """Directories in use: looked into or opened within ``used_within_s``, and the
@@ -1952,9 +1746,9 @@ class Filesystem:
             d = txn.get(ino)
             if d is None or d.nlink == 0 or not d.listed or not stat.S_ISDIR(d.mode):
                 return
-            if ino != ROOT_INO and self.object_key(txn, d) is None:
+            if ino != ROOT_INO and self.ns.object_key(txn, d) is None:
                 return
-            prefix = self._dir_prefix(txn, d)
+            prefix = self.ns.dir_prefix(txn, d)
         before = self.flusher.op_generation() if self.flusher is not None else None
         listed_at = self.reconciler.stamp()
         dirs, files = await self._list_dir(ino, prefix)
@@ -1971,7 +1765,7 @@ class Filesystem:
             for name, child in txn.children(ino):
                 c = txn.get(child)
                 # a hard-linked file: the record of this name, with its own object
-                local[name] = self.record_at(txn, ino, name, c) if c is not None else None
+                local[name] = self.ns.record_at(txn, ino, name, c) if c is not None else None
         new_files = {n: o for n, o in files.items() if n not in local}
         new_dirs = {n: p for n, p in dirs.items() if n not in local}
         changed: dict[int, ObjectInfo] = {}
@@ -2005,30 +1799,25 @@ class Filesystem:
                 return
             for name, obj in new_files.items():
                 if txn.lookup(ino, name) is None:
-                    self.add_from_object(txn, ino, name, heads.get(obj.key) or obj)
+                    self.ns.add_from_object(txn, ino, name, heads.get(obj.key) or obj)
                     entries.append((ino, name))
             for name, p in new_dirs.items():
                 if txn.lookup(ino, name) is None:
-                    child = self._inode_from_object(txn, ino, name, heads.get(p), is_dir=True,
-                                                    fallback_ns=now)
-                    if p in heads:
-                        child.remote_key, child.remote_etag = p, heads[p].etag
-                    txn.put(child)
-                    txn.link(ino, name, child.ino)
-                    self.touch_dir(txn, ino, now, 1)
+                    self.ns.add_dir_from_bucket(txn, ino, name, p, heads.get(p), now)
+                    self.ns.touch_dir(txn, ino, now, 1)
                     entries.append((ino, name))
         self.invalidate(entries, [])
 
     # --- extended attributes ------------------------------------------------------------
     def sync_state(self, inode: Inode) -> str:
         with self.journal.read() as txn:
-            records = self._records(txn, inode)
-            exported = inode.ino == ROOT_INO or any(self.object_key(txn, r) is not None
+            records = self.ns.records(txn, inode)
+            exported = inode.ino == ROOT_INO or any(self.ns.object_key(txn, r) is not None
                                                      for r in records)
         if self.flusher is not None and any(self.flusher.is_uploading(r.ino)
                                             for r in records):
             return "uploading"
-        if self.in_lost_found(inode):
+        if self.ns.in_lost_found(inode):
             return "conflict"
         if not exported:
             return "local-only"
@@ -2050,37 +1839,26 @@ class Filesystem:
             raise FsError(errno.EOPNOTSUPP if not name.startswith("user.") else errno.EPERM)
         pending: list[int] = []
         with self.journal.write() as txn:
-            inode = self.get_in(txn, ino)
+            inode = self.ns.get_in(txn, ino)
             xattrs = dict(inode.xattrs)
             xattrs[name] = metadata.xattr_encode(value)
-            md = self._metadata(inode, xattrs=xattrs)
+            md = object_metadata(inode, xattrs=xattrs)
             if metadata.metadata_size(md) > metadata.METADATA_LIMIT_BYTES:
                 raise FsError(errno.E2BIG, "object metadata is limited to 2 KiB")
             inode.xattrs = xattrs
             inode.ctime_ns = _now_ns()
-            self.mark(txn, inode, DIRTY_META, pending)
+            self.ns.mark(txn, inode, DIRTY_META, pending)
             txn.put(inode)
-        self.notify(pending)
+        self.ns.notify(pending)
 
     def removexattr(self, ino: int, name: str) -> None:
         pending: list[int] = []
         with self.journal.write() as txn:
-            inode = self.get_in(txn, ino)
+            inode = self.ns.get_in(txn, ino)
             if name not in inode.xattrs:
                 raise FsError(errno.ENODATA)
             del inode.xattrs[name]
             inode.ctime_ns = _now_ns()
-            self.mark(txn, inode, DIRTY_META, pending)
+            self.ns.mark(txn, inode, DIRTY_META, pending)
             txn.put(inode)
-        self.notify(pending)
-
-    def _metadata(self, inode: Inode, xattrs: dict[str, str] | None = None) -> dict[str, str]:
-        return metadata.encode(mode=inode.mode, uid=inode.uid, gid=inode.gid,
-                               mtime_ns=inode.mtime_ns, atime_ns=inode.atime_ns,
-                               ctime_ns=inode.ctime_ns, rdev=inode.rdev,
-                               xattrs=inode.xattrs if xattrs is None else xattrs,
-                               extra=inode.extra)
-
-    def object_metadata(self, inode: Inode) -> dict[str, str]:
-        """The user metadata the object for ``inode`` carries in the bucket."""
-        return self._metadata(inode)
+        self.ns.notify(pending)

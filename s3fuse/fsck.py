@@ -70,7 +70,7 @@ names; each listed directory is LISTed once, other objects are HEADed)
 
 Repairs are applied at the end, in one journal transaction (then the cache files are
 deleted), and only with ``repair=True``; without it the report says what a repair
-would do. Key rules are the filesystem's own (``Filesystem.object_key``).
+would do. Key rules are the filesystem's own (``Namespace.object_key``).
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ from dataclasses import dataclass, field
 from . import keys, metadata
 from .config import default_cache_dir
 from .errors import FsError, InvalidKey, NoSuchKey, StoreError, UsageError
-from .filesystem import Defaults, Filesystem
+from .namespace import Defaults, Namespace, set_remote
 from .reconcile import Decision, decide, own_upload
 from .journal import DIRTY_DATA, DIRTY_META, ROOT_INO, Inode, Journal, Txn
 from .store.base import ObjectInfo, ObjectStore
@@ -186,9 +186,9 @@ class _Checker:
         self.store = store
         self.prefix = prefix
         self.repair = repair
-        # Only its key rules (path_names, object_key) are used: they read the journal
-        # and nothing else, so no cache, remote or trio is needed.
-        self.fs = Filesystem(journal, None, None, prefix, Defaults(uid=0, gid=0))  # type: ignore[arg-type]
+        # the mount's key rules (path_names, object_key): they read the journal and
+        # nothing else, so no cache, remote or trio is needed
+        self.ns = Namespace(journal, prefix, Defaults(uid=0, gid=0))
         self.report = Report(repair=repair, bucket_checked=store is not None)
         self.instance = (journal.get_meta(b"instance") or b"").decode()
         self._actions: list[Callable[[Txn], None]] = []
@@ -317,8 +317,8 @@ class _Checker:
             for ino in self.reachable:
                 inode = inodes[ino]
                 try:
-                    self.key_of[ino] = self.fs.object_key(txn, inode)
-                    names = self.fs.path_names(txn, inode)
+                    self.key_of[ino] = self.ns.object_key(txn, inode)
+                    names = self.ns.path_names(txn, inode)
                 except FsError:
                     self.key_of[ino] = None
                     continue
@@ -843,7 +843,7 @@ def _adopt(ino: int, key: str, head: ObjectInfo) -> Callable[[Txn], None]:
         inode.mode = mode
         for name, value in fields.items():
             setattr(inode, name, value)
-        inode.remote_key, inode.remote_etag = key, head.etag
+        set_remote(inode, key, head.etag)
         inode.meta_loaded = True
         if not is_dir:
             inode.size = head.size

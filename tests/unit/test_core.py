@@ -31,15 +31,19 @@ WINDOW = 60.0
 class Rig:
     """A filesystem + flusher over a MemoryStore, in one cache directory."""
 
-    def __init__(self, tmp_path, store: MemoryStore | None = None, prefix: str = "") -> None:
+    def __init__(self, tmp_path, store: MemoryStore | None = None, prefix: str = "",
+                 threads: bool = False) -> None:
+        """``threads``: store calls run in real worker threads (so that they really
+        overlap), instead of inline."""
         self.tmp_path = tmp_path
         self.store = store if store is not None else MemoryStore()
         self.journal = Journal(str(tmp_path / "journal"))
         self.cache = Cache(str(tmp_path), 1 << 30)
-        self.fs = Filesystem(self.journal, self.cache, Remote(self.store, inline=True), prefix,
+        remote = Remote(self.store) if threads else Remote(self.store, inline=True)
+        self.fs = Filesystem(self.journal, self.cache, remote, prefix,
                              Defaults(uid=1000, gid=1000))
         self.fs.init()
-        self.flusher = Flusher(self.fs, WINDOW, instance_id="test")
+        self.flusher = Flusher(self.fs.ns, self.fs.flusher_links(), WINDOW, instance_id="test")
         self.fs.flusher = self.flusher
         self.flusher.load()
 
@@ -596,8 +600,7 @@ class GatedStore(MemoryStore):
 
 async def _in_flight(tmp_path, store: GatedStore, during):
     """Start an upload of ``f``, run ``during(rig)`` while it is in flight, finish."""
-    rig = Rig(tmp_path, store)
-    rig.fs.remote = Remote(store)  # real threads: the upload really is in flight
+    rig = Rig(tmp_path, store, threads=True)  # the upload really is in flight
     rig.flusher.window_s = 0.01
     try:
         async with trio.open_nursery() as nursery:
@@ -783,8 +786,7 @@ def run_threaded(tmp_path, store: MemoryStore, scenario) -> None:
     that they really overlap) and a 10 ms window."""
 
     async def main():
-        rig = Rig(tmp_path, store)
-        rig.fs.remote = Remote(store)
+        rig = Rig(tmp_path, store, threads=True)
         rig.flusher.window_s = 0.01
         try:
             async with trio.open_nursery() as nursery:

@@ -267,11 +267,8 @@ def test_exchange_while_an_upload_is_in_flight(tmp_path):
     store = GatedStore()
 
     async def main():
-        rig = Rig(tmp_path, store)
+        rig = Rig(tmp_path, store, threads=True)  # the upload really is in flight
         rig.journal.set_meta(b"instance", b"test")
-        from s3fuse.remote import Remote
-
-        rig.fs.remote = Remote(store)  # real threads: the upload really is in flight
         rig.flusher.window_s = 0.01
         try:
             async with trio.open_nursery() as nursery:

@@ -16,7 +16,6 @@ from test_core import Rig
 
 from s3fuse.fetch import PIECE_BYTES
 from s3fuse.journal import ROOT_INO
-from s3fuse.remote import Remote
 from s3fuse.store.memory import MemoryStore
 
 MIB = 1 << 20
@@ -51,9 +50,7 @@ def body(n: int, seed: int = 0) -> bytes:
 
 def run(tmp_path, store, scenario, threads: bool = False):
     async def main():
-        rig = Rig(tmp_path, store)
-        if threads:
-            rig.fs.remote = Remote(store)
+        rig = Rig(tmp_path, store, threads=threads)
         try:
             async with trio.open_nursery() as nursery:
                 rig.fs.fetcher.nursery = nursery
