@@ -38,6 +38,7 @@ import trio
 from .cache import Cache
 from .config import Settings, parse_seconds
 from .errors import StoreError, TransientStoreError, UsageError
+from .discovery import Poller
 from .filesystem import Defaults, Filesystem
 from .flusher import Flusher
 from .fuse_ops import FuseOps
@@ -261,7 +262,7 @@ class Daemon:
                 fs.fetcher.nursery = nursery  # read-ahead runs in the background
                 nursery.start_soon(self._checkpoint)
                 nursery.start_soon(self._signals)
-                nursery.start_soon(self._poller)
+                nursery.start_soon(Poller(fs.discovery, s.poll_interval_s).run)
                 nursery.start_soon(self._invalidator)
                 if self.metrics is not None:
                     nursery.start_soon(self._sample_metrics, self.metrics)
@@ -337,31 +338,6 @@ class Daemon:
             log.warning("%s gave up waiting after %s: %s still pending; the mount keeps "
                         "retrying", who, duration(timeout_s), self._pending_words())
         return ok
-
-    async def _poller(self) -> None:
-        """Re-list the directories in use every --poll-interval, so outside changes
-        (other tools, other mounts) show up."""
-        assert self.fs is not None
-        interval = self.settings.poll_interval_s
-        swept = 0.0
-        while True:
-            await trio.sleep(max(0.0, interval - swept))
-            start = trio.current_time()
-            # in use: touched within the last two sweeps (a directory that comes back
-            # into use is re-listed at the next sweep)
-            dirs = self.fs.dirs_to_poll(used_within_s=2 * interval)
-            # spread the LISTs over half an interval: a burst of hundreds of them
-            # (after an untar, say) would slow down whatever runs on the mount
-            gap = interval / 2 / max(1, len(dirs))
-            for ino in dirs:
-                try:
-                    await self.fs.poll_dir(ino)
-                except (StoreError, OSError) as exc:
-                    log.info("polling directory %d failed: %s", ino, exc)
-                except Exception:
-                    log.exception("polling directory %d failed", ino)
-                await trio.sleep(gap)
-            swept = trio.current_time() - start
 
     async def _sample_metrics(self, metrics: Metrics) -> None:
         """Copy the pending figures into the metrics' gauges, once a second."""

@@ -144,6 +144,26 @@ class Namespace:
                     stack.append(c if stat.S_ISDIR(c.mode)
                                  else self.record_at(txn, rec.ino, name, c))
 
+    def lookup_entry(self, parent: int, name: bytes) -> Inode:
+        """What entry ``name`` of directory ``parent`` names now (``.`` and ``..``
+        too): ENOTDIR, ENAMETOOLONG, ENOENT. Reads only."""
+        with self.journal.read() as txn:
+            p = self.get_in(txn, parent)
+            if not stat.S_ISDIR(p.mode):
+                raise FsError(errno.ENOTDIR)
+            if name == b".":
+                ino = parent
+            elif name == b"..":
+                ino = p.parent
+            else:
+                if len(name) > keys.NAME_MAX:
+                    raise FsError(errno.ENAMETOOLONG)
+                found = txn.lookup(parent, name)
+                if found is None:
+                    raise FsError(errno.ENOENT)
+                ino = found
+            return self.get_in(txn, ino)
+
     # --- path <-> key ----------------------------------------------------------------
     def path_names(self, txn: Txn, inode: Inode) -> list[str]:
         """The names from the root down to ``inode``'s record (ELOOP past 4,096)."""

@@ -231,8 +231,8 @@ def test_the_poller_lists_directories_touched_lately_and_those_of_open_files(tmp
         assert set(rig.fs.dirs_to_poll(used_within_s=60)) == {ROOT_INO, d.ino, made.ino}
         old = await rig.fs.lookup(d.ino, b"old")
         f, _ = await rig.fs.open(old.ino, os.O_RDONLY)
-        for ino in rig.fs._dir_used:  # as if last touched 61 s ago
-            rig.fs._dir_used[ino] -= 61
+        for ino in rig.fs.discovery._dir_used:  # as if last touched 61 s ago
+            rig.fs.discovery._dir_used[ino] -= 61
         assert rig.fs.dirs_to_poll(used_within_s=60) == [d.ino]  # it holds an open file
         await rig.fs.release(f)
         assert rig.fs.dirs_to_poll(used_within_s=60) == []
@@ -698,14 +698,14 @@ def test_an_upload_that_landed_before_a_crash_is_adopted_not_a_conflict(tmp_path
 def test_poll_never_removes_a_file_whose_upload_committed_after_the_listing(tmp_path):
     async def scenario(rig: Rig):
         await rig.write_file(ROOT_INO, b"fresh", b"data")
-        original = rig.fs._list_dir
+        original = rig.fs.discovery._list_dir
 
         async def list_then_upload(ino, prefix):
             result = await original(ino, prefix)  # taken before "fresh" is uploaded
             assert await rig.flusher.drain(30)  # ... whose upload commits right after
             return result
 
-        rig.fs._list_dir = list_then_upload
+        rig.fs.discovery._list_dir = list_then_upload
         await rig.fs.poll_dir(ROOT_INO)
         assert (await rig.fs.lookup(ROOT_INO, b"fresh")).size == 4
         assert rig.bucket() == {"fresh": b"data"}
@@ -1114,7 +1114,7 @@ def test_opens_in_one_directory_are_revalidated_by_one_list(tmp_path):
         # changed outside: the listing shows it, a HEAD confirms, the open sees it
         rig.store.put("src/f03", b"v2 from outside", {})
         rig.fs.reconciler.known_at.clear()
-        rig.fs._dir_etags.clear()
+        rig.fs.discovery._dir_etags.clear()
         fh, changed = await rig.fs.open(inos[3], os.O_RDONLY)
         assert changed and await rig.fs.read(fh, 0, 100) == b"v2 from outside"
         fh, changed = await rig.fs.open(inos[4], os.O_RDONLY)  # same listing: no HEAD
