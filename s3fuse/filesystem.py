@@ -37,6 +37,7 @@ from .discovery import Discovery
 from .fetch import Fetcher
 from .flusher import FlusherLinks
 from .journal import DIRTY_DATA, DIRTY_META, ROOT_INO, Inode, Journal, Txn
+from .oplog import CopyOp, DeleteOp
 from .namespace import (Defaults, Namespace, leave_bucket, object_metadata, set_remote,
                         unmark)
 from .remote import Remote
@@ -479,8 +480,7 @@ class Filesystem:
     def _drop_remote(self, txn: Txn, inode: Inode) -> None:
         """The inode leaves the namespace: its object (if any) is deleted in order."""
         if inode.remote_key is not None:
-            txn.append_op({"op": "delete", "key": inode.remote_key, "etag": inode.remote_etag,
-                           "ino": inode.ino})
+            txn.append_op(DeleteOp(inode.remote_key, inode.remote_etag, inode.ino))
         leave_bucket(txn, inode)
 
     def _keep_parent_dir(self, txn: Txn, parent: int, pending: list[int]) -> None:
@@ -509,8 +509,7 @@ class Filesystem:
             self.ns.touch_dir(txn, parent, now)
             remote = self.ns.remove_name(txn, inode, parent, name, now, pending, dropped)
             if remote is not None:
-                txn.append_op({"op": "delete", "key": remote[0], "etag": remote[1],
-                               "ino": ino})
+                txn.append_op(DeleteOp(remote[0], remote[1], ino))
             txn.put(inode)
             self._keep_parent_dir(txn, parent, pending)
         self.ns.notify(pending)
@@ -687,16 +686,15 @@ class Filesystem:
         is_dir = stat.S_ISDIR(node.mode)
         had_remote = node.remote_key is not None
         if had_remote and node.remote_key != new_key:
-            old = {"key": node.remote_key, "etag": node.remote_etag, "ino": node.ino}
+            old = DeleteOp(node.remote_key, node.remote_etag, node.ino)
             if is_dir or node.dirty & DIRTY_DATA or new_key is None:
                 # rewritten from local state at the new key (or not at all)
-                txn.append_op({"op": "delete", **old})
+                txn.append_op(old)
                 set_remote(node, None, None)
             else:
                 # clean data stays server-side: copy, then delete the old key
-                txn.append_op({"op": "copy", "src": old["key"], "dst": new_key,
-                               "etag": old["etag"], "ino": node.ino})
-                txn.append_op({"op": "delete", **old})
+                txn.append_op(CopyOp(old.key, new_key, old.etag, node.ino))
+                txn.append_op(old)
                 set_remote(node, new_key, None)
                 inherited = None  # the copy overwrites it
         if new_key is None:
@@ -951,8 +949,7 @@ class Filesystem:
             c, other = (x, y) if copied == x.ino else (y, x)
             # (after the swap, ``other`` holds the copied side's own object)
             new_key = self.ns.object_key(txn, c)
-            txn.append_op({"op": "copy", "src": other.remote_key, "dst": new_key,
-                           "etag": other.remote_etag, "ino": c.ino})
+            txn.append_op(CopyOp(other.remote_key, new_key, other.remote_etag, c.ino))
             set_remote(c, new_key, None)  # the copy gives the ETag
         txn.put(x)
         txn.put(y)

@@ -39,11 +39,12 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from . import faults
-from .errors import (BodyChanged, FsError, NoSuchKey, PreconditionFailed, StoreError,
+from . import faults, oplog
+from .errors import (BodyChanged, FsError, PreconditionFailed, StoreError,
                      TransientStoreError)
 from .journal import DIRTY_DATA, Inode
 from .namespace import object_metadata, set_remote, unmark
+from .oplog import CopyOp, DeleteOp, Op
 from .reconcile import SEQ_META, Decision, Stamp
 from .store.base import ObjectInfo
 
@@ -214,8 +215,8 @@ class Flusher:
             return None
         with self.journal.read() as txn:
             for _, op in txn.ops_from():
-                if op["op"] == "copy" and op.get("ino") == ino:
-                    return op["src"], op.get("etag")
+                if isinstance(op, CopyOp) and op.ino == ino:
+                    return op.src, op.etag
         return None
 
     def pending_op_keys(self) -> set[str]:
@@ -577,7 +578,7 @@ class Flusher:
                     set_remote(holder, key, etag)
                     txn.put(holder)
                 else:
-                    txn.append_op({"op": "delete", "key": key, "etag": etag, "ino": ino})
+                    txn.append_op(DeleteOp(key, etag, ino))
         self._backoff.pop(ino, None)
         self._retry_at.pop(ino, None)
         self._succeeded(key)
@@ -599,18 +600,18 @@ class Flusher:
         whose replay is still correct (every op is idempotent)."""
         if trio.current_time() < self._ops_retry_at:
             return
-        running: dict[int, list[str]] = {}
+        running: dict[int, tuple[str, ...]] = {}
         failed: list[bool] = []
         changed = trio.Event()
 
-        async def one(seq: int, op: dict, keys: list[str]) -> None:
+        async def one(seq: int, op: Op, keys: tuple[str, ...]) -> None:
             nonlocal changed
             try:
-                etag = await self._run_op(op)
+                etag = await oplog.carry_out(op, self.links.remote, self.counts)
             except Exception as exc:  # noqa: BLE001 - StoreError, or a surprise: retried
                 if not isinstance(exc, StoreError):
-                    log.exception("%s %s failed unexpectedly", op["op"], keys[-1])
-                self._record_error(keys[-1], op["op"], exc)
+                    log.exception("%s %s failed unexpectedly", op.kind, keys[-1])
+                self._record_error(keys[-1], op.kind, exc)
                 if self.metrics is not None:
                     self.metrics.retry("operation")
                 self._ops_backoff = min(MAX_BACKOFF_S, max(1.0, self._ops_backoff * 2))
@@ -618,7 +619,7 @@ class Flusher:
                 failed.append(True)
                 return
             else:
-                if op["op"] == "copy":
+                if isinstance(op, CopyOp):
                     faults.crash_point("after-copy")
                 self._ops_backoff = 0.0
                 self._succeeded(keys[-1])
@@ -645,11 +646,11 @@ class Flusher:
                 await changed.wait()
                 changed = trio.Event()
 
-    def _startable_ops(self, running: dict[int, list[str]]
-                       ) -> list[tuple[int, dict, list[str]]]:
+    def _startable_ops(self, running: dict[int, tuple[str, ...]]
+                       ) -> list[tuple[int, Op, tuple[str, ...]]]:
         """The pending ops that may start now, in log order (see ``_run_ops``). Looks
         at no more than a few windows' worth of the log's head."""
-        out: list[tuple[int, dict, list[str]]] = []
+        out: list[tuple[int, Op, tuple[str, ...]]] = []
         room = self._room(self.max_ops) - len(running)
         if room <= 0:
             return out
@@ -658,62 +659,32 @@ class Flusher:
             for looked, (seq, op) in enumerate(txn.ops_from()):
                 if looked >= 4 * self.max_ops or len(out) >= room:
                     break
-                keys = _op_keys(op)
+                keys = op.keys
                 if seq not in running and not any(k in blocked or self._busy[k]
                                                   for k in keys):
                     out.append((seq, op, keys))
                 blocked.update(keys)
         return out
 
-    async def _run_op(self, op: dict) -> str | None:
-        remote = self.links.remote
-        if op["op"] == "delete":
-            faults.crash_point("before-delete")
-            try:
-                if op.get("etag") and not remote.capabilities.conditional_delete:
-                    # the server ignores If-Match on DELETE: look first (best effort,
-                    # as for uploads to such servers)
-                    info = await remote.head_or_none(op["key"])
-                    if info is not None and info.etag != op["etag"]:
-                        raise PreconditionFailed(f"{op['key']} is at another ETag")
-                await remote.delete(op["key"], if_match=op.get("etag"))
-            except PreconditionFailed:
-                # rewritten in the bucket since we saw it: S3 wins, the new version stays
-                log.warning("not deleting %s: it changed in the bucket", op["key"])
-                return None
-            self.counts["delete"] += 1
-            return None
-        if op["op"] == "copy":
-            try:
-                etag = await remote.copy(op["src"], op["dst"], None, src_if_match=op.get("etag"))
-            except (NoSuchKey, PreconditionFailed) as exc:
-                # changed or removed in the bucket meanwhile; resolved in _finish_op
-                log.warning("copy %s -> %s: source changed in the bucket: %s",
-                            op["src"], op["dst"], exc)
-                return ""
-            self.counts["copy"] += 1
-            return etag
-        raise ValueError(f"unknown op {op!r}")
-
-    def _finish_op(self, seq: int, op: dict, etag: str | None) -> None:
+    def _finish_op(self, seq: int, op: Op, etag: str | None) -> None:
         self.ops_finished += 1
         pending: list[int] = []
         entries: list[tuple[int, bytes]] = []
         gone: int | None = None
         with self.journal.write() as txn:
             txn.remove_op(seq)
-            if op["op"] != "copy":
+            if not isinstance(op, CopyOp):
                 return
-            if txn.copy_pending_to(op["dst"]):
+            if txn.copy_pending_to(op.dst):
                 return  # a later copy overwrites this object: its ETag is the one
-            inode: Inode | None = txn.get(op.get("ino", 0))
-            if inode is None or inode.nlink == 0 or inode.remote_key != op["dst"]:
+            inode: Inode | None = txn.get(op.ino)
+            if inode is None or inode.nlink == 0 or inode.remote_key != op.dst:
                 # renamed over meanwhile: the copy's object belongs to whoever holds
                 # that path now (it inherited the key, waiting for this ETag)
-                inode = self.ns.inode_at_key(txn, op["dst"])
-            if inode is None or inode.remote_key != op["dst"] or inode.remote_etag:
+                inode = self.ns.inode_at_key(txn, op.dst)
+            if inode is None or inode.remote_key != op.dst or inode.remote_etag:
                 return
-            if etag and etag != op.get("etag") and op.get("etag") \
+            if etag and etag != op.etag and op.etag \
                     and not self.links.remote.capabilities.conditional_copy:
                 # The server does not check a copy's source version, and the copy's
                 # ETag is not the one it was pinned to (a multipart source, or a
@@ -722,7 +693,7 @@ class Flusher:
                 # (the pinned one), so the object there is judged like any outside
                 # change: an upload meets a 412 (S3 wins), and the next check of
                 # the clean file (close-to-open, the poller) takes the copy's bytes.
-                set_remote(inode, inode.remote_key, op["etag"])
+                set_remote(inode, inode.remote_key, op.etag)
             elif etag:
                 self.links.reconciler.note_bucket_state(inode.ino)
                 set_remote(inode, inode.remote_key, etag)
@@ -796,9 +767,3 @@ class Flusher:
     async def upload_now(self, inos: list[int]) -> None:
         if not await self.drain(MAX_BACKOFF_S * 4, inos):
             raise FsError(5, "upload did not complete (bucket unreachable?)")
-
-
-def _op_keys(op: dict) -> list[str]:
-    if op["op"] == "copy":
-        return [op["src"], op["dst"]]
-    return [op["key"]]

@@ -82,7 +82,7 @@ import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from . import keys, metadata
+from . import keys, metadata, oplog
 from .config import default_cache_dir
 from .errors import FsError, InvalidKey, NoSuchKey, StoreError, UsageError
 from .namespace import Defaults, Namespace, set_remote
@@ -244,7 +244,8 @@ class _Checker:
                     self.raw_dirents.append((_U64.unpack(k[:8])[0], bytes(k[8:]),
                                              _U64.unpack(v)[0]))
             self.dirty_set = set(txn.dirty_inos())
-            self.ops = txn.ops()
+            # as stored: a record that is no operation is reported (check_ops)
+            self.ops = list(txn.op_records())
             self.next_ino = _meta_int(txn, self.journal, b"next_ino")
             self.next_op = _meta_int(txn, self.journal, b"next_op")
 
@@ -459,28 +460,25 @@ class _Checker:
     def check_ops(self) -> None:
         self.op_keys: set[str] = set()
         self.copy_dsts: set[str] = set()
-        for seq, op in self.ops:
-            kind = op.get("op") if isinstance(op, dict) else None
-            if kind == "copy":
-                named = [op.get("src"), op.get("dst")]
-            elif kind == "delete":
-                named = [op.get("key")]
-            else:
-                self.find("bad-op", f"op {seq}", f"unknown operation {op!r}")
+        for seq, rec in self.ops:
+            try:
+                op = oplog.parse(rec)
+            except oplog.BadOp:
+                self.find("bad-op", f"op {seq}", f"unknown operation {rec!r}")
                 continue
-            bad = [k for k in named if not self._valid_key(k)]
+            bad = [k for k in op.keys if not self._valid_key(k)]
             if bad:
-                self.find("bad-op", f"op {seq}", f"{kind} names keys that cannot be ours: "
-                                                 f"{bad!r}")
+                self.find("bad-op", f"op {seq}", f"{op.kind} names keys that cannot be "
+                                                 f"ours: {bad!r}")
                 continue
-            self.op_keys.update(named)  # type: ignore[arg-type]
-            if kind == "copy":
-                self.copy_dsts.add(op["dst"])
-                self.find("pending-op", op["dst"], f"copy from {op['src']} pending; the next "
-                                                   "mount carries it out")
+            self.op_keys.update(op.keys)
+            if isinstance(op, oplog.CopyOp):
+                self.copy_dsts.add(op.dst)
+                self.find("pending-op", op.dst, f"copy from {op.src} pending; the next "
+                                                "mount carries it out")
             else:
-                self.find("pending-op", op["key"], "delete pending; the next mount carries it "
-                                                   "out")
+                self.find("pending-op", op.key, "delete pending; the next mount carries it "
+                                                "out")
 
     def _valid_key(self, key: object) -> bool:
         if not isinstance(key, str) or not key.startswith(self.prefix):

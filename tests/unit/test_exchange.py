@@ -22,6 +22,7 @@ from test_links import delta, drive
 
 from s3fuse.errors import FsError
 from s3fuse.filesystem import RENAME_EXCHANGE, RENAME_NOREPLACE
+from s3fuse.oplog import record
 from s3fuse.journal import DIRTY_DATA, ROOT_INO
 from s3fuse.store.memory import MemoryStore
 
@@ -38,8 +39,9 @@ async def read_all(rig: Rig, parent: int, name: bytes) -> bytes:
 
 
 def ops(rig: Rig) -> list[dict]:
+    """The pending ops, as the journal stores them."""
     with rig.journal.read() as txn:
-        return [op for _, op in txn.ops()]
+        return [record(op) for _, op in txn.ops()]
 
 
 def test_two_clean_files_trade_keys_with_one_copy_and_one_put(tmp_path):
