@@ -19,7 +19,6 @@ it.
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import logging
 import os
@@ -38,6 +37,7 @@ import trio
 from .cache import Cache
 from .config import Settings, parse_seconds
 from .errors import StoreError, TransientStoreError, UsageError
+from .cachelock import CacheLock
 from .discovery import Poller
 from .filesystem import Defaults, Filesystem
 from .flusher import Flusher
@@ -118,28 +118,6 @@ def check_mountpoint(path: str, nonempty: bool = False) -> str:
             raise UsageError(f"mount point {mp} is not empty (mounting would hide its "
                              "entries); use --nonempty (-o nonempty) to mount over it")
     return mp
-
-
-class CacheLock:
-    """One mount per cache directory: an exclusive flock held for the daemon's life."""
-
-    def __init__(self, cache_dir: str) -> None:
-        os.makedirs(cache_dir, mode=0o700, exist_ok=True)
-        os.chmod(cache_dir, 0o700)
-        self.path = os.path.join(cache_dir, "lock")
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(self.fd, 64, 0).decode(errors="replace").strip() or "?"
-            os.close(self.fd)
-            raise UsageError(f"cache directory {cache_dir} is in use by another s3fuse "
-                             f"mount (pid {holder})") from None
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
-
-    def release(self) -> None:
-        os.close(self.fd)
 
 
 class Daemon:

@@ -78,7 +78,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -92,7 +91,6 @@ from .store.base import ObjectInfo, ObjectStore
 
 INFO_KINDS = frozenset({"pending-upload", "pending-op", "new-outside", "unlinked-inode"})
 
-_U64 = struct.Struct(">Q")
 _PROBE_PREFIX = ".s3fuse-probe-"
 
 
@@ -238,16 +236,12 @@ class _Checker:
     def load(self) -> None:
         with self.journal.read() as txn:
             self.inodes: dict[int, Inode] = {i.ino: i for i in txn.all_inodes()}
-            self.raw_dirents: list[tuple[int, bytes, int]] = []
-            with txn.txn.cursor(db=self.journal.db_dirents) as cur:
-                for k, v in cur:
-                    self.raw_dirents.append((_U64.unpack(k[:8])[0], bytes(k[8:]),
-                                             _U64.unpack(v)[0]))
+            self.raw_dirents: list[tuple[int, bytes, int]] = list(txn.all_dirents())
             self.dirty_set = set(txn.dirty_inos())
             # as stored: a record that is no operation is reported (check_ops)
             self.ops = list(txn.op_records())
-            self.next_ino = _meta_int(txn, self.journal, b"next_ino")
-            self.next_op = _meta_int(txn, self.journal, b"next_op")
+            self.next_ino = txn.get_counter(b"next_ino")
+            self.next_op = txn.get_counter(b"next_op")
 
     def apply(self) -> None:
         if self._actions:
@@ -514,12 +508,12 @@ class _Checker:
         nxt = self.next_ino if self.next_ino is not None else ROOT_INO + 1
         if nxt <= top_ino:
             self.find("counter", "next_ino", f"next_ino is {nxt}, but inode {top_ino} exists",
-                      fix=_set_counter(self.journal, b"next_ino", top_ino + 1))
+                      fix=_set_counter(b"next_ino", top_ino + 1))
         top_op = max((seq for seq, _ in self.ops), default=0)
         nxt = self.next_op if self.next_op is not None else 1
         if nxt <= top_op:
             self.find("counter", "next_op", f"next_op is {nxt}, but op {top_op} is pending",
-                      fix=_set_counter(self.journal, b"next_op", top_op + 1))
+                      fix=_set_counter(b"next_op", top_op + 1))
 
     # --- the bucket ---------------------------------------------------------------------
     def check_bucket(self) -> None:
@@ -851,15 +845,10 @@ def _adopt(ino: int, key: str, head: ObjectInfo) -> Callable[[Txn], None]:
     return fix
 
 
-def _set_counter(journal: Journal, name: bytes, value: int) -> Callable[[Txn], None]:
+def _set_counter(name: bytes, value: int) -> Callable[[Txn], None]:
     def fix(txn: Txn) -> None:
-        txn.txn.put(name, _U64.pack(value), db=journal.db_meta)
+        txn.set_counter(name, value)
     return fix
-
-
-def _meta_int(txn: Txn, journal: Journal, name: bytes) -> int | None:
-    raw = txn.txn.get(name, db=journal.db_meta)
-    return _U64.unpack(raw)[0] if raw is not None else None
 
 
 def _name_bytes(name: str) -> bytes:
@@ -882,7 +871,7 @@ def run(source: str, *, cache_dir: str | None, endpoint_url: str | None = None,
     """``s3fuse fsck``: 0 clean (or all repaired), 1 problems remain. Raises UsageError
     (exit 2) when it cannot check: no journal, cache directory in use by a mount,
     another source, unreachable bucket."""
-    from .daemon import CacheLock
+    from .cachelock import CacheLock
     from .store import open_store
 
     cache_dir = os.path.abspath(cache_dir or default_cache_dir(source, endpoint_url))

@@ -292,6 +292,15 @@ class Txn:
     def put_meta(self, key: bytes, value: bytes) -> None:
         self.txn.put(key, value, db=self._j.db_meta)
 
+    def get_counter(self, key: bytes) -> int | None:
+        """A counter of ``meta`` (``next_ino``, ``next_op``); None if it is not set."""
+        raw = self.txn.get(key, db=self._j.db_meta)
+        return _U64.unpack(raw)[0] if raw is not None else None
+
+    def set_counter(self, key: bytes, value: int) -> None:
+        """Set a counter of ``meta`` (fsck's repair of one that fell behind)."""
+        self.txn.put(key, _k(value), db=self._j.db_meta)
+
     # --- directory entries --------------------------------------------------------
     def lookup(self, parent: int, name: bytes) -> int | None:
         raw = self.txn.get(_k(parent) + name, db=self._j.db_dirents)
@@ -302,6 +311,13 @@ class Txn:
 
     def unlink(self, parent: int, name: bytes) -> None:
         self.txn.delete(_k(parent) + name, db=self._j.db_dirents)
+
+    def all_dirents(self) -> Iterator[tuple[int, bytes, int]]:
+        """Every directory entry as (parent, name, child), whether or not its parent or
+        child exists (fsck checks that)."""
+        with self.txn.cursor(db=self._j.db_dirents) as cur:
+            for k, v in cur:
+                yield _U64.unpack(k[:8])[0], bytes(k[8:]), _U64.unpack(v)[0]
 
     def children(self, parent: int, after: bytes | None = None) -> Iterator[tuple[bytes, int]]:
         """Entries of ``parent`` in name order, strictly after ``after`` if given."""

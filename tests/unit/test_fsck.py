@@ -19,7 +19,7 @@ from test_core import WINDOW, Rig
 
 from s3fuse import cli, fsck
 from s3fuse.filesystem import SetAttrs
-from s3fuse.daemon import CacheLock
+from s3fuse.cachelock import CacheLock
 from s3fuse.journal import DIRTY_DATA, ROOT_INO, Inode, Journal
 from s3fuse.store.memory import MemoryStore, drop
 
