@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING
 import trio
 
 from .cache import BLOCK_BYTES
-from .errors import FsError, NoSuchKey, PreconditionFailed, StoreError, VersionGone
+from .errors import (FsError, NoSuchKey, PreconditionFailed, StoreError, VersionGone,
+                     fetch_failed)
 
 if TYPE_CHECKING:
     from .cache import Cache
@@ -217,7 +218,7 @@ class Fetcher:
         except NoSuchKey:
             raise VersionGone(f"{key} vanished from the bucket", etag) from None
         except StoreError as exc:
-            raise FsError(errno.EIO, f"reading {key}: {exc}") from None
+            raise fetch_failed(key, exc) from None
 
     def _fill(self, ino: int, start: int, data: bytes, gen: int) -> None:
         """Write fetched bytes into the cache file, unless the cache changed since the

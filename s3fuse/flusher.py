@@ -39,9 +39,8 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from . import faults, oplog
-from .errors import (BodyChanged, FsError, PreconditionFailed, StoreError,
-                     TransientStoreError)
+from . import faults, oplog, retry
+from .errors import (BodyChanged, FsError, PreconditionFailed, StoreError)
 from .journal import DIRTY_DATA, Inode
 from .namespace import object_metadata, set_remote, unmark
 from .oplog import CopyOp, DeleteOp, Op
@@ -57,7 +56,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF_S = 30.0
+MAX_BACKOFF_S = retry.BACKGROUND_MAX_DELAY_S  # (a drain of strays waits 4 times this)
 #: While the mount is serving requests (one came within ``BUSY_S``), bucket work runs
 #: at most ``BUSY_CONCURRENCY`` uploads and ops at once. Worker threads making requests
 #: take the CPU and the GIL that the request handlers need: ``rm -rf`` of 3,000
@@ -257,7 +256,7 @@ class Flusher:
         }
 
     def _record_error(self, path: str, operation: str, exc: BaseException) -> None:
-        transient = isinstance(exc, TransientStoreError)
+        transient = retry.is_temporary(exc)
         self.errors.append(FlushError(time.time(), path, operation, str(exc), transient))
         if not transient:
             log.warning("%s %s failed: %s", operation, path, exc)
@@ -536,7 +535,7 @@ class Flusher:
         self._record_error(key, operation, exc)
         if self.metrics is not None:
             self.metrics.retry("upload")
-        delay = min(MAX_BACKOFF_S, max(1.0, self._backoff.get(ino, 0.5) * 2))
+        delay = retry.next_backoff(self._backoff.get(ino, 0.5))
         self._backoff[ino] = delay
         self._retry_at[ino] = trio.current_time() + delay
 
@@ -614,7 +613,7 @@ class Flusher:
                 self._record_error(keys[-1], op.kind, exc)
                 if self.metrics is not None:
                     self.metrics.retry("operation")
-                self._ops_backoff = min(MAX_BACKOFF_S, max(1.0, self._ops_backoff * 2))
+                self._ops_backoff = retry.next_backoff(self._ops_backoff)
                 self._ops_retry_at = trio.current_time() + self._ops_backoff
                 failed.append(True)
                 return
