@@ -18,6 +18,7 @@ it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -137,6 +138,9 @@ class Daemon:
         # unmount without waiting for the bucket: pending data stays in the journal
         self._keep_pending = False
         self._drains: OrderedDict[str, DrainJob] = OrderedDict()  # by the CLI's id
+        #: what ``prepare`` opened (store, lock, journal, metrics server), closed in
+        #: reverse order however ``run`` ends; ``main`` keeps its own stack inside it
+        self.resources = contextlib.ExitStack()
 
     # --- checks before anything is mounted --------------------------------------------
     def prepare(self) -> None:
@@ -145,12 +149,15 @@ class Daemon:
         store, self.prefix = open_store(s.source, endpoint_url=s.endpoint_url,
                                         region=s.region)
         self.store = store
+        self.resources.callback(store.close)
         try:
             store.check()
         except StoreError as exc:
             raise UsageError(str(exc)) from None
         self.lock = CacheLock(s.cache_dir)
+        self.resources.callback(self.lock.release)
         self.journal = Journal(os.path.join(s.cache_dir, "journal"))
+        self.resources.callback(self.journal.close)
         ident = f"{s.source} {s.endpoint_url or ''}".strip()
         known = self.journal.get_meta(b"source")
         if known is None:
@@ -163,6 +170,7 @@ class Daemon:
         if s.metrics_addr:
             host, _, port = s.metrics_addr.rpartition(":")
             self.metrics = Metrics()
+            self.resources.callback(self.metrics.close)
             try:
                 self.metrics.serve(host.strip("[]"), int(port))
             except OSError as exc:
@@ -198,6 +206,12 @@ class Daemon:
         return opts
 
     async def main(self, ready: Callable[[], None]) -> int:
+        """The composition root: build the mount's parts, serve until unmounted, drain.
+        Whatever it opened is closed, in reverse order, on any failure or exit."""
+        async with contextlib.AsyncExitStack() as stack:
+            return await self._main(ready, stack)
+
+    async def _main(self, ready: Callable[[], None], stack: contextlib.AsyncExitStack) -> int:
         s = self.settings
         assert self.store is not None and self.journal is not None
         remote = Remote(self.store, max_concurrency=max(16, s.max_uploads * 2),
@@ -205,6 +219,7 @@ class Daemon:
         remote.capabilities = await trio.to_thread.run_sync(self.probe)
         self.capabilities = remote.capabilities
         cache = Cache(s.cache_dir, s.cache_size_bytes)
+        stack.callback(cache.close_all)
         fs = Filesystem(self.journal, cache, remote, self.prefix,
                         Defaults(uid=s.uid, gid=s.gid, file_mode=s.file_mode,
                                  dir_mode=s.dir_mode))
@@ -228,42 +243,33 @@ class Daemon:
         self.fs, self.flusher = fs, flusher
         ops = FuseOps(fs, timeout_s=s.metadata_ttl_s, control=self, metrics=self.metrics)
         pyfuse3.init(ops, self.mountpoint, self.fuse_options())
+        stack.callback(pyfuse3.close, unmount=True)
         log.info("mounted %s at %s (cache %s)", self.store.description, self.mountpoint,
                  s.cache_dir)
         ready()
         sd_notify("READY=1")
         pending_left = False
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                await nursery.start(flusher.run)
-                fs.fetcher.nursery = nursery  # read-ahead runs in the background
-                nursery.start_soon(self._checkpoint)
-                nursery.start_soon(self._signals)
-                nursery.start_soon(Poller(fs.discovery, s.poll_interval_s).run)
-                nursery.start_soon(self._invalidator)
-                if self.metrics is not None:
-                    nursery.start_soon(self._sample_metrics, self.metrics)
-                fs.meta_loads.nursery = nursery  # attribute prefetches run here
-                await pyfuse3.main()
-                sd_notify("STOPPING=1")
-                if self._keep_pending:
-                    self._log_kept("unmounted without waiting for the bucket")
-                else:
-                    log.info("unmounted; uploading what is pending")
-                    # after a signal's drain already waited its time, do not wait twice
-                    final_s = 1.0 if self._signal_drain_failed else s.drain_timeout_s
-                    pending_left = not await self._drain_logged(final_s, stopping=True)
-                nursery.cancel_scope.cancel()
-        finally:
-            pyfuse3.close(unmount=True)
-            cache.close_all()
-            self.journal.close()
-            if self.lock is not None:
-                self.lock.release()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(flusher.run)
+            fs.fetcher.nursery = nursery  # read-ahead runs in the background
+            nursery.start_soon(self._checkpoint)
+            nursery.start_soon(self._signals)
+            nursery.start_soon(Poller(fs.discovery, s.poll_interval_s).run)
+            nursery.start_soon(self._invalidator)
             if self.metrics is not None:
-                self.metrics.close()
-            self.store.close()
+                nursery.start_soon(self._sample_metrics, self.metrics)
+            fs.meta_loads.nursery = nursery  # attribute prefetches run here
+            await pyfuse3.main()
+            sd_notify("STOPPING=1")
+            if self._keep_pending:
+                self._log_kept("unmounted without waiting for the bucket")
+            else:
+                log.info("unmounted; uploading what is pending")
+                # after a signal's drain already waited its time, do not wait twice
+                final_s = 1.0 if self._signal_drain_failed else s.drain_timeout_s
+                pending_left = not await self._drain_logged(final_s, stopping=True)
+            nursery.cancel_scope.cancel()
         return 1 if pending_left else 0
 
     def _pending_words(self) -> str:
@@ -511,5 +517,6 @@ STATUS_MAX_BYTES = 60_000
 def run(settings: Settings, ready: Callable[[], None]) -> int:
     """Check, mount and serve until unmounted. Raises UsageError before mounting."""
     daemon = Daemon(settings)
-    daemon.prepare()
-    return trio.run(daemon.main, ready)
+    with daemon.resources:  # closes whatever was opened, however it ends
+        daemon.prepare()
+        return trio.run(daemon.main, ready)
