@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 #: was fetching (each time the bucket's current version is adopted first)
 FETCH_ATTEMPTS = 8
 STATE_XATTR = "user.s3fuse.state"
+# a symlink's object holds its target: at most PATH_MAX - 1 bytes
+MAX_SYMLINK_BYTES = 4095
 # renameat2(2) flags (linux/fs.h; pyfuse3 has the same values): the two ``rename``
 # implements. Any other bit (RENAME_WHITEOUT, bits Linux may add) answers EINVAL.
 RENAME_NOREPLACE = 1
@@ -286,7 +288,10 @@ class Filesystem:
 
     # --- attributes ---------------------------------------------------------------------
     async def setattr(self, ino: int, changes: SetAttrs) -> Inode:
-        inode = self.get(ino)
+        """Change attributes (chmod, chown, utimes, truncate; see ``SetAttrs``). Loads
+        them first (``load_meta``); a size change fetches what is not cached. Marks
+        the inode dirty; returns it as it is after."""
+        inode = await self.load_meta(ino)
         if changes.size is not None:
             if stat.S_ISDIR(inode.mode):
                 raise FsError(errno.EISDIR)
@@ -325,7 +330,9 @@ class Filesystem:
         return inode
 
     async def readlink(self, ino: int) -> bytes:
-        inode = self.get(ino)
+        """A symlink's target: read from its object the first time (then kept).
+        EINVAL for anything else."""
+        inode = await self.load_meta(ino)
         if not stat.S_ISLNK(inode.mode):
             raise FsError(errno.EINVAL)
         if inode.target is None:
@@ -1153,6 +1160,10 @@ class Filesystem:
         self.ns.notify([ino])
         return True
 
+    def fsyncdir(self) -> None:
+        """``fsyncdir``: every namespace change so far is on disk (the journal)."""
+        self.journal.sync()
+
     async def fsync(self, fh: int) -> None:
         h = self._handle(fh)
         self.cache.fsync(h.ino)
@@ -1211,6 +1222,35 @@ class Filesystem:
                 if inode is None or inode.nlink == 0:
                     continue
                 yield name, inode, pos + 1
+
+    def reply_entries(self, fh: int, start: int,
+                      reply: Callable[[bytes, Inode, bool, int], bool]) -> None:
+        """A readdir as the kernel sees it: positions 0 and 1 are ``.`` and ``..``
+        (no lookup count for those), the entries of ``readdir`` follow from position
+        2 (a ``start`` below 2 begins a new pass). Calls ``reply(name, inode,
+        type_known, next_position)`` for each until it returns False (the kernel's
+        buffer is full); each entry it took counts as a lookup. ``type_known`` False:
+        the entry's type is not known yet (see ``type_known``)."""
+        if start < 2:
+            d = self.dir_handle(fh)
+            dots = [(b".", d), (b"..", self.get(d.parent))]
+            for pos in range(start, 2):
+                name, inode = dots[pos]
+                if not reply(name, inode, True, pos + 1):
+                    return
+        for name, inode, next_pos in self.readdir(fh, max(0, start - 2)):
+            if not reply(name, inode, self.type_known(inode), next_pos + 2):
+                break
+            self.add_lookup(inode.ino)
+
+    @staticmethod
+    def type_known(inode: Inode) -> bool:
+        """Whether the entry's file type is known. From a listing, a small object may
+        still be a symlink (its body is the target) or a FIFO/socket/device (empty)
+        until its headers are read: readdir then reports DT_UNKNOWN, so a reader that
+        needs the type stats it, which loads it."""
+        return inode.meta_loaded or not stat.S_ISREG(inode.mode) \
+            or inode.size > MAX_SYMLINK_BYTES
 
     def releasedir(self, fh: int) -> None:
         self.handles.pop(fh, None)
@@ -1284,18 +1324,27 @@ class Filesystem:
             return "local-only"
         return "dirty" if any(r.dirty for r in records) else "synced"
 
-    def getxattr(self, ino: int, name: str) -> bytes:
-        inode = self.get(ino)
+    async def getxattr(self, ino: int, name: str) -> bytes:
+        """An extended attribute (only ``user.*`` exist: anything else is ENODATA at
+        once, as ``ls -l`` asks every file for ``security.selinux``), or the sync
+        state (``STATE_XATTR``). Loads the attributes first."""
+        if not name.startswith("user."):
+            raise FsError(errno.ENODATA)
+        inode = await self.load_meta(ino)
         if name == STATE_XATTR:
             return self.sync_state(inode).encode()
         if name not in inode.xattrs:
             raise FsError(errno.ENODATA)
         return metadata.xattr_value(inode.xattrs[name])
 
-    def listxattr(self, ino: int) -> list[str]:
-        return sorted(self.get(ino).xattrs)
+    async def listxattr(self, ino: int) -> list[str]:
+        """The names of the inode's extended attributes (loaded first)."""
+        return sorted((await self.load_meta(ino)).xattrs)
 
-    def setxattr(self, ino: int, name: str, value: bytes) -> None:
+    async def setxattr(self, ino: int, name: str, value: bytes) -> None:
+        """Set a ``user.*`` attribute (EOPNOTSUPP otherwise; EPERM for the state
+        attribute; E2BIG past the object's 2 KiB of metadata). Marks DIRTY_META."""
+        await self.load_meta(ino)
         if not name.startswith("user.") or name == STATE_XATTR:
             raise FsError(errno.EOPNOTSUPP if not name.startswith("user.") else errno.EPERM)
         pending: list[int] = []
@@ -1312,7 +1361,9 @@ class Filesystem:
             txn.put(inode)
         self.ns.notify(pending)
 
-    def removexattr(self, ino: int, name: str) -> None:
+    async def removexattr(self, ino: int, name: str) -> None:
+        """Remove an extended attribute (ENODATA if it has none). Marks DIRTY_META."""
+        await self.load_meta(ino)
         pending: list[int] = []
         with self.journal.write() as txn:
             inode = self.ns.get_in(txn, ino)
