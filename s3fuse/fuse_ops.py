@@ -24,7 +24,8 @@ from . import faults
 from .control import (CONTROL_DRAIN, CONTROL_KEEP_PENDING, CONTROL_PID, CONTROL_STATUS,
                       DRAIN_RESULT_PREFIX)
 from .errors import FsError, S3FuseError, to_errno
-from .filesystem import RENAME_EXCHANGE, RENAME_NOREPLACE, Filesystem, SetAttrs
+from .filesystem import Filesystem, SetAttrs
+from .rename import RENAME_EXCHANGE, RENAME_NOREPLACE
 from .journal import Inode
 
 if TYPE_CHECKING:

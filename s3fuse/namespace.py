@@ -255,6 +255,16 @@ class Namespace:
             self.mark(txn, rec, flags, pending)
             txn.put(rec)
 
+    def keep_parent_dir(self, txn: Txn, parent: int, pending: list[int]) -> None:
+        """A directory that loses its last entry keeps existing in the bucket: make
+        sure a marker gets written for it."""
+        if parent == ROOT_INO or txn.has_children(parent):
+            return
+        d = self.get_in(txn, parent)
+        if d.remote_key is None and d.nlink > 0:
+            self.mark(txn, d, DIRTY_META, pending)
+            txn.put(d)
+
     def add_from_object(self, txn: Txn, parent: int, name: bytes, info: ObjectInfo) -> Inode:
         """A new entry for a file object seen in the bucket (clean, not cached); from
         a listing (no metadata) its attributes are loaded later (``load_meta``)."""

@@ -21,7 +21,7 @@ from test_core import WINDOW, GatedStore, Rig, replayed
 from test_links import delta, drive
 
 from s3fuse.errors import FsError
-from s3fuse.filesystem import RENAME_EXCHANGE, RENAME_NOREPLACE
+from s3fuse.rename import RENAME_EXCHANGE, RENAME_NOREPLACE
 from s3fuse.oplog import record
 from s3fuse.journal import DIRTY_DATA, ROOT_INO
 from s3fuse.store.memory import MemoryStore
