@@ -16,81 +16,12 @@ import time
 import pytest
 import trio
 import trio.testing
+from core_rig import WINDOW, GatedStore, Rig, replayed, run
 
-from s3fuse.cache import Cache
 from s3fuse.errors import FsError
-from s3fuse.filesystem import Defaults, Filesystem, SetAttrs
-from s3fuse.flusher import Flusher
+from s3fuse.filesystem import SetAttrs
 from s3fuse.journal import ROOT_INO, Inode, Journal
-from s3fuse.remote import Remote
 from s3fuse.store.memory import MemoryStore
-
-WINDOW = 60.0
-
-
-class Rig:
-    """A filesystem + flusher over a MemoryStore, in one cache directory."""
-
-    def __init__(self, tmp_path, store: MemoryStore | None = None, prefix: str = "",
-                 threads: bool = False) -> None:
-        """``threads``: store calls run in real worker threads (so that they really
-        overlap), instead of inline."""
-        self.tmp_path = tmp_path
-        self.store = store if store is not None else MemoryStore()
-        self.journal = Journal(str(tmp_path / "journal"))
-        self.cache = Cache(str(tmp_path), 1 << 30)
-        remote = Remote(self.store) if threads else Remote(self.store, inline=True)
-        self.fs = Filesystem(self.journal, self.cache, remote, prefix,
-                             Defaults(uid=1000, gid=1000))
-        self.fs.init()
-        self.flusher = Flusher(self.fs.ns, self.fs.flusher_links(), WINDOW, instance_id="test")
-        self.fs.flusher = self.flusher
-        self.flusher.load()
-
-    def close(self) -> None:
-        self.cache.close_all()
-        self.journal.close()
-
-    def counts(self) -> dict[str, int]:
-        c = self.store.counts
-        return {k: c.get(k, 0) for k in ("put", "copy", "delete")}
-
-    def bucket(self) -> dict[str, bytes]:
-        return {k: v[0] for k, v in self.store.snapshot().items()}
-
-    async def write_file(self, parent: int, name: bytes, data: bytes) -> int:
-        fh, inode = await self.fs.create(parent, name, 0o644, 1000, 1000)
-        await self.fs.write(fh, 0, data)
-        await self.fs.release(fh)
-        return inode.ino
-
-
-def run(tmp_path, scenario, store: MemoryStore | None = None):
-    """Run ``scenario(rig)`` with the flusher running, on a MockClock."""
-
-    async def main():
-        rig = Rig(tmp_path, store)
-        try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(rig.flusher.run)
-                await scenario(rig)
-                nursery.cancel_scope.cancel()
-        finally:
-            rig.close()
-
-    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
-
-
-async def replayed(tmp_path, store: MemoryStore) -> Rig:
-    """A Rig on the journal a "killed" Rig left in ``tmp_path``, after its flusher
-    has replayed and drained everything pending (the caller closes it)."""
-    rig = Rig(tmp_path, store)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(rig.flusher.run)
-        assert await rig.flusher.drain(30)
-        nursery.cancel_scope.cancel()
-    return rig
-
 
 def test_hundred_writes_in_one_window_make_one_put(tmp_path):
     async def scenario(rig: Rig):
@@ -580,22 +511,6 @@ def test_poll_shows_new_changed_and_deleted_objects(tmp_path):
         assert rig.fs.reconciler.conflicts[0]["reason"] == "deleted in the bucket"
 
     run(tmp_path, scenario)
-
-
-class GatedStore(MemoryStore):
-    """A MemoryStore whose PUTs wait at a gate, to hold an upload in flight."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        import threading
-
-        self.entered = threading.Event()
-        self.gate = threading.Event()
-
-    def put(self, key, body, metadata, **kwargs):
-        self.entered.set()
-        assert self.gate.wait(30), "gate never opened"
-        return super().put(key, body, metadata, **kwargs)
 
 
 async def _in_flight(tmp_path, store: GatedStore, during):

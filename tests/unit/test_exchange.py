@@ -17,8 +17,7 @@ import pytest
 import trio
 import trio.testing
 from fsck_helper import assert_journal_clean
-from test_core import WINDOW, GatedStore, Rig, replayed
-from test_links import delta, drive
+from core_rig import WINDOW, GatedStore, Rig, delta, drive, replayed
 
 from s3fuse.errors import FsError
 from s3fuse.rename import RENAME_EXCHANGE, RENAME_NOREPLACE

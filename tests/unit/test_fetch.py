@@ -12,7 +12,7 @@ import threading
 
 import trio
 import trio.testing
-from test_core import Rig
+from core_rig import Rig
 
 from s3fuse.fetch import PIECE_BYTES
 from s3fuse.journal import ROOT_INO

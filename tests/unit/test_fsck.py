@@ -15,7 +15,7 @@ import pytest
 import trio
 import trio.testing
 from fsck_helper import assert_journal_clean
-from test_core import WINDOW, Rig
+from core_rig import WINDOW, Rig
 
 from s3fuse import cli, fsck
 from s3fuse.filesystem import SetAttrs
