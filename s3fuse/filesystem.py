@@ -218,6 +218,7 @@ class Filesystem:
                    for h in self.handles.values())
 
     def in_use(self, ino: int) -> bool:
+        """The kernel still refers to ``ino`` (a lookup count) or a handle is open."""
         return self.lookups.get(ino, 0) > 0 or self.open_count.get(ino, 0) > 0
 
     def maybe_purge(self, ino: int) -> None:
@@ -268,9 +269,12 @@ class Filesystem:
         return inode
 
     def add_lookup(self, ino: int) -> None:
+        """The kernel took one more reference to ``ino`` (given back by ``forget``)."""
         self.lookups[ino] = self.lookups.get(ino, 0) + 1
 
     def forget(self, items: list[tuple[int, int]]) -> None:
+        """The kernel drops references: (ino, count) pairs. An unlinked inode whose
+        last reference goes is purged (``maybe_purge``). Never awaits."""
         for ino, n in items:
             left = self.lookups.get(ino, 0) - n
             if left > 0:
@@ -392,6 +396,8 @@ class Filesystem:
 
     async def mknod(self, parent: int, name: bytes, mode: int, rdev: int, uid: int,
                     gid: int) -> Inode:
+        """Create a special file (FIFO, socket, device) or an empty regular file; bumps
+        the lookup count. Marks it dirty (an empty object with its attributes)."""
         seg = await self._prepare_new(parent, name)
         kind = stat.S_IFMT(mode) or stat.S_IFREG
         if kind not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
@@ -410,6 +416,7 @@ class Filesystem:
         return inode
 
     async def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Inode:
+        """Create a directory (its marker is uploaded); bumps the lookup count."""
         seg = await self._prepare_new(parent, name)
         now = _now_ns()
         pending: list[int] = []
@@ -425,6 +432,7 @@ class Filesystem:
 
     async def symlink(self, parent: int, name: bytes, target: bytes, uid: int,
                       gid: int) -> Inode:
+        """Create a symlink (its object holds the target); bumps the lookup count."""
         seg = await self._prepare_new(parent, name)
         now = _now_ns()
         pending: list[int] = []
@@ -484,6 +492,8 @@ class Filesystem:
         leave_bucket(txn, inode)
 
     async def unlink(self, parent: int, name: bytes) -> None:
+        """Remove a non-directory entry. One transaction: the name goes, its object's
+        delete is queued (``oplog``), the inode lives on while open or looked up."""
         await self.ensure_listed(parent)
         now = _now_ns()
         pending: list[int] = []
@@ -507,6 +517,8 @@ class Filesystem:
         self.maybe_purge(ino)
 
     async def rmdir(self, parent: int, name: bytes) -> None:
+        """Remove an empty directory (empty in the bucket too: it is listed whole
+        first). ENOTDIR, ENOTEMPTY, ENOENT."""
         await self.ensure_listed(parent)
         with self.journal.read() as txn:
             ino = txn.lookup(parent, name)
@@ -612,6 +624,8 @@ class Filesystem:
         return await self.contents.write(h.ino, offset, data, h.append)
 
     async def fsync(self, fh: int) -> None:
+        """The file's bytes and the journal are on disk; with ``--fsync-upload`` the
+        file is in the bucket too when this returns."""
         h = self._handle(fh)
         self.cache.fsync(h.ino)
         self.journal.sync()
@@ -619,6 +633,9 @@ class Filesystem:
             await self.flusher.upload_now([h.ino])
 
     async def release(self, fh: int) -> None:
+        """Close a file handle. The last close of a file the bucket replaced meanwhile
+        keeps what was written through it in lost+found (``Reconciler``); an
+        unlinked inode with no references left is purged. Idempotent per handle."""
         h = self.handles.pop(fh, None)
         if not isinstance(h, Handle):
             return
@@ -634,6 +651,8 @@ class Filesystem:
 
     # --- directories ----------------------------------------------------------------------
     async def opendir(self, ino: int) -> int:
+        """Open a directory (listed from the bucket first); returns the handle whose
+        first ``readdir`` takes the snapshot."""
         inode = self.get(ino)
         if not stat.S_ISDIR(inode.mode):
             raise FsError(errno.ENOTDIR)
@@ -700,6 +719,7 @@ class Filesystem:
             or inode.size > MAX_SYMLINK_BYTES
 
     def releasedir(self, fh: int) -> None:
+        """Close a directory handle. Idempotent."""
         self.handles.pop(fh, None)
 
     # --- outside changes: S3 wins, nothing is lost --------------------------------------
@@ -723,6 +743,8 @@ class Filesystem:
         return decision is Decision.REFRESH
 
     def invalidate(self, entries: list[tuple[int, bytes]], inodes: list[int]) -> None:
+        """Ask the kernel (through the daemon's invalidator task, never from here) to
+        drop these cached names and inodes' pages. Never awaits."""
         if self.notify_kernel is not None and (entries or inodes):
             self.notify_kernel(entries, inodes)
 
@@ -758,6 +780,8 @@ class Filesystem:
 
     # --- extended attributes ------------------------------------------------------------
     def sync_state(self, inode: Inode) -> str:
+        """What ``user.s3fuse.state`` says: uploading, conflict, local-only, dirty or
+        synced (over every name of a hard-linked file)."""
         with self.journal.read() as txn:
             records = self.ns.records(txn, inode)
             exported = inode.ino == ROOT_INO or any(self.ns.object_key(txn, r) is not None
