@@ -69,6 +69,11 @@ def run(tmp_path, scenario, store: MemoryStore | None = None):
                 await nursery.start(rig.flusher.run)
                 await scenario(rig)
                 nursery.cancel_scope.cancel()
+            # as every mount test does: fsck finds the journal and the bucket in order
+            # (work may still be pending, no kernel sends FORGET here, and tests that
+            # play an outside writer leave objects the mount has not listed yet)
+            assert_journal_clean(rig.journal, tmp_path, rig.store,
+                                 allow=["unlinked-inode", "new-outside"], allow_pending=True)
         finally:
             rig.close()
 
