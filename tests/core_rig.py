@@ -6,7 +6,6 @@ Shared by the test modules of tests/unit (which import it, never each other).
 
 from __future__ import annotations
 
-import threading
 
 import trio
 import trio.testing
@@ -89,20 +88,6 @@ async def replayed(tmp_path, store: MemoryStore) -> Rig:
         assert await rig.flusher.drain(30)
         nursery.cancel_scope.cancel()
     return rig
-
-
-class GatedStore(MemoryStore):
-    """A MemoryStore whose PUTs wait at a gate, to hold an upload in flight."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.entered = threading.Event()
-        self.gate = threading.Event()
-
-    def put(self, key, body, metadata, **kwargs):
-        self.entered.set()
-        assert self.gate.wait(30), "gate never opened"
-        return super().put(key, body, metadata, **kwargs)
 
 
 def drive(tmp_path, scenario, store: MemoryStore | None = None) -> MemoryStore:

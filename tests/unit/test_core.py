@@ -16,11 +16,12 @@ import time
 import pytest
 import trio
 import trio.testing
-from core_rig import WINDOW, GatedStore, Rig, replayed, run
+from core_rig import WINDOW, Rig, replayed, run
 
 from s3fuse.errors import FsError
 from s3fuse.filesystem import SetAttrs
 from s3fuse.journal import ROOT_INO, Inode, Journal
+from s3fuse.store.faulty import FaultyStore
 from s3fuse.store.memory import MemoryStore
 
 def test_hundred_writes_in_one_window_make_one_put(tmp_path):
@@ -513,17 +514,18 @@ def test_poll_shows_new_changed_and_deleted_objects(tmp_path):
     run(tmp_path, scenario)
 
 
-async def _in_flight(tmp_path, store: GatedStore, during):
+async def _in_flight(tmp_path, store: FaultyStore, during):
     """Start an upload of ``f``, run ``during(rig)`` while it is in flight, finish."""
+    gate = store.hold("put")
     rig = Rig(tmp_path, store, threads=True)  # the upload really is in flight
     rig.flusher.window_s = 0.01
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(rig.flusher.run)
             await rig.write_file(ROOT_INO, b"f", b"payload")
-            assert await trio.to_thread.run_sync(store.entered.wait, 10)
+            assert await trio.to_thread.run_sync(gate.entered.wait, 10)
             await during(rig)
-            store.gate.set()
+            gate.open()
             assert await rig.flusher.drain(10)
             nursery.cancel_scope.cancel()
         return rig.bucket()
@@ -535,14 +537,14 @@ def test_rename_while_uploading_ends_at_the_new_name(tmp_path):
     async def during(rig: Rig):
         await rig.fs.rename(ROOT_INO, b"f", ROOT_INO, b"g")
 
-    assert trio.run(_in_flight, tmp_path, GatedStore(), during) == {"g": b"payload"}
+    assert trio.run(_in_flight, tmp_path, FaultyStore(), during) == {"g": b"payload"}
 
 
 def test_unlink_while_uploading_leaves_nothing(tmp_path):
     async def during(rig: Rig):
         await rig.fs.unlink(ROOT_INO, b"f")
 
-    assert trio.run(_in_flight, tmp_path, GatedStore(), during) == {}
+    assert trio.run(_in_flight, tmp_path, FaultyStore(), during) == {}
 
 
 def test_new_file_at_the_name_while_old_upload_in_flight(tmp_path):
@@ -550,7 +552,7 @@ def test_new_file_at_the_name_while_old_upload_in_flight(tmp_path):
         await rig.fs.rename(ROOT_INO, b"f", ROOT_INO, b"g")
         await rig.write_file(ROOT_INO, b"f", b"second")
 
-    assert trio.run(_in_flight, tmp_path, GatedStore(), during) == {"g": b"payload",
+    assert trio.run(_in_flight, tmp_path, FaultyStore(), during) == {"g": b"payload",
                                                                      "f": b"second"}
 
 
@@ -660,40 +662,12 @@ def test_a_full_cache_disk_answers_enospc_not_eio(tmp_path, monkeypatch):
     journal.close()
 
 
-class SlowOpsStore(MemoryStore):
-    """Copies and deletes take a while (as on a real server), and record their order."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        import threading
-
-        self.lock = threading.Lock()
-        self.active = 0
-        self.most_active = 0
-        self.log: list[tuple[str, str, str]] = []  # (begin|end, op, key)
-
-    def _timed(self, op: str, key: str, fn):
-        import time as _time
-
-        with self.lock:
-            self.active += 1
-            self.most_active = max(self.most_active, self.active)
-            self.log.append(("begin", op, key))
-        try:
-            _time.sleep(0.02)
-            return fn()
-        finally:
-            with self.lock:
-                self.active -= 1
-                self.log.append(("end", op, key))
-
-    def copy(self, src, dst, metadata, **kwargs):
-        return self._timed("copy", src, lambda: super(SlowOpsStore, self).copy(
-            src, dst, metadata, **kwargs))
-
-    def delete(self, key, **kwargs):
-        return self._timed("delete", key, lambda: super(SlowOpsStore, self).delete(
-            key, **kwargs))
+def slow_ops_store() -> FaultyStore:
+    """Copies and deletes take a while (as on a real server), and their order is traced."""
+    store = FaultyStore()
+    store.slow("copy", 0.02)
+    store.slow("delete", 0.02)
+    return store
 
 
 def run_threaded(tmp_path, store: MemoryStore, scenario) -> None:
@@ -715,7 +689,7 @@ def run_threaded(tmp_path, store: MemoryStore, scenario) -> None:
 
 
 def test_op_log_runs_ops_on_distinct_keys_in_parallel_and_in_order(tmp_path):
-    store = SlowOpsStore()
+    store = slow_ops_store()
 
     async def scenario(rig: Rig):
         d = await rig.fs.mkdir(ROOT_INO, b"src", 0o755, 0, 0)
@@ -737,7 +711,7 @@ def test_op_log_runs_ops_on_distinct_keys_in_parallel_and_in_order(tmp_path):
                                                      for i in range(40)}}
     # each object's delete began only after the copy away from it had ended
     for name in [f"src/f{i:02d}" for i in range(40)] + ["x", "y"]:
-        events = [(pos, what, op) for pos, (what, op, key) in enumerate(store.log)
+        events = [(pos, what, op) for pos, (what, op, key) in enumerate(store.trace)
                   if key == name]
         copies = [pos for pos, what, op in events if op == "copy" and what == "end"]
         deletes = [pos for pos, what, op in events if op == "delete" and what == "begin"]
@@ -750,7 +724,7 @@ def test_bucket_work_runs_one_at_a_time_while_requests_come_then_all_at_once(tmp
     (or for a drain) they run in parallel again."""
     from s3fuse.flusher import BUSY_S
 
-    store = SlowOpsStore()
+    store = slow_ops_store()
 
     async def scenario(rig: Rig):
         d = await rig.fs.mkdir(ROOT_INO, b"d", 0o755, 0, 0)
@@ -975,29 +949,10 @@ def test_a_handle_kept_on_a_replaced_file_and_only_read_leaves_nothing(tmp_path)
     run(tmp_path, scenario)
 
 
-class SurprisingStore(MemoryStore):
-    """The first PUT and the first COPY raise an exception no store should raise."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.surprises = {"put": 1, "copy": 1}
-
-    def _surprise(self, kind: str) -> None:
-        if self.surprises[kind]:
-            self.surprises[kind] -= 1
-            raise RuntimeError(f"surprise in {kind}")
-
-    def put(self, key, body, metadata, **kwargs):
-        self._surprise("put")
-        return super().put(key, body, metadata, **kwargs)
-
-    def copy(self, src, dst, metadata, **kwargs):
-        self._surprise("copy")
-        return super().copy(src, dst, metadata, **kwargs)
-
-
 def test_an_unexpected_exception_in_an_upload_or_op_is_retried_not_fatal(tmp_path):
-    store = SurprisingStore()
+    store = FaultyStore()  # the first PUT and COPY raise what no store should raise
+    store.inject("put", RuntimeError("surprise in put"))
+    store.inject("copy", RuntimeError("surprise in copy"))
 
     async def scenario(rig: Rig):
         await rig.write_file(ROOT_INO, b"a", b"data")

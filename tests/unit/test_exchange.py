@@ -17,12 +17,13 @@ import pytest
 import trio
 import trio.testing
 from fsck_helper import assert_journal_clean
-from core_rig import WINDOW, GatedStore, Rig, delta, drive, replayed
+from core_rig import WINDOW, Rig, delta, drive, replayed
 
 from s3fuse.errors import FsError
 from s3fuse.rename import RENAME_EXCHANGE, RENAME_NOREPLACE
 from s3fuse.oplog import record
 from s3fuse.journal import DIRTY_DATA, ROOT_INO
+from s3fuse.store.faulty import FaultyStore
 from s3fuse.store.memory import MemoryStore
 
 RENAME_WHITEOUT = 4
@@ -265,7 +266,7 @@ def test_exchange_after_a_rename_whose_copy_is_pending(tmp_path):
 
 
 def test_exchange_while_an_upload_is_in_flight(tmp_path):
-    store = GatedStore()
+    store = FaultyStore()
 
     async def main():
         rig = Rig(tmp_path, store, threads=True)  # the upload really is in flight
@@ -274,15 +275,13 @@ def test_exchange_while_an_upload_is_in_flight(tmp_path):
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(rig.flusher.run)
-                store.gate.set()
                 await rig.write_file(ROOT_INO, b"g", b"clean one")
                 assert await rig.flusher.drain(10)
-                store.gate.clear()
-                store.entered.clear()
+                gate = store.hold("put")
                 await rig.write_file(ROOT_INO, b"f", b"in flight")
-                assert await trio.to_thread.run_sync(store.entered.wait, 10)
+                assert await trio.to_thread.run_sync(gate.entered.wait, 10)
                 await rig.fs.rename(ROOT_INO, b"f", ROOT_INO, b"g", RENAME_EXCHANGE)
-                store.gate.set()
+                gate.open()
                 assert await rig.flusher.drain(10)
                 nursery.cancel_scope.cancel()
             assert rig.bucket() == {"f": b"clean one", "g": b"in flight"}

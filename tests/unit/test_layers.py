@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("basics", {"s3fuse", "errors", "faults", "words", "metadata", "control", "keys",
                 "config", "retry"}),
     ("object stores", {"store", "store.base", "store._body", "store._listing",
-                       "store.memory", "store.file", "store.s3"}),
+                       "store.memory", "store.faulty", "store.file", "store.s3"}),
     ("local state, the store from trio", {"oplog", "journal", "cache", "cachelock",
                                           "remote", "metrics"}),
     ("namespace", {"namespace"}),
