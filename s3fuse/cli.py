@@ -13,22 +13,18 @@ a drain, then poll it, showing progress, so Ctrl-C stops the waiting at once.
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-import uuid
 from urllib.parse import urlsplit
 
-from . import __version__, words
+from . import __version__, client, words
 from .config import Settings, default_cache_dir, parse_mode, parse_seconds, parse_size
-from .control import (CONTROL_DRAIN, CONTROL_KEEP_PENDING, CONTROL_PID, CONTROL_STATUS,
-                      drain_result_name)
+from .control import CONTROL_KEEP_PENDING, CONTROL_STATUS
 from .errors import S3FuseError, UsageError
 
 READY_FD_ENV = "S3FUSE_READY_FD"
@@ -277,57 +273,6 @@ def _spawn_background(settings: Settings, argv: list[str], quiet: bool = False) 
     return _fail(f"the daemon exited (status {code}) before mounting; see {log_path}")
 
 
-def _control_get(mountpoint: str, name: str) -> bytes:
-    try:
-        return os.getxattr(mountpoint, name)
-    except OSError as exc:
-        raise UsageError(f"no s3fuse mount at {mountpoint} ({exc.strerror})") from None
-
-
-def _control_json(mountpoint: str, name: str) -> dict:
-    try:
-        return json.loads(_control_get(mountpoint, name))
-    except ValueError:
-        raise UsageError(f"the daemon at {mountpoint} gave an answer that is not JSON; "
-                         "is it the same s3fuse version?") from None
-
-
-def _control_set(mountpoint: str, name: str, value: dict | bytes) -> None:
-    data = value if isinstance(value, bytes) else json.dumps(value).encode()
-    try:
-        os.setxattr(mountpoint, name, data)
-    except OSError as exc:
-        if exc.errno in (errno.EPERM, errno.EACCES):
-            raise UsageError(f"only root and the user who mounted {mountpoint} may make it "
-                             "upload or unmount") from None
-        raise UsageError(f"the daemon at {mountpoint} refused the request "
-                         f"({exc.strerror})") from None
-
-
-def _require_mount(mountpoint: str) -> str:
-    mp = os.path.abspath(mountpoint)
-    if not os.path.ismount(mp):
-        raise UsageError(f"nothing is mounted at {mp}")
-    _control_get(mp, CONTROL_PID)
-    return mp
-
-
-def _mount_root(path: str) -> str:
-    """The mount point of the s3fuse mount that holds ``path`` (any path inside it)."""
-    full = os.path.abspath(path)
-    if not os.path.exists(full):
-        raise UsageError(f"{full} does not exist")
-    root = full
-    while not os.path.ismount(root):
-        root = os.path.dirname(root)
-    try:
-        os.getxattr(root, CONTROL_PID)
-    except OSError:
-        raise UsageError(f"no s3fuse mount at {full}" +
-                         ("" if root == full else " or above it")) from None
-    return root
-
-
 def _alive(pid: int) -> bool:
     """True while the daemon runs (a zombie waiting to be reaped has finished)."""
     try:
@@ -337,155 +282,32 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _relative_paths(mp: str, paths: list[str]) -> list[str]:
-    out = []
-    for p in paths:
-        full = os.path.abspath(p if os.path.isabs(p) else os.path.join(os.getcwd(), p))
-        if full != mp and not full.startswith(mp + os.sep):
-            raise UsageError(f"{p} is not inside the mount {mp}")
-        out.append(os.path.relpath(full, mp) if full != mp else "")
-    return out
-
-
-def _pending_of(figures: dict) -> str:
-    return words.pending(figures["dirty_files"], figures["dirty_bytes"],
-                         figures["pending_ops"])
-
-
-def _error_words(error: dict) -> str:
-    """A store error's message names the request, the key and the endpoint already."""
-    return error["message"]
-
-
-class _Progress:
-    """How a wait is doing. On a terminal: one line on stderr, rewritten in place. Else:
-    a line on stdout when the figures change, at most every 2 s."""
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.tty = sys.stderr.isatty()
-        self.since = time.time()  # errors from before the wait are not its news
-        self.drawn = False
-        self.last_line = ""
-        self.last_at = 0.0
-
-    def show(self, r: dict) -> None:
-        parts = [f"{_pending_of(r)} pending"]
-        if r.get("uploads_in_flight"):
-            parts.append(f"{r['uploads_in_flight']} uploading")
-        if r.get("retrying_files"):
-            parts.append(f"{words.plural(r['retrying_files'], 'file')} waiting to retry")
-        if r.get("ops_retrying"):
-            parts.append("renames/deletes waiting to retry")
-        last = r.get("last_error")
-        if last and last["time"] >= self.since - 60:
-            parts.append(f"last error: {_error_words(last)}")
-        line = f"{self.label}: " + ", ".join(parts)
-        if self.tty:
-            line += f" [{words.duration(r['elapsed_s'])} of {words.duration(r['timeout_s'])}]"
-            width = shutil.get_terminal_size((100, 24)).columns
-            if len(line) >= width:
-                line = line[:max(10, width - 4)] + "..."
-            sys.stderr.write("\r" + line + "\x1b[K")
-            sys.stderr.flush()
-            self.drawn = True
-        elif line != self.last_line and time.monotonic() - self.last_at >= 2.0:
-            print(line, flush=True)
-            self.last_line, self.last_at = line, time.monotonic()
-
-    def end(self) -> None:
-        if self.drawn:
-            sys.stderr.write("\r\x1b[K")
-            sys.stderr.flush()
-
-
-def _stop_waiting(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-def _wait_for_drain(mp: str, timeout_s: float | None, paths: list[str] | None,
-                    label: str) -> dict:
-    """Have the daemon upload what is pending (under ``paths``) now, and wait for it,
-    showing progress. Returns the drain's last report (``state``: done, gave_up or
-    cancelled). On Ctrl-C the drain is called off, and KeyboardInterrupt goes on up."""
-    drain_id = uuid.uuid4().hex
-    signal.signal(signal.SIGTERM, _stop_waiting)  # kill(1) stops the waiting as Ctrl-C does
-    _control_set(mp, CONTROL_DRAIN, {"id": drain_id, "timeout": timeout_s, "paths": paths,
-                                     "for": "umount" if label == "unmounting" else "sync"})
-    progress = _Progress(label)
-    started = time.monotonic()
-    try:
-        while True:
-            result = _control_json(mp, drain_result_name(drain_id))
-            if result["state"] != "running":
-                return result
-            progress.show(result)
-            time.sleep(0.1 if time.monotonic() - started < 1 else 0.5)
-    except KeyboardInterrupt:
-        for signum in (signal.SIGINT, signal.SIGTERM):  # a second one: no traceback
-            signal.signal(signum, signal.SIG_IGN)
-        try:
-            _control_set(mp, CONTROL_DRAIN, {"id": drain_id, "cancel": True})
-        except UsageError:
-            pass
-        raise
-    finally:
-        progress.end()
-
-
-def _gave_up(mp: str, r: dict, unmounting: bool) -> str:
-    last = r.get("last_error")
-    if last and last.get("transient"):
-        why = f"bucket unreachable (last error: {_error_words(last)})"
-    elif last:
-        why = f"uploads failing (last error: {_error_words(last)})"
-    else:
-        why = "the uploads did not finish"
-    text = f"{_pending_of(r)} still pending after {words.duration(r['elapsed_s'])}, {why}; "
-    if unmounting:
-        return text + (f"the mount stays. Run `s3fuse umount --keep-pending {mp}` to "
-                       "unmount anyway; the next mount of this cache directory uploads them.")
-    return text + f"the mount stays and keeps retrying (see `s3fuse status {mp}`)."
-
-
-def _stopped_waiting(mp: str) -> int:
-    """After Ctrl-C: what is pending, and that nothing is lost."""
-    try:
-        figures = _pending_of(_control_json(mp, CONTROL_STATUS)) + " still pending"
-    except (UsageError, KeyError):
-        figures = "what is pending stays pending"
-    print(f"\ns3fuse: stopped waiting; {figures} at {mp}. The mount stays and nothing is "
-          f"lost: it is kept in the journal and uploaded when the bucket answers "
-          f"(`s3fuse status {mp}`).", file=sys.stderr, flush=True)
-    return 130
-
-
 def cmd_umount(args: argparse.Namespace) -> int:
     mp = os.path.abspath(args.mountpoint)
     try:
-        mp = _require_mount(args.mountpoint)
-        status = _control_json(mp, CONTROL_STATUS)
+        mp = client.require_mount(args.mountpoint)
+        status = client.control_json(mp, CONTROL_STATUS)
         pid = int(status["pid"])
         if args.keep_pending:
-            _control_set(mp, CONTROL_KEEP_PENDING, b"1")
-            status = _control_json(mp, CONTROL_STATUS)
+            client.control_set(mp, CONTROL_KEEP_PENDING, b"1")
+            status = client.control_json(mp, CONTROL_STATUS)
         elif not status.get("read_only"):
             timeout = status["drain_timeout_s"] if args.timeout is None else \
                 parse_seconds(args.timeout, "--timeout")
-            result = _wait_for_drain(mp, timeout, None, "unmounting")
+            result = client.wait_for_drain(mp, timeout, None, "unmounting")
             if result["state"] != "done":
-                return _fail(_gave_up(mp, result, unmounting=True))
+                return _fail(client.gave_up(mp, result, unmounting=True))
     except UsageError as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
-        return _stopped_waiting(mp)
+        return client.stopped_waiting(mp)
     res = subprocess.run(["fusermount3", "-u", mp], capture_output=True, text=True,
                          check=False, timeout=60)
     if res.returncode != 0:
         detail = (res.stderr.strip().splitlines() or ["failed"])[-1]
         if args.keep_pending:
             try:
-                _control_set(mp, CONTROL_KEEP_PENDING, b"0")
+                client.control_set(mp, CONTROL_KEEP_PENDING, b"0")
             except UsageError:
                 pass
             return _fail(f"could not unmount {mp}: {detail}")
@@ -499,7 +321,7 @@ def cmd_umount(args: argparse.Namespace) -> int:
             told = True
         time.sleep(0.05)
     if args.keep_pending and (status["dirty_files"] or status["pending_ops"]):
-        print(f"s3fuse: unmounted {mp}; {_pending_of(status)} kept in the journal in "
+        print(f"s3fuse: unmounted {mp}; {client.pending_of(status)} kept in the journal in "
               f"{status['cache_dir']}; the next mount of this cache directory uploads them")
     else:
         print(f"s3fuse: unmounted {mp}; everything is in the bucket")
@@ -509,23 +331,23 @@ def cmd_umount(args: argparse.Namespace) -> int:
 def cmd_sync(args: argparse.Namespace) -> int:
     mp = os.path.abspath(args.mountpoint)
     try:
-        mp = _require_mount(args.mountpoint)
-        paths = _relative_paths(mp, args.paths) if args.paths else None
+        mp = client.require_mount(args.mountpoint)
+        paths = client.relative_paths(mp, args.paths) if args.paths else None
         timeout = None if args.timeout is None else parse_seconds(args.timeout, "--timeout")
-        status = _control_json(mp, CONTROL_STATUS)
+        status = client.control_json(mp, CONTROL_STATUS)
         if status.get("read_only"):  # the kernel refuses the control setxattr there
             if status["dirty_files"] or status["pending_ops"]:
-                return _fail(f"{mp} is mounted read-only; {_pending_of(status)} left by an "
+                return _fail(f"{mp} is mounted read-only; {client.pending_of(status)} left by an "
                              f"earlier mount go up in the background (`s3fuse status {mp}`)")
             print(f"s3fuse: {mp} is mounted read-only; nothing to upload")
             return 0
-        result = _wait_for_drain(mp, timeout, paths, "syncing")
+        result = client.wait_for_drain(mp, timeout, paths, "syncing")
     except UsageError as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
-        return _stopped_waiting(mp)
+        return client.stopped_waiting(mp)
     if result["state"] != "done":
-        return _fail(_gave_up(mp, result, unmounting=False))
+        return _fail(client.gave_up(mp, result, unmounting=False))
     what = "everything pending" if not paths else "everything pending under " + \
         ", ".join(args.paths)
     print(f"s3fuse: {what} at {mp} is in the bucket")
@@ -534,8 +356,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     try:
-        mp = _mount_root(args.mountpoint)
-        status = _control_json(mp, CONTROL_STATUS)
+        mp = client.mount_root(args.mountpoint)
+        status = client.control_json(mp, CONTROL_STATUS)
     except UsageError as exc:
         return _fail(str(exc))
     if args.json:
@@ -545,7 +367,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"{mp}: {status['source']} (pid {status['pid']}"
           f"{', read-only' if status.get('read_only') else ''})")
     busy = status["dirty_files"] or status["pending_ops"]
-    print(f"  pending: {_pending_of(status)}" +
+    print(f"  pending: {client.pending_of(status)}" +
           (f"; oldest change {words.duration(status['oldest_pending_age_s'])} ago"
            if busy else ""))
     line = f"  uploads in flight: {status['uploads_in_flight']}"
@@ -553,7 +375,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         line += f"; {plural(status['retrying_files'], 'file')} waiting to retry"
     print(line)
     if busy and status.get("last_error"):
-        print(f"  last error: {_error_words(status['last_error'])}")
+        print(f"  last error: {client.error_words(status['last_error'])}")
     print(f"  cache: {words.size(status['cache_bytes'])} of "
           f"{words.size(status['cache_limit_bytes'])}")
     caps = status["capabilities"]

@@ -16,7 +16,8 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from . import history, snapshots, timeline, words
+from . import client, history, snapshots, timeline, words
+from .config import parse_seconds
 from .errors import NoSuchKey, S3FuseError, StoreError, UsageError
 from .fork import FORK_RECORD, Side, fork
 from .restore import Restorer
@@ -168,19 +169,17 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 
 
 def _snapshot_create(ws: Workspace, args: argparse.Namespace) -> int:
-    from . import cli  # the sync barrier is `s3fuse sync`'s
-
     timeline.require_versioning(ws.store, "snapshot create")
     if ws.status.get("read_only"):
         raise UsageError(f"{ws.mountpoint} is mounted read-only; snapshot it from a "
                          "writable mount")
-    timeout = None if args.timeout is None else cli.parse_seconds(args.timeout, "--timeout")
+    timeout = None if args.timeout is None else parse_seconds(args.timeout, "--timeout")
     try:
-        result = cli._wait_for_drain(ws.mountpoint, timeout, None, "syncing")
+        result = client.wait_for_drain(ws.mountpoint, timeout, None, "syncing")
     except KeyboardInterrupt:
-        return cli._stopped_waiting(ws.mountpoint)
+        return client.stopped_waiting(ws.mountpoint)
     if result["state"] != "done":
-        return _fail("no snapshot taken: " + cli._gave_up(ws.mountpoint, result, False))
+        return _fail("no snapshot taken: " + client.gave_up(ws.mountpoint, result, False))
     at = time.time_ns()
     started = time.monotonic()
     made = snapshots.create(ws.store, _bucket_of(ws), ws.prefix, args.name, at)

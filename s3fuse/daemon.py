@@ -18,8 +18,8 @@ it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
-import fcntl
 import json
 import logging
 import os
@@ -38,6 +38,8 @@ import trio
 from .cache import Cache
 from .config import Settings, parse_seconds
 from .errors import StoreError, TransientStoreError, UsageError
+from .cachelock import CacheLock
+from .discovery import Poller
 from .filesystem import Defaults, Filesystem
 from .flusher import Flusher
 from .fuse_ops import FuseOps
@@ -119,28 +121,6 @@ def check_mountpoint(path: str, nonempty: bool = False) -> str:
     return mp
 
 
-class CacheLock:
-    """One mount per cache directory: an exclusive flock held for the daemon's life."""
-
-    def __init__(self, cache_dir: str) -> None:
-        os.makedirs(cache_dir, mode=0o700, exist_ok=True)
-        os.chmod(cache_dir, 0o700)
-        self.path = os.path.join(cache_dir, "lock")
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(self.fd, 64, 0).decode(errors="replace").strip() or "?"
-            os.close(self.fd)
-            raise UsageError(f"cache directory {cache_dir} is in use by another s3fuse "
-                             f"mount (pid {holder})") from None
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
-
-    def release(self) -> None:
-        os.close(self.fd)
-
-
 class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -158,6 +138,9 @@ class Daemon:
         # unmount without waiting for the bucket: pending data stays in the journal
         self._keep_pending = False
         self._drains: OrderedDict[str, DrainJob] = OrderedDict()  # by the CLI's id
+        #: what ``prepare`` opened (store, lock, journal, metrics server), closed in
+        #: reverse order however ``run`` ends; ``main`` keeps its own stack inside it
+        self.resources = contextlib.ExitStack()
 
     # --- checks before anything is mounted --------------------------------------------
     def prepare(self) -> None:
@@ -166,12 +149,15 @@ class Daemon:
         store, self.prefix = open_store(s.source, endpoint_url=s.endpoint_url,
                                         region=s.region)
         self.store = store
+        self.resources.callback(store.close)
         try:
             store.check()
         except StoreError as exc:
             raise UsageError(str(exc)) from None
         self.lock = CacheLock(s.cache_dir)
+        self.resources.callback(self.lock.release)
         self.journal = Journal(os.path.join(s.cache_dir, "journal"))
+        self.resources.callback(self.journal.close)
         ident = f"{s.source} {s.endpoint_url or ''}".strip()
         known = self.journal.get_meta(b"source")
         if known is None:
@@ -184,6 +170,7 @@ class Daemon:
         if s.metrics_addr:
             host, _, port = s.metrics_addr.rpartition(":")
             self.metrics = Metrics()
+            self.resources.callback(self.metrics.close)
             try:
                 self.metrics.serve(host.strip("[]"), int(port))
             except OSError as exc:
@@ -219,12 +206,19 @@ class Daemon:
         return opts
 
     async def main(self, ready: Callable[[], None]) -> int:
+        """The composition root: build the mount's parts, serve until unmounted, drain.
+        Whatever it opened is closed, in reverse order, on any failure or exit."""
+        async with contextlib.AsyncExitStack() as stack:
+            return await self._main(ready, stack)
+
+    async def _main(self, ready: Callable[[], None], stack: contextlib.AsyncExitStack) -> int:
         s = self.settings
         assert self.store is not None and self.journal is not None
         remote = Remote(self.store, max_concurrency=max(16, s.max_uploads * 2),
                         metrics=self.metrics)
         remote.capabilities = await trio.to_thread.run_sync(self.probe)
         cache = Cache(s.cache_dir, s.cache_size_bytes)
+        stack.callback(cache.close_all)
         fs = Filesystem(self.journal, cache, remote, self.prefix,
                         Defaults(uid=s.uid, gid=s.gid, file_mode=s.file_mode,
                                  dir_mode=s.dir_mode))
@@ -239,7 +233,7 @@ class Daemon:
                 log.warning("too many kernel cache invalidations queued; dropping some")
 
         fs.notify_kernel = notify_kernel
-        flusher = Flusher(fs, s.flush_window_s, max_uploads=s.max_uploads,
+        flusher = Flusher(fs.ns, fs.flusher_links(), s.flush_window_s, max_uploads=s.max_uploads,
                           fsync_upload=s.fsync_upload, instance_id=self.instance_id,
                           dirty_limit_bytes=s.cache_size_bytes)
         fs.flusher = flusher
@@ -248,42 +242,33 @@ class Daemon:
         self.fs, self.flusher = fs, flusher
         ops = FuseOps(fs, timeout_s=s.metadata_ttl_s, control=self, metrics=self.metrics)
         pyfuse3.init(ops, self.mountpoint, self.fuse_options())
+        stack.callback(pyfuse3.close, unmount=True)
         log.info("mounted %s at %s (cache %s)", self.store.description, self.mountpoint,
                  s.cache_dir)
         ready()
         sd_notify("READY=1")
         pending_left = False
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                await nursery.start(flusher.run)
-                fs.fetcher.nursery = nursery  # read-ahead runs in the background
-                nursery.start_soon(self._checkpoint)
-                nursery.start_soon(self._signals)
-                nursery.start_soon(self._poller)
-                nursery.start_soon(self._invalidator)
-                if self.metrics is not None:
-                    nursery.start_soon(self._sample_metrics, self.metrics)
-                fs.meta_loads.nursery = nursery  # attribute prefetches run here
-                await pyfuse3.main()
-                sd_notify("STOPPING=1")
-                if self._keep_pending:
-                    self._log_kept("unmounted without waiting for the bucket")
-                else:
-                    log.info("unmounted; uploading what is pending")
-                    # after a signal's drain already waited its time, do not wait twice
-                    final_s = 1.0 if self._signal_drain_failed else s.drain_timeout_s
-                    pending_left = not await self._drain_logged(final_s, stopping=True)
-                nursery.cancel_scope.cancel()
-        finally:
-            pyfuse3.close(unmount=True)
-            cache.close_all()
-            self.journal.close()
-            if self.lock is not None:
-                self.lock.release()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(flusher.run)
+            fs.fetcher.nursery = nursery  # read-ahead runs in the background
+            nursery.start_soon(self._checkpoint)
+            nursery.start_soon(self._signals)
+            nursery.start_soon(Poller(fs.discovery, s.poll_interval_s).run)
+            nursery.start_soon(self._invalidator)
             if self.metrics is not None:
-                self.metrics.close()
-            self.store.close()
+                nursery.start_soon(self._sample_metrics, self.metrics)
+            fs.meta_loads.nursery = nursery  # attribute prefetches run here
+            await pyfuse3.main()
+            sd_notify("STOPPING=1")
+            if self._keep_pending:
+                self._log_kept("unmounted without waiting for the bucket")
+            else:
+                log.info("unmounted; uploading what is pending")
+                # after a signal's drain already waited its time, do not wait twice
+                final_s = 1.0 if self._signal_drain_failed else s.drain_timeout_s
+                pending_left = not await self._drain_logged(final_s, stopping=True)
+            nursery.cancel_scope.cancel()
         return 1 if pending_left else 0
 
     def _pending_words(self) -> str:
@@ -336,31 +321,6 @@ class Daemon:
             log.warning("%s gave up waiting after %s: %s still pending; the mount keeps "
                         "retrying", who, duration(timeout_s), self._pending_words())
         return ok
-
-    async def _poller(self) -> None:
-        """Re-list the directories in use every --poll-interval, so outside changes
-        (other tools, other mounts) show up."""
-        assert self.fs is not None
-        interval = self.settings.poll_interval_s
-        swept = 0.0
-        while True:
-            await trio.sleep(max(0.0, interval - swept))
-            start = trio.current_time()
-            # in use: touched within the last two sweeps (a directory that comes back
-            # into use is re-listed at the next sweep)
-            dirs = self.fs.dirs_to_poll(used_within_s=2 * interval)
-            # spread the LISTs over half an interval: a burst of hundreds of them
-            # (after an untar, say) would slow down whatever runs on the mount
-            gap = interval / 2 / max(1, len(dirs))
-            for ino in dirs:
-                try:
-                    await self.fs.poll_dir(ino)
-                except (StoreError, OSError) as exc:
-                    log.info("polling directory %d failed: %s", ino, exc)
-                except Exception:
-                    log.exception("polling directory %d failed", ino)
-                await trio.sleep(gap)
-            swept = trio.current_time() - start
 
     async def _sample_metrics(self, metrics: Metrics) -> None:
         """Copy the pending figures into the metrics' gauges, once a second."""
@@ -571,5 +531,6 @@ STATUS_MAX_BYTES = 60_000
 def run(settings: Settings, ready: Callable[[], None]) -> int:
     """Check, mount and serve until unmounted. Raises UsageError before mounting."""
     daemon = Daemon(settings)
-    daemon.prepare()
-    return trio.run(daemon.main, ready)
+    with daemon.resources:  # closes whatever was opened, however it ends
+        daemon.prepare()
+        return trio.run(daemon.main, ready)

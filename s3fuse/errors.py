@@ -110,6 +110,13 @@ _ERRNO_BY_TYPE: dict[type, int] = {
 }
 
 
+def fetch_failed(key: str, exc: StoreError) -> FsError:
+    """A store error while fetching a file's bytes (not the version gone: that is
+    ``VersionGone``). Always EIO, whatever the table says for the same error on a
+    name: the file exists and is open; only its bytes could not be had now."""
+    return FsError(errno.EIO, f"reading {key}: {exc}")
+
+
 def to_errno(exc: BaseException) -> int:
     """The errno a FUSE request answers with for ``exc``.
 

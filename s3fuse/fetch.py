@@ -29,15 +29,20 @@ from __future__ import annotations
 
 import errno
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import trio
 
 from .cache import BLOCK_BYTES
-from .errors import FsError, NoSuchKey, PreconditionFailed, StoreError, VersionGone
+from .errors import (FsError, NoSuchKey, PreconditionFailed, StoreError, VersionGone,
+                     fetch_failed)
 
 if TYPE_CHECKING:
-    from .filesystem import Filesystem
+    from .cache import Cache
+    from .journal import Inode
+    from .namespace import Namespace
+    from .remote import Remote
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +53,14 @@ PIECES_AT_ONCE = 6
 
 
 class Fetcher:
-    def __init__(self, fs: Filesystem) -> None:
-        self.fs = fs
+    def __init__(self, ns: Namespace, cache: Cache, remote: Remote,
+                 read_source: Callable[[Inode], tuple[str | None, str | None]]) -> None:
+        self.ns = ns
+        self.cache = cache
+        self.remote = remote
+        #: where an inode's uncached bytes are now: (key, ETag) of its object, or of
+        #: a pending copy's source (``Filesystem.read_source``)
+        self.read_source = read_source
         #: set by the daemon: where read-ahead runs (None: read-ahead is awaited)
         self.nursery: trio.Nursery | None = None
         self._inflight: dict[tuple[int, int], trio.Event] = {}
@@ -64,7 +75,7 @@ class Fetcher:
     # --- entry points ------------------------------------------------------------------
     async def for_read(self, ino: int, offset: int, size: int) -> None:
         """Make ``[offset, offset+size)`` present for a reader."""
-        inode = self.fs.get(ino)
+        inode = self.ns.get(ino)
         if inode.cached:
             return
         end = min(offset + size, inode.size)
@@ -88,7 +99,7 @@ class Fetcher:
         """Fetch the whole file (before a write, an upload, a hard link). If the file
         changed meanwhile it may still not be whole: ``Filesystem.ensure_cached``
         loops."""
-        inode = self.fs.get(ino)
+        inode = self.ns.get(ino)
         if inode.cached:
             return
         await self._pieces(ino, range(0, (inode.size + PIECE_BYTES - 1) // PIECE_BYTES),
@@ -98,17 +109,16 @@ class Fetcher:
     def _source(self, ino: int) -> tuple[int, str, str | None, int] | None:
         """(size, key, ETag, cache generation) to read ``ino`` from, with its cache
         file ready; None when it is whole in the cache already."""
-        fs = self.fs
-        inode = fs.get(ino)
+        inode = self.ns.get(ino)
         if inode.cached:
             return None
-        key, etag = fs.read_source(inode)
+        key, etag = self.read_source(inode)
         if key is None:
             # (an open file whose object was deleted before its bytes were cached)
             raise FsError(errno.ESTALE, "file data is neither cached nor in the bucket")
-        if not fs.cache.exists(ino) or fs.cache.size(ino) != inode.size:
-            fs.cache.create(ino, inode.size)
-        return inode.size, key, etag, fs.cache.generation(ino)
+        if not self.cache.exists(ino) or self.cache.size(ino) != inode.size:
+            self.cache.create(ino, inode.size)
+        return inode.size, key, etag, self.cache.generation(ino)
 
     async def _pieces(self, ino: int, needed: range, ahead: range, retries: int = 3) -> None:
         """Fetch the pieces ``needed`` and wait for them; start those ``ahead`` in
@@ -136,8 +146,8 @@ class Fetcher:
         size = source[0]
         # a piece was dropped (the file changed while it was in flight): again, from
         # what the file is now (the caller checks what it got)
-        if needed and retries > 0 and not self.fs.get(ino).cached \
-                and self.fs.cache.missing(ino, needed.start * PIECE_BYTES,
+        if needed and retries > 0 and not self.ns.get(ino).cached \
+                and self.cache.missing(ino, needed.start * PIECE_BYTES,
                                           len(needed) * PIECE_BYTES, size):
             await self._pieces(ino, needed, range(0), retries - 1)
 
@@ -151,7 +161,7 @@ class Fetcher:
         if event is not None:
             return [(slot, event)]
         size, key, etag, gen = source
-        runs = self.fs.cache.missing(ino, idx * PIECE_BYTES, PIECE_BYTES, size)
+        runs = self.cache.missing(ino, idx * PIECE_BYTES, PIECE_BYTES, size)
         if not runs:
             return []
         event = self._inflight[slot] = trio.Event()
@@ -181,7 +191,7 @@ class Fetcher:
         if source is None:
             return
         size, key, etag, gen = source
-        runs = self.fs.cache.missing(ino, offset, end - offset, size)
+        runs = self.cache.missing(ino, offset, end - offset, size)
         got: dict[int, bytes] = {}
         failed: list[FsError | VersionGone] = []
 
@@ -202,19 +212,19 @@ class Fetcher:
 
     async def _get(self, key: str, start: int, end: int, etag: str | None) -> bytes:
         try:
-            return await self.fs.remote.get(key, start, end, if_match=etag)
+            return await self.remote.get(key, start, end, if_match=etag)
         except PreconditionFailed:
             raise VersionGone(f"{key} changed in the bucket", etag) from None
         except NoSuchKey:
             raise VersionGone(f"{key} vanished from the bucket", etag) from None
         except StoreError as exc:
-            raise FsError(errno.EIO, f"reading {key}: {exc}") from None
+            raise fetch_failed(key, exc) from None
 
     def _fill(self, ino: int, start: int, data: bytes, gen: int) -> None:
         """Write fetched bytes into the cache file, unless the cache changed since the
         GET started (written, truncated, dropped for a newer version): then they
         are stale, and dropped."""
-        cache = self.fs.cache
+        cache = self.cache
         if cache.generation(ino) != gen or not cache.exists(ino):
             log.debug("dropping %d fetched bytes of inode %d: its cache changed",
                       len(data), ino)
@@ -223,14 +233,13 @@ class Fetcher:
 
     def _settle(self, ino: int, size: int) -> None:
         """Every byte is present: the file is whole in the cache from now on."""
-        fs = self.fs
-        if not fs.cache.exists(ino) or not fs.cache.all_present(ino, size):
+        if not self.cache.exists(ino) or not self.cache.all_present(ino, size):
             return
-        with fs.journal.write() as txn:
+        with self.ns.journal.write() as txn:
             fresh = txn.get(ino)
             if fresh is None or fresh.cached or fresh.size != size:
                 return
             fresh.cached = True
             txn.put(fresh)
-        fs.cache.forget_presence(ino)
+        self.cache.forget_presence(ino)
         self._streams.pop(ino, None)

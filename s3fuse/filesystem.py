@@ -1,16 +1,21 @@
-"""The filesystem, without FUSE: inodes, directory entries, data, and their journal.
+"""The filesystem, without FUSE: the one object ``fuse_ops`` adapts and unit tests drive.
 
-``Filesystem`` is what ``fuse_ops`` adapts and what unit tests drive directly. Every
-namespace change is one synchronous journal transaction (no ``await`` inside), so
-other tasks and, through FUSE, other processes see the tree before or after a change,
-never in between. Store calls (listing a directory the first time, fetching data
-that is not cached) happen *before* such a transaction, and whatever they learned is
-re-validated inside it.
+``Filesystem`` holds the mount's open handles and lookup counts and creates, links
+and removes entries; the rest of the core is composed here, each part a module of
+its own that it calls through these entry points:
 
-Bucket side effects are never done here. A change marks the inode dirty (the flusher
-uploads it when the aggregation window has passed) or, for objects already in the
-bucket that are renamed or unlinked, appends server-side ``copy``/``delete`` ops to the
-journal's op log. See ``journal`` for the invariant that keeps these consistent.
+* ``namespace``: records, path <-> key, and the setters of their invariants;
+* ``discovery``: listings, lazy attributes, prefetch, close-to-open checks, polling;
+* ``rename``: rename and RENAME_EXCHANGE, with the bucket work that follows them;
+* ``contents``: file bytes (fetching, reading, writing);
+* ``reconcile``: the S3-wins policy for what the bucket changed.
+
+Every namespace change is one synchronous journal transaction (no ``await``
+inside), so other tasks and, through FUSE, other processes see the tree before or
+after a change, never in between. Store calls happen *before* such a transaction,
+and whatever they learned is re-validated inside it. Bucket side effects are never
+done here: a change marks the inode dirty (the flusher uploads it) or appends
+server-side ``copy``/``delete`` ops (``oplog``) to the journal.
 
 Errors are raised as ``FsError(errno)``; lookup counts and open handles follow the
 pyfuse3 contract (an unlinked inode lives until its last lookup and handle are gone).
@@ -29,49 +34,28 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from . import faults, keys, metadata
-from .reconcile import Decision, Reconciler, Stamp
+from . import keys, metadata
+from .reconcile import Decision, Reconciler
 from .cache import Cache
-from .errors import FsError, StoreError, TransientStoreError, VersionGone
+from .errors import FsError
+from .contents import Contents
+from .discovery import Discovery
+from .rename import Renamer
 from .fetch import Fetcher
+from .flusher import FlusherLinks
 from .journal import DIRTY_DATA, DIRTY_META, ROOT_INO, Inode, Journal, Txn
+from .oplog import DeleteOp
+from .namespace import (Defaults, Namespace, leave_bucket, object_metadata)
 from .remote import Remote
-from .store.base import ObjectInfo
 
 if TYPE_CHECKING:
     from .flusher import Flusher
 
 log = logging.getLogger(__name__)
 
-HEAD_CONCURRENCY = 16
-#: how long a lookup of a name the mount does not know waits for the bucket's listing
-#: before it answers from what the mount knows (ENOENT)
-NAME_CHECK_TIMEOUT_S = 1.5
-#: how often a read or write fetches again after the bucket replaced the version it
-#: was fetching (each time the bucket's current version is adopted first)
-FETCH_ATTEMPTS = 8
-# entries whose attributes are HEADed ahead of the kernel's lookups after a readdir
-# (``ls -l``, ``find -ls``: one lookup per entry, in listing order)
-PREFETCH_AHEAD = 32
-PREFETCH_AFTER_READDIR_S = 30.0
-#: after a directory could not be listed (bucket unreachable), the mount works from
-#: what it knows of it and asks the bucket again only after this many seconds
-UNLISTED_RETRY_S = 10.0
 STATE_XATTR = "user.s3fuse.state"
-# renameat2(2) flags (linux/fs.h; pyfuse3 has the same values): the two ``rename``
-# implements. Any other bit (RENAME_WHITEOUT, bits Linux may add) answers EINVAL.
-RENAME_NOREPLACE = 1
-RENAME_EXCHANGE = 2
-# an exchange fetches a side it must upload whole, then tries again: this many times
-EXCHANGE_TRIES = 4
-
-
-@dataclass
-class Defaults:
-    uid: int
-    gid: int
-    file_mode: int = 0o644
-    dir_mode: int = 0o755
+# a symlink's object holds its target: at most PATH_MAX - 1 bytes
+MAX_SYMLINK_BYTES = 4095
 
 
 @dataclass
@@ -97,21 +81,6 @@ class DirHandle:
 
 
 @dataclass
-class MetaLoads:
-    """Bookkeeping of attributes loaded lazily (one HEAD) for entries known from a
-    listing. ``nursery``: where prefetches run (set by the daemon; without one they
-    run inside the lookup that asked for them)."""
-
-    nursery: trio.Nursery | None = None
-    loading: dict[int, trio.Event] = field(default_factory=dict)  # ino -> done
-    readdir_at: dict[int, float] = field(default_factory=dict)  # dir ino -> trio clock time
-    cursor: dict[int, bytes] = field(default_factory=dict)  # dir ino -> last name queued
-    last: dict[int, bytes] = field(default_factory=dict)  # dir ino -> last name looked up
-    depth: dict[int, int] = field(default_factory=dict)  # dir ino -> entries to keep queued
-    queued: dict[int, int] = field(default_factory=dict)  # dir ino -> prefetches not done
-
-
-@dataclass
 class SetAttrs:
     """Requested attribute changes; None means leave as is."""
 
@@ -123,22 +92,8 @@ class SetAttrs:
     mtime_ns: int | None = None
 
 
-class _NeedLocal(Exception):
-    """Raised inside an exchange's transaction, which it aborts: name record ``ino``
-    must have its bytes on local disk first (``Filesystem._make_local``)."""
-
-    def __init__(self, ino: int) -> None:
-        super().__init__(ino)
-        self.ino = ino
-
-
 def _now_ns() -> int:
     return time.time_ns()
-
-
-def _name(inode: Inode) -> bytes:
-    """The entry name a record holds (as ``keys.name_from_segment`` made it)."""
-    return inode.name.encode("utf-8", "surrogatepass")
 
 
 class Filesystem:
@@ -149,38 +104,61 @@ class Filesystem:
         self.remote = remote
         self.prefix = prefix
         self.defaults = defaults
-        self.flusher: Flusher | None = None
+        # records, paths and keys, and the setters of their invariants
+        self.ns = Namespace(journal, prefix, defaults)
+        self._flusher: Flusher | None = None
         self.lookups: dict[int, int] = {}
         self.open_count: dict[int, int] = {}
         self.handles: dict[int, Handle | DirHandle] = {}
         self._next_fh = 1
-        self.skipped_keys: dict[str, str] = {}
-        self._list_locks: dict[int, trio.Lock] = {}
-        # directories whose listing failed (bucket unreachable): ino -> monotonic time
-        # of that failure; they are used from what the mount knows until a listing works
-        self._unlisted: dict[int, float] = {}
-        # entries whose HEAD failed the same way: ino -> monotonic time; they show the
-        # defaults, and are asked about again after UNLISTED_RETRY_S
-        self._unheaded: dict[int, float] = {}
-        self.fetcher = Fetcher(self)
-        self.meta_loads = MetaLoads()
-        self.metadata_ttl_s = 1.0
-        self._dir_used: dict[int, float] = {}  # directory ino -> trio clock time used
+        self.fetcher = Fetcher(self.ns, cache, remote, self.read_source)
         # trio time of the last FUSE request (the flusher holds back while they come)
         self.last_request_at = -float("inf")
-        # close-to-open by directory: dir ino -> (stamp of the listing, {key: ETag})
-        self._dir_etags: dict[int, tuple[Stamp, dict[str, str]]] = {}
-        self._dir_listing: dict[int, trio.Event] = {}
-        # close-to-open for names: dir ino -> trio clock time its names were last
-        # listed (a lookup of a missing name lists it again once that is older
-        # than the TTL)
-        self._names_at: dict[int, float] = {}
         # the S3-wins policy: what the mount does with what it learns of the bucket
         self.reconciler = Reconciler(self)
-        # paths kept only locally because their key would pass S3's 1,024 bytes
-        self.not_exported: dict[int, str] = {}
+        # listings, lazy attributes, prefetch, close-to-open checks, polling
+        self.discovery = Discovery(self.ns, remote, self.reconciler, self.read_source,
+                                   self.invalidate, lambda: self.open_count)
+        self.contents = Contents(self.ns, cache, self.fetcher, self.reconciler,
+                                 self.invalidate)
+        self.renamer = Renamer(self.ns, self.discovery, cache, self._make_local,
+                               self.maybe_purge)
+        #: keys that cannot be paths, and the lazy-attribute bookkeeping (the daemon
+        #: reports the one and gives the other its nursery): the discovery's own
+        self.skipped_keys = self.discovery.skipped_keys
+        self.meta_loads = self.discovery.meta_loads
         # set by the daemon: tells the kernel to drop cached names and pages
         self.notify_kernel: Callable[[list[tuple[int, bytes]], list[int]], None] | None = None
+
+    @property
+    def flusher(self) -> Flusher | None:
+        """The flusher the daemon attached (None in fsck and some tests)."""
+        return self._flusher
+
+    @flusher.setter
+    def flusher(self, flusher: Flusher | None) -> None:
+        # the namespace tells it what became dirty, and what has nothing to upload
+        self._flusher = flusher
+        self.ns.on_change = flusher.note_change if flusher is not None else None
+        self.ns.on_forget = flusher.forget if flusher is not None else None
+        self.discovery.op_log = flusher
+        self.contents.flusher = flusher
+
+    @property
+    def metadata_ttl_s(self) -> float:
+        """How long what the bucket said is trusted (``--metadata-ttl``)."""
+        return self.discovery.metadata_ttl_s
+
+    @metadata_ttl_s.setter
+    def metadata_ttl_s(self, value: float) -> None:
+        self.discovery.metadata_ttl_s = value
+
+    def flusher_links(self) -> FlusherLinks:
+        """The narrow references a ``Flusher`` of this filesystem is built with."""
+        return FlusherLinks(remote=self.remote, cache=self.cache, reconciler=self.reconciler,
+                            ensure_cached=self.ensure_cached, invalidate=self.invalidate,
+                            maybe_purge=self.maybe_purge,
+                            last_request_at=lambda: self.last_request_at)
 
     # --- start-up ----------------------------------------------------------------------
     def init(self) -> None:
@@ -225,162 +203,8 @@ class Filesystem:
 
     # --- small helpers -------------------------------------------------------------
     def get(self, ino: int) -> Inode:
-        with self.journal.read() as txn:
-            inode = txn.get(ino)
-        if inode is None:
-            raise FsError(errno.ENOENT, f"inode {ino}")
-        return inode
-
-    def get_in(self, txn: Txn, ino: int) -> Inode:
-        """The inode ``ino`` as ``txn`` sees it; ENOENT if there is none."""
-        inode = txn.get(ino)
-        if inode is None:
-            raise FsError(errno.ENOENT, f"inode {ino}")
-        return inode
-
-    # --- hard links: one inode, a name record per name (see ``journal.Inode``) --------
-    def data_of(self, txn: Txn, rec: Inode) -> Inode:
-        """The inode whose bytes and attributes a name record's object carries."""
-        return self.get_in(txn, rec.link_of) if rec.link_of else rec
-
-    def _records(self, txn: Txn, inode: Inode) -> list[Inode]:
-        """Every name record of ``inode``: itself, then its link records."""
-        return [inode] + [self.get_in(txn, ino) for ino in inode.links]
-
-    def record_at(self, txn: Txn, parent: int, name: bytes, inode: Inode) -> Inode:
-        """The name record of ``inode`` for its entry ``name`` in ``parent``."""
-        if not inode.links or (inode.parent == parent and _name(inode) == name):
-            return inode
-        for ino in inode.links:
-            rec = self.get_in(txn, ino)
-            if rec.parent == parent and _name(rec) == name:
-                return rec
-        raise FsError(errno.EIO, f"inode {inode.ino} has no record of its name {name!r}")
-
-    def remove_name(self, txn: Txn, inode: Inode, parent: int, name: bytes, now: int,
-                     pending: list[int], dropped: list[int]) -> tuple[str, str | None] | None:
-        """The entry ``name`` of ``parent`` (already unlinked by the caller) no longer
-        names the non-directory ``inode``. Returns that name's object (key, ETag), for
-        the caller to delete or, renaming over it, to inherit; None if it has none.
-        Records dropped from the journal are added to ``dropped`` (for the flusher)."""
-        rec = self.record_at(txn, parent, name, inode)
-        remote = (rec.remote_key, rec.remote_etag)
-        inode.nlink -= 1
-        inode.ctime_ns = now
-        if rec is not inode:
-            inode.links.remove(rec.ino)
-            txn.delete_inode(rec.ino)
-            dropped.append(rec.ino)
-        elif inode.links:
-            # its first name goes: the next name's record becomes the inode's own
-            nxt = self.get_in(txn, inode.links.pop(0))
-            inode.parent, inode.name = nxt.parent, nxt.name
-            inode.remote_key, inode.remote_etag = nxt.remote_key, nxt.remote_etag
-            inode.dirty = nxt.dirty
-            inode.change_seq = max(inode.change_seq, nxt.change_seq) + 1
-            txn.clear_dirty(inode.ino)
-            if inode.dirty:
-                txn.mark_dirty(inode.ino)
-                pending.append(inode.ino)
-            txn.retarget_ops(nxt.ino, inode.ino)
-            txn.delete_inode(nxt.ino)
-            dropped.append(nxt.ino)
-        else:
-            inode.remote_key = inode.remote_etag = None
-            inode.dirty = 0
-            txn.clear_dirty(inode.ino)
-        if inode.nlink > 0:
-            self.mark(txn, inode, DIRTY_META, pending)  # the names left carry the ctime
-        return remote if remote[0] is not None else None
-
-    def forget_records(self, dropped: list[int]) -> None:
-        for ino in dropped:
-            self.forget_schedule(ino)
-
-    def forget_schedule(self, ino: int) -> None:
-        """``ino`` has nothing to upload any more (gone, or no longer dirty)."""
-        if self.flusher is not None:
-            self.flusher.forget(ino)
-
-    def path_names(self, txn: Txn, inode: Inode) -> list[str]:
-        names: list[str] = []
-        depth = 0
-        while inode.ino != ROOT_INO:
-            names.append(inode.name)
-            parent = txn.peek(inode.parent)  # read-only: no copy per ancestor
-            if parent is None:
-                raise FsError(errno.ENOENT, f"inode {inode.parent}")
-            inode = parent
-            depth += 1
-            if depth > 4096:
-                raise FsError(errno.ELOOP, "directory chain too deep")
-        names.reverse()
-        return names
-
-    def object_key(self, txn: Txn, inode: Inode) -> str | None:
-        """The bucket key for this inode's current path (``dir/`` for a directory),
-        or None if it is not exported (the root, ``.s3fuse/``, too long a key)."""
-        if inode.ino == ROOT_INO:
-            return None
-        names = self.path_names(txn, inode)
-        if names[0] == keys.RESERVED_ROOT_NAME.decode():
-            return None
-        key = self.prefix + "/".join(names)
-        if stat.S_ISDIR(inode.mode):
-            key += "/"
-        if len(key.encode()) > keys.KEY_MAX:
-            self.not_exported[inode.ino] = "/".join(names)
-            return None
-        return key
-
-    def inode_at_key(self, txn: Txn, key: str) -> Inode | None:
-        """The live inode whose path is ``key`` (a ``dir/`` key names a directory)."""
-        if not key.startswith(self.prefix):
-            return None
-        rel = key[len(self.prefix):]
-        want_dir = rel.endswith("/")
-        ino = parent = ROOT_INO
-        name = b""
-        for part in rel.rstrip("/").split("/"):
-            name = part.encode()
-            found = txn.lookup(ino, name)
-            if found is None:
-                return None
-            parent, ino = ino, found
-        inode = txn.get(ino)
-        if inode is None or stat.S_ISDIR(inode.mode) != want_dir:
-            return None
-        return self.record_at(txn, parent, name, inode)
-
-    def _dir_prefix(self, txn: Txn, inode: Inode) -> str:
-        if inode.ino == ROOT_INO:
-            return self.prefix
-        return self.prefix + "/".join(self.path_names(txn, inode)) + "/"
-
-    def touch_dir(self, txn: Txn, ino: int, now: int, nlink_delta: int = 0) -> None:
-        d = self.get_in(txn, ino)
-        d.mtime_ns = d.ctime_ns = now
-        d.nlink += nlink_delta
-        txn.put(d)
-
-    def mark(self, txn: Txn, inode: Inode, flags: int, pending: list[int]) -> None:
-        """Record a change to upload; the caller has ``txn.put`` the inode after. The
-        other names of a hard-linked file are marked too: each name's object holds the
-        same bytes and attributes."""
-        if self.object_key(txn, inode) is not None:
-            inode.dirty |= flags
-            inode.change_seq += 1
-            txn.mark_dirty(inode.ino)
-            pending.append(inode.ino)
-        for ino in inode.links:
-            rec = self.get_in(txn, ino)
-            self.mark(txn, rec, flags, pending)
-            txn.put(rec)
-
-    def notify(self, pending: list[int]) -> None:
-        if self.flusher is not None:
-            for ino in pending:
-                self.flusher.note_change(ino)
+        """The inode ``ino`` as of now; ENOENT if there is none (``Namespace.get``)."""
+        return self.ns.get(ino)
 
     def _new_fh(self, h: Handle | DirHandle) -> int:
         fh = self._next_fh
@@ -394,6 +218,7 @@ class Filesystem:
                    for h in self.handles.values())
 
     def in_use(self, ino: int) -> bool:
+        """The kernel still refers to ``ino`` (a lookup count) or a handle is open."""
         return self.lookups.get(ino, 0) > 0 or self.open_count.get(ino, 0) > 0
 
     def maybe_purge(self, ino: int) -> None:
@@ -410,429 +235,46 @@ class Filesystem:
             txn.delete_inode(ino)
         self.fetcher.forget(ino)
         self.reconciler.forget(ino)
-        self.forget_schedule(ino)
+        self.ns.forget_schedule(ino)
 
-    # --- listing the bucket into the journal ---------------------------------------
-    def _skip(self, key: str, reason: str) -> None:
-        if key not in self.skipped_keys:
-            self.skipped_keys[key] = reason
-            log.warning("skipping key %r: %s", key, reason)
-
+    # --- what the bucket holds (``discovery``; these entry points stay here) -----------
     async def ensure_listed(self, ino: int, complete: bool = False) -> None:
-        """Make sure the directory's entries from the bucket are in the journal.
+        """The directory's entries from the bucket are in the journal (``Discovery``)."""
+        await self.discovery.ensure_listed(ino, complete)
 
-        If the bucket cannot be reached, the directory is used from what the mount
-        knows of it (its local entries: creating, writing and renaming there work), said
-        once in the log, and listed again at the first use after ``UNLISTED_RETRY_S``;
-        that listing merges like any other (local entries stay, and the uploads'
-        conditions settle names both sides made). ``complete``: the caller must know
-        every entry (an rmdir's emptiness check, moving a whole directory), so the
-        error is raised instead.
-
-        Lists the prefix once (all pages) and adds the entries in one transaction,
-        from the listing alone: size, and LastModified as the times, with the mount's
-        default attributes, marked ``meta_loaded=False``. Their real attributes (the
-        object's headers) are read by ``load_meta`` when something needs them, so
-        ``ls`` and ``find`` cost one LIST per directory and no HEAD per entry. The
-        directory's own attributes are loaded first (it may be renamed, which
-        rewrites its marker). Later local changes are authoritative; re-listing for
-        outside changes is the poller's job.
-        """
-        inode = self.get(ino)
-        if inode.listed or not stat.S_ISDIR(inode.mode):
-            return
-        failed_at = self._unlisted.get(ino)
-        if not complete and failed_at is not None \
-                and trio.current_time() - failed_at < UNLISTED_RETRY_S:
-            return
-        lock = self._list_locks.setdefault(ino, trio.Lock())
-        async with lock:
-            inode = self.get(ino)
-            if inode.listed:
-                return
-            if not inode.meta_loaded:
-                inode = await self.load_meta(ino)
-            with self.journal.read() as txn:
-                prefix = self._dir_prefix(txn, inode)
-                exported = inode.ino == ROOT_INO or self.object_key(txn, inode) is not None
-            if not exported:
-                with self.journal.write() as txn:
-                    d = self.get_in(txn, ino)
-                    d.listed = True
-                    txn.put(d)
-                return
-            listed_at = self.reconciler.stamp()
-            try:
-                dirs, files = await self._list_dir(ino, prefix)
-            except TransientStoreError as exc:
-                if complete:
-                    raise
-                if ino not in self._unlisted:
-                    log.warning("cannot list directory %s (%s); using what the mount knows "
-                                "of it until the bucket answers", prefix or "/", exc)
-                self._unlisted[ino] = trio.current_time()
-                return
-            # entries were made here while it was unlisted: say that they are merged
-            merging = self._unlisted.pop(ino, None) is not None
-            if merging:
-                log.info("listed directory %s: merged with what the mount made meanwhile",
-                         prefix or "/")
-            now = _now_ns()
-            added: list[int] = []
-            with self.journal.write() as txn:
-                d = self.get_in(txn, ino)
-                if d.listed:
-                    return
-                for name in dirs:
-                    found = txn.lookup(ino, name)
-                    if found is not None:
-                        local = txn.get(found) if merging else None
-                        if local is not None and stat.S_ISDIR(local.mode) and local.listed:
-                            # made here while the bucket was away, and the bucket has it
-                            # too: its own listing merges what the bucket holds under it
-                            local.listed = False
-                            txn.put(local)
-                        continue
-                    child = self._inode_from_object(txn, ino, name, None, is_dir=True,
-                                                    fallback_ns=now)
-                    txn.put(child)
-                    txn.link(ino, name, child.ino)
-                    d.nlink += 1
-                for name, obj in files.items():
-                    if txn.lookup(ino, name) is None:
-                        added.append(self.add_from_object(txn, ino, name, obj).ino)
-                d.listed = True
-                txn.put(d)
-            for child_ino in added:
-                self.reconciler.note_bucket_state(child_ino, listed_at)
-            self._note_names_listed(ino, listed_at[1])
-
-    async def _list_dir(self, ino: int, prefix: str
-                        ) -> tuple[dict[bytes, str], dict[bytes, ObjectInfo]]:
-        """The bucket's view of one directory: {name: prefix} of subdirectories and
-        {name: object} of files, without keys that cannot be paths (logged once)."""
-        page = await self.remote.list_all(prefix, "/")
-        dirs: dict[bytes, str] = {}
-        for p in page.prefixes:
-            name = keys.name_from_segment(p[len(prefix):-1])
-            if name is None or (ino == ROOT_INO and name == keys.RESERVED_ROOT_NAME):
-                self._skip(p, "not a usable directory name")
-                continue
-            dirs[name] = p
-        files: dict[bytes, ObjectInfo] = {}
-        for obj in page.objects:
-            if obj.key == prefix:
-                continue  # this directory's own marker
-            name = keys.name_from_segment(obj.key[len(prefix):])
-            if name is None or (ino == ROOT_INO and name == keys.RESERVED_ROOT_NAME):
-                self._skip(obj.key, "not a usable file name")
-                continue
-            if name in dirs:
-                self._skip(obj.key, "both a file and a directory; the directory wins")
-                continue
-            files[name] = obj
-        return dirs, files
-
-    async def _head_many(self, keys_: list[str]) -> dict[str, ObjectInfo]:
-        found: dict[str, ObjectInfo] = {}
-        limiter = trio.CapacityLimiter(HEAD_CONCURRENCY)
-        failed: list[StoreError] = []
-
-        async def one(key: str) -> None:
-            async with limiter:
-                try:
-                    info = await self.remote.head_or_none(key)
-                except StoreError as exc:
-                    failed.append(exc)
-                    return
-                if info is not None:
-                    found[key] = info
-
-        async with trio.open_nursery() as nursery:
-            for key in keys_:
-                nursery.start_soon(one, key)
-        if failed:
-            raise failed[0]  # (itself, not in an exception group: callers catch it)
-        return found
-
-    def add_from_object(self, txn: Txn, parent: int, name: bytes, info: ObjectInfo) -> Inode:
-        """A new entry for a file object seen in the bucket (clean, not cached); from
-        a listing (no metadata) its attributes are loaded later (``load_meta``)."""
-        child = self._inode_from_object(txn, parent, name, info, is_dir=False,
-                                        fallback_ns=info.mtime_ns)
-        child.size = info.size
-        child.remote_key, child.remote_etag = info.key, info.etag
-        txn.put(child)
-        txn.link(parent, name, child.ino)
-        return child
-
-    def _inode_from_object(self, txn: Txn, parent: int, name: bytes,
-                           info: ObjectInfo | None, *, is_dir: bool,
-                           fallback_ns: int) -> Inode:
-        """An inode from what the bucket said: a HEAD (``info.metadata`` set) gives its
-        attributes; a listing, or a common prefix (``info`` None), gives defaults and
-        ``meta_loaded=False``."""
-        fields = metadata.decode(
-            info.metadata if info is not None else None, is_dir=is_dir,
-            default_mode=self.defaults.dir_mode if is_dir else self.defaults.file_mode,
-            default_uid=self.defaults.uid, default_gid=self.defaults.gid,
-            fallback_mtime_ns=fallback_ns)
-        inode = Inode(ino=txn.new_ino(), parent=parent, name=name.decode(), **fields)
-        inode.meta_loaded = info is not None and info.metadata is not None
-        if is_dir:
-            inode.nlink = 2
-        return inode
-
-    # --- attributes loaded lazily ---------------------------------------------------
     async def load_meta(self, ino: int) -> Inode:
-        """Make ``ino``'s attributes trustworthy before they are used: an entry known
-        only from a listing is HEADed once (concurrent callers share that request).
-        Idempotent. Returns the inode as it is afterwards, which may be unlinked if the
-        bucket no longer has it; raises ENOENT if it is gone altogether. On a store
-        error the defaults stay (and stay marked not loaded)."""
-        inode = self.get(ino)
-        if inode.meta_loaded:
-            return inode
-        failed_at = self._unheaded.get(ino)
-        if failed_at is not None and trio.current_time() - failed_at < UNLISTED_RETRY_S:
-            return inode
-        loads = self.meta_loads
-        done = loads.loading.get(ino)
-        if done is None:
-            done = loads.loading[ino] = trio.Event()
-            try:
-                await self._load_meta(inode)
-            finally:
-                del loads.loading[ino]
-                done.set()
-        else:
-            await done.wait()
-        return self.get(ino)
-
-    async def _load_meta(self, inode: Inode) -> None:
-        ino = inode.ino
-        is_dir = stat.S_ISDIR(inode.mode)
-        with self.journal.read() as txn:
-            path_key = self.object_key(txn, inode)
-        # a file's bytes (and headers) are at its object, or at a pending copy's source
-        key, etag = (path_key, None) if is_dir else self.read_source(inode)
-        if key is None:
-            # nothing in the bucket describes it: the defaults are the attributes
-            self._set_meta(ino, inode, None, is_dir, None)
-            return
-        seen_at = self.reconciler.stamp()
-        try:
-            info = await self.remote.head_or_none(key)
-        except StoreError as exc:
-            if ino not in self._unheaded:
-                log.info("cannot read the attributes of %s (%s); showing defaults", key, exc)
-            if isinstance(exc, TransientStoreError):
-                self._unheaded[ino] = trio.current_time()
-            return
-        self._unheaded.pop(ino, None)
-        if is_dir or (info is not None and info.etag == etag):
-            self._set_meta(ino, inode, info, is_dir, key)
-            if not is_dir and key == inode.remote_key:
-                self.reconciler.note_bucket_state(ino, seen_at)
-            return
-        if key != inode.remote_key:
-            return  # the source of a pending copy changed: the copy will tell
-        # the bucket holds another version than the listing showed, or none
-        decision = self.reconciler.apply(ino, key, info, seen_at)
-        if decision is Decision.REFRESH and info is not None:
-            with self.journal.write() as txn:
-                fresh = txn.get(ino)
-                if fresh is not None and fresh.remote_etag == info.etag:
-                    fresh.meta_loaded = True  # _refresh took the HEAD's attributes
-                    txn.put(fresh)
-
-    def _set_meta(self, ino: int, before: Inode, info: ObjectInfo | None, is_dir: bool,
-                  key: str | None) -> None:
-        """Adopt the attributes a HEAD of ``key`` returned (``info``; None: no object,
-        the defaults stand), unless the inode changed since ``before`` was read."""
-        with self.journal.write() as txn:
-            inode = txn.get(ino)
-            if inode is None or inode.meta_loaded:
-                return
-            if (inode.parent, inode.name, inode.remote_key, inode.remote_etag) != (
-                    before.parent, before.name, before.remote_key, before.remote_etag):
-                return  # moved or refreshed meanwhile: the next caller asks again
-            if info is not None:
-                fields = metadata.decode(
-                    info.metadata, is_dir=is_dir,
-                    default_mode=self.defaults.dir_mode if is_dir else self.defaults.file_mode,
-                    default_uid=self.defaults.uid, default_gid=self.defaults.gid,
-                    fallback_mtime_ns=info.mtime_ns)
-                if inode.dirty:  # local times are newer than the object's
-                    for name in ("mtime_ns", "atime_ns", "ctime_ns"):
-                        del fields[name]
-                for name, value in fields.items():
-                    setattr(inode, name, value)
-                if is_dir and inode.remote_key in (None, key):
-                    inode.remote_key, inode.remote_etag = key, info.etag
-            inode.meta_loaded = True
-            txn.put(inode)
+        """``ino`` with trustworthy attributes: one HEAD for an entry known from a
+        listing (``Discovery.load_meta``). Idempotent."""
+        return await self.discovery.load_meta(ino)
 
     async def stat(self, ino: int) -> Inode:
         """The inode with trustworthy attributes (``getattr``)."""
         return await self.load_meta(ino)
 
-    def _prefetch_after(self, parent: int, name: bytes) -> list[int]:
-        """After a readdir of ``parent``, the kernel looks its entries up one by one
-        in listing order (``ls -l``): queue HEADs for the next unloaded entries so
-        they are loaded by the time their lookup comes. Returns the inodes to load
-        (the caller starts them)."""
-        loads = self.meta_loads
-        listed = loads.readdir_at.get(parent)
-        if listed is None or trio.current_time() - listed > PREFETCH_AFTER_READDIR_S:
-            for d in (loads.readdir_at, loads.cursor, loads.last, loads.depth):
-                d.pop(parent, None)
-            return []
-        if name <= loads.last.get(parent, b""):
-            return []  # not walking forward (the same name again, say): no scan
-        loads.last[parent] = name
-        # start with a few and double while the lookups keep walking the listing
-        depth = loads.depth[parent] = min(loads.depth.get(parent, 2) * 2, PREFETCH_AHEAD)
-        queued = loads.queued.get(parent, 0)
-        if queued > depth // 2:
-            return []  # enough in flight; top up later
-        after = max(name, loads.cursor.get(parent, b""))
-        want = depth - queued
-        picked: list[int] = []
-        last = after
-        with self.journal.read() as txn:
-            for scanned, (child_name, child) in enumerate(txn.children(parent, after)):
-                if len(picked) >= want or scanned >= 4 * PREFETCH_AHEAD:
-                    break
-                last = child_name
-                c = txn.get(child)
-                if c is not None and not c.meta_loaded and child not in loads.loading:
-                    picked.append(child)
-        loads.cursor[parent] = last
-        loads.queued[parent] = queued + len(picked)
-        return picked
+    async def poll_dir(self, ino: int) -> None:
+        """Re-list one directory and apply what changed (``Discovery.poll_dir``)."""
+        await self.discovery.poll_dir(ino)
 
-    async def _prefetch(self, parent: int, inos: list[int]) -> None:
-        loads = self.meta_loads
-
-        async def one(ino: int) -> None:
-            try:
-                await self.load_meta(ino)
-            except FsError:
-                pass  # gone meanwhile
-            except Exception:  # noqa: BLE001 - a prefetch must never fail anything
-                log.debug("prefetching attributes of inode %d failed", ino, exc_info=True)
-            finally:
-                left = loads.queued.get(parent, 1) - 1
-                if left > 0:
-                    loads.queued[parent] = left
-                else:
-                    loads.queued.pop(parent, None)
-
-        async with trio.open_nursery() as nursery:
-            for ino in inos:
-                nursery.start_soon(one, ino)
-
-    def _lookup_entry(self, parent: int, name: bytes) -> Inode:
-        with self.journal.read() as txn:
-            p = self.get_in(txn, parent)
-            if not stat.S_ISDIR(p.mode):
-                raise FsError(errno.ENOTDIR)
-            if name == b".":
-                ino = parent
-            elif name == b"..":
-                ino = p.parent
-            else:
-                if len(name) > keys.NAME_MAX:
-                    raise FsError(errno.ENAMETOOLONG)
-                found = txn.lookup(parent, name)
-                if found is None:
-                    raise FsError(errno.ENOENT)
-                ino = found
-            return self.get_in(txn, ino)
+    def dirs_to_poll(self, used_within_s: float) -> list[int]:
+        """Directories in use within ``used_within_s`` (``Discovery.dirs_to_poll``)."""
+        return self.discovery.dirs_to_poll(used_within_s)
 
     # --- lookups --------------------------------------------------------------------
     async def lookup(self, parent: int, name: bytes) -> Inode:
-        """Find ``name`` in ``parent``, with its attributes loaded (``load_meta``);
-        bumps the inode's lookup count. A name the directory does not hold is looked
-        for in the bucket when the directory's listing is older than the TTL
-        (close-to-open for names: ``_relist_for_names``)."""
-        await self.ensure_listed(parent)
-        self._dir_used[parent] = trio.current_time()
-        try:
-            inode = self._lookup_entry(parent, name)
-        except FsError as exc:
-            if exc.errno != errno.ENOENT or name in (b".", b"..") \
-                    or not await self._relist_for_names(parent):
-                raise
-            inode = self._lookup_entry(parent, name)
-        if inode.meta_loaded and name not in (b".", b"..") \
-                and self._recheck_due(inode):
-            await self._recheck(inode)
-            # changed or deleted in the bucket (or by the poller meanwhile): what
-            # holds the name now, if anything (the lookup count below goes to it)
-            inode = self._lookup_entry(parent, name)
-        loads = self.meta_loads
-        if not inode.meta_loaded or parent in loads.cursor:
-            ahead = self._prefetch_after(parent, name) if name not in (b".", b"..") else []
-            if ahead and loads.nursery is not None:
-                loads.nursery.start_soon(self._prefetch, parent, ahead)
-                ahead = []
-            if not inode.meta_loaded or ahead:
-                async with trio.open_nursery() as nursery:
-                    if ahead:
-                        nursery.start_soon(self._prefetch, parent, ahead)
-                    if not inode.meta_loaded:
-                        try:
-                            await self.load_meta(inode.ino)
-                        except FsError as exc:
-                            if exc.errno != errno.ENOENT:
-                                raise
-                # the bucket may have removed or replaced it
-                inode = self._lookup_entry(parent, name)
-        self.lookups[inode.ino] = self.lookups.get(inode.ino, 0) + 1
+        """Find ``name`` in ``parent``, attributes loaded and checked as the mount
+        shows them (``Discovery.resolve``); bumps the inode's lookup count (the
+        kernel's reference, given back by ``forget``)."""
+        inode = await self.discovery.resolve(parent, name)
+        self.add_lookup(inode.ino)
         return inode
 
-    async def _relist_for_names(self, parent: int) -> bool:
-        """A name was not found in ``parent``: if its listing is older than the TTL,
-        list it again now and apply what changed (``poll_dir``), so a name created
-        outside shows on lookup, not only at the next poll. One LIST per directory
-        per TTL, shared by the lookups that miss meanwhile (git and Python imports
-        look up many names that do not exist). True if a listing was applied."""
-        def fresh() -> bool:
-            age = trio.current_time() - self._names_at.get(parent, float("-inf"))
-            return age < self.metadata_ttl_s
-
-        if fresh():
-            return False
-        lock = self._list_locks.setdefault(parent, trio.Lock())
-        async with lock:
-            if fresh():
-                return True  # listed while we waited
-            try:
-                with trio.fail_after(NAME_CHECK_TIMEOUT_S):
-                    await self.poll_dir(parent)
-            except (StoreError, trio.TooSlowError) as exc:
-                # the bucket is away: answer from what the mount knows (not asked
-                # again within the TTL); the poller catches up when it is back
-                log.info("cannot list directory %d to look for a name (%s)", parent,
-                         str(exc) or f"no answer within {NAME_CHECK_TIMEOUT_S} s")
-                self._note_names_listed(parent, trio.current_time())
-                return False
-        return True
-
-    def _note_names_listed(self, ino: int, at: float) -> None:
-        """The names of directory ``ino`` are known as of ``at`` (a listing)."""
-        if len(self._names_at) >= 4096:
-            cutoff = trio.current_time() - self.metadata_ttl_s
-            for d in [d for d, t in self._names_at.items() if t < cutoff]:
-                del self._names_at[d]
-        self._names_at[ino] = at
-
     def add_lookup(self, ino: int) -> None:
+        """The kernel took one more reference to ``ino`` (given back by ``forget``)."""
         self.lookups[ino] = self.lookups.get(ino, 0) + 1
 
     def forget(self, items: list[tuple[int, int]]) -> None:
+        """The kernel drops references: (ino, count) pairs. An unlinked inode whose
+        last reference goes is purged (``maybe_purge``). Never awaits."""
         for ino, n in items:
             left = self.lookups.get(ino, 0) - n
             if left > 0:
@@ -843,7 +285,10 @@ class Filesystem:
 
     # --- attributes ---------------------------------------------------------------------
     async def setattr(self, ino: int, changes: SetAttrs) -> Inode:
-        inode = self.get(ino)
+        """Change attributes (chmod, chown, utimes, truncate; see ``SetAttrs``). Loads
+        them first (``load_meta``); a size change fetches what is not cached. Marks
+        the inode dirty; returns it as it is after."""
+        inode = await self.load_meta(ino)
         if changes.size is not None:
             if stat.S_ISDIR(inode.mode):
                 raise FsError(errno.EISDIR)
@@ -851,15 +296,15 @@ class Filesystem:
                 raise FsError(errno.EINVAL)
             if changes.size > 0 or not inode.cached:
                 if changes.size == 0:
-                    await self._start_empty(ino)
+                    await self.contents.start_empty(ino)
                 else:
                     await self.ensure_cached(ino)
         if changes.size is not None:
-            self._dirty_before_data_change(ino)
+            self.contents.dirty_before_change(ino)
         now = _now_ns()
         pending: list[int] = []
         with self.journal.write() as txn:
-            inode = self.get_in(txn, ino)
+            inode = self.ns.get_in(txn, ino)
             flags = 0
             if changes.size is not None:
                 self.cache.truncate(ino, changes.size)
@@ -876,13 +321,15 @@ class Filesystem:
                     flags |= DIRTY_META
             inode.ctime_ns = now
             if flags and inode.nlink > 0:
-                self.mark(txn, inode, flags, pending)
+                self.ns.mark(txn, inode, flags, pending)
             txn.put(inode)
-        self.notify(pending)
+        self.ns.notify(pending)
         return inode
 
     async def readlink(self, ino: int) -> bytes:
-        inode = self.get(ino)
+        """A symlink's target: read from its object the first time (then kept).
+        EINVAL for anything else."""
+        inode = await self.load_meta(ino)
         if not stat.S_ISLNK(inode.mode):
             raise FsError(errno.EINVAL)
         if inode.target is None:
@@ -892,7 +339,7 @@ class Filesystem:
             target = (await self.remote.get(src_key, if_match=etag)).decode("utf-8",
                                                                            "surrogateescape")
             with self.journal.write() as txn:
-                inode = self.get_in(txn, ino)
+                inode = self.ns.get_in(txn, ino)
                 inode.target = target
                 txn.put(inode)
         return inode.target.encode("utf-8", "surrogateescape")
@@ -906,7 +353,7 @@ class Filesystem:
     def _new_entry_dir(self, txn: Txn, parent: int, name: bytes) -> Inode:
         """The directory a new entry ``name`` goes into, checked: a live directory
         without that name."""
-        p = self.get_in(txn, parent)
+        p = self.ns.get_in(txn, parent)
         if not stat.S_ISDIR(p.mode):
             raise FsError(errno.ENOTDIR)
         if p.nlink == 0:
@@ -926,7 +373,7 @@ class Filesystem:
         inode = Inode(ino=txn.new_ino(), mode=mode, uid=uid, gid=gid, parent=parent,
                       name=seg, atime_ns=now, mtime_ns=now, ctime_ns=now, **fields)
         txn.link(parent, name, inode.ino)
-        self.touch_dir(txn, parent, now, 1 if stat.S_ISDIR(mode) else 0)
+        self.ns.touch_dir(txn, parent, now, 1 if stat.S_ISDIR(mode) else 0)
         return inode
 
     async def create(self, parent: int, name: bytes, mode: int, uid: int, gid: int,
@@ -939,16 +386,18 @@ class Filesystem:
         with self.journal.write() as txn:
             inode = self._add_entry(txn, parent, name, seg, stat.S_IFREG | stat.S_IMODE(mode),
                                     uid, gid, now, cached=True)
-            self.mark(txn, inode, DIRTY_DATA, pending)
+            self.ns.mark(txn, inode, DIRTY_DATA, pending)
             txn.put(inode)
         self.cache.create(inode.ino)
-        self.notify(pending)
+        self.ns.notify(pending)
         self.add_lookup(inode.ino)
         self.open_count[inode.ino] = self.open_count.get(inode.ino, 0) + 1
         return self._new_fh(Handle(inode.ino, writable, append, direct)), inode
 
     async def mknod(self, parent: int, name: bytes, mode: int, rdev: int, uid: int,
                     gid: int) -> Inode:
+        """Create a special file (FIFO, socket, device) or an empty regular file; bumps
+        the lookup count. Marks it dirty (an empty object with its attributes)."""
         seg = await self._prepare_new(parent, name)
         kind = stat.S_IFMT(mode) or stat.S_IFREG
         if kind not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
@@ -958,30 +407,32 @@ class Filesystem:
         with self.journal.write() as txn:
             inode = self._add_entry(txn, parent, name, seg, kind | stat.S_IMODE(mode), uid,
                                     gid, now, rdev=rdev, cached=True)
-            self.mark(txn, inode, DIRTY_DATA, pending)
+            self.ns.mark(txn, inode, DIRTY_DATA, pending)
             txn.put(inode)
         if kind == stat.S_IFREG:
             self.cache.create(inode.ino)
-        self.notify(pending)
+        self.ns.notify(pending)
         self.add_lookup(inode.ino)
         return inode
 
     async def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Inode:
+        """Create a directory (its marker is uploaded); bumps the lookup count."""
         seg = await self._prepare_new(parent, name)
         now = _now_ns()
         pending: list[int] = []
         with self.journal.write() as txn:
             inode = self._add_entry(txn, parent, name, seg, stat.S_IFDIR | stat.S_IMODE(mode),
                                     uid, gid, now, nlink=2, listed=True)
-            self.mark(txn, inode, DIRTY_META, pending)
+            self.ns.mark(txn, inode, DIRTY_META, pending)
             txn.put(inode)
-        self._note_names_listed(inode.ino, trio.current_time())  # (made here: empty)
-        self.notify(pending)
+        self.discovery.note_names_listed(inode.ino, trio.current_time())  # (made here: empty)
+        self.ns.notify(pending)
         self.add_lookup(inode.ino)
         return inode
 
     async def symlink(self, parent: int, name: bytes, target: bytes, uid: int,
                       gid: int) -> Inode:
+        """Create a symlink (its object holds the target); bumps the lookup count."""
         seg = await self._prepare_new(parent, name)
         now = _now_ns()
         pending: list[int] = []
@@ -989,9 +440,9 @@ class Filesystem:
         with self.journal.write() as txn:
             inode = self._add_entry(txn, parent, name, seg, stat.S_IFLNK | 0o777, uid, gid,
                                     now, target=text, size=len(target), cached=True)
-            self.mark(txn, inode, DIRTY_DATA, pending)
+            self.ns.mark(txn, inode, DIRTY_DATA, pending)
             txn.put(inode)
-        self.notify(pending)
+        self.ns.notify(pending)
         self.add_lookup(inode.ino)
         return inode
 
@@ -1011,7 +462,7 @@ class Filesystem:
         now = _now_ns()
         pending: list[int] = []
         with self.journal.write() as txn:
-            inode = self.get_in(txn, ino)
+            inode = self.ns.get_in(txn, ino)
             if inode.nlink == 0:
                 raise FsError(errno.ENOENT, "the file was removed")
             self._new_entry_dir(txn, parent, name)
@@ -1019,17 +470,17 @@ class Filesystem:
                         parent=parent, name=seg, link_of=ino)
             txn.put(rec)
             txn.link(parent, name, ino)
-            self.touch_dir(txn, parent, now)
+            self.ns.touch_dir(txn, parent, now)
             inode.links.append(rec.ino)
             inode.nlink += 1
             inode.ctime_ns = now
             # every name's object gets the new ctime; the new name's is written whole
-            self.mark(txn, inode, DIRTY_META, pending)
-            rec = self.get_in(txn, rec.ino)
-            self.mark(txn, rec, DIRTY_DATA, pending)
+            self.ns.mark(txn, inode, DIRTY_META, pending)
+            rec = self.ns.get_in(txn, rec.ino)
+            self.ns.mark(txn, rec, DIRTY_DATA, pending)
             txn.put(rec)
             txn.put(inode)
-        self.notify(pending)
+        self.ns.notify(pending)
         self.add_lookup(ino)
         return inode
 
@@ -1037,23 +488,12 @@ class Filesystem:
     def _drop_remote(self, txn: Txn, inode: Inode) -> None:
         """The inode leaves the namespace: its object (if any) is deleted in order."""
         if inode.remote_key is not None:
-            txn.append_op({"op": "delete", "key": inode.remote_key, "etag": inode.remote_etag,
-                           "ino": inode.ino})
-        inode.remote_key = inode.remote_etag = None
-        inode.dirty = 0
-        txn.clear_dirty(inode.ino)
-
-    def _keep_parent_dir(self, txn: Txn, parent: int, pending: list[int]) -> None:
-        """A directory that loses its last entry keeps existing in the bucket: make
-        sure a marker gets written for it."""
-        if parent == ROOT_INO or txn.has_children(parent):
-            return
-        d = self.get_in(txn, parent)
-        if d.remote_key is None and d.nlink > 0:
-            self.mark(txn, d, DIRTY_META, pending)
-            txn.put(d)
+            txn.append_op(DeleteOp(inode.remote_key, inode.remote_etag, inode.ino))
+        leave_bucket(txn, inode)
 
     async def unlink(self, parent: int, name: bytes) -> None:
+        """Remove a non-directory entry. One transaction: the name goes, its object's
+        delete is queued (``oplog``), the inode lives on while open or looked up."""
         await self.ensure_listed(parent)
         now = _now_ns()
         pending: list[int] = []
@@ -1062,22 +502,23 @@ class Filesystem:
             ino = txn.lookup(parent, name)
             if ino is None:
                 raise FsError(errno.ENOENT)
-            inode = self.get_in(txn, ino)
+            inode = self.ns.get_in(txn, ino)
             if stat.S_ISDIR(inode.mode):
                 raise FsError(errno.EISDIR)
             txn.unlink(parent, name)
-            self.touch_dir(txn, parent, now)
-            remote = self.remove_name(txn, inode, parent, name, now, pending, dropped)
+            self.ns.touch_dir(txn, parent, now)
+            remote = self.ns.remove_name(txn, inode, parent, name, now, pending, dropped)
             if remote is not None:
-                txn.append_op({"op": "delete", "key": remote[0], "etag": remote[1],
-                               "ino": ino})
+                txn.append_op(DeleteOp(remote[0], remote[1], ino))
             txn.put(inode)
-            self._keep_parent_dir(txn, parent, pending)
-        self.notify(pending)
-        self.forget_records(dropped)
+            self.ns.keep_parent_dir(txn, parent, pending)
+        self.ns.notify(pending)
+        self.ns.forget_records(dropped)
         self.maybe_purge(ino)
 
     async def rmdir(self, parent: int, name: bytes) -> None:
+        """Remove an empty directory (empty in the bucket too: it is listed whole
+        first). ENOTDIR, ENOTEMPTY, ENOENT."""
         await self.ensure_listed(parent)
         with self.journal.read() as txn:
             ino = txn.lookup(parent, name)
@@ -1089,274 +530,33 @@ class Filesystem:
         with self.journal.write() as txn:
             if txn.lookup(parent, name) != ino:
                 raise FsError(errno.ENOENT)
-            inode = self.get_in(txn, ino)
+            inode = self.ns.get_in(txn, ino)
             if not stat.S_ISDIR(inode.mode):
                 raise FsError(errno.ENOTDIR)
             if txn.has_children(ino):
                 raise FsError(errno.ENOTEMPTY)
             txn.unlink(parent, name)
-            self.touch_dir(txn, parent, now, -1)
+            self.ns.touch_dir(txn, parent, now, -1)
             inode.nlink = 0
             inode.ctime_ns = now
             self._drop_remote(txn, inode)
             txn.put(inode)
-            self._keep_parent_dir(txn, parent, pending)
-        self.notify(pending)
+            self.ns.keep_parent_dir(txn, parent, pending)
+        self.ns.notify(pending)
         self.maybe_purge(ino)
 
-    # --- rename -------------------------------------------------------------------------
-    async def _ensure_subtree_listed(self, ino: int) -> None:
-        stack = [ino]
-        while stack:
-            d = stack.pop()
-            await self.ensure_listed(d, complete=True)
-            with self.journal.read() as txn:
-                for _, child in txn.children(d):
-                    c = txn.get(child)
-                    if c is not None and stat.S_ISDIR(c.mode):
-                        stack.append(child)
-
-    def _subtree(self, txn: Txn, top: Inode) -> Iterator[Inode]:
-        """``top`` (a name record) and, for a directory, every name record below it:
-        a hard-linked file once per name it has there."""
-        stack = [top]
-        while stack:
-            rec = stack.pop()
-            yield rec
-            if stat.S_ISDIR(rec.mode):
-                for name, child in txn.children(rec.ino):
-                    c = self.get_in(txn, child)
-                    stack.append(c if stat.S_ISDIR(c.mode)
-                                 else self.record_at(txn, rec.ino, name, c))
-
-    def _check_not_below(self, txn: Txn, dest: Inode, ino: int) -> None:
-        """EINVAL if directory ``dest`` is directory ``ino`` or below it: no moving a
-        directory into itself."""
-        walk = dest
-        while True:
-            if walk.ino == ino:
-                raise FsError(errno.EINVAL, "cannot move a directory into itself")
-            if walk.ino == ROOT_INO:
-                return
-            walk = self.get_in(txn, walk.parent)
-
+    # --- rename (``rename``: these are the entry points) --------------------------------
     async def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes,
                      flags: int = 0) -> None:
-        """Atomic rename, replacing an existing target (``os.replace``).
-
-        ``flags``: renameat2's. ``RENAME_NOREPLACE``: EEXIST if the target exists;
-        ``RENAME_EXCHANGE``: swap the two entries (``exchange``); both at once, or any
-        other bit (``RENAME_WHITEOUT``...): EINVAL, nothing changes.
-        """
-        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE):
-            raise FsError(errno.EINVAL, f"rename flags {flags:#x} are not supported")
-        if flags & RENAME_EXCHANGE:
-            if flags & RENAME_NOREPLACE:
-                raise FsError(errno.EINVAL, "RENAME_EXCHANGE with RENAME_NOREPLACE")
-            await self.exchange(old_parent, old_name, new_parent, new_name)
-            return
-        new_seg = keys.check_new_name(new_name)
-        await self.ensure_listed(old_parent)
-        await self.ensure_listed(new_parent)
-        with self.journal.read() as txn:
-            ino = txn.lookup(old_parent, old_name)
-            if ino is None:
-                raise FsError(errno.ENOENT)
-            moving = self.get_in(txn, ino)
-            target_ino = txn.lookup(new_parent, new_name)
-        if stat.S_ISDIR(moving.mode):
-            await self._ensure_subtree_listed(ino)
-        if target_ino is not None:
-            await self.ensure_listed(target_ino, complete=True)
-
-        now = _now_ns()
-        pending: list[int] = []
-        dropped: list[int] = []
-        with self.journal.write() as txn:
-            if txn.lookup(old_parent, old_name) != ino:
-                raise FsError(errno.ENOENT)
-            moving = self.get_in(txn, ino)
-            is_dir = stat.S_ISDIR(moving.mode)
-            np = self.get_in(txn, new_parent)
-            if not stat.S_ISDIR(np.mode):
-                raise FsError(errno.ENOTDIR)
-            if np.nlink == 0:
-                raise FsError(errno.ENOENT)
-            if is_dir:
-                self._check_not_below(txn, np, ino)
-            target_ino = txn.lookup(new_parent, new_name)
-            if target_ino == ino:
-                return
-            displaced: Inode | None = None
-            if target_ino is not None:
-                if flags & RENAME_NOREPLACE:
-                    raise FsError(errno.EEXIST)
-                displaced = self.get_in(txn, target_ino)
-                if stat.S_ISDIR(displaced.mode):
-                    if not is_dir:
-                        raise FsError(errno.EISDIR)
-                    if txn.has_children(target_ino):
-                        raise FsError(errno.ENOTEMPTY)
-                elif is_dir:
-                    raise FsError(errno.ENOTDIR)
-
-            # the name record that moves (a hard-linked file has one per name), and
-            # the keys before the move of every object that has to follow it
-            rec = moving if is_dir else self.record_at(txn, old_parent, old_name, moving)
-            old_keys = {i.ino: self.object_key(txn, i) for i in self._subtree(txn, rec)}
-
-            # the namespace change itself
-            # (the moved inode overwrites the displaced name's object: no delete needed)
-            inherited: tuple[str, str | None] | None = None
-            if displaced is not None:
-                txn.unlink(new_parent, new_name)
-                if stat.S_ISDIR(displaced.mode):
-                    displaced.nlink = 0
-                    displaced.ctime_ns = now
-                    if displaced.remote_key is not None:
-                        inherited = (displaced.remote_key, displaced.remote_etag)
-                    displaced.remote_key = displaced.remote_etag = None
-                    displaced.dirty = 0
-                    txn.clear_dirty(displaced.ino)
-                    self.touch_dir(txn, new_parent, now, -1)
-                else:
-                    inherited = self.remove_name(txn, displaced, new_parent, new_name, now,
-                                                  pending, dropped)
-                txn.put(displaced)
-            txn.unlink(old_parent, old_name)
-            txn.link(new_parent, new_name, ino)
-            moving = self.get_in(txn, ino)
-            moving.ctime_ns = now
-            if rec.ino == ino:
-                moving.parent, moving.name = new_parent, new_seg
-                txn.put(moving)
-            else:
-                txn.put(moving)
-                rec = self.get_in(txn, rec.ino)
-                rec.parent, rec.name = new_parent, new_seg
-                txn.put(rec)
-            dir_delta = 1 if is_dir else 0
-            self.touch_dir(txn, old_parent, now, -dir_delta)
-            self.touch_dir(txn, new_parent, now, dir_delta)
-
-            faults.crash_point("mid-rename")  # the transaction is not committed yet
-            # bucket side: every object below the moved entry follows it
-            for node in self._subtree(txn, self.get_in(txn, rec.ino)):
-                self._move_remote(txn, node, old_keys[node.ino],
-                                  inherited if node.ino == rec.ino else None, pending)
-            self._keep_parent_dir(txn, old_parent, pending)
-        self.notify(pending)
-        self.forget_records(dropped)
-        if displaced is not None:
-            self.maybe_purge(displaced.ino)
-
-    def _move_remote(self, txn: Txn, node: Inode, old_key: str | None,
-                     inherited: tuple[str, str | None] | None, pending: list[int]) -> None:
-        """Queue the bucket work that makes ``node``'s object follow its new path.
-
-        ``inherited``: the object already at the new key that this node replaces; our
-        next upload there is conditioned on its ETag instead of deleting it first.
-        """
-        node = self.get_in(txn, node.ino)
-        new_key = self.object_key(txn, node)
-        is_dir = stat.S_ISDIR(node.mode)
-        had_remote = node.remote_key is not None
-        if had_remote and node.remote_key != new_key:
-            old = {"key": node.remote_key, "etag": node.remote_etag, "ino": node.ino}
-            if is_dir or node.dirty & DIRTY_DATA or new_key is None:
-                # rewritten from local state at the new key (or not at all)
-                txn.append_op({"op": "delete", **old})
-                node.remote_key = node.remote_etag = None
-            else:
-                # clean data stays server-side: copy, then delete the old key
-                txn.append_op({"op": "copy", "src": old["key"], "dst": new_key,
-                               "etag": old["etag"], "ino": node.ino})
-                txn.append_op({"op": "delete", **old})
-                node.remote_key, node.remote_etag = new_key, None
-                inherited = None  # the copy overwrites it
-        if new_key is None:
-            node.dirty = 0
-            txn.clear_dirty(node.ino)
-        else:
-            if inherited is not None and node.remote_key is None:
-                node.remote_key, node.remote_etag = inherited
-            if old_key is None:
-                # it was not exported before (e.g. under .s3fuse/): upload it now
-                self.mark(txn, node, DIRTY_META if is_dir else DIRTY_DATA | DIRTY_META,
-                           pending)
-            elif is_dir and (had_remote or inherited is not None):
-                # the directory's marker and attributes move with it
-                self.mark(txn, node, DIRTY_META, pending)
-        txn.put(node)
-
-    # --- RENAME_EXCHANGE --------------------------------------------------------------
-    #
-    # The two entries trade places on the mount in one journal transaction, like a
-    # rename. In the bucket every object at or below each entry moves to the same place
-    # at or below the other. Where both trees have an object at one place (the two
-    # entries themselves when both are files or both directories, then each name two
-    # directories have in common, at any depth), the two keys trade their contents: a
-    # cycle. Server-side copies alone cannot turn a cycle without a third key, and
-    # s3fuse puts no object of its own in the bucket. So one side of each such *pair*
-    # is written from local state:
-    #
-    # * directory markers always are (they hold attributes the journal has): each
-    #   directory takes over the other's marker (key and ETag) and rewrites it;
-    # * a file that is to be uploaded anyway (DIRTY_DATA) is uploaded to its new key,
-    #   conditioned on the ETag of the object it replaces there (the other side's);
-    # * of two clean files, one is made DIRTY_DATA and goes the same way (the smaller
-    #   one whose bytes are on local disk; if neither is, the smaller one is fetched
-    #   first, before the transaction); the other one is copied server-side, pinned
-    #   to its ETag, to its new key, which is the local side's old key.
-    #
-    # Why that order never loses a version: the copy op names both keys, and an upload
-    # to a key waits while a pending op names it (``Flusher._start_uploads``; an upload
-    # already in flight holds the copy back instead, ``_startable_ops``). So the copy
-    # reads the copied side's version before the local side's upload replaces it; and
-    # the copy overwrites only the local side's old object, whose bytes are then in
-    # its cache file, which is never evicted while dirty; the DIRTY_DATA mark is in
-    # the very transaction that makes the swap. A crash before the commit leaves the
-    # old tree; after it, replay finds the same op log and dirty set (copies and
-    # uploads are repeated safely, as for a rename). No delete is queued for a pair:
-    # each of its keys is overwritten by its new holder. If the copy's source was
-    # changed outside meanwhile, the copy is dropped (S3 wins) as for a rename.
-    #
-    # Objects with no partner at their new place simply move, as in a rename
-    # (``_move_remote``): their new keys are no one's old key, so no cycle. Except
-    # a file whose place in the other tree is a directory (a file exchanged with a
-    # directory, or a name that is a file in one tree and a directory in the other):
-    # its new key ``K`` still has the directory's objects below ``K/`` until they have
-    # moved, and they move to below the file's old key, which the file holds until it
-    # has moved; a store that keeps keys as paths (``file://``) can hold no file ``K``
-    # beside keys under ``K/``. So such a file goes from local state: its old object
-    # is deleted first (the first ops of the exchange), and it is uploaded to its new
-    # key once the directory's objects are gone from there (a failed attempt is
-    # retried, as any upload).
+        """Atomic rename (``os.replace``; ``flags``: renameat2's, see ``Renamer.rename``).
+        One journal transaction; the bucket follows through ops and dirty marks."""
+        await self.renamer.rename(old_parent, old_name, new_parent, new_name, flags)
 
     async def exchange(self, parent_a: int, name_a: bytes, parent_b: int,
                        name_b: bytes) -> None:
-        """``renameat2(RENAME_EXCHANGE)``: entry ``name_a`` of ``parent_a`` and entry
-        ``name_b`` of ``parent_b`` trade places, atomically (one journal transaction):
-        two files, two directories, or a file and a directory. Both must exist
-        (ENOENT); neither directory may end up inside itself (EINVAL); two names of
-        one file: nothing happens, as on Linux. The bucket follows through the op log
-        and the dirty set (see above); of two clean files, one may be fetched first."""
-        await self.ensure_listed(parent_a)
-        await self.ensure_listed(parent_b)
-        for _ in range(EXCHANGE_TRIES):
-            with self.journal.read() as txn:
-                found = (txn.lookup(parent_a, name_a), txn.lookup(parent_b, name_b))
-                if found[0] is None or found[1] is None:
-                    raise FsError(errno.ENOENT)
-                dirs = [ino for ino in found if stat.S_ISDIR(self.get_in(txn, ino).mode)]
-            for ino in dirs:
-                await self._ensure_subtree_listed(ino)
-            try:
-                self._exchange(parent_a, name_a, parent_b, name_b)
-                return
-            except _NeedLocal as need:
-                await self._make_local(need.ino)
-        raise FsError(errno.EBUSY, "the entries kept changing while being exchanged")
+        """``renameat2(RENAME_EXCHANGE)``: two entries trade places atomically
+        (``Renamer.exchange``)."""
+        await self.renamer.exchange(parent_a, name_a, parent_b, name_b)
 
     async def _make_local(self, ino: int) -> None:
         """Have the attributes and the whole bytes of name record ``ino`` on local disk."""
@@ -1367,266 +567,15 @@ class Filesystem:
         elif stat.S_ISREG(data.mode):
             await self.ensure_cached(data.ino)
 
-    def _exchange(self, parent_a: int, name_a: bytes, parent_b: int, name_b: bytes) -> None:
-        """The transaction of ``exchange``. Raises ``_NeedLocal`` (nothing changed) when
-        a clean file must be fetched first."""
-        now = _now_ns()
-        pending: list[int] = []
-        with self.journal.write() as txn:
-            ino_a, ino_b = txn.lookup(parent_a, name_a), txn.lookup(parent_b, name_b)
-            if ino_a is None or ino_b is None:
-                raise FsError(errno.ENOENT)
-            for parent in (parent_a, parent_b):
-                d = self.get_in(txn, parent)
-                if not stat.S_ISDIR(d.mode):
-                    raise FsError(errno.ENOTDIR)
-                if d.nlink == 0:
-                    raise FsError(errno.ENOENT)
-            if ino_a == ino_b:
-                return  # two names of one file: Linux does nothing either
-            a, b = self.get_in(txn, ino_a), self.get_in(txn, ino_b)
-            a_dir, b_dir = stat.S_ISDIR(a.mode), stat.S_ISDIR(b.mode)
-            if a_dir:
-                self._check_not_below(txn, self.get_in(txn, parent_b), ino_a)
-            if b_dir:
-                self._check_not_below(txn, self.get_in(txn, parent_a), ino_b)
-            rec_a = a if a_dir else self.record_at(txn, parent_a, name_a, a)
-            rec_b = b if b_dir else self.record_at(txn, parent_b, name_b, b)
-
-            # before the swap: every object below each entry by its place, and the pairs
-            places_a, places_b = self._places(txn, rec_a), self._places(txn, rec_b)
-            pairs: list[tuple[Inode, str | None, Inode, str | None, int | None]] = []
-            for place, (x, key_x) in places_a.items():
-                if place in places_b:
-                    y, key_y = places_b[place]
-                    pairs.append((x, key_x, y, key_y,
-                                  self._copy_side(txn, x, key_x, y, key_y)))
-            # files that meet a directory (see above): written from local state
-            clashes = [(node, key) for places, other in ((places_a, places_b),
-                                                         (places_b, places_a))
-                       for (rel, is_dir), (node, key) in places.items()
-                       if not is_dir and (rel, True) in other]
-            for node, _ in clashes:
-                if not self._is_local(txn, node):
-                    raise _NeedLocal(node.ino)
-
-            # the namespace change itself
-            txn.unlink(parent_a, name_a)
-            txn.unlink(parent_b, name_b)
-            txn.link(parent_a, name_a, ino_b)
-            txn.link(parent_b, name_b, ino_a)
-            for rec_ino, data_ino, parent, seg in ((rec_a.ino, ino_a, parent_b, rec_b.name),
-                                                   (rec_b.ino, ino_b, parent_a, rec_a.name)):
-                data = self.get_in(txn, data_ino)
-                data.ctime_ns = now
-                txn.put(data)
-                rec = self.get_in(txn, rec_ino)
-                rec.parent, rec.name = parent, seg
-                txn.put(rec)
-            # a directory that trades places with a file moves a subdirectory link
-            delta = int(b_dir) - int(a_dir)
-            self.touch_dir(txn, parent_a, now, delta if parent_a != parent_b else 0)
-            if parent_b != parent_a:
-                self.touch_dir(txn, parent_b, now, -delta)
-
-            faults.crash_point("mid-exchange")  # the transaction is not committed yet
-            # bucket side
-            done: set[int] = set()
-            # local sides whose only other copy an op will overwrite or delete
-            durable: set[int] = set()
-            for x, key_x, y, key_y, copied in pairs:
-                self._swap_remote(txn, x.ino, key_x, y.ino, key_y, copied, pending)
-                done.update((x.ino, y.ino))
-                if copied is not None:
-                    durable.add(self.data_of(txn, y if copied == x.ino else x).ino)
-            for node, old_key in clashes:  # (their deletes first: nothing waits on them)
-                durable.add(self.data_of(txn, node).ino)
-                node = self.get_in(txn, node.ino)
-                self.mark(txn, node, DIRTY_DATA, pending)
-                txn.put(node)
-                self._move_remote(txn, node, old_key, None, pending)
-                done.add(node.ino)
-            for places in (places_a, places_b):
-                for node, old_key in places.values():
-                    if node.ino not in done:
-                        self._move_remote(txn, node, old_key, None, pending)
-        if durable:
-            # Before any op runs (none can before this returns to the event loop): a
-            # host crash must not find the copy or delete done in the bucket and the
-            # exchange, or the bytes it relies on, missing here. (A kill -9 loses
-            # neither: both are in the page cache.)
-            for ino in durable:
-                self.cache.fsync(ino)
-            self.journal.sync()
-        self.notify(pending)
-
-    def _places(self, txn: Txn, top: Inode) -> dict[tuple[tuple[str, ...], bool],
-                                                   tuple[Inode, str | None]]:
-        """Every name record at or below ``top``, by its place relative to ``top``
-        (the names below it, and whether it is a directory: a file's key and a
-        directory's never meet), with its object key now."""
-        depth = len(self.path_names(txn, top))
-        out: dict[tuple[tuple[str, ...], bool], tuple[Inode, str | None]] = {}
-        for node in self._subtree(txn, top):
-            place = (tuple(self.path_names(txn, node)[depth:]), stat.S_ISDIR(node.mode))
-            out[place] = (node, self.object_key(txn, node))
-        return out
-
-    def _is_local(self, txn: Txn, rec: Inode) -> bool:
-        """Can name record ``rec``'s object be written whole from local state now?"""
-        if rec.dirty & DIRTY_DATA:
-            return True  # (dirty data is always whole in the cache)
-        data = self.data_of(txn, rec)
-        if not data.meta_loaded:
-            return False
-        if stat.S_ISREG(data.mode):
-            return data.cached
-        if stat.S_ISLNK(data.mode):
-            return data.target is not None
-        return True  # a FIFO, socket or device: an empty object with attributes
-
-    def _copy_side(self, txn: Txn, x: Inode, key_x: str | None, y: Inode,
-                   key_y: str | None) -> int | None:
-        """Of a pair (``x`` at ``key_x`` goes to ``key_y``, ``y`` the other way), the
-        record whose object moves by a server-side copy, or None: each side is written
-        from local state. Raises ``_NeedLocal`` for a side to fetch first."""
-        if stat.S_ISDIR(x.mode):
-            return None  # markers are rewritten from the journal
-        sides = ((x, key_y), (y, key_x))
-        copyable = [r for r, new_key in sides
-                    if new_key is not None and r.remote_key is not None
-                    and not r.dirty & DIRTY_DATA]
-        copied: Inode | None = copyable[0] if len(copyable) == 1 else None
-        if len(copyable) == 2:
-            # two clean objects: the smaller one we hold goes up from local bytes
-            by_size = sorted(copyable, key=lambda r: self.data_of(txn, r).size)
-            local = next((r for r in by_size if self._is_local(txn, r)), None)
-            if local is None:
-                raise _NeedLocal(by_size[0].ino)
-            copied = y if local is x else x
-        for r, new_key in sides:
-            if r is not copied and new_key is not None and not self._is_local(txn, r):
-                raise _NeedLocal(r.ino)
-        return copied.ino if copied is not None else None
-
-    def _swap_remote(self, txn: Txn, x_ino: int, key_x: str | None, y_ino: int,
-                     key_y: str | None, copied: int | None, pending: list[int]) -> None:
-        """The bucket side of a pair, after the swap in the namespace: ``x`` now has
-        ``y``'s old path and key (``key_y``), ``y`` ``x``'s (``key_x``; None: not in
-        the bucket, under ``.s3fuse/``). Each takes over the other's object
-        (key and ETag), so its next write there is conditioned on the version it
-        replaces. ``copied`` (a record, or None) has its own object copied to its new
-        key instead; every other side is (re)written from local state."""
-        x, y = self.get_in(txn, x_ino), self.get_in(txn, y_ino)
-        is_dir = stat.S_ISDIR(x.mode)
-        had = {x.ino: x.remote_key is not None, y.ino: y.remote_key is not None}
-        old_x = (x.remote_key, x.remote_etag)
-        x.remote_key, x.remote_etag = y.remote_key, y.remote_etag
-        y.remote_key, y.remote_etag = old_x
-        if copied is not None:
-            c, other = (x, y) if copied == x.ino else (y, x)
-            # (after the swap, ``other`` holds the copied side's own object)
-            new_key = self.object_key(txn, c)
-            txn.append_op({"op": "copy", "src": other.remote_key, "dst": new_key,
-                           "etag": other.remote_etag, "ino": c.ino})
-            c.remote_key, c.remote_etag = new_key, None  # the copy gives the ETag
-        txn.put(x)
-        txn.put(y)
-        for ino, old_key in ((x_ino, key_x), (y_ino, key_y)):
-            node = self.get_in(txn, ino)
-            if self.object_key(txn, node) is None:
-                # left the bucket (now under .s3fuse/): its place's object, if any, is
-                # the other side's now
-                node.remote_key = node.remote_etag = None
-                node.dirty = 0
-                txn.clear_dirty(ino)
-            elif ino == copied:
-                pass
-            elif not is_dir:
-                self.mark(txn, node, DIRTY_DATA | DIRTY_META, pending)
-            elif had[x_ino] or had[y_ino] or old_key is None:
-                # its marker, rewritten (or written: it just entered the bucket)
-                self.mark(txn, node, DIRTY_META, pending)
-            txn.put(node)
-
-    # --- file data ----------------------------------------------------------------------
+    # --- file data (``contents``; the entry points and the open handles stay here) -------
     def read_source(self, inode: Inode) -> tuple[str | None, str | None]:
-        """Where this inode's uncached bytes can be read right now: its object, or,
-        while a pending copy has not run yet, that copy's source."""
-        if self.flusher is not None:
-            src = self.flusher.pending_copy_source(inode.ino)
-            if src is not None:
-                return src
-        return inode.remote_key, inode.remote_etag
-
-    def _dirty_before_data_change(self, ino: int) -> None:
-        """Commit DIRTY_DATA before the cache file changes. A crash in between then
-        leaves a dirty file to upload again, never a "clean" file whose cache differs
-        from its object. (No-op when already dirty: one extra commit per change run.)
-        The file must be whole in the cache (``ensure_cached``, with no await
-        since): dirty bytes are always all local."""
-        pending: list[int] = []
-        with self.journal.read() as txn:
-            inode = txn.peek(ino)
-            if inode is None:
-                raise FsError(errno.ENOENT, f"inode {ino}")
-            if stat.S_ISREG(inode.mode) and not inode.cached:
-                raise FsError(errno.EIO, f"inode {ino} would change while not whole in "
-                                         "the cache")
-            records = [inode] + [txn.peek(r) for r in inode.links]
-            if inode.nlink == 0 or all(r is not None and r.dirty & DIRTY_DATA
-                                       for r in records):
-                return
-        with self.journal.write() as txn:
-            inode = self.get_in(txn, ino)
-            self.mark(txn, inode, DIRTY_DATA, pending)
-            txn.put(inode)
-        self.notify(pending)
-
-    async def _start_empty(self, ino: int) -> None:
-        """The file's content becomes empty, whole in the cache (a truncate to 0, or
-        a version that is gone)."""
-        with self.journal.write() as txn:
-            inode = self.get_in(txn, ino)
-            self.cache.create(ino, 0)
-            inode.cached = True
-            inode.size = 0
-            txn.put(inode)
+        """Where ``inode``'s uncached bytes are now (``Contents.read_source``)."""
+        return self.contents.read_source(inode)
 
     async def ensure_cached(self, ino: int) -> None:
-        """Fetch whatever part of the regular file ``ino`` is not in the cache yet, so
-        that it is whole there (before a write: a dirty file is always whole in the
-        cache). If the bucket replaced or deleted the version being fetched (a clean
-        file), its current version is adopted (S3 wins: nothing local is at stake)
-        and fetched instead. Returns with the file whole in the cache, as of now:
-        the caller must not await before relying on it. EIO only when the bytes
-        cannot be had: the bucket unreachable, or changing faster than it is read.
-
-        An open file whose object was deleted in the bucket before its bytes were
-        cached has nothing to fetch: it starts again from empty (a write to it is
-        kept in lost+found at its last close, as every write after such a delete)."""
-        for _ in range(FETCH_ATTEMPTS):
-            inode = self.get(ino)
-            if inode.cached or not stat.S_ISREG(inode.mode):
-                return
-            if inode.nlink == 0 and self.read_source(inode)[0] is None:
-                await self._start_empty(ino)
-                return
-            try:
-                await self.fetcher.whole(ino)
-            except VersionGone as exc:
-                await self._adopt_current(ino, exc)
-        if not self.get(ino).cached:
-            raise FsError(errno.EIO, "the file kept changing in the bucket while it was read")
-
-    async def _adopt_current(self, ino: int, gone: VersionGone) -> None:
-        """After ``gone``: take the bucket's current version of ``ino``, or fail."""
-        try:
-            changed = await self.reconciler.adopt_current(ino, gone.etag)
-        except StoreError as exc:
-            raise FsError(errno.EIO, f"{gone}; asking the bucket failed: {exc}") from None
-        if not changed:
-            raise FsError(errno.ESTALE, str(gone))
+        """Have regular file ``ino`` whole in the cache (``Contents.ensure_cached``);
+        the caller must not await before relying on it."""
+        await self.contents.ensure_cached(ino)
 
     async def open(self, ino: int, flags: int) -> tuple[int, bool]:
         """Open a file; returns (fh, changed): ``changed`` means the bucket had a newer
@@ -1660,81 +609,23 @@ class Filesystem:
             raise FsError(errno.EBADF)
         return h
 
+    def fsyncdir(self) -> None:
+        """``fsyncdir``: every namespace change so far is on disk (the journal)."""
+        self.journal.sync()
+
     async def read(self, fh: int, offset: int, size: int) -> bytes:
-        """Bytes of the file as it is when they are returned: fetched first where not
-        cached (a version replaced in the bucket meanwhile is adopted, then read)."""
-        h = self._handle(fh)
-        for _ in range(FETCH_ATTEMPTS):
-            if not self.get(h.ino).cached:
-                try:
-                    await self.fetcher.for_read(h.ino, offset, size)
-                except VersionGone as exc:
-                    await self._adopt_current(h.ino, exc)
-                    continue
-            inode = self.get(h.ino)
-            if offset >= inode.size:
-                return b""
-            length = min(size, inode.size - offset)
-            # (no await between this check and the read of the cache file)
-            if inode.cached or not self.cache.missing(h.ino, offset, length, inode.size):
-                return self.cache.read(h.ino, offset, length)
-        raise FsError(errno.EIO, "the file kept changing in the bucket while it was read")
+        """Bytes of the open file ``fh`` (``Contents.read``)."""
+        return await self.contents.read(self._handle(fh).ino, offset, size)
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
-        """Write ``data`` at ``offset`` (at the end, for a handle opened with
-        O_APPEND). A clean file not whole in the cache is fetched first; if the
-        bucket replaced it meanwhile, the write lands on the bucket's current version
-        (S3 wins, nothing local was at stake)."""
+        """Write to the open file ``fh`` (``Contents.write``; at the end if it was
+        opened with O_APPEND). Returns the bytes written."""
         h = self._handle(fh)
-        inode = self.get(h.ino)
-        if self.flusher is not None:
-            await self.flusher.wait_for_room(h.ino, max(inode.size, offset + len(data)))
-        await self.ensure_cached(h.ino)
-        # From here on no await: the bytes the write lands on, and the ETag an upload
-        # of them names, are the same version (see ``journal.Inode``).
-        if h.append:
-            size = self.get(h.ino).size
-            if offset != size:
-                # the kernel's idea of the end of the file was stale (the bucket's
-                # newer version was adopted meanwhile): its cached pages and size
-                # for this file are dropped
-                offset = size
-                self.invalidate([], [h.ino])
-        now = _now_ns()
-        end = offset + len(data)
-        if self._write_deferred(h.ino, end, now):
-            self.cache.write(h.ino, offset, data)
-            return len(data)
-        self._dirty_before_data_change(h.ino)
-        pending: list[int] = []
-        self.cache.write(h.ino, offset, data)
-        with self.journal.write() as txn:
-            inode = self.get_in(txn, h.ino)
-            inode.size = max(inode.size, offset + len(data))
-            inode.mtime_ns = inode.ctime_ns = now
-            if inode.nlink > 0:
-                self.mark(txn, inode, DIRTY_DATA, pending)
-            txn.put(inode)
-        self.notify(pending)
-        return len(data)
-
-    def _write_deferred(self, ino: int, end: int, now: int) -> bool:
-        """The common case of a write: to a file already DIRTY_DATA in the journal, with
-        one name. Its new size and times go into a deferred record (no transaction,
-        see ``Journal.defer``). False when the write needs the full path."""
-        with self.journal.read() as txn:
-            inode = txn.get(ino)
-        if inode is None or inode.nlink == 0 or not inode.dirty & DIRTY_DATA \
-                or inode.links or inode.link_of:
-            return False
-        inode.size = max(inode.size, end)
-        inode.mtime_ns = inode.ctime_ns = now
-        inode.change_seq += 1
-        self.journal.defer(inode)
-        self.notify([ino])
-        return True
+        return await self.contents.write(h.ino, offset, data, h.append)
 
     async def fsync(self, fh: int) -> None:
+        """The file's bytes and the journal are on disk; with ``--fsync-upload`` the
+        file is in the bucket too when this returns."""
         h = self._handle(fh)
         self.cache.fsync(h.ino)
         self.journal.sync()
@@ -1742,6 +633,9 @@ class Filesystem:
             await self.flusher.upload_now([h.ino])
 
     async def release(self, fh: int) -> None:
+        """Close a file handle. The last close of a file the bucket replaced meanwhile
+        keeps what was written through it in lost+found (``Reconciler``); an
+        unlinked inode with no references left is purged. Idempotent per handle."""
         h = self.handles.pop(fh, None)
         if not isinstance(h, Handle):
             return
@@ -1757,11 +651,13 @@ class Filesystem:
 
     # --- directories ----------------------------------------------------------------------
     async def opendir(self, ino: int) -> int:
+        """Open a directory (listed from the bucket first); returns the handle whose
+        first ``readdir`` takes the snapshot."""
         inode = self.get(ino)
         if not stat.S_ISDIR(inode.mode):
             raise FsError(errno.ENOTDIR)
         await self.ensure_listed(ino)
-        self._dir_used[ino] = trio.current_time()
+        self.discovery.note_used(ino)
         return self._new_fh(DirHandle(ino))  # (its first readdir takes the snapshot)
 
     def dir_handle(self, fh: int) -> Inode:
@@ -1784,11 +680,7 @@ class Filesystem:
         if start == 0:
             with self.journal.read() as txn:
                 h.entries = list(txn.children(h.ino))
-            # lookups of these entries may follow (ls -l): a new prefetch scan
-            loads = self.meta_loads
-            loads.readdir_at[h.ino] = trio.current_time()
-            for d in (loads.cursor, loads.last, loads.depth):
-                d.pop(h.ino, None)
+            self.discovery.note_readdir(h.ino)
         with self.journal.read() as txn:
             for pos in range(start, len(h.entries)):
                 name, ino = h.entries[pos]
@@ -1797,7 +689,37 @@ class Filesystem:
                     continue
                 yield name, inode, pos + 1
 
+    def reply_entries(self, fh: int, start: int,
+                      reply: Callable[[bytes, Inode, bool, int], bool]) -> None:
+        """A readdir as the kernel sees it: positions 0 and 1 are ``.`` and ``..``
+        (no lookup count for those), the entries of ``readdir`` follow from position
+        2 (a ``start`` below 2 begins a new pass). Calls ``reply(name, inode,
+        type_known, next_position)`` for each until it returns False (the kernel's
+        buffer is full); each entry it took counts as a lookup. ``type_known`` False:
+        the entry's type is not known yet (see ``type_known``)."""
+        if start < 2:
+            d = self.dir_handle(fh)
+            dots = [(b".", d), (b"..", self.get(d.parent))]
+            for pos in range(start, 2):
+                name, inode = dots[pos]
+                if not reply(name, inode, True, pos + 1):
+                    return
+        for name, inode, next_pos in self.readdir(fh, max(0, start - 2)):
+            if not reply(name, inode, self.type_known(inode), next_pos + 2):
+                break
+            self.add_lookup(inode.ino)
+
+    @staticmethod
+    def type_known(inode: Inode) -> bool:
+        """Whether the entry's file type is known. From a listing, a small object may
+        still be a symlink (its body is the target) or a FIFO/socket/device (empty)
+        until its headers are read: readdir then reports DT_UNKNOWN, so a reader that
+        needs the type stats it, which loads it."""
+        return inode.meta_loaded or not stat.S_ISREG(inode.mode) \
+            or inode.size > MAX_SYMLINK_BYTES
+
     def releasedir(self, fh: int) -> None:
+        """Close a directory handle. Idempotent."""
         self.handles.pop(fh, None)
 
     # --- outside changes: S3 wins, nothing is lost --------------------------------------
@@ -1813,84 +735,16 @@ class Filesystem:
             if inode.nlink == 0:
                 raise FsError(errno.ESTALE, "removed in the bucket")
             return inode.remote_etag != etag and stat.S_ISREG(inode.mode)
-        decision = await self._recheck(inode)
+        decision = await self.discovery.recheck(inode)
         if decision is Decision.REMOVE:
             # this inode left the path (deleted, or replaced by a newer version while
             # others hold it open): ESTALE makes the kernel look the path up again
             raise FsError(errno.ESTALE, f"{inode.remote_key} changed in the bucket")
         return decision is Decision.REFRESH
 
-    def _recheck_due(self, inode: Inode) -> bool:
-        """``_recheck`` would ask the bucket about ``inode`` (not just answer KEEP)."""
-        return stat.S_ISREG(inode.mode) and not inode.dirty and inode.nlink > 0 \
-            and inode.remote_key is not None and inode.remote_etag is not None \
-            and not inode.links and trio.current_time() \
-            - self.reconciler.checked_since(inode.ino) >= self.metadata_ttl_s
-
-    async def _recheck(self, inode: Inode) -> Decision:
-        """Close-to-open for a clean regular file whose state is older than the TTL
-        (at ``open`` and at a lookup of its name): one LIST of its directory, shared
-        by every check there within the TTL (git, a build: many files in few
-        directories), and a HEAD only where the listing shows another ETag or no
-        object; what the bucket holds is applied (``Reconciler``). KEEP when in
-        date, not judged here (dirty files: their upload's condition judges them;
-        hard-linked ones: the poller), or when the bucket does not answer within
-        ``NAME_CHECK_TIMEOUT_S``: the mount then serves what it has."""
-        ino = inode.ino
-        if not self._recheck_due(inode):
-            return Decision.KEEP
-        key = inode.remote_key
-        with trio.move_on_after(NAME_CHECK_TIMEOUT_S):
-            listed = await self._listed_etags(inode.parent)
-            if listed is not None and listed[1].get(key) == inode.remote_etag \
-                    and not self.reconciler.newer_than(ino, listed[0]):
-                self.reconciler.note_bucket_state(ino, listed[0])
-                return Decision.KEEP
-            try:
-                return await self.reconciler.observe(ino, key)
-            except StoreError as exc:
-                log.info("cannot check %s against the bucket (%s); serving the cached "
-                         "version", key, exc)
-                return Decision.KEEP
-        log.info("no answer from the bucket within %s s to check %s; serving the cached "
-                 "version", NAME_CHECK_TIMEOUT_S, key)
-        return Decision.KEEP
-
-    async def _listed_etags(self, parent: int) -> tuple[Stamp, dict[str, str]] | None:
-        """(when, {key: ETag}) of the objects directly in directory ``parent``, from
-        a LIST taken less than the TTL ago (one LIST is shared by every open that
-        needs it); None if it cannot be listed."""
-        snap = self._dir_etags.get(parent)
-        if snap is not None and trio.current_time() - snap[0][1] < self.metadata_ttl_s:
-            return snap
-        busy = self._dir_listing.get(parent)
-        if busy is not None:
-            await busy.wait()
-            return self._dir_etags.get(parent)
-        busy = self._dir_listing[parent] = trio.Event()
-        try:
-            with self.journal.read() as txn:
-                d = txn.get(parent)
-                if d is None or d.nlink == 0 or not stat.S_ISDIR(d.mode) or (
-                        parent != ROOT_INO and self.object_key(txn, d) is None):
-                    return None
-                prefix = self._dir_prefix(txn, d)
-            started = self.reconciler.stamp()  # what the listing shows is at least this new
-            try:
-                page = await self.remote.list_all(prefix, "/")
-            except StoreError as exc:
-                log.info("cannot list %s to revalidate (%s)", prefix, exc)
-                return None
-            snap = (started, {o.key: o.etag for o in page.objects})
-            if len(self._dir_etags) >= 64:
-                self._dir_etags.pop(next(iter(self._dir_etags)))
-            self._dir_etags[parent] = snap
-            return snap
-        finally:
-            del self._dir_listing[parent]
-            busy.set()
-
     def invalidate(self, entries: list[tuple[int, bytes]], inodes: list[int]) -> None:
+        """Ask the kernel (through the daemon's invalidator task, never from here) to
+        drop these cached names and inodes' pages. Never awaits."""
         if self.notify_kernel is not None and (entries or inodes):
             self.notify_kernel(entries, inodes)
 
@@ -1898,12 +752,12 @@ class Filesystem:
         """Live files and directories whose key would be too long for S3."""
         out = []
         with self.journal.read() as txn:
-            for ino in list(self.not_exported):
+            for ino in list(self.ns.not_exported):
                 inode = txn.get(ino)
-                if inode is None or inode.nlink == 0 or self.object_key(txn, inode) is not None:
-                    self.not_exported.pop(ino, None)
+                if inode is None or inode.nlink == 0 or self.ns.object_key(txn, inode) is not None:
+                    self.ns.not_exported.pop(ino, None)
                     continue
-                out.append({"path": self.not_exported[ino],
+                out.append({"path": self.ns.not_exported[ino],
                             "reason": f"key longer than {keys.KEY_MAX} bytes"})
         return out
 
@@ -1920,167 +774,74 @@ class Filesystem:
                     ino = txn.lookup(ino, part) if ino is not None else None
                 inode = txn.get(ino) if ino is not None else None
                 if inode is not None:
-                    rec = inode if ino == ROOT_INO else self.record_at(txn, parent, name, inode)
-                    found.extend(i.ino for i in self._subtree(txn, rec))
+                    rec = inode if ino == ROOT_INO else self.ns.record_at(txn, parent, name, inode)
+                    found.extend(i.ino for i in self.ns.subtree(txn, rec))
         return found
-
-    def in_lost_found(self, inode: Inode) -> bool:
-        with self.journal.read() as txn:
-            names = self.path_names(txn, inode)
-        return len(names) > 2 and names[0] == keys.RESERVED_ROOT_NAME.decode() \
-            and names[1] == "lost+found"
-
-    def dirs_to_poll(self, used_within_s: float) -> list[int]:
-        """Directories in use: looked into or opened within ``used_within_s``, and the
-        directories of open files."""
-        cutoff = trio.current_time() - used_within_s
-        for ino in [i for i, t in self._dir_used.items() if t < cutoff]:
-            del self._dir_used[ino]
-        dirs = dict.fromkeys(self._dir_used)
-        with self.journal.read() as txn:
-            for ino in self.open_count:
-                inode = txn.peek(ino)
-                if inode is not None and inode.nlink > 0:
-                    dirs[inode.parent] = None
-        return list(dirs)
-
-    async def poll_dir(self, ino: int) -> None:
-        """Re-list one directory and apply what changed in the bucket: new objects
-        appear, clean files changed outside are refreshed, clean files deleted outside
-        go away. Dirty files are left to their upload's condition."""
-        with self.journal.read() as txn:
-            d = txn.get(ino)
-            if d is None or d.nlink == 0 or not d.listed or not stat.S_ISDIR(d.mode):
-                return
-            if ino != ROOT_INO and self.object_key(txn, d) is None:
-                return
-            prefix = self._dir_prefix(txn, d)
-        before = self.flusher.op_generation() if self.flusher is not None else None
-        listed_at = self.reconciler.stamp()
-        dirs, files = await self._list_dir(ino, prefix)
-        if self.flusher is not None:
-            if self.flusher.op_generation() != before:
-                return  # the op log moved while we listed: this listing may be stale
-            # keys our own pending copies and deletes are about to move or remove
-            in_flight = self.flusher.pending_op_keys()
-            files = {n: o for n, o in files.items() if o.key not in in_flight}
-            dirs = {n: p for n, p in dirs.items() if p not in in_flight}
-        self._note_names_listed(ino, listed_at[1])
-        with self.journal.read() as txn:
-            local: dict[bytes, Inode | None] = {}
-            for name, child in txn.children(ino):
-                c = txn.get(child)
-                # a hard-linked file: the record of this name, with its own object
-                local[name] = self.record_at(txn, ino, name, c) if c is not None else None
-        new_files = {n: o for n, o in files.items() if n not in local}
-        new_dirs = {n: p for n, p in dirs.items() if n not in local}
-        changed: dict[int, ObjectInfo] = {}
-        gone: dict[int, str] = {}
-        for name, inode in local.items():
-            if inode is None or stat.S_ISDIR(inode.mode) or inode.dirty \
-                    or inode.remote_key is None or inode.remote_etag is None:
-                continue
-            if self.reconciler.newer_than(inode.ino, listed_at):
-                continue  # its upload committed after the listing was taken: newer
-            obj = files.get(name)
-            if obj is None:
-                if name not in dirs:
-                    gone[inode.ino] = inode.remote_key
-            elif obj.key == inode.remote_key and obj.etag != inode.remote_etag:
-                changed[inode.ino] = obj
-        if not (new_files or new_dirs or changed or gone):
-            return
-        # new entries are added from the listing; their attributes load lazily
-        headed_at = self.reconciler.stamp()
-        heads = await self._head_many([o.key for o in changed.values()])
-        for child, obj in changed.items():
-            self.reconciler.apply(child, obj.key, heads.get(obj.key), headed_at)
-        for child, key in gone.items():
-            self.reconciler.apply(child, key, None, listed_at)
-        entries: list[tuple[int, bytes]] = []
-        now = _now_ns()
-        with self.journal.write() as txn:
-            d = txn.get(ino)
-            if d is None or d.nlink == 0:
-                return
-            for name, obj in new_files.items():
-                if txn.lookup(ino, name) is None:
-                    self.add_from_object(txn, ino, name, heads.get(obj.key) or obj)
-                    entries.append((ino, name))
-            for name, p in new_dirs.items():
-                if txn.lookup(ino, name) is None:
-                    child = self._inode_from_object(txn, ino, name, heads.get(p), is_dir=True,
-                                                    fallback_ns=now)
-                    if p in heads:
-                        child.remote_key, child.remote_etag = p, heads[p].etag
-                    txn.put(child)
-                    txn.link(ino, name, child.ino)
-                    self.touch_dir(txn, ino, now, 1)
-                    entries.append((ino, name))
-        self.invalidate(entries, [])
 
     # --- extended attributes ------------------------------------------------------------
     def sync_state(self, inode: Inode) -> str:
+        """What ``user.s3fuse.state`` says: uploading, conflict, local-only, dirty or
+        synced (over every name of a hard-linked file)."""
         with self.journal.read() as txn:
-            records = self._records(txn, inode)
-            exported = inode.ino == ROOT_INO or any(self.object_key(txn, r) is not None
+            records = self.ns.records(txn, inode)
+            exported = inode.ino == ROOT_INO or any(self.ns.object_key(txn, r) is not None
                                                      for r in records)
         if self.flusher is not None and any(self.flusher.is_uploading(r.ino)
                                             for r in records):
             return "uploading"
-        if self.in_lost_found(inode):
+        if self.ns.in_lost_found(inode):
             return "conflict"
         if not exported:
             return "local-only"
         return "dirty" if any(r.dirty for r in records) else "synced"
 
-    def getxattr(self, ino: int, name: str) -> bytes:
-        inode = self.get(ino)
+    async def getxattr(self, ino: int, name: str) -> bytes:
+        """An extended attribute (only ``user.*`` exist: anything else is ENODATA at
+        once, as ``ls -l`` asks every file for ``security.selinux``), or the sync
+        state (``STATE_XATTR``). Loads the attributes first."""
+        if not name.startswith("user."):
+            raise FsError(errno.ENODATA)
+        inode = await self.load_meta(ino)
         if name == STATE_XATTR:
             return self.sync_state(inode).encode()
         if name not in inode.xattrs:
             raise FsError(errno.ENODATA)
         return metadata.xattr_value(inode.xattrs[name])
 
-    def listxattr(self, ino: int) -> list[str]:
-        return sorted(self.get(ino).xattrs)
+    async def listxattr(self, ino: int) -> list[str]:
+        """The names of the inode's extended attributes (loaded first)."""
+        return sorted((await self.load_meta(ino)).xattrs)
 
-    def setxattr(self, ino: int, name: str, value: bytes) -> None:
+    async def setxattr(self, ino: int, name: str, value: bytes) -> None:
+        """Set a ``user.*`` attribute (EOPNOTSUPP otherwise; EPERM for the state
+        attribute; E2BIG past the object's 2 KiB of metadata). Marks DIRTY_META."""
+        await self.load_meta(ino)
         if not name.startswith("user.") or name == STATE_XATTR:
             raise FsError(errno.EOPNOTSUPP if not name.startswith("user.") else errno.EPERM)
         pending: list[int] = []
         with self.journal.write() as txn:
-            inode = self.get_in(txn, ino)
+            inode = self.ns.get_in(txn, ino)
             xattrs = dict(inode.xattrs)
             xattrs[name] = metadata.xattr_encode(value)
-            md = self._metadata(inode, xattrs=xattrs)
+            md = object_metadata(inode, xattrs=xattrs)
             if metadata.metadata_size(md) > metadata.METADATA_LIMIT_BYTES:
                 raise FsError(errno.E2BIG, "object metadata is limited to 2 KiB")
             inode.xattrs = xattrs
             inode.ctime_ns = _now_ns()
-            self.mark(txn, inode, DIRTY_META, pending)
+            self.ns.mark(txn, inode, DIRTY_META, pending)
             txn.put(inode)
-        self.notify(pending)
+        self.ns.notify(pending)
 
-    def removexattr(self, ino: int, name: str) -> None:
+    async def removexattr(self, ino: int, name: str) -> None:
+        """Remove an extended attribute (ENODATA if it has none). Marks DIRTY_META."""
+        await self.load_meta(ino)
         pending: list[int] = []
         with self.journal.write() as txn:
-            inode = self.get_in(txn, ino)
+            inode = self.ns.get_in(txn, ino)
             if name not in inode.xattrs:
                 raise FsError(errno.ENODATA)
             del inode.xattrs[name]
             inode.ctime_ns = _now_ns()
-            self.mark(txn, inode, DIRTY_META, pending)
+            self.ns.mark(txn, inode, DIRTY_META, pending)
             txn.put(inode)
-        self.notify(pending)
-
-    def _metadata(self, inode: Inode, xattrs: dict[str, str] | None = None) -> dict[str, str]:
-        return metadata.encode(mode=inode.mode, uid=inode.uid, gid=inode.gid,
-                               mtime_ns=inode.mtime_ns, atime_ns=inode.atime_ns,
-                               ctime_ns=inode.ctime_ns, rdev=inode.rdev,
-                               xattrs=inode.xattrs if xattrs is None else xattrs,
-                               extra=inode.extra)
-
-    def object_metadata(self, inode: Inode) -> dict[str, str]:
-        """The user metadata the object for ``inode`` carries in the bucket."""
-        return self._metadata(inode)
+        self.ns.notify(pending)

@@ -33,26 +33,30 @@ import logging
 import stat
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import trio
 
-from . import faults
-from .errors import (BodyChanged, FsError, NoSuchKey, PreconditionFailed, StoreError,
-                     TransientStoreError)
+from . import faults, oplog, retry
+from .errors import (BodyChanged, FsError, PreconditionFailed, StoreError)
 from .journal import DIRTY_DATA, Inode
+from .namespace import object_metadata, set_remote, unmark
+from .oplog import CopyOp, DeleteOp, Op
 from .reconcile import SEQ_META, ConditionMismatch, Decision, Stamp
 from .store.base import ObjectInfo
 
 if TYPE_CHECKING:
-    from .filesystem import Filesystem
+    from .cache import Cache
     from .metrics import Metrics
+    from .namespace import Namespace
+    from .reconcile import Reconciler
+    from .remote import Remote
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF_S = 30.0
+MAX_BACKOFF_S = retry.BACKGROUND_MAX_DELAY_S  # (a drain of strays waits 4 times this)
 #: While the mount is serving requests (one came within ``BUSY_S``), bucket work runs
 #: at most ``BUSY_CONCURRENCY`` uploads and ops at once. Worker threads making requests
 #: take the CPU and the GIL that the request handlers need: ``rm -rf`` of 3,000
@@ -68,6 +72,25 @@ LIVE_BODY_MIN_BYTES = 16 << 20
 
 
 @dataclass
+class FlusherLinks:
+    """What the flusher uses from the layers around it, as narrow references
+    (``Filesystem.flusher_links`` makes them; the flusher never sees a Filesystem)."""
+
+    remote: Remote
+    cache: Cache
+    #: the S3-wins policy: what an upload's refusal, or a copy's outcome, means
+    reconciler: Reconciler
+    #: fetch whatever part of a file is not cached yet (before uploading it whole)
+    ensure_cached: Callable[[int], Awaitable[None]]
+    #: tell the kernel to drop cached entries and inodes
+    invalidate: Callable[[list[tuple[int, bytes]], list[int]], None]
+    #: drop an unlinked inode once nothing refers to it
+    maybe_purge: Callable[[int], None]
+    #: trio time of the last FUSE request (the flusher holds back while they come)
+    last_request_at: Callable[[], float]
+
+
+@dataclass
 class FlushError:
     when: float
     path: str
@@ -77,11 +100,12 @@ class FlushError:
 
 
 class Flusher:
-    def __init__(self, fs: Filesystem, window_s: float, max_uploads: int = 8,
-                 fsync_upload: bool = False, instance_id: str = "",
+    def __init__(self, ns: Namespace, links: FlusherLinks, window_s: float,
+                 max_uploads: int = 8, fsync_upload: bool = False, instance_id: str = "",
                  dirty_limit_bytes: int = 10 << 30, max_ops: int = 16) -> None:
-        self.fs = fs
-        self.journal = fs.journal
+        self.ns = ns
+        self.links = links
+        self.journal = ns.journal
         self.window_s = window_s
         self.max_uploads = max_uploads
         self.max_ops = max_ops
@@ -190,8 +214,8 @@ class Flusher:
             return None
         with self.journal.read() as txn:
             for _, op in txn.ops_from():
-                if op["op"] == "copy" and op.get("ino") == ino:
-                    return op["src"], op.get("etag")
+                if isinstance(op, CopyOp) and op.ino == ino:
+                    return op.src, op.etag
         return None
 
     def pending_op_keys(self) -> set[str]:
@@ -232,7 +256,7 @@ class Flusher:
         }
 
     def _record_error(self, path: str, operation: str, exc: BaseException) -> None:
-        transient = isinstance(exc, TransientStoreError)
+        transient = retry.is_temporary(exc)
         self.errors.append(FlushError(time.time(), path, operation, str(exc), transient))
         if not transient:
             log.warning("%s %s failed: %s", operation, path, exc)
@@ -281,7 +305,7 @@ class Flusher:
     def _room(self, limit: int) -> int:
         """How many uploads (or ops) may run at once now (see ``BUSY_S``)."""
         if self._draining or self._waiting_for_room \
-                or trio.current_time() - self.fs.last_request_at >= BUSY_S:
+                or trio.current_time() - self.links.last_request_at() >= BUSY_S:
             return limit
         return min(limit, BUSY_CONCURRENCY)
 
@@ -314,12 +338,13 @@ class Flusher:
             inode = txn.get(ino)
             key = None
             if inode is not None and inode.nlink > 0 and inode.dirty:
-                key = self.fs.object_key(txn, inode)
+                key = self.ns.object_key(txn, inode)
             if key is None:
-                txn.clear_dirty(ino)
                 if inode is not None and inode.dirty:
-                    inode.dirty = 0
+                    unmark(txn, inode)
                     txn.put(inode)
+                else:
+                    txn.clear_dirty(ino)  # (a stray entry: no record, or a clean one)
         if key is None:
             self.forget(ino)
         return key
@@ -340,16 +365,15 @@ class Flusher:
             self._wake.set()
 
     async def _upload_inner(self, ino: int, key: str) -> None:
-        fs = self.fs
         # ``ino`` may be a link record (one name of a hard-linked file): its own key,
         # ETag and dirty flags; the bytes and attributes are the data record's
         try:
             with self.journal.read() as txn:
-                inode = fs.get_in(txn, ino)
-                data = fs.data_of(txn, inode)
+                inode = self.ns.get_in(txn, ino)
+                data = self.ns.data_of(txn, inode)
             if stat.S_ISREG(data.mode) and not data.cached and (
                     inode.dirty & DIRTY_DATA or inode.remote_key != key):
-                await fs.ensure_cached(data.ino)
+                await self.links.ensure_cached(data.ino)
         except FsError as exc:
             self._failed(ino, key, "fetch", exc)
             return
@@ -360,7 +384,7 @@ class Flusher:
         with self.journal.read() as txn:
             inode = txn.get(ino)
             if inode is None or inode.nlink == 0 or not inode.dirty \
-                    or fs.object_key(txn, inode) != key:
+                    or self.ns.object_key(txn, inode) != key:
                 return
             data = txn.get(inode.link_of) if inode.link_of else inode
             if data is None or data.nlink == 0:
@@ -380,7 +404,7 @@ class Flusher:
             self._retry_at[ino] = trio.current_time() + self._tick_s()
             return
         seq = inode.change_seq
-        md = fs.object_metadata(data)
+        md = object_metadata(data)
         md[SEQ_META] = f"{self.instance_id}:{ino}:{seq}"
         if_match = inode.remote_etag if inode.remote_key == key else None
         body: bytes | str = b""
@@ -394,11 +418,11 @@ class Flusher:
         elif stat.S_ISLNK(data.mode):
             body = (data.target or "").encode("utf-8", "surrogateescape")
         snapshot = body if unchanged is None else b""  # (the cache file is not ours)
-        if not fs.remote.capabilities.conditional_put and not as_copy:
+        if not self.links.remote.capabilities.conditional_put and not as_copy:
             # the server ignores conditions: check first (best effort, not atomic)
             if await self._changed_outside(ino, key, inode.remote_etag if if_match else None,
                                            seq):
-                fs.cache.drop_snapshot(snapshot)
+                self.links.cache.drop_snapshot(snapshot)
                 return
             if_match, unconditional = None, True
         else:
@@ -406,10 +430,10 @@ class Flusher:
         faults.crash_point("before-put")
         try:
             if as_copy:
-                etag = await fs.remote.copy(key, key, md, src_if_match=if_match)
+                etag = await self.links.remote.copy(key, key, md, src_if_match=if_match)
                 self.counts["copy"] += 1
             else:
-                etag = await fs.remote.put(key, body, md, if_match=if_match,
+                etag = await self.links.remote.put(key, body, md, if_match=if_match,
                                            if_none_match=if_match is None and not unconditional,
                                            unchanged=unchanged)
                 self.counts["put"] += 1
@@ -433,7 +457,7 @@ class Flusher:
             self._failed(ino, key, "copy" if as_copy else "put", exc)
             return
         finally:
-            fs.cache.drop_snapshot(snapshot)
+            self.links.cache.drop_snapshot(snapshot)
         faults.crash_point("after-put")
         self._commit(ino, key, etag, seq, if_match if as_copy else None)
 
@@ -443,7 +467,7 @@ class Flusher:
         (nothing written since the upload began: see ``ObjectStore.put``), so no copy
         of it is made. Smaller files, and one whose last such upload was overtaken by
         a write, go from a private snapshot."""
-        cache = self.fs.cache
+        cache = self.links.cache
         if data.size < LIVE_BODY_MIN_BYTES or ino in self._live_changed:
             return cache.snapshot(data.ino, data.size), None
         generation = cache.generation(data.ino)
@@ -455,9 +479,9 @@ class Flusher:
         (its condition ``if_match``): ask what it holds and let the S3-wins policy
         settle it. (ETag, change sequence) of our own earlier upload to adopt, or None
         (settled: a conflict kept ours in lost+found, or the attempt is retried)."""
-        seen_at = self.fs.reconciler.stamp()
+        seen_at = self.links.reconciler.stamp()
         try:
-            info = await self.fs.remote.head_or_none(key)
+            info = await self.links.remote.head_or_none(key)
         except StoreError as exc:
             self._failed(ino, key, "put", exc)
             return None
@@ -466,7 +490,7 @@ class Flusher:
             # adopt. The server may have stopped honouring If-Match on this bucket
             # (Ceph RGW 16, once versioning is turned on while mounted): probe again,
             # and retry at once with the fallback if so; else later, never overwriting.
-            if await self.fs.remote.reprobe(self.fs.prefix):
+            if await self.links.remote.reprobe(self.ns.prefix):
                 self._retry_at[ino] = trio.current_time()
             else:
                 self._failed(ino, key, "put", ConditionMismatch(
@@ -483,7 +507,7 @@ class Flusher:
         was kept in lost+found, or the inode moved on (tried again after a tick), or
         the attempt failed (tried again with backoff)."""
         try:
-            outcome = self.fs.reconciler.upload_refused(ino, key, info, seen_at,
+            outcome = self.links.reconciler.upload_refused(ino, key, info, seen_at,
                                                         self.instance_id, seq)
         except StoreError as exc:  # (ConditionMismatch too: retried, never overwritten)
             self._failed(ino, key, "put", exc)
@@ -505,9 +529,9 @@ class Flusher:
                                seq: int) -> bool:
         """For servers without conditional PUTs: HEAD first and settle a change the
         way a refused condition would. True if the upload must not go ahead."""
-        seen_at = self.fs.reconciler.stamp()
+        seen_at = self.links.reconciler.stamp()
         try:
-            info = await self.fs.remote.head_or_none(key)
+            info = await self.links.remote.head_or_none(key)
         except StoreError as exc:
             self._failed(ino, key, "head", exc)
             return True
@@ -518,13 +542,13 @@ class Flusher:
         with self.journal.read() as txn:
             inode = txn.get(ino)
             return inode is None or inode.nlink == 0 or inode.change_seq != seq \
-                or self.fs.object_key(txn, inode) != key
+                or self.ns.object_key(txn, inode) != key
 
     def _failed(self, ino: int, key: str, operation: str, exc: BaseException) -> None:
         self._record_error(key, operation, exc)
         if self.metrics is not None:
             self.metrics.retry("upload")
-        delay = min(MAX_BACKOFF_S, max(1.0, self._backoff.get(ino, 0.5) * 2))
+        delay = retry.next_backoff(self._backoff.get(ino, 0.5))
         self._backoff[ino] = delay
         self._retry_at[ino] = trio.current_time() + delay
 
@@ -540,12 +564,11 @@ class Flusher:
                 # to the ETag it had before our rewrite: the copy must find it
                 txn.repin_copies(key, rewrote, etag)
             inode = txn.get(ino)
-            if inode is not None and inode.nlink > 0 and self.fs.object_key(txn, inode) == key:
-                self.fs.reconciler.note_bucket_state(ino)
-                inode.remote_key, inode.remote_etag = key, etag
+            if inode is not None and inode.nlink > 0 and self.ns.object_key(txn, inode) == key:
+                self.links.reconciler.note_bucket_state(ino)
+                set_remote(inode, key, etag)
                 if inode.change_seq == seq:
-                    inode.dirty = 0
-                    txn.clear_dirty(ino)
+                    unmark(txn, inode)
                     clean = True
                     self._live_changed.discard(ino)
                 txn.put(inode)
@@ -559,15 +582,15 @@ class Flusher:
                 # belongs to whoever holds that path now, or to nobody.
                 # (Not a holder that knows another object there: that is a newer
                 # fact than our upload, and its cached bytes are that version's.)
-                holder = self.fs.inode_at_key(txn, key)
+                holder = self.ns.inode_at_key(txn, key)
                 if holder is not None and holder.ino != ino \
                         and holder.remote_key in (None, key) \
                         and (holder.dirty or holder.remote_etag is None):
-                    self.fs.reconciler.note_bucket_state(holder.ino)
-                    holder.remote_key, holder.remote_etag = key, etag
+                    self.links.reconciler.note_bucket_state(holder.ino)
+                    set_remote(holder, key, etag)
                     txn.put(holder)
                 else:
-                    txn.append_op({"op": "delete", "key": key, "etag": etag, "ino": ino})
+                    txn.append_op(DeleteOp(key, etag, ino))
         self._backoff.pop(ino, None)
         self._retry_at.pop(ino, None)
         self._succeeded(key)
@@ -589,26 +612,26 @@ class Flusher:
         whose replay is still correct (every op is idempotent)."""
         if trio.current_time() < self._ops_retry_at:
             return
-        running: dict[int, list[str]] = {}
+        running: dict[int, tuple[str, ...]] = {}
         failed: list[bool] = []
         changed = trio.Event()
 
-        async def one(seq: int, op: dict, keys: list[str]) -> None:
+        async def one(seq: int, op: Op, keys: tuple[str, ...]) -> None:
             nonlocal changed
             try:
-                etag = await self._run_op(op)
+                etag = await oplog.carry_out(op, self.links.remote, self.counts)
             except Exception as exc:  # noqa: BLE001 - StoreError, or a surprise: retried
                 if not isinstance(exc, StoreError):
-                    log.exception("%s %s failed unexpectedly", op["op"], keys[-1])
-                self._record_error(keys[-1], op["op"], exc)
+                    log.exception("%s %s failed unexpectedly", op.kind, keys[-1])
+                self._record_error(keys[-1], op.kind, exc)
                 if self.metrics is not None:
                     self.metrics.retry("operation")
-                self._ops_backoff = min(MAX_BACKOFF_S, max(1.0, self._ops_backoff * 2))
+                self._ops_backoff = retry.next_backoff(self._ops_backoff)
                 self._ops_retry_at = trio.current_time() + self._ops_backoff
                 failed.append(True)
                 return
             else:
-                if op["op"] == "copy":
+                if isinstance(op, CopyOp):
                     faults.crash_point("after-copy")
                 self._ops_backoff = 0.0
                 self._succeeded(keys[-1])
@@ -635,11 +658,11 @@ class Flusher:
                 await changed.wait()
                 changed = trio.Event()
 
-    def _startable_ops(self, running: dict[int, list[str]]
-                       ) -> list[tuple[int, dict, list[str]]]:
+    def _startable_ops(self, running: dict[int, tuple[str, ...]]
+                       ) -> list[tuple[int, Op, tuple[str, ...]]]:
         """The pending ops that may start now, in log order (see ``_run_ops``). Looks
         at no more than a few windows' worth of the log's head."""
-        out: list[tuple[int, dict, list[str]]] = []
+        out: list[tuple[int, Op, tuple[str, ...]]] = []
         room = self._room(self.max_ops) - len(running)
         if room <= 0:
             return out
@@ -648,63 +671,33 @@ class Flusher:
             for looked, (seq, op) in enumerate(txn.ops_from()):
                 if looked >= 4 * self.max_ops or len(out) >= room:
                     break
-                keys = _op_keys(op)
+                keys = op.keys
                 if seq not in running and not any(k in blocked or self._busy[k]
                                                   for k in keys):
                     out.append((seq, op, keys))
                 blocked.update(keys)
         return out
 
-    async def _run_op(self, op: dict) -> str | None:
-        remote = self.fs.remote
-        if op["op"] == "delete":
-            faults.crash_point("before-delete")
-            try:
-                if op.get("etag") and not remote.capabilities.conditional_delete:
-                    # the server ignores If-Match on DELETE: look first (best effort,
-                    # as for uploads to such servers)
-                    info = await remote.head_or_none(op["key"])
-                    if info is not None and info.etag != op["etag"]:
-                        raise PreconditionFailed(f"{op['key']} is at another ETag")
-                await remote.delete(op["key"], if_match=op.get("etag"))
-            except PreconditionFailed:
-                # rewritten in the bucket since we saw it: S3 wins, the new version stays
-                log.warning("not deleting %s: it changed in the bucket", op["key"])
-                return None
-            self.counts["delete"] += 1
-            return None
-        if op["op"] == "copy":
-            try:
-                etag = await remote.copy(op["src"], op["dst"], None, src_if_match=op.get("etag"))
-            except (NoSuchKey, PreconditionFailed) as exc:
-                # changed or removed in the bucket meanwhile; resolved in _finish_op
-                log.warning("copy %s -> %s: source changed in the bucket: %s",
-                            op["src"], op["dst"], exc)
-                return ""
-            self.counts["copy"] += 1
-            return etag
-        raise ValueError(f"unknown op {op!r}")
-
-    def _finish_op(self, seq: int, op: dict, etag: str | None) -> None:
+    def _finish_op(self, seq: int, op: Op, etag: str | None) -> None:
         self.ops_finished += 1
         pending: list[int] = []
         entries: list[tuple[int, bytes]] = []
         gone: int | None = None
         with self.journal.write() as txn:
             txn.remove_op(seq)
-            if op["op"] != "copy":
+            if not isinstance(op, CopyOp):
                 return
-            if txn.copy_pending_to(op["dst"]):
+            if txn.copy_pending_to(op.dst):
                 return  # a later copy overwrites this object: its ETag is the one
-            inode: Inode | None = txn.get(op.get("ino", 0))
-            if inode is None or inode.nlink == 0 or inode.remote_key != op["dst"]:
+            inode: Inode | None = txn.get(op.ino)
+            if inode is None or inode.nlink == 0 or inode.remote_key != op.dst:
                 # renamed over meanwhile: the copy's object belongs to whoever holds
                 # that path now (it inherited the key, waiting for this ETag)
-                inode = self.fs.inode_at_key(txn, op["dst"])
-            if inode is None or inode.remote_key != op["dst"] or inode.remote_etag:
+                inode = self.ns.inode_at_key(txn, op.dst)
+            if inode is None or inode.remote_key != op.dst or inode.remote_etag:
                 return
-            if etag and etag != op.get("etag") and op.get("etag") \
-                    and not self.fs.remote.capabilities.conditional_copy:
+            if etag and etag != op.etag and op.etag \
+                    and not self.links.remote.capabilities.conditional_copy:
                 # The server does not check a copy's source version, and the copy's
                 # ETag is not the one it was pinned to (a multipart source, or a
                 # version written outside since): the object may not be the version
@@ -712,26 +705,26 @@ class Flusher:
                 # (the pinned one), so the object there is judged like any outside
                 # change: an upload meets a 412 (S3 wins), and the next check of
                 # the clean file (close-to-open, the poller) takes the copy's bytes.
-                inode.remote_etag = op["etag"]
+                set_remote(inode, inode.remote_key, op.etag)
             elif etag:
-                self.fs.reconciler.note_bucket_state(inode.ino)
-                inode.remote_etag = etag
+                self.links.reconciler.note_bucket_state(inode.ino)
+                set_remote(inode, inode.remote_key, etag)
             else:
-                self.fs.reconciler.note_bucket_state(inode.ino)
+                self.links.reconciler.note_bucket_state(inode.ino)
                 # the source was gone: what we have locally (if anything) is the
                 # newest version the mount knows; upload it as new
-                inode.remote_key = inode.remote_etag = None
-                if self.fs.data_of(txn, inode).cached and inode.nlink > 0:
-                    self.fs.mark(txn, inode, DIRTY_DATA, pending)
+                set_remote(inode, None, None)
+                if self.ns.data_of(txn, inode).cached and inode.nlink > 0:
+                    self.ns.mark(txn, inode, DIRTY_DATA, pending)
                 elif inode.nlink > 0 and not inode.links and not inode.link_of:
                     # ... and nothing local: that version is nowhere any more
                     gone = inode.ino
-                    self.fs.reconciler.version_lost(txn, inode, entries)
+                    self.links.reconciler.version_lost(txn, inode, entries)
             txn.put(inode)
-        self.fs.notify(pending)
+        self.ns.notify(pending)
         if gone is not None:
-            self.fs.invalidate(entries, [])
-            self.fs.maybe_purge(gone)
+            self.links.invalidate(entries, [])
+            self.links.maybe_purge(gone)
 
     # --- waiting for the bucket ---------------------------------------------------------
     def _idle(self, inos: list[int] | None = None) -> bool:
@@ -786,9 +779,3 @@ class Flusher:
     async def upload_now(self, inos: list[int]) -> None:
         if not await self.drain(MAX_BACKOFF_S * 4, inos):
             raise FsError(5, "upload did not complete (bucket unreachable?)")
-
-
-def _op_keys(op: dict) -> list[str]:
-    if op["op"] == "copy":
-        return [op["src"], op["dst"]]
-    return [op["key"]]

@@ -70,7 +70,7 @@ names; each listed directory is LISTed once, other objects are HEADed)
 
 Repairs are applied at the end, in one journal transaction (then the cache files are
 deleted), and only with ``repair=True``; without it the report says what a repair
-would do. Key rules are the filesystem's own (``Filesystem.object_key``).
+would do. Key rules are the filesystem's own (``Namespace.object_key``).
 """
 
 from __future__ import annotations
@@ -78,21 +78,19 @@ from __future__ import annotations
 import json
 import os
 import stat
-import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from . import keys, metadata
+from . import keys, metadata, oplog
 from .config import default_cache_dir
 from .errors import FsError, InvalidKey, NoSuchKey, StoreError, UsageError
-from .filesystem import Defaults, Filesystem
+from .namespace import Defaults, Namespace, set_remote
 from .reconcile import Decision, decide, own_upload
 from .journal import DIRTY_DATA, DIRTY_META, ROOT_INO, Inode, Journal, Txn
 from .store.base import ObjectInfo, ObjectStore
 
 INFO_KINDS = frozenset({"pending-upload", "pending-op", "new-outside", "unlinked-inode"})
 
-_U64 = struct.Struct(">Q")
 _PROBE_PREFIX = ".s3fuse-probe-"
 
 
@@ -186,9 +184,9 @@ class _Checker:
         self.store = store
         self.prefix = prefix
         self.repair = repair
-        # Only its key rules (path_names, object_key) are used: they read the journal
-        # and nothing else, so no cache, remote or trio is needed.
-        self.fs = Filesystem(journal, None, None, prefix, Defaults(uid=0, gid=0))  # type: ignore[arg-type]
+        # the mount's key rules (path_names, object_key): they read the journal and
+        # nothing else, so no cache, remote or trio is needed
+        self.ns = Namespace(journal, prefix, Defaults(uid=0, gid=0))
         self.report = Report(repair=repair, bucket_checked=store is not None)
         self.instance = (journal.get_meta(b"instance") or b"").decode()
         self._actions: list[Callable[[Txn], None]] = []
@@ -238,15 +236,12 @@ class _Checker:
     def load(self) -> None:
         with self.journal.read() as txn:
             self.inodes: dict[int, Inode] = {i.ino: i for i in txn.all_inodes()}
-            self.raw_dirents: list[tuple[int, bytes, int]] = []
-            with txn.txn.cursor(db=self.journal.db_dirents) as cur:
-                for k, v in cur:
-                    self.raw_dirents.append((_U64.unpack(k[:8])[0], bytes(k[8:]),
-                                             _U64.unpack(v)[0]))
+            self.raw_dirents: list[tuple[int, bytes, int]] = list(txn.all_dirents())
             self.dirty_set = set(txn.dirty_inos())
-            self.ops = txn.ops()
-            self.next_ino = _meta_int(txn, self.journal, b"next_ino")
-            self.next_op = _meta_int(txn, self.journal, b"next_op")
+            # as stored: a record that is no operation is reported (check_ops)
+            self.ops = list(txn.op_records())
+            self.next_ino = txn.get_counter(b"next_ino")
+            self.next_op = txn.get_counter(b"next_op")
 
     def apply(self) -> None:
         if self._actions:
@@ -317,8 +312,8 @@ class _Checker:
             for ino in self.reachable:
                 inode = inodes[ino]
                 try:
-                    self.key_of[ino] = self.fs.object_key(txn, inode)
-                    names = self.fs.path_names(txn, inode)
+                    self.key_of[ino] = self.ns.object_key(txn, inode)
+                    names = self.ns.path_names(txn, inode)
                 except FsError:
                     self.key_of[ino] = None
                     continue
@@ -459,28 +454,25 @@ class _Checker:
     def check_ops(self) -> None:
         self.op_keys: set[str] = set()
         self.copy_dsts: set[str] = set()
-        for seq, op in self.ops:
-            kind = op.get("op") if isinstance(op, dict) else None
-            if kind == "copy":
-                named = [op.get("src"), op.get("dst")]
-            elif kind == "delete":
-                named = [op.get("key")]
-            else:
-                self.find("bad-op", f"op {seq}", f"unknown operation {op!r}")
+        for seq, rec in self.ops:
+            try:
+                op = oplog.parse(rec)
+            except oplog.BadOp:
+                self.find("bad-op", f"op {seq}", f"unknown operation {rec!r}")
                 continue
-            bad = [k for k in named if not self._valid_key(k)]
+            bad = [k for k in op.keys if not self._valid_key(k)]
             if bad:
-                self.find("bad-op", f"op {seq}", f"{kind} names keys that cannot be ours: "
-                                                 f"{bad!r}")
+                self.find("bad-op", f"op {seq}", f"{op.kind} names keys that cannot be "
+                                                 f"ours: {bad!r}")
                 continue
-            self.op_keys.update(named)  # type: ignore[arg-type]
-            if kind == "copy":
-                self.copy_dsts.add(op["dst"])
-                self.find("pending-op", op["dst"], f"copy from {op['src']} pending; the next "
-                                                   "mount carries it out")
+            self.op_keys.update(op.keys)
+            if isinstance(op, oplog.CopyOp):
+                self.copy_dsts.add(op.dst)
+                self.find("pending-op", op.dst, f"copy from {op.src} pending; the next "
+                                                "mount carries it out")
             else:
-                self.find("pending-op", op["key"], "delete pending; the next mount carries it "
-                                                   "out")
+                self.find("pending-op", op.key, "delete pending; the next mount carries it "
+                                                "out")
 
     def _valid_key(self, key: object) -> bool:
         if not isinstance(key, str) or not key.startswith(self.prefix):
@@ -516,12 +508,12 @@ class _Checker:
         nxt = self.next_ino if self.next_ino is not None else ROOT_INO + 1
         if nxt <= top_ino:
             self.find("counter", "next_ino", f"next_ino is {nxt}, but inode {top_ino} exists",
-                      fix=_set_counter(self.journal, b"next_ino", top_ino + 1))
+                      fix=_set_counter(b"next_ino", top_ino + 1))
         top_op = max((seq for seq, _ in self.ops), default=0)
         nxt = self.next_op if self.next_op is not None else 1
         if nxt <= top_op:
             self.find("counter", "next_op", f"next_op is {nxt}, but op {top_op} is pending",
-                      fix=_set_counter(self.journal, b"next_op", top_op + 1))
+                      fix=_set_counter(b"next_op", top_op + 1))
 
     # --- the bucket ---------------------------------------------------------------------
     def check_bucket(self) -> None:
@@ -843,7 +835,7 @@ def _adopt(ino: int, key: str, head: ObjectInfo) -> Callable[[Txn], None]:
         inode.mode = mode
         for name, value in fields.items():
             setattr(inode, name, value)
-        inode.remote_key, inode.remote_etag = key, head.etag
+        set_remote(inode, key, head.etag)
         inode.meta_loaded = True
         if not is_dir:
             inode.size = head.size
@@ -853,15 +845,10 @@ def _adopt(ino: int, key: str, head: ObjectInfo) -> Callable[[Txn], None]:
     return fix
 
 
-def _set_counter(journal: Journal, name: bytes, value: int) -> Callable[[Txn], None]:
+def _set_counter(name: bytes, value: int) -> Callable[[Txn], None]:
     def fix(txn: Txn) -> None:
-        txn.txn.put(name, _U64.pack(value), db=journal.db_meta)
+        txn.set_counter(name, value)
     return fix
-
-
-def _meta_int(txn: Txn, journal: Journal, name: bytes) -> int | None:
-    raw = txn.txn.get(name, db=journal.db_meta)
-    return _U64.unpack(raw)[0] if raw is not None else None
 
 
 def _name_bytes(name: str) -> bytes:
@@ -884,7 +871,7 @@ def run(source: str, *, cache_dir: str | None, endpoint_url: str | None = None,
     """``s3fuse fsck``: 0 clean (or all repaired), 1 problems remain. Raises UsageError
     (exit 2) when it cannot check: no journal, cache directory in use by a mount,
     another source, unreachable bucket."""
-    from .daemon import CacheLock
+    from .cachelock import CacheLock
     from .store import open_store
 
     cache_dir = os.path.abspath(cache_dir or default_cache_dir(source, endpoint_url))

@@ -24,7 +24,8 @@ from . import faults
 from .control import (CONTROL_DRAIN, CONTROL_KEEP_PENDING, CONTROL_PID, CONTROL_STATUS,
                       DRAIN_RESULT_PREFIX)
 from .errors import FsError, S3FuseError, to_errno
-from .filesystem import RENAME_EXCHANGE, RENAME_NOREPLACE, Filesystem, SetAttrs
+from .filesystem import Filesystem, SetAttrs
+from .rename import RENAME_EXCHANGE, RENAME_NOREPLACE
 from .journal import Inode
 from .views import Views
 
@@ -33,8 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# a symlink's object holds its target: at most PATH_MAX - 1 bytes
-MAX_SYMLINK_BYTES = 4095
 
 
 def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -149,12 +148,10 @@ class FuseOps(pyfuse3.Operations):
             atime_ns=attr.st_atime_ns if fields.update_atime else None,
             mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
         )
-        await self.fs.load_meta(inode)
         return self._attr(await self.fs.setattr(inode, changes))
 
     @_guard
     async def readlink(self, inode, ctx):
-        await self.fs.load_meta(inode)
         return await self.fs.readlink(inode)
 
     @_guard
@@ -247,36 +244,22 @@ class FuseOps(pyfuse3.Operations):
 
     @_guard
     async def readdir(self, fh, start_id, token):
-        # positions 0 and 1 are "." and ".." (no lookup count for those); the core's
-        # position 0 (a new pass: a fresh snapshot) is the first entry after them,
-        # asked for when start_id is 0 (a rewind) or no entry was taken yet
-        if start_id < 2:
-            d = self.fs.dir_handle(fh)
-            dots = [(b".", d), (b"..", self.fs.get(d.parent))]
-            for pos in range(start_id, 2):
-                name, inode = dots[pos]
-                if not pyfuse3.readdir_reply(token, name, self._attr(inode), pos + 1):
-                    return
-        for name, inode, next_id in self.fs.readdir(fh, max(0, start_id - 2)):
+        # positions, "." and "..", lookup counts: ``Filesystem.reply_entries``
+        def reply(name: bytes, inode: Inode, type_known: bool, next_id: int) -> bool:
             if inode.parent == pyfuse3.ROOT_INODE and name == self.views.reserved:
                 # [views hook 4/4] the journal's .s3fuse (lost+found) is listed as the
-                # views' directory (views.py; not listed while the journal has none)
-                if not pyfuse3.readdir_reply(token, name, self.views.root_attr(),
-                                             next_id + 2):
-                    break
-                continue
+                # views' directory (views.py; not listed while the journal has none).
+                # The lookup reply_entries counts stays on the journal's directory,
+                # which is never purged; the kernel forgets the views' inode.
+                return pyfuse3.readdir_reply(token, name, self.views.root_attr(), next_id)
             attr = self._attr(inode)
-            if not inode.meta_loaded and stat.S_ISREG(inode.mode) \
-                    and inode.size <= MAX_SYMLINK_BYTES:
-                # From a listing, a small object may still be a symlink (its body is
-                # the target) or a FIFO/socket/device (empty) until its headers are
-                # read: report DT_UNKNOWN (no type bits), so a reader that needs the
-                # type stats it, which loads it. The kernel declines to cache such an
+            if not type_known:
+                # DT_UNKNOWN (no type bits). The kernel declines to cache such an
                 # entry and answers its lookup count with a forget of one.
                 attr.st_mode = stat.S_IMODE(inode.mode)
-            if not pyfuse3.readdir_reply(token, name, attr, next_id + 2):
-                break
-            self.fs.add_lookup(inode.ino)
+            return pyfuse3.readdir_reply(token, name, attr, next_id)
+
+        self.fs.reply_entries(fh, start_id, reply)
 
     @_guard
     async def releasedir(self, fh):
@@ -284,7 +267,7 @@ class FuseOps(pyfuse3.Operations):
 
     @_guard
     async def fsyncdir(self, fh, datasync):
-        self.fs.journal.sync()
+        self.fs.fsyncdir()
 
     @_guard
     async def statfs(self, ctx):
@@ -310,15 +293,10 @@ class FuseOps(pyfuse3.Operations):
             else:
                 self.control.keep_pending(value)
             return
-        await self.fs.load_meta(inode)
-        self.fs.setxattr(inode, key, value)
+        await self.fs.setxattr(inode, key, value)
 
     @_guard
     async def getxattr(self, inode, name, ctx):
-        if not name.startswith(b"user."):
-            # only user.* xattrs exist here; ls -l asks every file for
-            # security.selinux and system.posix_acl_access: answer at once
-            raise pyfuse3.FUSEError(errno.ENODATA)
         key = name.decode("utf-8", "surrogateescape")
         if inode == pyfuse3.ROOT_INODE and self.control is not None:
             if key == CONTROL_STATUS:
@@ -327,18 +305,15 @@ class FuseOps(pyfuse3.Operations):
                 return str(os.getpid()).encode()
             if key.startswith(DRAIN_RESULT_PREFIX):
                 return self.control.drain_result_json(key[len(DRAIN_RESULT_PREFIX):]).encode()
-        await self.fs.load_meta(inode)
-        return self.fs.getxattr(inode, key)
+        return await self.fs.getxattr(inode, key)
 
     @_guard
     async def listxattr(self, inode, ctx):
-        await self.fs.load_meta(inode)
-        return [n.encode() for n in self.fs.listxattr(inode)]
+        return [n.encode() for n in await self.fs.listxattr(inode)]
 
     @_guard
     async def removexattr(self, inode, name, ctx):
-        await self.fs.load_meta(inode)
-        self.fs.removexattr(inode, name.decode("utf-8", "surrogateescape"))
+        await self.fs.removexattr(inode, name.decode("utf-8", "surrogateescape"))
 
     @_guard
     async def access(self, inode, mode, ctx):

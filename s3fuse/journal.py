@@ -63,6 +63,9 @@ from typing import Any
 
 import lmdb
 
+from . import oplog
+from .oplog import Op
+
 FORMAT_VERSION = 1
 ROOT_INO = 1
 
@@ -289,6 +292,15 @@ class Txn:
     def put_meta(self, key: bytes, value: bytes) -> None:
         self.txn.put(key, value, db=self._j.db_meta)
 
+    def get_counter(self, key: bytes) -> int | None:
+        """A counter of ``meta`` (``next_ino``, ``next_op``); None if it is not set."""
+        raw = self.txn.get(key, db=self._j.db_meta)
+        return _U64.unpack(raw)[0] if raw is not None else None
+
+    def set_counter(self, key: bytes, value: int) -> None:
+        """Set a counter of ``meta`` (fsck's repair of one that fell behind)."""
+        self.txn.put(key, _k(value), db=self._j.db_meta)
+
     # --- directory entries --------------------------------------------------------
     def lookup(self, parent: int, name: bytes) -> int | None:
         raw = self.txn.get(_k(parent) + name, db=self._j.db_dirents)
@@ -299,6 +311,13 @@ class Txn:
 
     def unlink(self, parent: int, name: bytes) -> None:
         self.txn.delete(_k(parent) + name, db=self._j.db_dirents)
+
+    def all_dirents(self) -> Iterator[tuple[int, bytes, int]]:
+        """Every directory entry as (parent, name, child), whether or not its parent or
+        child exists (fsck checks that)."""
+        with self.txn.cursor(db=self._j.db_dirents) as cur:
+            for k, v in cur:
+                yield _U64.unpack(k[:8])[0], bytes(k[8:]), _U64.unpack(v)[0]
 
     def children(self, parent: int, after: bytes | None = None) -> Iterator[tuple[bytes, int]]:
         """Entries of ``parent`` in name order, strictly after ``after`` if given."""
@@ -330,21 +349,32 @@ class Txn:
             return [_U64.unpack(k)[0] for k, _ in cur]
 
     # --- op log -------------------------------------------------------------------
-    def append_op(self, op: dict[str, Any]) -> int:
+    def append_op(self, op: Op) -> int:
+        """Queue ``op`` after every pending op; returns its sequence number."""
         raw = self.txn.get(b"next_op", db=self._j.db_meta)
         seq = _U64.unpack(raw)[0] if raw else 1
         self.txn.put(b"next_op", _k(seq + 1), db=self._j.db_meta)
-        self.txn.put(_k(seq), json.dumps(op, separators=(",", ":")).encode(), db=self._j.db_ops)
+        self._put_op(seq, op)
         self.op_delta.add(op, 1)
         return seq
 
-    def ops(self) -> list[tuple[int, dict[str, Any]]]:
-        """Every pending op, in order (fsck reads them all)."""
+    def _put_op(self, seq: int, op: Op) -> None:
+        self.txn.put(_k(seq), json.dumps(oplog.record(op), separators=(",", ":")).encode(),
+                     db=self._j.db_ops)
+
+    def ops(self) -> list[tuple[int, Op]]:
+        """Every pending op, in order."""
         return list(self.ops_from())
 
-    def ops_from(self, after: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
+    def ops_from(self, after: int = 0) -> Iterator[tuple[int, Op]]:
         """Pending ops in order, from the first one after ``after``, decoded lazily (a
-        caller that stops early reads only what it looked at)."""
+        caller that stops early reads only what it looked at). ``oplog.BadOp`` for a
+        record that is no operation (``fsck`` reports those: ``op_records``)."""
+        for seq, rec in self.op_records(after):
+            yield seq, oplog.parse(rec)
+
+    def op_records(self, after: int = 0) -> Iterator[tuple[int, Any]]:
+        """The op log's records as stored (decoded JSON, not checked), in order."""
         with self.txn.cursor(db=self._j.db_ops) as cur:
             if not cur.set_range(_k(after + 1)):
                 return
@@ -354,7 +384,10 @@ class Txn:
     def remove_op(self, seq: int) -> None:
         raw = self.txn.get(_k(seq), db=self._j.db_ops)
         if raw is not None:
-            self.op_delta.add(json.loads(raw), -1)
+            try:
+                self.op_delta.add(oplog.parse(json.loads(raw)), -1)
+            except oplog.BadOp:
+                pass  # (never counted: see ``Journal.__init__``)
             self.txn.delete(_k(seq), db=self._j.db_ops)
 
     def retarget_ops(self, old_ino: int, new_ino: int) -> None:
@@ -365,11 +398,10 @@ class Txn:
                 + self.op_delta.copy_inos.get(old_ino, 0) <= 0:
             return
         for seq, op in list(self.ops_from()):
-            if op.get("ino") == old_ino:
+            if op.ino == old_ino:
                 self.remove_op(seq)
-                op["ino"] = new_ino
-                self.txn.put(_k(seq), json.dumps(op, separators=(",", ":")).encode(),
-                             db=self._j.db_ops)
+                op = oplog.with_ino(op, new_ino)
+                self._put_op(seq, op)
                 self.op_delta.add(op, 1)
 
     def repin_copies(self, src: str, old_etag: str, new_etag: str) -> None:
@@ -378,10 +410,8 @@ class Txn:
         if self._j.ops_index.keys.get(src, 0) + self.op_delta.keys.get(src, 0) <= 0:
             return
         for seq, op in list(self.ops_from()):
-            if op.get("op") == "copy" and op.get("src") == src and op.get("etag") == old_etag:
-                op["etag"] = new_etag
-                self.txn.put(_k(seq), json.dumps(op, separators=(",", ":")).encode(),
-                             db=self._j.db_ops)
+            if isinstance(op, oplog.CopyOp) and op.src == src and op.etag == old_etag:
+                self._put_op(seq, oplog.with_etag(op, new_etag))
 
     # the op index (see ``Journal``): this transaction's view, its own changes included
     def op_names(self, key: str) -> bool:
@@ -404,15 +434,12 @@ class _OpIndex:
         self.copy_inos: dict[int, int] = {}
         self.count = 0
 
-    def add(self, op: dict[str, Any], n: int) -> None:
+    def add(self, op: Op, n: int) -> None:
         self.count += n
-        if op.get("op") == "copy":
-            named = [op.get("src"), op.get("dst")]
-            _bump(self.copy_dsts, op.get("dst"), n)
-            _bump(self.copy_inos, op.get("ino"), n)
-        else:
-            named = [op.get("key")]
-        for key in named:
+        if isinstance(op, oplog.CopyOp):
+            _bump(self.copy_dsts, op.dst, n)
+            _bump(self.copy_inos, op.ino or None, n)
+        for key in op.keys:
             _bump(self.keys, key, n)
 
     def merge(self, other: _OpIndex) -> None:
@@ -473,8 +500,11 @@ class Journal:
         self.deferred: dict[int, Inode] = {}
         self._deferred_since = 0.0
         with self.read() as txn:
-            for _, op in txn.ops_from():
-                self.ops_index.add(op, 1)
+            for _, rec in txn.op_records():
+                try:
+                    self.ops_index.add(oplog.parse(rec), 1)
+                except oplog.BadOp:
+                    pass  # (fsck reports it; the flusher stops at it)
 
     def pending_op_keys(self) -> set[str]:
         """Every key a committed pending op names."""

@@ -63,9 +63,10 @@ from typing import TYPE_CHECKING
 import trio
 import xxhash
 
-from . import keys, metadata
+from . import keys
 from .errors import StoreError
 from .journal import ROOT_INO, Inode, Txn
+from .namespace import leave_bucket, set_remote, unmark
 from .store.base import ObjectInfo
 
 if TYPE_CHECKING:
@@ -229,7 +230,7 @@ class Reconciler:
         now = _now_ns()
         with fs.journal.write() as txn:
             inode = txn.get(ino)
-            if inode is None or inode.nlink == 0 or fs.object_key(txn, inode) != key:
+            if inode is None or inode.nlink == 0 or fs.ns.object_key(txn, inode) != key:
                 return Decision.KEEP
             self.known_at[ino] = seen_at
             decision = decide(dirty=bool(inode.dirty), known_etag=inode.remote_etag,
@@ -261,7 +262,7 @@ class Reconciler:
                                   "changed in the bucket" if info is not None
                                   else "deleted in the bucket")
                 if info is not None:
-                    fs.add_from_object(txn, inode.parent, inode.name.encode(), info)
+                    fs.ns.add_from_object(txn, inode.parent, inode.name.encode(), info)
                 decision = Decision.REMOVE
             elif decision is Decision.REFRESH:
                 assert info is not None
@@ -277,7 +278,7 @@ class Reconciler:
             fs.fetcher.forget(ino)
             self.refreshed.add(ino)
         if decision is not Decision.REFRESH:
-            fs.forget_schedule(ino)
+            fs.ns.forget_schedule(ino)
         fs.invalidate(entries, inodes)
         if decision is Decision.REMOVE:
             fs.maybe_purge(ino)
@@ -340,37 +341,34 @@ class Reconciler:
         if there is one, takes the path as a file of its own. Returns REMOVE: this
         record left its path."""
         fs = self.fs
-        data = fs.data_of(txn, rec)
+        data = fs.ns.data_of(txn, rec)
         parent, name = rec.parent, rec.name.encode("utf-8", "surrogatepass")
         pending: list[int] = []
         dropped: list[int] = []
         txn.unlink(parent, name)
-        fs.touch_dir(txn, parent, now)
+        fs.ns.touch_dir(txn, parent, now)
         # the object at this key is the bucket's now: not deleted
-        fs.remove_name(txn, data, parent, name, now, pending, dropped)
+        fs.ns.remove_name(txn, data, parent, name, now, pending, dropped)
         txn.put(data)
         if info is not None:
-            fs.add_from_object(txn, parent, name, info)
+            fs.ns.add_from_object(txn, parent, name, info)
         log.warning("%s of a hard-linked file %s in the bucket: that name now holds the "
                     "bucket's version, the file keeps its other names", rec.name,
                     "changed" if info is not None else "was deleted")
-        fs.notify(pending)
-        fs.forget_records(dropped)
+        fs.ns.notify(pending)
+        fs.ns.forget_records(dropped)
         fs.invalidate([(parent, name)], [data.ino])
         return Decision.REMOVE
 
     def _refresh(self, txn: Txn, inode: Inode, info: ObjectInfo) -> None:
         """REFRESH: the bucket's newer version replaces our clean copy (the caller
         drops the cache file right after the commit)."""
-        d = self.fs.defaults
-        fields = metadata.decode(info.metadata, is_dir=False, default_mode=d.file_mode,
-                                 default_uid=d.uid, default_gid=d.gid,
-                                 fallback_mtime_ns=info.mtime_ns)
+        fields = self.fs.ns.decode(info.metadata, False, info.mtime_ns)
         for name, value in fields.items():
             setattr(inode, name, value)
         inode.meta_loaded = info.metadata is not None
         inode.size = info.size
-        inode.remote_key, inode.remote_etag = info.key, info.etag
+        set_remote(inode, info.key, info.etag)
         inode.cached = False
         inode.target = None
         txn.put(inode)
@@ -379,18 +377,14 @@ class Reconciler:
         """A directory marker changed outside: the bucket's attributes win; a marker
         deleted outside is written again if the directory still needs one."""
         if info is None:
-            inode.remote_key = inode.remote_etag = None
+            set_remote(inode, None, None)
         else:
-            d = self.fs.defaults
-            fields = metadata.decode(info.metadata, is_dir=True, default_mode=d.dir_mode,
-                                     default_uid=d.uid, default_gid=d.gid,
-                                     fallback_mtime_ns=info.mtime_ns)
+            fields = self.fs.ns.decode(info.metadata, True, info.mtime_ns)
             for name in ("mode", "uid", "gid", "mtime_ns", "atime_ns", "ctime_ns", "xattrs",
                          "extra"):
                 setattr(inode, name, fields[name])
-            inode.remote_key, inode.remote_etag = info.key, info.etag
-            inode.dirty = 0
-            txn.clear_dirty(inode.ino)
+            set_remote(inode, info.key, info.etag)
+            unmark(txn, inode)
         txn.put(inode)
 
     def _remove_gone(self, txn: Txn, inode: Inode, now: int,
@@ -401,13 +395,13 @@ class Reconciler:
         kernel opens on it still, may write to it: that is kept in lost+found at
         the last close (``replaced``)."""
         fs = self.fs
-        self.replaced[inode.ino] = ("/".join(fs.path_names(txn, inode)),
+        self.replaced[inode.ino] = ("/".join(fs.ns.path_names(txn, inode)),
                                     fs.cache.generation(inode.ino), what)
         name = inode.name.encode()
         txn.unlink(inode.parent, name)
-        self.fs.touch_dir(txn, inode.parent, now)
+        self.fs.ns.touch_dir(txn, inode.parent, now)
         inode.nlink = 0
-        inode.remote_key = inode.remote_etag = None
+        set_remote(inode, None, None)
         txn.put(inode)
         entries.append((inode.parent, name))
         log.info("%s was deleted in the bucket; removed from the mount", inode.name)
@@ -417,16 +411,16 @@ class Reconciler:
         """CONFLICT: our version moves, whole, to lost+found (same inode, so open
         handles keep working); the bucket's version, if any, takes the path."""
         fs = self.fs
-        path = "/".join(fs.path_names(txn, inode))
+        path = "/".join(fs.ns.path_names(txn, inode))
         parent, name = inode.parent, inode.name.encode()
         txn.unlink(parent, name)
         self._file_conflict(txn, inode, path,
                             reason if info is not None else "deleted in the bucket", now)
         inode.ctime_ns = now
         txn.put(inode)
-        fs.touch_dir(txn, parent, now)
+        fs.ns.touch_dir(txn, parent, now)
         if info is not None:
-            fs.add_from_object(txn, parent, name, info)
+            fs.ns.add_from_object(txn, parent, name, info)
         entries.append((parent, name))
 
     def version_lost(self, txn: Txn, inode: Inode,
@@ -469,10 +463,8 @@ class Reconciler:
         new_name = _conflict_name(txn, lost_found, path, now)
         txn.link(lost_found, new_name, inode.ino)
         inode.parent, inode.name = lost_found, new_name.decode()
-        inode.remote_key = inode.remote_etag = None
-        inode.dirty = 0
-        txn.clear_dirty(inode.ino)
-        fs.touch_dir(txn, lost_found, now)
+        leave_bucket(txn, inode)
+        fs.ns.touch_dir(txn, lost_found, now)
         where = f"{keys.RESERVED_ROOT_NAME.decode()}/lost+found/{new_name.decode()}"
         record = {"path": path, "lost_found": where, "time": now / 1e9, "reason": reason}
         self.conflicts = (self.conflicts + [record])[-1000:]
@@ -494,7 +486,7 @@ class Reconciler:
                           listed=True, atime_ns=now, mtime_ns=now, ctime_ns=now)
                 txn.put(d)
                 txn.link(ino, name, d.ino)
-                fs.touch_dir(txn, ino, now, 1)
+                fs.ns.touch_dir(txn, ino, now, 1)
                 child = d.ino
             ino = child
         return ino

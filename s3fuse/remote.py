@@ -2,7 +2,8 @@
 
 A ``CapacityLimiter`` bounds how many store calls run at once (and so how many
 threads and connections). Foreground reads retry transient errors a few times with
-backoff before answering EIO; the flusher does its own, longer, retrying.
+backoff before answering EIO; the flusher does its own, longer, retrying (both as
+``retry`` says: the one policy, with its budgets).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from collections.abc import Callable
 
 import trio
 
-from .errors import NoSuchKey, StoreError, TransientStoreError
+from . import retry
+from .errors import NoSuchKey, StoreError
 from .store.base import Body, Capabilities, ListPage, ObjectInfo, ObjectStore
 
 if TYPE_CHECKING:
@@ -24,8 +26,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-#: how long a read that found the bucket unreachable makes later reads try only once
-OUTAGE_MEMORY_S = 10.0
 
 
 def probe_key(prefix: str) -> str:
@@ -35,7 +35,7 @@ def probe_key(prefix: str) -> str:
 
 class Remote:
     def __init__(self, store: ObjectStore, max_concurrency: int = 16,
-                 read_attempts: int = 4, inline: bool = False,
+                 read_attempts: int = retry.FOREGROUND_ATTEMPTS, inline: bool = False,
                  metrics: Metrics | None = None) -> None:
         """``inline``: call the store on the event loop itself. Only for in-memory
         stores in unit tests, where it makes trio's MockClock deterministic."""
@@ -83,10 +83,10 @@ class Remote:
         """A read-only call, retried on transient errors with backoff (once only while
         the bucket is known to be away: see ``unreachable_at``). A caller may give up
         on it (a cancel scope): it changes nothing in the bucket."""
-        delay = 0.2
+        delay = retry.FOREGROUND_FIRST_DELAY_S
         attempts = self.read_attempts
         if self.unreachable_at is not None \
-                and trio.current_time() - self.unreachable_at < OUTAGE_MEMORY_S:
+                and trio.current_time() - self.unreachable_at < retry.OUTAGE_MEMORY_S:
             attempts = 1
         for attempt in range(attempts):
             try:
@@ -94,7 +94,7 @@ class Remote:
                 self.unreachable_at = None
                 return result
             except StoreError as exc:
-                if not isinstance(exc, TransientStoreError):
+                if not retry.is_temporary(exc):
                     self.unreachable_at = None  # it answered (404, 412, ...)
                     raise
                 if attempt == attempts - 1:

@@ -142,3 +142,36 @@ def make_mount(tmp_path: Path, source: str, endpoint: str | None) -> Mount:
                  endpoint=endpoint)
 
 
+# --- helpers of the crash tests -------------------------------------------------------
+
+def daemon_pid(m: Mount) -> int:
+    """The pid of the daemon serving ``m`` (from its control xattr)."""
+    return int(os.getxattr(m.path, "user.s3fuse.pid"))
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_dead(pid: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while alive(pid):
+        assert time.monotonic() < deadline, "the daemon did not die at the crash point"
+        time.sleep(0.05)
+
+
+def tree(root: str) -> dict[str, bytes | None]:
+    """Relative path -> bytes (files) or None (directories)."""
+    out: dict[str, bytes | None] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        for d in dirnames:
+            out[os.path.normpath(os.path.join(rel, d))] = None
+        for f in filenames:
+            with open(os.path.join(dirpath, f), "rb") as fh:
+                out[os.path.normpath(os.path.join(rel, f))] = fh.read()
+    return out

@@ -57,6 +57,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+from s3fuse import retry
 from s3fuse.errors import (
     AccessDenied,
     BodyChanged,
@@ -156,7 +157,8 @@ class S3Store:
                  region: str | None = None, multipart_threshold: int = 16 * MiB,
                  part_size: int = 16 * MiB, multipart_concurrency: int = 4,
                  copy_part_size: int = 512 * MiB, max_copy_size: int = MAX_COPY_SIZE,
-                 max_attempts: int = 5, connect_timeout: float = 5, read_timeout: float = 60,
+                 max_attempts: int = retry.HTTP_ATTEMPTS, connect_timeout: float = 5,
+                 read_timeout: float = 60,
                  max_pool_connections: int = 32) -> None:
         if part_size < MIN_PART_SIZE or copy_part_size < MIN_PART_SIZE:
             raise ValueError(f"part sizes must be at least {MIN_PART_SIZE} bytes")

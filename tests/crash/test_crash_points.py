@@ -18,28 +18,9 @@ import sys
 import time
 
 import pytest
-from mounts import Mount, make_mount
+from mounts import Mount, daemon_pid, make_mount, tree, wait_dead
 
 FAULTS = "S3FUSE_TEST_FAULTS"
-
-
-def daemon_pid(m: Mount) -> int:
-    return int(os.getxattr(m.path, "user.s3fuse.pid"))
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def wait_dead(pid: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while alive(pid):
-        assert time.monotonic() < deadline, "the daemon did not die at the crash point"
-        time.sleep(0.05)
 
 
 def assert_dead_mount(m: Mount) -> None:
@@ -58,19 +39,6 @@ def crashing_mount(tmp_path, file_source, point: str) -> Mount:
 def remount_clean(m: Mount) -> None:
     m.env = {}
     m.mount()  # cleans up the dead mount, replays the journal
-
-
-def tree(root: str) -> dict[str, bytes | None]:
-    """Relative path -> bytes (files) or None (directories)."""
-    out: dict[str, bytes | None] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel = os.path.relpath(dirpath, root)
-        for d in dirnames:
-            out[os.path.normpath(os.path.join(rel, d))] = None
-        for f in filenames:
-            with open(os.path.join(dirpath, f), "rb") as fh:
-                out[os.path.normpath(os.path.join(rel, f))] = fh.read()
-    return out
 
 
 def bucket_tree(objects: dict[str, bytes]) -> dict[str, bytes | None]:

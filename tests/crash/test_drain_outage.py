@@ -13,9 +13,8 @@ import time
 from urllib.parse import urlparse
 
 import pytest
-from mounts import S3FUSE, Mount, is_mounted, make_mount
+from mounts import S3FUSE, Mount, daemon_pid, is_mounted, make_mount, tree, wait_dead
 from servers import FaultProxy
-from test_crash_points import daemon_pid, tree, wait_dead
 
 
 def strict_json(text: str) -> dict:

@@ -16,77 +16,13 @@ import time
 import pytest
 import trio
 import trio.testing
+from core_rig import WINDOW, Rig, replayed, run
 
-from s3fuse.cache import Cache
 from s3fuse.errors import FsError
-from s3fuse.filesystem import Defaults, Filesystem, SetAttrs
-from s3fuse.flusher import Flusher
+from s3fuse.filesystem import SetAttrs
 from s3fuse.journal import ROOT_INO, Inode, Journal
-from s3fuse.remote import Remote
+from s3fuse.store.faulty import FaultyStore
 from s3fuse.store.memory import MemoryStore
-
-WINDOW = 60.0
-
-
-class Rig:
-    """A filesystem + flusher over a MemoryStore, in one cache directory."""
-
-    def __init__(self, tmp_path, store: MemoryStore | None = None, prefix: str = "") -> None:
-        self.tmp_path = tmp_path
-        self.store = store if store is not None else MemoryStore()
-        self.journal = Journal(str(tmp_path / "journal"))
-        self.cache = Cache(str(tmp_path), 1 << 30)
-        self.fs = Filesystem(self.journal, self.cache, Remote(self.store, inline=True), prefix,
-                             Defaults(uid=1000, gid=1000))
-        self.fs.init()
-        self.flusher = Flusher(self.fs, WINDOW, instance_id="test")
-        self.fs.flusher = self.flusher
-        self.flusher.load()
-
-    def close(self) -> None:
-        self.cache.close_all()
-        self.journal.close()
-
-    def counts(self) -> dict[str, int]:
-        c = self.store.counts
-        return {k: c.get(k, 0) for k in ("put", "copy", "delete")}
-
-    def bucket(self) -> dict[str, bytes]:
-        return {k: v[0] for k, v in self.store.snapshot().items()}
-
-    async def write_file(self, parent: int, name: bytes, data: bytes) -> int:
-        fh, inode = await self.fs.create(parent, name, 0o644, 1000, 1000)
-        await self.fs.write(fh, 0, data)
-        await self.fs.release(fh)
-        return inode.ino
-
-
-def run(tmp_path, scenario, store: MemoryStore | None = None):
-    """Run ``scenario(rig)`` with the flusher running, on a MockClock."""
-
-    async def main():
-        rig = Rig(tmp_path, store)
-        try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(rig.flusher.run)
-                await scenario(rig)
-                nursery.cancel_scope.cancel()
-        finally:
-            rig.close()
-
-    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
-
-
-async def replayed(tmp_path, store: MemoryStore) -> Rig:
-    """A Rig on the journal a "killed" Rig left in ``tmp_path``, after its flusher
-    has replayed and drained everything pending (the caller closes it)."""
-    rig = Rig(tmp_path, store)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(rig.flusher.run)
-        assert await rig.flusher.drain(30)
-        nursery.cancel_scope.cancel()
-    return rig
-
 
 def test_hundred_writes_in_one_window_make_one_put(tmp_path):
     async def scenario(rig: Rig):
@@ -227,8 +163,8 @@ def test_the_poller_lists_directories_touched_lately_and_those_of_open_files(tmp
         assert set(rig.fs.dirs_to_poll(used_within_s=60)) == {ROOT_INO, d.ino, made.ino}
         old = await rig.fs.lookup(d.ino, b"old")
         f, _ = await rig.fs.open(old.ino, os.O_RDONLY)
-        for ino in rig.fs._dir_used:  # as if last touched 61 s ago
-            rig.fs._dir_used[ino] -= 61
+        for ino in rig.fs.discovery._dir_used:  # as if last touched 61 s ago
+            rig.fs.discovery._dir_used[ino] -= 61
         assert rig.fs.dirs_to_poll(used_within_s=60) == [d.ino]  # it holds an open file
         await rig.fs.release(f)
         assert rig.fs.dirs_to_poll(used_within_s=60) == []
@@ -578,34 +514,18 @@ def test_poll_shows_new_changed_and_deleted_objects(tmp_path):
     run(tmp_path, scenario)
 
 
-class GatedStore(MemoryStore):
-    """A MemoryStore whose PUTs wait at a gate, to hold an upload in flight."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        import threading
-
-        self.entered = threading.Event()
-        self.gate = threading.Event()
-
-    def put(self, key, body, metadata, **kwargs):
-        self.entered.set()
-        assert self.gate.wait(30), "gate never opened"
-        return super().put(key, body, metadata, **kwargs)
-
-
-async def _in_flight(tmp_path, store: GatedStore, during):
+async def _in_flight(tmp_path, store: FaultyStore, during):
     """Start an upload of ``f``, run ``during(rig)`` while it is in flight, finish."""
-    rig = Rig(tmp_path, store)
-    rig.fs.remote = Remote(store)  # real threads: the upload really is in flight
+    gate = store.hold("put")
+    rig = Rig(tmp_path, store, threads=True)  # the upload really is in flight
     rig.flusher.window_s = 0.01
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(rig.flusher.run)
             await rig.write_file(ROOT_INO, b"f", b"payload")
-            assert await trio.to_thread.run_sync(store.entered.wait, 10)
+            assert await trio.to_thread.run_sync(gate.entered.wait, 10)
             await during(rig)
-            store.gate.set()
+            gate.open()
             assert await rig.flusher.drain(10)
             nursery.cancel_scope.cancel()
         return rig.bucket()
@@ -617,14 +537,14 @@ def test_rename_while_uploading_ends_at_the_new_name(tmp_path):
     async def during(rig: Rig):
         await rig.fs.rename(ROOT_INO, b"f", ROOT_INO, b"g")
 
-    assert trio.run(_in_flight, tmp_path, GatedStore(), during) == {"g": b"payload"}
+    assert trio.run(_in_flight, tmp_path, FaultyStore(), during) == {"g": b"payload"}
 
 
 def test_unlink_while_uploading_leaves_nothing(tmp_path):
     async def during(rig: Rig):
         await rig.fs.unlink(ROOT_INO, b"f")
 
-    assert trio.run(_in_flight, tmp_path, GatedStore(), during) == {}
+    assert trio.run(_in_flight, tmp_path, FaultyStore(), during) == {}
 
 
 def test_new_file_at_the_name_while_old_upload_in_flight(tmp_path):
@@ -632,7 +552,7 @@ def test_new_file_at_the_name_while_old_upload_in_flight(tmp_path):
         await rig.fs.rename(ROOT_INO, b"f", ROOT_INO, b"g")
         await rig.write_file(ROOT_INO, b"f", b"second")
 
-    assert trio.run(_in_flight, tmp_path, GatedStore(), during) == {"g": b"payload",
+    assert trio.run(_in_flight, tmp_path, FaultyStore(), during) == {"g": b"payload",
                                                                      "f": b"second"}
 
 
@@ -695,14 +615,14 @@ def test_an_upload_that_landed_before_a_crash_is_adopted_not_a_conflict(tmp_path
 def test_poll_never_removes_a_file_whose_upload_committed_after_the_listing(tmp_path):
     async def scenario(rig: Rig):
         await rig.write_file(ROOT_INO, b"fresh", b"data")
-        original = rig.fs._list_dir
+        original = rig.fs.discovery._list_dir
 
         async def list_then_upload(ino, prefix):
             result = await original(ino, prefix)  # taken before "fresh" is uploaded
             assert await rig.flusher.drain(30)  # ... whose upload commits right after
             return result
 
-        rig.fs._list_dir = list_then_upload
+        rig.fs.discovery._list_dir = list_then_upload
         await rig.fs.poll_dir(ROOT_INO)
         assert (await rig.fs.lookup(ROOT_INO, b"fresh")).size == 4
         assert rig.bucket() == {"fresh": b"data"}
@@ -742,40 +662,12 @@ def test_a_full_cache_disk_answers_enospc_not_eio(tmp_path, monkeypatch):
     journal.close()
 
 
-class SlowOpsStore(MemoryStore):
-    """Copies and deletes take a while (as on a real server), and record their order."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        import threading
-
-        self.lock = threading.Lock()
-        self.active = 0
-        self.most_active = 0
-        self.log: list[tuple[str, str, str]] = []  # (begin|end, op, key)
-
-    def _timed(self, op: str, key: str, fn):
-        import time as _time
-
-        with self.lock:
-            self.active += 1
-            self.most_active = max(self.most_active, self.active)
-            self.log.append(("begin", op, key))
-        try:
-            _time.sleep(0.02)
-            return fn()
-        finally:
-            with self.lock:
-                self.active -= 1
-                self.log.append(("end", op, key))
-
-    def copy(self, src, dst, metadata, **kwargs):
-        return self._timed("copy", src, lambda: super(SlowOpsStore, self).copy(
-            src, dst, metadata, **kwargs))
-
-    def delete(self, key, **kwargs):
-        return self._timed("delete", key, lambda: super(SlowOpsStore, self).delete(
-            key, **kwargs))
+def slow_ops_store() -> FaultyStore:
+    """Copies and deletes take a while (as on a real server), and their order is traced."""
+    store = FaultyStore()
+    store.slow("copy", 0.02)
+    store.slow("delete", 0.02)
+    return store
 
 
 def run_threaded(tmp_path, store: MemoryStore, scenario) -> None:
@@ -783,8 +675,7 @@ def run_threaded(tmp_path, store: MemoryStore, scenario) -> None:
     that they really overlap) and a 10 ms window."""
 
     async def main():
-        rig = Rig(tmp_path, store)
-        rig.fs.remote = Remote(store)
+        rig = Rig(tmp_path, store, threads=True)
         rig.flusher.window_s = 0.01
         try:
             async with trio.open_nursery() as nursery:
@@ -798,7 +689,7 @@ def run_threaded(tmp_path, store: MemoryStore, scenario) -> None:
 
 
 def test_op_log_runs_ops_on_distinct_keys_in_parallel_and_in_order(tmp_path):
-    store = SlowOpsStore()
+    store = slow_ops_store()
 
     async def scenario(rig: Rig):
         d = await rig.fs.mkdir(ROOT_INO, b"src", 0o755, 0, 0)
@@ -820,7 +711,7 @@ def test_op_log_runs_ops_on_distinct_keys_in_parallel_and_in_order(tmp_path):
                                                      for i in range(40)}}
     # each object's delete began only after the copy away from it had ended
     for name in [f"src/f{i:02d}" for i in range(40)] + ["x", "y"]:
-        events = [(pos, what, op) for pos, (what, op, key) in enumerate(store.log)
+        events = [(pos, what, op) for pos, (what, op, key) in enumerate(store.trace)
                   if key == name]
         copies = [pos for pos, what, op in events if op == "copy" and what == "end"]
         deletes = [pos for pos, what, op in events if op == "delete" and what == "begin"]
@@ -833,7 +724,7 @@ def test_bucket_work_runs_one_at_a_time_while_requests_come_then_all_at_once(tmp
     (or for a drain) they run in parallel again."""
     from s3fuse.flusher import BUSY_S
 
-    store = SlowOpsStore()
+    store = slow_ops_store()
 
     async def scenario(rig: Rig):
         d = await rig.fs.mkdir(ROOT_INO, b"d", 0o755, 0, 0)
@@ -1058,29 +949,10 @@ def test_a_handle_kept_on_a_replaced_file_and_only_read_leaves_nothing(tmp_path)
     run(tmp_path, scenario)
 
 
-class SurprisingStore(MemoryStore):
-    """The first PUT and the first COPY raise an exception no store should raise."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.surprises = {"put": 1, "copy": 1}
-
-    def _surprise(self, kind: str) -> None:
-        if self.surprises[kind]:
-            self.surprises[kind] -= 1
-            raise RuntimeError(f"surprise in {kind}")
-
-    def put(self, key, body, metadata, **kwargs):
-        self._surprise("put")
-        return super().put(key, body, metadata, **kwargs)
-
-    def copy(self, src, dst, metadata, **kwargs):
-        self._surprise("copy")
-        return super().copy(src, dst, metadata, **kwargs)
-
-
 def test_an_unexpected_exception_in_an_upload_or_op_is_retried_not_fatal(tmp_path):
-    store = SurprisingStore()
+    store = FaultyStore()  # the first PUT and COPY raise what no store should raise
+    store.inject("put", RuntimeError("surprise in put"))
+    store.inject("copy", RuntimeError("surprise in copy"))
 
     async def scenario(rig: Rig):
         await rig.write_file(ROOT_INO, b"a", b"data")
@@ -1112,7 +984,7 @@ def test_opens_in_one_directory_are_revalidated_by_one_list(tmp_path):
         # changed outside: the listing shows it, a HEAD confirms, the open sees it
         rig.store.put("src/f03", b"v2 from outside", {})
         rig.fs.reconciler.known_at.clear()
-        rig.fs._dir_etags.clear()
+        rig.fs.discovery._dir_etags.clear()
         fh, changed = await rig.fs.open(inos[3], os.O_RDONLY)
         assert changed and await rig.fs.read(fh, 0, 100) == b"v2 from outside"
         fh, changed = await rig.fs.open(inos[4], os.O_RDONLY)  # same listing: no HEAD

@@ -17,12 +17,13 @@ import pytest
 import trio
 import trio.testing
 from fsck_helper import assert_journal_clean
-from test_core import WINDOW, GatedStore, Rig, replayed
-from test_links import delta, drive
+from core_rig import WINDOW, Rig, delta, drive, replayed
 
 from s3fuse.errors import FsError
-from s3fuse.filesystem import RENAME_EXCHANGE, RENAME_NOREPLACE
+from s3fuse.rename import RENAME_EXCHANGE, RENAME_NOREPLACE
+from s3fuse.oplog import record
 from s3fuse.journal import DIRTY_DATA, ROOT_INO
+from s3fuse.store.faulty import FaultyStore
 from s3fuse.store.memory import MemoryStore
 
 RENAME_WHITEOUT = 4
@@ -38,8 +39,9 @@ async def read_all(rig: Rig, parent: int, name: bytes) -> bytes:
 
 
 def ops(rig: Rig) -> list[dict]:
+    """The pending ops, as the journal stores them."""
     with rig.journal.read() as txn:
-        return [op for _, op in txn.ops()]
+        return [record(op) for _, op in txn.ops()]
 
 
 def test_two_clean_files_trade_keys_with_one_copy_and_one_put(tmp_path):
@@ -264,27 +266,22 @@ def test_exchange_after_a_rename_whose_copy_is_pending(tmp_path):
 
 
 def test_exchange_while_an_upload_is_in_flight(tmp_path):
-    store = GatedStore()
+    store = FaultyStore()
 
     async def main():
-        rig = Rig(tmp_path, store)
+        rig = Rig(tmp_path, store, threads=True)  # the upload really is in flight
         rig.journal.set_meta(b"instance", b"test")
-        from s3fuse.remote import Remote
-
-        rig.fs.remote = Remote(store)  # real threads: the upload really is in flight
         rig.flusher.window_s = 0.01
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(rig.flusher.run)
-                store.gate.set()
                 await rig.write_file(ROOT_INO, b"g", b"clean one")
                 assert await rig.flusher.drain(10)
-                store.gate.clear()
-                store.entered.clear()
+                gate = store.hold("put")
                 await rig.write_file(ROOT_INO, b"f", b"in flight")
-                assert await trio.to_thread.run_sync(store.entered.wait, 10)
+                assert await trio.to_thread.run_sync(gate.entered.wait, 10)
                 await rig.fs.rename(ROOT_INO, b"f", ROOT_INO, b"g", RENAME_EXCHANGE)
-                store.gate.set()
+                gate.open()
                 assert await rig.flusher.drain(10)
                 nursery.cancel_scope.cancel()
             assert rig.bucket() == {"f": b"clean one", "g": b"in flight"}

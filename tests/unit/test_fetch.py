@@ -7,42 +7,26 @@ one back), so each case asserts which bytes were fetched, not only what was read
 from __future__ import annotations
 
 import os
-import threading
 
 
 import trio
 import trio.testing
-from test_core import Rig
+from core_rig import Rig
 
 from s3fuse.fetch import PIECE_BYTES
 from s3fuse.journal import ROOT_INO
-from s3fuse.remote import Remote
-from s3fuse.store.memory import MemoryStore
+from s3fuse.store.faulty import FaultyStore
 
 MIB = 1 << 20
 
 
-class RecordingStore(MemoryStore):
-    """Records the range of every GET; ``hold`` makes a GET wait at a gate once it
-    has read its bytes (so they are old when they arrive)."""
+def ranges(store: FaultyStore) -> list[tuple[int, int | None]]:
+    """The range of every GET made so far."""
+    return [detail for kind, _, detail in store.calls if kind == "get"]
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.ranges: list[tuple[int, int | None]] = []
-        self.hold = False
-        self.entered = threading.Event()
-        self.gate = threading.Event()
 
-    def get(self, key, start=0, end=None, **kwargs):
-        self.ranges.append((start, end))
-        data = super().get(key, start, end, **kwargs)
-        if self.hold:
-            self.entered.set()
-            assert self.gate.wait(30), "gate never opened"
-        return data
-
-    def fetched(self) -> int:
-        return sum((e or 0) - s for s, e in self.ranges)
+def fetched(store: FaultyStore) -> int:
+    return sum((e or 0) - s for s, e in ranges(store))
 
 
 def body(n: int, seed: int = 0) -> bytes:
@@ -51,9 +35,7 @@ def body(n: int, seed: int = 0) -> bytes:
 
 def run(tmp_path, store, scenario, threads: bool = False):
     async def main():
-        rig = Rig(tmp_path, store)
-        if threads:
-            rig.fs.remote = Remote(store)
+        rig = Rig(tmp_path, store, threads=threads)
         try:
             async with trio.open_nursery() as nursery:
                 rig.fs.fetcher.nursery = nursery
@@ -72,7 +54,7 @@ async def open_ro(rig: Rig, name: bytes) -> int:
 
 
 def test_a_sequential_reader_is_served_in_pieces_fetched_ahead(tmp_path):
-    store = RecordingStore()
+    store = FaultyStore()
     data = body(40 * MIB)
     store.put("big", data, {})
 
@@ -83,15 +65,15 @@ def test_a_sequential_reader_is_served_in_pieces_fetched_ahead(tmp_path):
             out += chunk
         assert bytes(out) == data
         # whole pieces, each byte once (read-ahead never fetches twice)
-        assert len(store.ranges) == 5 and store.fetched() == len(data)
-        assert all(s % PIECE_BYTES == 0 for s, _ in store.ranges)
+        assert len(ranges(store)) == 5 and fetched(store) == len(data)
+        assert all(s % PIECE_BYTES == 0 for s, _ in ranges(store))
         assert rig.fs.get((await rig.fs.lookup(ROOT_INO, b"big")).ino).cached
 
     run(tmp_path, store, scenario)
 
 
 def test_a_random_read_fetches_only_the_blocks_it_touches(tmp_path):
-    store = RecordingStore()
+    store = FaultyStore()
     data = body(40 * MIB)
     store.put("big", data, {})
 
@@ -99,20 +81,20 @@ def test_a_random_read_fetches_only_the_blocks_it_touches(tmp_path):
         fh = await open_ro(rig, b"big")
         at = 30 * MIB + 12345
         assert await rig.fs.read(fh, at, 4096) == data[at:at + 4096]
-        assert store.fetched() <= 2 * MIB
+        assert fetched(store) <= 2 * MIB
 
     run(tmp_path, store, scenario)
 
 
 def test_a_piece_that_arrives_after_an_outside_change_is_dropped(tmp_path):
-    store = RecordingStore()
+    store = FaultyStore()
     old, new = body(10 * MIB, 1), body(10 * MIB, 2)
     store.put("f", old, {})
 
     async def scenario(rig: Rig):
         fh = await open_ro(rig, b"f")
         ino = (await rig.fs.lookup(ROOT_INO, b"f")).ino
-        store.hold = True
+        gate = store.hold("get", after=True)  # its bytes are old when they arrive
         got: list[bytes] = []
 
         async def reader():
@@ -120,12 +102,12 @@ def test_a_piece_that_arrives_after_an_outside_change_is_dropped(tmp_path):
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(reader)
-            assert await trio.to_thread.run_sync(store.entered.wait, 10)
+            assert await trio.to_thread.run_sync(gate.entered.wait, 10)
             # meanwhile the object is replaced outside, and the mount adopts it
-            store.hold = False
+            store.unhold("get")
             store.put("f", new, {})
             rig.fs.reconciler.apply(ino, "f", store.head("f"), rig.fs.reconciler.stamp())
-            store.gate.set()
+            gate.open()
         # nothing of the old version was cached, so no reader can have seen any of
         # it: the handle goes on with the new version (never a mix of the two)
         assert got == [new[:4096]]
@@ -137,7 +119,7 @@ def test_a_piece_that_arrives_after_an_outside_change_is_dropped(tmp_path):
 
 
 def test_a_piece_that_arrives_after_a_truncate_is_dropped(tmp_path):
-    store = RecordingStore()
+    store = FaultyStore()
     store.put("f", body(10 * MIB), {})
 
     async def scenario(rig: Rig):
@@ -145,19 +127,19 @@ def test_a_piece_that_arrives_after_a_truncate_is_dropped(tmp_path):
 
         fh = await open_ro(rig, b"f")
         ino = (await rig.fs.lookup(ROOT_INO, b"f")).ino
-        store.hold = True
+        gate = store.hold("get", after=True)  # its bytes are old when they arrive
 
         async def reader():
             await rig.fs.read(fh, 0, 4096)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(reader)
-            assert await trio.to_thread.run_sync(store.entered.wait, 10)
-            store.hold = False
+            assert await trio.to_thread.run_sync(gate.entered.wait, 10)
+            store.unhold("get")
             await rig.fs.setattr(ino, SetAttrs(size=0))  # whole and local: empty
             wfh, _ = await rig.fs.open(ino, os.O_WRONLY)
             await rig.fs.write(wfh, 0, b"new")
-            store.gate.set()
+            gate.open()
         assert rig.fs.get(ino).size == 3
         assert rig.cache.read(ino, 0, 1 << 20) == b"new"  # no old bytes after it
 
@@ -166,7 +148,7 @@ def test_a_piece_that_arrives_after_a_truncate_is_dropped(tmp_path):
 
 def test_reads_a_little_out_of_order_still_count_as_sequential(tmp_path):
     """The kernel sends several reads of one reader at once; they may arrive swapped."""
-    store = RecordingStore()
+    store = FaultyStore()
     data = body(40 * MIB)
     store.put("big", data, {})
     chunk = 128 * 1024
@@ -178,7 +160,7 @@ def test_reads_a_little_out_of_order_still_count_as_sequential(tmp_path):
             offsets[i], offsets[i + 1] = offsets[i + 1], offsets[i]
         for off in offsets:
             assert await rig.fs.read(fh, off, chunk) == data[off:off + chunk]
-        assert len(store.ranges) == 5 and store.fetched() == len(data)
+        assert len(ranges(store)) == 5 and fetched(store) == len(data)
 
     run(tmp_path, store, scenario)
 
@@ -187,7 +169,7 @@ def test_a_random_read_of_a_version_replaced_outside_reads_the_new_one(tmp_path)
     """The GET of a read elsewhere in the file (several runs at once) finds its
     version gone: the bucket's version is adopted and read, not an EIO (the failed
     GETs' error used to reach the caller wrapped in an exception group)."""
-    store = RecordingStore()
+    store = FaultyStore()
     old, new = body(40 * MIB, 1), body(40 * MIB, 2)
     store.put("f", old, {})
 

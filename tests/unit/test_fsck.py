@@ -15,11 +15,11 @@ import pytest
 import trio
 import trio.testing
 from fsck_helper import assert_journal_clean
-from test_core import WINDOW, Rig
+from core_rig import WINDOW, Rig
 
 from s3fuse import cli, fsck
 from s3fuse.filesystem import SetAttrs
-from s3fuse.daemon import CacheLock
+from s3fuse.cachelock import CacheLock
 from s3fuse.journal import DIRTY_DATA, ROOT_INO, Inode, Journal
 from s3fuse.store.memory import MemoryStore, drop
 
@@ -80,7 +80,7 @@ async def workload(rig: Rig) -> None:
     top = await rig.write_file(ROOT_INO, b"top.txt", b"top")
     await fs.symlink(ROOT_INO, b"link", b"docs/a.txt", 1000, 1000)
     await fs.mknod(ROOT_INO, b"fifo", stat.S_IFIFO | 0o640, 0, 1000, 1000)
-    fs.setxattr(top, "user.color", b"blue")
+    await fs.setxattr(top, "user.color", b"blue")
     consistent(rig)
     await trio.sleep(WINDOW + 5)
     assert "docs/sub/b.txt" in rig.bucket()

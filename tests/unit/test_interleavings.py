@@ -25,7 +25,7 @@ import trio
 import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_core import Rig
+from core_rig import Rig
 
 from s3fuse.errors import FsError
 from s3fuse.journal import ROOT_INO

@@ -97,10 +97,11 @@ def test_the_op_index_follows_a_retarget_without_other_op_changes(tmp_path):
     """A transaction whose only op change moves copies to another inode (same keys,
     same count) still updates the index."""
     from s3fuse.journal import Journal
+    from s3fuse.oplog import CopyOp
 
     journal = Journal(str(tmp_path / "j"))
     with journal.write() as txn:
-        txn.append_op({"op": "copy", "src": "a", "dst": "b", "etag": "e", "ino": 7})
+        txn.append_op(CopyOp(src="a", dst="b", etag="e", ino=7))
     with journal.write() as txn:
         txn.retarget_ops(7, 3)
     assert journal.ops_index.copy_inos == {3: 1}

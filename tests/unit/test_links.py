@@ -15,39 +15,12 @@ import pytest
 import trio
 import trio.testing
 from fsck_helper import assert_journal_clean
-from test_core import WINDOW, Rig, replayed
+from core_rig import WINDOW, Rig, delta, drive, replayed
 
 from s3fuse.errors import FsError
 from s3fuse.filesystem import SetAttrs
 from s3fuse.journal import ROOT_INO
 from s3fuse.store.memory import MemoryStore
-
-
-def drive(tmp_path, scenario, store: MemoryStore | None = None) -> MemoryStore:
-    """Run ``scenario(rig)`` with the flusher running, drain, check with fsck."""
-    store = store if store is not None else MemoryStore()
-
-    async def main():
-        rig = Rig(tmp_path, store)
-        rig.journal.set_meta(b"instance", b"test")
-        try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(rig.flusher.run)
-                await scenario(rig)
-                assert await rig.flusher.drain(60)
-                nursery.cancel_scope.cancel()
-            # (no kernel here sends FORGET: unlinked inodes keep their lookup counts)
-            assert_journal_clean(rig.journal, tmp_path, store, allow=["unlinked-inode"])
-        finally:
-            rig.close()
-
-    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
-    return store
-
-
-def delta(rig: Rig, before: dict[str, int]) -> dict[str, int]:
-    after = rig.counts()
-    return {k: after[k] - before[k] for k in after}
 
 
 async def settle(rig: Rig) -> None:

@@ -1,0 +1,677 @@
+"""Discovery: what the mount learns of the bucket by asking it.
+
+Listing a directory into the journal the first time it is used (``ensure_listed``),
+loading an entry's attributes lazily with one HEAD (``load_meta``), prefetching the
+attributes ``ls -l`` is about to ask for (``prefetch_after``), close-to-open checks
+(``recheck``: one LIST per directory and TTL, a HEAD where it shows a change), and
+re-listing the directories in use (``poll_dir``, run by ``Poller``).
+
+Store calls happen outside journal transactions; what they returned is checked again
+inside the transaction that applies it. What the bucket changed is handed to the
+S3-wins policy (``reconcile.Reconciler``); this module decides nothing about it.
+It knows the flusher only through ``op_log`` (its pending ops, so that a listing
+taken while they move keys is not believed) and the kernel through ``invalidate``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import stat
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import trio
+
+from . import keys
+from .errors import FsError, StoreError, TransientStoreError
+from .journal import ROOT_INO, Inode
+from .namespace import Namespace, set_remote
+from .reconcile import Decision, Reconciler, Stamp
+from .remote import Remote
+from .store.base import ObjectInfo
+
+log = logging.getLogger(__name__)
+
+HEAD_CONCURRENCY = 16
+#: how long a lookup of a name the mount does not know waits for the bucket's listing
+#: before it answers from what the mount knows (ENOENT)
+NAME_CHECK_TIMEOUT_S = 1.5
+# entries whose attributes are HEADed ahead of the kernel's lookups after a readdir
+# (``ls -l``, ``find -ls``: one lookup per entry, in listing order)
+PREFETCH_AHEAD = 32
+PREFETCH_AFTER_READDIR_S = 30.0
+#: after a directory could not be listed (bucket unreachable), the mount works from
+#: what it knows of it and asks the bucket again only after this many seconds
+UNLISTED_RETRY_S = 10.0
+
+
+def _now_ns() -> int:
+    return time.time_ns()
+
+
+@dataclass
+class MetaLoads:
+    """Bookkeeping of attributes loaded lazily (one HEAD) for entries known from a
+    listing. ``nursery``: where prefetches run (set by the daemon; without one they
+    run inside the lookup that asked for them)."""
+
+    nursery: trio.Nursery | None = None
+    loading: dict[int, trio.Event] = field(default_factory=dict)  # ino -> done
+    readdir_at: dict[int, float] = field(default_factory=dict)  # dir ino -> trio clock time
+    cursor: dict[int, bytes] = field(default_factory=dict)  # dir ino -> last name queued
+    last: dict[int, bytes] = field(default_factory=dict)  # dir ino -> last name looked up
+    depth: dict[int, int] = field(default_factory=dict)  # dir ino -> entries to keep queued
+    queued: dict[int, int] = field(default_factory=dict)  # dir ino -> prefetches not done
+
+
+class OpLogView(Protocol):
+    """What discovery asks of the flusher's op log (``Flusher`` implements it)."""
+
+    def op_generation(self) -> int: ...
+
+    def pending_op_keys(self) -> set[str]: ...
+
+
+class Discovery:
+    """Listings, lazy attributes, prefetch and close-to-open checks of one mount."""
+
+    def __init__(self, ns: Namespace, remote: Remote, reconciler: Reconciler,
+                 read_source: Callable[[Inode], tuple[str | None, str | None]],
+                 invalidate: Callable[[list[tuple[int, bytes]], list[int]], None],
+                 open_inos: Callable[[], Iterable[int]]) -> None:
+        self.ns = ns
+        self.journal = ns.journal
+        self.remote = remote
+        self.reconciler = reconciler
+        #: where an inode's uncached bytes (and headers) are now (``Filesystem.read_source``)
+        self.read_source = read_source
+        #: tells the kernel to drop cached entries and inodes
+        self.invalidate = invalidate
+        #: inodes some process has open (their directories are polled)
+        self.open_inos = open_inos
+        #: the flusher's pending ops (None: no flusher attached)
+        self.op_log: OpLogView | None = None
+        self.metadata_ttl_s = 1.0
+        #: keys that cannot be paths: key -> why (logged once each)
+        self.skipped_keys: dict[str, str] = {}
+        self.meta_loads = MetaLoads()
+        self._list_locks: dict[int, trio.Lock] = {}
+        # directories whose listing failed (bucket unreachable): ino -> monotonic time
+        # of that failure; they are used from what the mount knows until a listing works
+        self._unlisted: dict[int, float] = {}
+        # entries whose HEAD failed the same way: ino -> monotonic time; they show the
+        # defaults, and are asked about again after UNLISTED_RETRY_S
+        self._unheaded: dict[int, float] = {}
+        self._dir_used: dict[int, float] = {}  # directory ino -> trio clock time used
+        # close-to-open by directory: dir ino -> (stamp of the listing, {key: ETag})
+        self._dir_etags: dict[int, tuple[Stamp, dict[str, str]]] = {}
+        self._dir_listing: dict[int, trio.Event] = {}
+        # close-to-open for names: dir ino -> trio clock time its names were last
+        # listed (a lookup of a missing name lists it again once that is older
+        # than the TTL)
+        self._names_at: dict[int, float] = {}
+
+    def note_used(self, ino: int) -> None:
+        """Directory ``ino`` was looked into or opened now (``dirs_to_poll``)."""
+        self._dir_used[ino] = trio.current_time()
+
+    def note_readdir(self, ino: int) -> None:
+        """A readdir pass over ``ino`` began: lookups of its entries may follow (``ls
+        -l``), so the prefetch scan starts again."""
+        loads = self.meta_loads
+        loads.readdir_at[ino] = trio.current_time()
+        for d in (loads.cursor, loads.last, loads.depth):
+            d.pop(ino, None)
+
+    def _skip(self, key: str, reason: str) -> None:
+        if key not in self.skipped_keys:
+            self.skipped_keys[key] = reason
+            log.warning("skipping key %r: %s", key, reason)
+
+    async def ensure_listed(self, ino: int, complete: bool = False) -> None:
+        """Make sure the directory's entries from the bucket are in the journal.
+
+        If the bucket cannot be reached, the directory is used from what the mount
+        knows of it (its local entries: creating, writing and renaming there work), said
+        once in the log, and listed again at the first use after ``UNLISTED_RETRY_S``;
+        that listing merges like any other (local entries stay, and the uploads'
+        conditions settle names both sides made). ``complete``: the caller must know
+        every entry (an rmdir's emptiness check, moving a whole directory), so the
+        error is raised instead.
+
+        Lists the prefix once (all pages) and adds the entries in one transaction,
+        from the listing alone: size, and LastModified as the times, with the mount's
+        default attributes, marked ``meta_loaded=False``. Their real attributes (the
+        object's headers) are read by ``load_meta`` when something needs them, so
+        ``ls`` and ``find`` cost one LIST per directory and no HEAD per entry. The
+        directory's own attributes are loaded first (it may be renamed, which
+        rewrites its marker). Later local changes are authoritative; re-listing for
+        outside changes is the poller's job.
+        """
+        inode = self.ns.get(ino)
+        if inode.listed or not stat.S_ISDIR(inode.mode):
+            return
+        failed_at = self._unlisted.get(ino)
+        if not complete and failed_at is not None \
+                and trio.current_time() - failed_at < UNLISTED_RETRY_S:
+            return
+        lock = self._list_locks.setdefault(ino, trio.Lock())
+        async with lock:
+            inode = self.ns.get(ino)
+            if inode.listed:
+                return
+            if not inode.meta_loaded:
+                inode = await self.load_meta(ino)
+            with self.journal.read() as txn:
+                prefix = self.ns.dir_prefix(txn, inode)
+                exported = inode.ino == ROOT_INO or self.ns.object_key(txn, inode) is not None
+            if not exported:
+                with self.journal.write() as txn:
+                    d = self.ns.get_in(txn, ino)
+                    d.listed = True
+                    txn.put(d)
+                return
+            listed_at = self.reconciler.stamp()
+            try:
+                dirs, files = await self._list_dir(ino, prefix)
+            except TransientStoreError as exc:
+                if complete:
+                    raise
+                if ino not in self._unlisted:
+                    log.warning("cannot list directory %s (%s); using what the mount knows "
+                                "of it until the bucket answers", prefix or "/", exc)
+                self._unlisted[ino] = trio.current_time()
+                return
+            # entries were made here while it was unlisted: say that they are merged
+            merging = self._unlisted.pop(ino, None) is not None
+            if merging:
+                log.info("listed directory %s: merged with what the mount made meanwhile",
+                         prefix or "/")
+            now = _now_ns()
+            added: list[int] = []
+            with self.journal.write() as txn:
+                d = self.ns.get_in(txn, ino)
+                if d.listed:
+                    return
+                for name in dirs:
+                    found = txn.lookup(ino, name)
+                    if found is not None:
+                        local = txn.get(found) if merging else None
+                        if local is not None and stat.S_ISDIR(local.mode) and local.listed:
+                            # made here while the bucket was away, and the bucket has it
+                            # too: its own listing merges what the bucket holds under it
+                            local.listed = False
+                            txn.put(local)
+                        continue
+                    self.ns.add_dir_from_bucket(txn, ino, name, dirs[name], None, now)
+                    d.nlink += 1
+                for name, obj in files.items():
+                    if txn.lookup(ino, name) is None:
+                        added.append(self.ns.add_from_object(txn, ino, name, obj).ino)
+                d.listed = True
+                txn.put(d)
+            for child_ino in added:
+                self.reconciler.note_bucket_state(child_ino, listed_at)
+            self.note_names_listed(ino, listed_at[1])
+
+    async def _list_dir(self, ino: int, prefix: str
+                        ) -> tuple[dict[bytes, str], dict[bytes, ObjectInfo]]:
+        """The bucket's view of one directory: {name: prefix} of subdirectories and
+        {name: object} of files, without keys that cannot be paths (logged once)."""
+        page = await self.remote.list_all(prefix, "/")
+        dirs: dict[bytes, str] = {}
+        for p in page.prefixes:
+            name = keys.name_from_segment(p[len(prefix):-1])
+            if name is None or (ino == ROOT_INO and name == keys.RESERVED_ROOT_NAME):
+                self._skip(p, "not a usable directory name")
+                continue
+            dirs[name] = p
+        files: dict[bytes, ObjectInfo] = {}
+        for obj in page.objects:
+            if obj.key == prefix:
+                continue  # this directory's own marker
+            name = keys.name_from_segment(obj.key[len(prefix):])
+            if name is None or (ino == ROOT_INO and name == keys.RESERVED_ROOT_NAME):
+                self._skip(obj.key, "not a usable file name")
+                continue
+            if name in dirs:
+                self._skip(obj.key, "both a file and a directory; the directory wins")
+                continue
+            files[name] = obj
+        return dirs, files
+
+    async def _head_many(self, keys_: list[str]) -> dict[str, ObjectInfo]:
+        found: dict[str, ObjectInfo] = {}
+        limiter = trio.CapacityLimiter(HEAD_CONCURRENCY)
+        failed: list[StoreError] = []
+
+        async def one(key: str) -> None:
+            async with limiter:
+                try:
+                    info = await self.remote.head_or_none(key)
+                except StoreError as exc:
+                    failed.append(exc)
+                    return
+                if info is not None:
+                    found[key] = info
+
+        async with trio.open_nursery() as nursery:
+            for key in keys_:
+                nursery.start_soon(one, key)
+        if failed:
+            raise failed[0]  # (itself, not in an exception group: callers catch it)
+        return found
+
+    async def load_meta(self, ino: int) -> Inode:
+        """Make ``ino``'s attributes trustworthy before they are used: an entry known
+        only from a listing is HEADed once (concurrent callers share that request).
+        Idempotent. Returns the inode as it is afterwards, which may be unlinked if the
+        bucket no longer has it; raises ENOENT if it is gone altogether. On a store
+        error the defaults stay (and stay marked not loaded)."""
+        inode = self.ns.get(ino)
+        if inode.meta_loaded:
+            return inode
+        failed_at = self._unheaded.get(ino)
+        if failed_at is not None and trio.current_time() - failed_at < UNLISTED_RETRY_S:
+            return inode
+        loads = self.meta_loads
+        done = loads.loading.get(ino)
+        if done is None:
+            done = loads.loading[ino] = trio.Event()
+            try:
+                await self._load_meta(inode)
+            finally:
+                del loads.loading[ino]
+                done.set()
+        else:
+            await done.wait()
+        return self.ns.get(ino)
+
+    async def _load_meta(self, inode: Inode) -> None:
+        ino = inode.ino
+        is_dir = stat.S_ISDIR(inode.mode)
+        with self.journal.read() as txn:
+            path_key = self.ns.object_key(txn, inode)
+        # a file's bytes (and headers) are at its object, or at a pending copy's source
+        key, etag = (path_key, None) if is_dir else self.read_source(inode)
+        if key is None:
+            # nothing in the bucket describes it: the defaults are the attributes
+            self._set_meta(ino, inode, None, is_dir, None)
+            return
+        seen_at = self.reconciler.stamp()
+        try:
+            info = await self.remote.head_or_none(key)
+        except StoreError as exc:
+            if ino not in self._unheaded:
+                log.info("cannot read the attributes of %s (%s); showing defaults", key, exc)
+            if isinstance(exc, TransientStoreError):
+                self._unheaded[ino] = trio.current_time()
+            return
+        self._unheaded.pop(ino, None)
+        if is_dir or (info is not None and info.etag == etag):
+            self._set_meta(ino, inode, info, is_dir, key)
+            if not is_dir and key == inode.remote_key:
+                self.reconciler.note_bucket_state(ino, seen_at)
+            return
+        if key != inode.remote_key:
+            return  # the source of a pending copy changed: the copy will tell
+        # the bucket holds another version than the listing showed, or none
+        decision = self.reconciler.apply(ino, key, info, seen_at)
+        if decision is Decision.REFRESH and info is not None:
+            with self.journal.write() as txn:
+                fresh = txn.get(ino)
+                if fresh is not None and fresh.remote_etag == info.etag:
+                    fresh.meta_loaded = True  # _refresh took the HEAD's attributes
+                    txn.put(fresh)
+
+    def _set_meta(self, ino: int, before: Inode, info: ObjectInfo | None, is_dir: bool,
+                  key: str | None) -> None:
+        """Adopt the attributes a HEAD of ``key`` returned (``info``; None: no object,
+        the defaults stand), unless the inode changed since ``before`` was read."""
+        with self.journal.write() as txn:
+            inode = txn.get(ino)
+            if inode is None or inode.meta_loaded:
+                return
+            if (inode.parent, inode.name, inode.remote_key, inode.remote_etag) != (
+                    before.parent, before.name, before.remote_key, before.remote_etag):
+                return  # moved or refreshed meanwhile: the next caller asks again
+            if info is not None:
+                fields = self.ns.decode(info.metadata, is_dir, info.mtime_ns)
+                if inode.dirty:  # local times are newer than the object's
+                    for name in ("mtime_ns", "atime_ns", "ctime_ns"):
+                        del fields[name]
+                for name, value in fields.items():
+                    setattr(inode, name, value)
+                if is_dir and inode.remote_key in (None, key):
+                    set_remote(inode, key, info.etag)
+            inode.meta_loaded = True
+            txn.put(inode)
+
+    def prefetch_after(self, parent: int, name: bytes) -> list[int]:
+        """After a readdir of ``parent``, the kernel looks its entries up one by one
+        in listing order (``ls -l``): queue HEADs for the next unloaded entries so
+        they are loaded by the time their lookup comes. Returns the inodes to load
+        (the caller starts them)."""
+        loads = self.meta_loads
+        listed = loads.readdir_at.get(parent)
+        if listed is None or trio.current_time() - listed > PREFETCH_AFTER_READDIR_S:
+            for d in (loads.readdir_at, loads.cursor, loads.last, loads.depth):
+                d.pop(parent, None)
+            return []
+        if name <= loads.last.get(parent, b""):
+            return []  # not walking forward (the same name again, say): no scan
+        loads.last[parent] = name
+        # start with a few and double while the lookups keep walking the listing
+        depth = loads.depth[parent] = min(loads.depth.get(parent, 2) * 2, PREFETCH_AHEAD)
+        queued = loads.queued.get(parent, 0)
+        if queued > depth // 2:
+            return []  # enough in flight; top up later
+        after = max(name, loads.cursor.get(parent, b""))
+        want = depth - queued
+        picked: list[int] = []
+        last = after
+        with self.journal.read() as txn:
+            for scanned, (child_name, child) in enumerate(txn.children(parent, after)):
+                if len(picked) >= want or scanned >= 4 * PREFETCH_AHEAD:
+                    break
+                last = child_name
+                c = txn.get(child)
+                if c is not None and not c.meta_loaded and child not in loads.loading:
+                    picked.append(child)
+        loads.cursor[parent] = last
+        loads.queued[parent] = queued + len(picked)
+        return picked
+
+    async def prefetch(self, parent: int, inos: list[int]) -> None:
+        loads = self.meta_loads
+
+        async def one(ino: int) -> None:
+            try:
+                await self.load_meta(ino)
+            except FsError:
+                pass  # gone meanwhile
+            except Exception:  # noqa: BLE001 - a prefetch must never fail anything
+                log.debug("prefetching attributes of inode %d failed", ino, exc_info=True)
+            finally:
+                left = loads.queued.get(parent, 1) - 1
+                if left > 0:
+                    loads.queued[parent] = left
+                else:
+                    loads.queued.pop(parent, None)
+
+        async with trio.open_nursery() as nursery:
+            for ino in inos:
+                nursery.start_soon(one, ino)
+
+    async def resolve(self, parent: int, name: bytes) -> Inode:
+        """Find ``name`` in ``parent``, with its attributes loaded (``load_meta``)
+        and, for a clean file older than the TTL, checked against the bucket
+        (``recheck``); starts prefetches of the entries after it. Awaits the bucket;
+        changes nothing but what the bucket said. A name the directory does not hold is looked
+        for in the bucket when the directory's listing is older than the TTL
+        (close-to-open for names: ``relist_for_names``)."""
+        await self.ensure_listed(parent)
+        self.note_used(parent)
+        try:
+            inode = self.ns.lookup_entry(parent, name)
+        except FsError as exc:
+            if exc.errno != errno.ENOENT or name in (b".", b"..") \
+                    or not await self.relist_for_names(parent):
+                raise
+            inode = self.ns.lookup_entry(parent, name)
+        if inode.meta_loaded and name not in (b".", b"..") \
+                and await self.recheck(inode) is not None:
+            # changed or deleted in the bucket (or by the poller meanwhile): what
+            # holds the name now, if anything (the lookup count below goes to it)
+            inode = self.ns.lookup_entry(parent, name)
+        loads = self.meta_loads
+        if not inode.meta_loaded or parent in loads.cursor:
+            ahead = self.prefetch_after(parent, name) if name not in (b".", b"..") else []
+            if ahead and loads.nursery is not None:
+                loads.nursery.start_soon(self.prefetch, parent, ahead)
+                ahead = []
+            if not inode.meta_loaded or ahead:
+                async with trio.open_nursery() as nursery:
+                    if ahead:
+                        nursery.start_soon(self.prefetch, parent, ahead)
+                    if not inode.meta_loaded:
+                        try:
+                            await self.load_meta(inode.ino)
+                        except FsError as exc:
+                            if exc.errno != errno.ENOENT:
+                                raise
+                # the bucket may have removed or replaced it
+                inode = self.ns.lookup_entry(parent, name)
+        return inode
+
+    async def relist_for_names(self, parent: int) -> bool:
+        """A name was not found in ``parent``: if its listing is older than the TTL,
+        list it again now and apply what changed (``poll_dir``), so a name created
+        outside shows on lookup, not only at the next poll. One LIST per directory
+        per TTL, shared by the lookups that miss meanwhile (git and Python imports
+        look up many names that do not exist). True if a listing was applied."""
+        def fresh() -> bool:
+            age = trio.current_time() - self._names_at.get(parent, float("-inf"))
+            return age < self.metadata_ttl_s
+
+        if fresh():
+            return False
+        lock = self._list_locks.setdefault(parent, trio.Lock())
+        async with lock:
+            if fresh():
+                return True  # listed while we waited
+            try:
+                with trio.fail_after(NAME_CHECK_TIMEOUT_S):
+                    await self.poll_dir(parent)
+            except (StoreError, trio.TooSlowError) as exc:
+                # the bucket is away: answer from what the mount knows (not asked
+                # again within the TTL); the poller catches up when it is back
+                log.info("cannot list directory %d to look for a name (%s)", parent,
+                         str(exc) or f"no answer within {NAME_CHECK_TIMEOUT_S} s")
+                self.note_names_listed(parent, trio.current_time())
+                return False
+        return True
+
+    def note_names_listed(self, ino: int, at: float) -> None:
+        """The names of directory ``ino`` are known as of ``at`` (a listing)."""
+        if len(self._names_at) >= 4096:
+            cutoff = trio.current_time() - self.metadata_ttl_s
+            for d in [d for d, t in self._names_at.items() if t < cutoff]:
+                del self._names_at[d]
+        self._names_at[ino] = at
+
+    def _recheck_due(self, inode: Inode) -> bool:
+        """``recheck`` asks the bucket about ``inode`` (does not answer None)."""
+        return stat.S_ISREG(inode.mode) and not inode.dirty and inode.nlink > 0 \
+            and inode.remote_key is not None and inode.remote_etag is not None \
+            and not inode.links and trio.current_time() \
+            - self.reconciler.checked_since(inode.ino) >= self.metadata_ttl_s
+
+    async def recheck(self, inode: Inode) -> Decision | None:
+        """Close-to-open for a clean regular file whose state is older than the TTL
+        (at ``open`` and at a lookup of its name): one LIST of its directory, shared
+        by every check there within the TTL (git, a build: many files in few
+        directories), and a HEAD only where the listing shows another ETag or no
+        object; what the bucket holds is applied (``Reconciler``). KEEP when in
+        date, not judged here (dirty files: their upload's condition judges them;
+        hard-linked ones: the poller), or when the bucket does not answer within
+        ``NAME_CHECK_TIMEOUT_S``: the mount then serves what it has. None when it is
+        not due (nothing asked, nothing changed): the one place that decides it."""
+        ino = inode.ino
+        if not self._recheck_due(inode):
+            return None
+        key = inode.remote_key
+        with trio.move_on_after(NAME_CHECK_TIMEOUT_S):
+            listed = await self.listed_etags(inode.parent)
+            if listed is not None and listed[1].get(key) == inode.remote_etag \
+                    and not self.reconciler.newer_than(ino, listed[0]):
+                self.reconciler.note_bucket_state(ino, listed[0])
+                return Decision.KEEP
+            try:
+                return await self.reconciler.observe(ino, key)
+            except StoreError as exc:
+                log.info("cannot check %s against the bucket (%s); serving the cached "
+                         "version", key, exc)
+                return Decision.KEEP
+        log.info("no answer from the bucket within %s s to check %s; serving the cached "
+                 "version", NAME_CHECK_TIMEOUT_S, key)
+        return Decision.KEEP
+
+    async def listed_etags(self, parent: int) -> tuple[Stamp, dict[str, str]] | None:
+        """(when, {key: ETag}) of the objects directly in directory ``parent``, from
+        a LIST taken less than the TTL ago (one LIST is shared by every open that
+        needs it); None if it cannot be listed."""
+        snap = self._dir_etags.get(parent)
+        if snap is not None and trio.current_time() - snap[0][1] < self.metadata_ttl_s:
+            return snap
+        busy = self._dir_listing.get(parent)
+        if busy is not None:
+            await busy.wait()
+            return self._dir_etags.get(parent)
+        busy = self._dir_listing[parent] = trio.Event()
+        try:
+            with self.journal.read() as txn:
+                d = txn.get(parent)
+                if d is None or d.nlink == 0 or not stat.S_ISDIR(d.mode) or (
+                        parent != ROOT_INO and self.ns.object_key(txn, d) is None):
+                    return None
+                prefix = self.ns.dir_prefix(txn, d)
+            started = self.reconciler.stamp()  # what the listing shows is at least this new
+            try:
+                page = await self.remote.list_all(prefix, "/")
+            except StoreError as exc:
+                log.info("cannot list %s to revalidate (%s)", prefix, exc)
+                return None
+            snap = (started, {o.key: o.etag for o in page.objects})
+            if len(self._dir_etags) >= 64:
+                self._dir_etags.pop(next(iter(self._dir_etags)))
+            self._dir_etags[parent] = snap
+            return snap
+        finally:
+            del self._dir_listing[parent]
+            busy.set()
+
+    def dirs_to_poll(self, used_within_s: float) -> list[int]:
+        """Directories in use: looked into or opened within ``used_within_s``, and the
+        directories of open files."""
+        cutoff = trio.current_time() - used_within_s
+        for ino in [i for i, t in self._dir_used.items() if t < cutoff]:
+            del self._dir_used[ino]
+        dirs = dict.fromkeys(self._dir_used)
+        with self.journal.read() as txn:
+            for ino in self.open_inos():
+                inode = txn.peek(ino)
+                if inode is not None and inode.nlink > 0:
+                    dirs[inode.parent] = None
+        return list(dirs)
+
+    async def poll_dir(self, ino: int) -> None:
+        """Re-list one directory and apply what changed in the bucket: new objects
+        appear, clean files changed outside are refreshed, clean files deleted outside
+        go away. Dirty files are left to their upload's condition."""
+        with self.journal.read() as txn:
+            d = txn.get(ino)
+            if d is None or d.nlink == 0 or not d.listed or not stat.S_ISDIR(d.mode):
+                return
+            if ino != ROOT_INO and self.ns.object_key(txn, d) is None:
+                return
+            prefix = self.ns.dir_prefix(txn, d)
+        before = self.op_log.op_generation() if self.op_log is not None else None
+        listed_at = self.reconciler.stamp()
+        dirs, files = await self._list_dir(ino, prefix)
+        if self.op_log is not None:
+            if self.op_log.op_generation() != before:
+                return  # the op log moved while we listed: this listing may be stale
+            # keys our own pending copies and deletes are about to move or remove
+            in_flight = self.op_log.pending_op_keys()
+            files = {n: o for n, o in files.items() if o.key not in in_flight}
+            dirs = {n: p for n, p in dirs.items() if p not in in_flight}
+        self.note_names_listed(ino, listed_at[1])
+        with self.journal.read() as txn:
+            local: dict[bytes, Inode | None] = {}
+            for name, child in txn.children(ino):
+                c = txn.get(child)
+                # a hard-linked file: the record of this name, with its own object
+                local[name] = self.ns.record_at(txn, ino, name, c) if c is not None else None
+        new_files = {n: o for n, o in files.items() if n not in local}
+        new_dirs = {n: p for n, p in dirs.items() if n not in local}
+        changed: dict[int, ObjectInfo] = {}
+        gone: dict[int, str] = {}
+        for name, inode in local.items():
+            if inode is None or stat.S_ISDIR(inode.mode) or inode.dirty \
+                    or inode.remote_key is None or inode.remote_etag is None:
+                continue
+            if self.reconciler.newer_than(inode.ino, listed_at):
+                continue  # its upload committed after the listing was taken: newer
+            obj = files.get(name)
+            if obj is None:
+                if name not in dirs:
+                    gone[inode.ino] = inode.remote_key
+            elif obj.key == inode.remote_key and obj.etag != inode.remote_etag:
+                changed[inode.ino] = obj
+        if not (new_files or new_dirs or changed or gone):
+            return
+        # new entries are added from the listing; their attributes load lazily
+        headed_at = self.reconciler.stamp()
+        heads = await self._head_many([o.key for o in changed.values()])
+        for child, obj in changed.items():
+            self.reconciler.apply(child, obj.key, heads.get(obj.key), headed_at)
+        for child, key in gone.items():
+            self.reconciler.apply(child, key, None, listed_at)
+        entries: list[tuple[int, bytes]] = []
+        now = _now_ns()
+        with self.journal.write() as txn:
+            d = txn.get(ino)
+            if d is None or d.nlink == 0:
+                return
+            for name, obj in new_files.items():
+                if txn.lookup(ino, name) is None:
+                    self.ns.add_from_object(txn, ino, name, heads.get(obj.key) or obj)
+                    entries.append((ino, name))
+            for name, p in new_dirs.items():
+                if txn.lookup(ino, name) is None:
+                    self.ns.add_dir_from_bucket(txn, ino, name, p, heads.get(p), now)
+                    self.ns.touch_dir(txn, ino, now, 1)
+                    entries.append((ino, name))
+        self.invalidate(entries, [])
+
+
+class Poller:
+    """The background job that re-lists the directories in use every ``interval_s``,
+    so outside changes (other tools, other mounts) show up. ``run`` until ``stop``
+    (or until its nursery is cancelled); a failed listing is logged and skipped."""
+
+    def __init__(self, discovery: Discovery, interval_s: float) -> None:
+        self.discovery = discovery
+        self.interval_s = interval_s
+        self._cancel = trio.CancelScope()
+
+    async def run(self) -> None:
+        interval = self.interval_s
+        swept = 0.0
+        with self._cancel:
+            while True:
+                await trio.sleep(max(0.0, interval - swept))
+                start = trio.current_time()
+                # in use: touched within the last two sweeps (a directory that comes
+                # back into use is re-listed at the next sweep)
+                dirs = self.discovery.dirs_to_poll(used_within_s=2 * interval)
+                # spread the LISTs over half an interval: a burst of hundreds of them
+                # (after an untar, say) would slow down whatever runs on the mount
+                gap = interval / 2 / max(1, len(dirs))
+                for ino in dirs:
+                    try:
+                        await self.discovery.poll_dir(ino)
+                    except (StoreError, OSError) as exc:
+                        log.info("polling directory %d failed: %s", ino, exc)
+                    except Exception:
+                        log.exception("polling directory %d failed", ino)
+                    await trio.sleep(gap)
+                swept = trio.current_time() - start
+
+    def stop(self) -> None:
+        """End ``run`` at its next checkpoint. Idempotent."""
+        self._cancel.cancel()
