@@ -19,7 +19,7 @@ import errno
 import logging
 import stat
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -113,6 +113,7 @@ class Discovery:
         # listed (a lookup of a missing name lists it again once that is older
         # than the TTL)
         self._names_at: dict[int, float] = {}
+        self._relisting: dict[int, trio.Event] = {}  # dir ino -> set when its re-list ends
 
     def note_used(self, ino: int) -> None:
         """Directory ``ino`` was looked into or opened now (``dirs_to_poll``)."""
@@ -452,28 +453,63 @@ class Discovery:
         list it again now and apply what changed (``poll_dir``), so a name created
         outside shows on lookup, not only at the next poll. One LIST per directory
         per TTL, shared by the lookups that miss meanwhile (git and Python imports
-        look up many names that do not exist). True if a listing was applied."""
+        look up many names that do not exist). A lookup waits for it at most
+        ``NAME_CHECK_TIMEOUT_S`` and then answers from what the mount knows (the
+        directory is not asked about again within the TTL); the listing itself goes
+        on in the background (``_shared``), so a directory slower to list than that
+        is still listed. True if a listing was applied."""
         def fresh() -> bool:
             age = trio.current_time() - self._names_at.get(parent, float("-inf"))
             return age < self.metadata_ttl_s
 
         if fresh():
             return False
-        lock = self._list_locks.setdefault(parent, trio.Lock())
-        async with lock:
-            if fresh():
-                return True  # listed while we waited
+
+        async def relist() -> None:
             try:
-                with trio.fail_after(NAME_CHECK_TIMEOUT_S):
-                    await self.poll_dir(parent)
-            except (StoreError, trio.TooSlowError) as exc:
+                await self.poll_dir(parent)
+            except StoreError as exc:
                 # the bucket is away: answer from what the mount knows (not asked
                 # again within the TTL); the poller catches up when it is back
-                log.info("cannot list directory %d to look for a name (%s)", parent,
-                         str(exc) or f"no answer within {NAME_CHECK_TIMEOUT_S} s")
+                log.info("cannot list directory %d to look for a name (%s)", parent, exc)
                 self.note_names_listed(parent, trio.current_time())
-                return False
-        return True
+
+        if await self._shared(self._relisting, parent, relist):
+            return True
+        log.info("no listing of directory %d within %s s to look for a name; answering "
+                 "from what the mount knows", parent, NAME_CHECK_TIMEOUT_S)
+        self.note_names_listed(parent, trio.current_time())
+        return False
+
+    async def _shared(self, running: dict[int, trio.Event], parent: int,
+                      work: Callable[[], Awaitable[None]]) -> bool:
+        """Run ``work`` for directory ``parent`` unless it runs already (``running``
+        holds its end event), and wait for it at most ``NAME_CHECK_TIMEOUT_S``; True
+        if it ended meanwhile. It runs in the daemon's nursery, so a caller that stops
+        waiting does not cancel it (without one, in core tests, it runs in the
+        caller). An unexpected error in it is logged, never raised into the nursery."""
+        done = running.get(parent)
+        inline = None
+        if done is None:
+            done = running[parent] = trio.Event()
+
+            async def run() -> None:
+                try:
+                    await work()
+                except Exception:  # noqa: BLE001 - a background listing must not crash the mount
+                    log.exception("listing directory %d failed", parent)
+                finally:
+                    del running[parent]
+                    done.set()
+
+            if self.meta_loads.nursery is not None:
+                self.meta_loads.nursery.start_soon(run)
+            else:
+                inline = run
+        with trio.move_on_after(NAME_CHECK_TIMEOUT_S):
+            await (inline() if inline is not None else done.wait())
+            return True
+        return False
 
     def note_names_listed(self, ino: int, at: float) -> None:
         """The names of directory ``ino`` are known as of ``at`` (a listing)."""
@@ -527,32 +563,28 @@ class Discovery:
         snap = self._dir_etags.get(parent)
         if snap is not None and trio.current_time() - snap[0][1] < self.metadata_ttl_s:
             return snap
-        busy = self._dir_listing.get(parent)
-        if busy is not None:
-            await busy.wait()
-            return self._dir_etags.get(parent)
-        busy = self._dir_listing[parent] = trio.Event()
-        try:
+
+        async def list_etags() -> None:
+            self._dir_etags.pop(parent, None)  # an older listing must not answer for it
             with self.journal.read() as txn:
                 d = txn.get(parent)
                 if d is None or d.nlink == 0 or not stat.S_ISDIR(d.mode) or (
                         parent != ROOT_INO and self.ns.object_key(txn, d) is None):
-                    return None
+                    return
                 prefix = self.ns.dir_prefix(txn, d)
             started = self.reconciler.stamp()  # what the listing shows is at least this new
             try:
                 page = await self.remote.list_all(prefix, "/")
             except StoreError as exc:
                 log.info("cannot list %s to revalidate (%s)", prefix, exc)
-                return None
-            snap = (started, {o.key: o.etag for o in page.objects})
+                return
             if len(self._dir_etags) >= 64:
                 self._dir_etags.pop(next(iter(self._dir_etags)))
-            self._dir_etags[parent] = snap
-            return snap
-        finally:
-            del self._dir_listing[parent]
-            busy.set()
+            self._dir_etags[parent] = (started, {o.key: o.etag for o in page.objects})
+
+        if not await self._shared(self._dir_listing, parent, list_etags):
+            return None
+        return self._dir_etags.get(parent)
 
     def dirs_to_poll(self, used_within_s: float) -> list[int]:
         """Directories in use: looked into or opened within ``used_within_s``, and the
