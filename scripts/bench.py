@@ -48,11 +48,8 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import asdict
 from pathlib import Path
 
@@ -60,8 +57,6 @@ from benchlib.baselines import run_baselines
 from benchlib.common import (
     ACCESS_KEY,
     ALL_SYSTEMS,
-    HERE,
-    HOST,
     S3_SYSTEMS,
     SECRET_KEY,
     VENV_BIN,
@@ -69,51 +64,14 @@ from benchlib.common import (
 )
 from benchlib.inputs import QUICK, Inputs, Sizes
 from benchlib.ops import op_main
-from benchlib.procs import Registry, cleanup_workdir, free_port, kill_pid
+from benchlib.procs import Registry, cleanup_workdir, kill_pid
 from benchlib.proxy import proxy_main
 from benchlib.report import compare_main, render, versions
-from benchlib.runner import Runner
+from benchlib.rgw import rgw_report, run_rgw
+from benchlib.runner import Runner, workload_groups
+from benchlib.servers import start_servers
 from benchlib.scale import run_scale
 from benchlib.systems import Ctx
-
-# ======================================================================================
-# Main
-# ======================================================================================
-
-def start_servers(ctx: Ctx, names: list[str]) -> tuple[subprocess.Popen, subprocess.Popen]:
-    ctx.moto_port = free_port()
-    logf = open(ctx.workdir / "logs" / "moto.log", "ab")  # noqa: SIM115
-    moto = subprocess.Popen([str(VENV_BIN / "moto_server"), "-H", HOST, "-p",
-                             str(ctx.moto_port)], stdin=subprocess.DEVNULL, stdout=logf,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    logf.close()
-    ctx.reg.add(moto.pid, "moto_server")
-    ctx.proxy_ports = {n: free_port() for n in names}
-    ctx.control_port = free_port()
-    cmd = [sys.executable, str(HERE / "bench.py"), "proxy", "--upstream", str(ctx.moto_port),
-           "--control", str(ctx.control_port)]
-    for n, p in ctx.proxy_ports.items():
-        cmd += ["--listen", f"{n}:{p}"]
-    logf = open(ctx.workdir / "logs" / "proxy.log", "ab")  # noqa: SIM115
-    proxy = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf,
-                             stderr=subprocess.STDOUT, start_new_session=True)
-    logf.close()
-    ctx.reg.add(proxy.pid, "counting proxy")
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://{HOST}:{ctx.moto_port}/moto-api/",
-                                        timeout=2):
-                pass
-            ctx.counts()
-            return moto, proxy
-        except (OSError, urllib.error.URLError, ValueError):
-            if moto.poll() is not None or proxy.poll() is not None or \
-                    time.monotonic() > deadline:
-                raise SystemExit("bench: the moto server or the counting proxy did not "
-                                 f"start; see {ctx.workdir / 'logs'}") from None
-            time.sleep(0.2)
-
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
@@ -126,9 +84,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="comma-separated systems: s3fuse,s3fs,rclone,local,ref,boto3 "
                         "(boto3: the baseline upload/download; ref also runs reffs --discard)")
     p.add_argument("--workloads", default="",
-                   help="comma-separated workload keys (default: all): cptree,gitcommit,"
-                        "gitclone,untar,sqlite,tmpreplace,seqwrite,coldread,smallfiles,"
-                        "empty,ls_warm,ls_cold,rmrf")
+                   help="comma-separated workload keys or groups (default: all). Groups: "
+                        "fs (cptree,gitcommit,gitclone,untar,sqlite,tmpreplace,seqwrite,"
+                        "coldread,smallfiles,empty,ls_warm,ls_cold,rmrf), agent (agent_pip,"
+                        "agent_import,agent_gitstatus_cold,agent_gitstatus_warm,agent_grep,"
+                        "agent_rmrf), ml (ml_ckpt,ml_dataset,ml_parread,ml_hub,ml_rmrf), "
+                        "large (the big-file ones: seqwrite,coldread and ml)")
     p.add_argument("--skip-scale", action="store_true", help="skip the scale figures")
     p.add_argument("--skip-workloads", action="store_true", help="only the scale figures")
     p.add_argument("--scale-objects", type=int, help="objects in the scale bucket "
@@ -136,7 +97,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    "takes about 6 minutes to be seeded with that many)")
     p.add_argument("--scale-dirs", type=int, help="directories in the scale bucket "
                    "(default 100, --quick 30; the issue's figure is 1000)")
-    p.add_argument("--seq-mib", type=int, help="size of the sequential write (default 256)")
+    p.add_argument("--seq-mib", type=int, help="size of the sequential write and of the "
+                   "hub-style download (default 256, --quick 32)")
+    p.add_argument("--ckpt-mib", type=int, help="size of the ML checkpoint (default 2048, "
+                   "--quick 128)")
+    p.add_argument("--dataset-files", type=int, help="1 MiB files in the ML dataset "
+                   "(default 1000, --quick 100)")
+    p.add_argument("--rgw", action="store_true",
+                   help="also run the large-file workloads (--workloads large) and the boto3 "
+                        "baselines on a private Ceph RGW (scripts/ceph-rgw; moto reads a whole "
+                        "object for every ranged GET, RGW does not)")
     p.add_argument("--step-timeout", type=float, help="seconds per step (default 600; "
                    "--quick 240)")
     p.add_argument("--flush-window", type=int, default=5,
@@ -167,7 +137,8 @@ def main(argv: list[str]) -> int:
         return 2
     sizes = Sizes(**asdict(QUICK)) if args.quick else Sizes()
     for attr, val in (("scale_objects", args.scale_objects), ("scale_dirs", args.scale_dirs),
-                      ("seq_mib", args.seq_mib), ("step_timeout", args.step_timeout)):
+                      ("seq_mib", args.seq_mib), ("step_timeout", args.step_timeout),
+                      ("ckpt_mib", args.ckpt_mib), ("dataset_files", args.dataset_files)):
         if val:
             setattr(sizes, attr, val)
     if sizes.scale_big >= sizes.scale_objects:
@@ -206,20 +177,25 @@ def main(argv: list[str]) -> int:
     moto = proxy = None
     runner = Runner(ctx, sizes, only)
     inp = Inputs(ctx, sizes)
+    groups = workload_groups(inp)
+    args.workloads = [k for x in args.workloads for k in groups.get(x, [x])]
     baselines: dict = {}
     scale: dict | None = None
+    rgw: dict | None = None
     try:
         log(f"workdir {workdir}; systems {','.join(only)}; "
             f"{'quick' if args.quick else 'full'} sizes")
         moto, proxy = start_servers(ctx, [n for n in (*S3_SYSTEMS, "boto3") if n in only])
-        log(f"moto on {ctx.moto_port}; counting proxy ports {ctx.proxy_ports}")
+        log(f"moto on {ctx.s3_port}; counting proxy ports {ctx.proxy_ports}")
         if not args.skip_workloads:
             log("making the inputs")
             inp.make()
             runner.build_systems()
             runner.run_workloads(inp)
             runner.stop_systems()
-            baselines = run_baselines(ctx, inp, only)
+            baselines = run_baselines(ctx, inp, only, set(runner.results))
+            if args.rgw:
+                rgw = run_rgw(ctx, inp, sizes, only)
         if not args.skip_scale and any(n in only for n in S3_SYSTEMS):
             scale = run_scale(ctx, sizes, only, runner.profiler)
     except KeyboardInterrupt:
@@ -235,6 +211,8 @@ def main(argv: list[str]) -> int:
         cleanup_workdir(workdir)
     runtime = time.perf_counter() - t_start
     report = render(runner, baselines, scale, ctx, sizes, inp)
+    if rgw is not None:
+        report += "\n\n" + rgw_report(rgw, ctx, sizes, inp)
     results = {
         "version": 1, "started": started.isoformat(), "runtime_s": runtime,
         "args": {k: v for k, v in vars(args).items()}, "sizes": asdict(sizes),
@@ -243,12 +221,11 @@ def main(argv: list[str]) -> int:
         "flush_window_s": args.flush_window,
         "catch_up_method": {n: runner.systems[n].catch_up_how for n in runner.systems},
         "inputs": {"sdist": inp.sdist_name, "tree_files": sizes.tree_files},
-        "workloads": [
-            {"key": k, "title": runner.titles[k],
-             "results": {n: asdict(r) | {"caught_up_seconds": r.caught_up}
-                         for n, r in runner.results[k].items()}}
-            for k in runner.results],
+        "workloads": runner.as_json(),
         "baselines": baselines, "scale": scale, "profiles": runner.profiles,
+        "rgw": None if rgw is None else {"workloads": rgw["runner"].as_json(),
+                                         "baselines": rgw["baselines"],
+                                         "error": rgw.get("error")},
         "table": report,
     }
     json_path.parent.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,8 @@ KINDS = ("GET", "LIST", "HEAD", "PUT", "COPY", "POST", "DELETE", "OTHER")
 SHORT = {"GET": "G", "LIST": "L", "HEAD": "H", "PUT": "P", "COPY": "C", "POST": "O",
          "DELETE": "D", "OTHER": "X"}
 SDIST = "setuptools==75.8.0"
+#: what the agent workloads install (with their dependencies) from a local wheelhouse
+WHEELS = ("requests", "rich", "click")
 
 
 def log(msg: str) -> None:

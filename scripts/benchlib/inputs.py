@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchlib.common import SDIST, MiB, StepFailed, log, run
+from benchlib.common import SDIST, WHEELS, MiB, StepFailed, log, run
 from benchlib.systems import Ctx
 
 # ======================================================================================
@@ -32,11 +32,17 @@ class Sizes:
     scale_big: int = 5000
     step_timeout: float = 600
     scale_timeout: float = 1500
+    agent_files: int = 2000      # the git tree of the agent workloads
+    ckpt_mib: int = 2048         # the ML checkpoint ...
+    ckpt_chunk_mib: int = 64     # ... written in chunks of this size
+    dataset_files: int = 1000    # the ML dataset: files of 1 MiB ...
+    readers: int = 8             # ... read by this many threads (boto3: as many threads)
 
 
 QUICK = Sizes(tree_files=50, sqlite_tx=20, tmp_rounds=20, seq_mib=32, small_files=100,
               empty_files=500, scale_objects=3000, scale_dirs=30, scale_big=500,
-              step_timeout=240, scale_timeout=300)
+              step_timeout=240, scale_timeout=300, agent_files=200, ckpt_mib=128,
+              ckpt_chunk_mib=16, dataset_files=100)
 
 
 class Inputs:
@@ -50,6 +56,11 @@ class Inputs:
         self.sdist_tree = self.src / "sdist-extracted"
         self.sdist_name = ""
         self.seq = Path("/dev/shm") / f"s3fuse-bench-{os.getpid()}.bin"
+        #: one checkpoint chunk (each chunk written is this with its number in front)
+        self.chunk = Path("/dev/shm") / f"s3fuse-bench-{os.getpid()}-chunk.bin"
+        self.agent_tree = self.src / "agent-tree"
+        self.wheelhouse = ctx.workdir / "downloads" / "wheelhouse"
+        self.wheels_ok = False
 
     def make(self) -> None:
         shutil.rmtree(self.src, ignore_errors=True)
@@ -83,6 +94,30 @@ class Inputs:
         with open(self.seq, "wb") as f:
             for _ in range(self.sizes.seq_mib):
                 f.write(rnd.randbytes(MiB))
+        self.chunk.write_bytes(rnd.randbytes(self.sizes.ckpt_chunk_mib * MiB))
+        # an agent's project: source-like text files in nested packages
+        for i in range(self.sizes.agent_files):
+            d = self.agent_tree / f"pkg{i % 20:02d}" / f"sub{(i // 20) % 5}"
+            d.mkdir(parents=True, exist_ok=True)
+            lines = rnd.randint(10, 200)
+            (d / f"m{i:04d}.py").write_text("".join(
+                f"def f{j}(x):\n    return x * {rnd.randint(0, 9999)}\n" for j in range(lines)))
+        self._wheelhouse()
+
+    def _wheelhouse(self) -> None:
+        """Wheels of WHEELS and their dependencies, downloaded from PyPI once (kept
+        under the work directory), for the agent's ``pip install --no-index``."""
+        stamp = self.wheelhouse / ".complete"
+        if not stamp.exists():
+            log(f"downloading wheels of {' '.join(WHEELS)} from PyPI (once)")
+            self.wheelhouse.mkdir(parents=True, exist_ok=True)
+            try:
+                run([sys.executable, "-m", "pip", "download", "-q", "--only-binary", ":all:",
+                     "-d", str(self.wheelhouse), *WHEELS], 300, env=self.ctx.env)
+                stamp.touch()
+            except StepFailed as exc:
+                log(f"no wheelhouse ({exc}): the agent's pip install step will fail")
+        self.wheels_ok = stamp.exists()
 
     def _sdist(self) -> None:
         cached = self.ctx.workdir / "downloads"
@@ -108,6 +143,7 @@ class Inputs:
         self.sdist_name = f"pip-package-{pip.__version__}.tar.gz (fallback)"
 
     def remove(self) -> None:
-        with contextlib.suppress(OSError):
-            self.seq.unlink()
+        for p in (self.seq, self.chunk):
+            with contextlib.suppress(OSError):
+                p.unlink()
 

@@ -126,12 +126,14 @@ def render(runner: Runner, baselines: dict, scale: dict | None, ctx: Ctx,
         if sw is not None and sw.status == "ok":
             bl.append(f"s3fuse write+sync (until in bucket) / boto3 upload: "
                       f"{fmt_ratio(sw.caught_up, b['boto3_put_s'])}")
-    for k in ("ref_discard_write_error", "boto3_error"):
+    for k in ("ref_discard_write_error", "boto3_error", "boto3_ckpt_error",
+              "boto3_parread_error"):
         if k in b:
             bl.append(f"{k}: {b[k]}")
     if bl:
         lines.append("")
         lines.append("Baselines: " + "; ".join(bl))
+    lines.extend(_against_boto3(runner, b, sizes))
 
     # scale
     if scale:
@@ -211,6 +213,28 @@ def render(runner: Runner, baselines: dict, scale: dict | None, ctx: Ctx,
     lines.append(f"{inputs}machine {os.cpu_count()} cores, load average "
                  f"{os.getloadavg()[0]:.1f} at the end (shared: compare ratios).")
     return "\n".join(lines)
+
+
+def _against_boto3(runner: Runner, b: dict, sizes: Sizes) -> list[str]:
+    """Each S3 system's ML figures divided by plain boto3's, same bytes, same server."""
+    rows = []
+    for key, base, what, caught in (
+            ("ml_ckpt", "boto3_ckpt_put_s", "checkpoint until it returned / upload_file",
+             False),
+            ("ml_ckpt", "boto3_ckpt_put_s", "checkpoint until in the bucket / upload_file",
+             True),
+            ("ml_parread", "boto3_parread_s",
+             f"dataset read cold / boto3 get_object, {sizes.readers} threads", False)):
+        if base not in b or key not in runner.results:
+            continue
+        row = runner.results[key]
+        names = [n for n in S3_SYSTEMS if n in row]
+        cells = [f"{n} {fmt_ratio(r.caught_up if caught else r.seconds, b[base])}"
+                 if (r := row[n]).status == "ok" else f"{n} {r.status}" for n in names]
+        rows.append(f"  {what} ({fmt_s(b[base])} s, "
+                    f"[{fmt_counts(b.get(base.replace('_s', '_requests')))}]): "
+                    + ", ".join(cells))
+    return ["", "Against plain boto3 (system time / boto3 time):", *rows] if rows else []
 
 
 def compare_main(argv: list[str]) -> int:

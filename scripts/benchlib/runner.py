@@ -9,7 +9,7 @@ import shutil
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from benchlib.common import (
@@ -28,11 +28,28 @@ from benchlib.common import (
 from benchlib.inputs import Inputs, Sizes
 from benchlib.procs import lazy_unmount
 from benchlib.systems import Ctx, Local, Rclone, Ref, S3fs, S3fuse, System
+from benchlib.agent import agent_workloads
+from benchlib.ml import ml_workloads
 from benchlib.workloads import Workload, workloads
 
-# ======================================================================================
-# Steps
-# ======================================================================================
+#: workloads that move big files: the ones also run against Ceph RGW (``--rgw``)
+LARGE_FILE_KEYS = {"seqwrite", "coldread", "ml_ckpt", "ml_dataset", "ml_parread", "ml_hub",
+                   "ml_rmrf"}
+
+
+def all_workloads(inp: Inputs) -> list[Workload]:
+    """The file-system workloads, then an agent's, then ML's (each set removes what it
+    made at its end)."""
+    return workloads(inp) + agent_workloads(inp) + ml_workloads(inp)
+
+
+def workload_groups(inp: Inputs) -> dict[str, list[str]]:
+    """Names ``--workloads`` accepts for several workloads at once."""
+    return {"fs": [w.key for w in workloads(inp)],
+            "agent": [w.key for w in agent_workloads(inp)],
+            "ml": [w.key for w in ml_workloads(inp)],
+            "large": sorted(LARGE_FILE_KEYS)}
+
 
 @dataclass
 class StepResult:
@@ -248,10 +265,19 @@ class Runner:
                 s.kill_hung("mount not responding")
         return r
 
-    def run_workloads(self, inp: Inputs) -> None:
+    def as_json(self) -> list[dict]:
+        return [{"key": k, "title": self.titles[k],
+                 "results": {n: asdict(r) | {"caught_up_seconds": r.caught_up}
+                             for n, r in self.results[k].items()}}
+                for k in self.results]
+
+    def run_workloads(self, inp: Inputs, keys: set[str] | None = None) -> None:
+        """Every workload (or those in ``--workloads``), in order; ``keys`` narrows
+        them further."""
         selected = self.ctx.args.workloads
-        for w in workloads(inp):
-            if selected and w.key not in selected:
+        for w in all_workloads(inp):
+            if (selected and w.key not in selected) or (keys is not None and
+                                                           w.key not in keys):
                 continue
             log(f"{w.title}")
             row: dict[str, StepResult] = {}

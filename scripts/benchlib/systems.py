@@ -39,7 +39,7 @@ class Ctx:
     args: argparse.Namespace
     workdir: Path
     reg: Registry
-    moto_port: int = 0
+    s3_port: int = 0  # the S3 server: moto, or Ceph RGW with --rgw
     proxy_ports: dict[str, int] = field(default_factory=dict)
     control_port: int = 0
     env: dict[str, str] = field(default_factory=dict)
@@ -51,12 +51,12 @@ class Ctx:
             return json.loads(r.read())
 
     def client(self):
-        """boto3 client straight to moto (not counted): seeding and bucket checks."""
+        """boto3 client straight to the S3 server (not counted): seeding and bucket checks."""
         if self._client is None:
             import boto3
             from botocore.config import Config
             self._client = boto3.client(
-                "s3", endpoint_url=f"http://{HOST}:{self.moto_port}", region_name="us-east-1",
+                "s3", endpoint_url=f"http://{HOST}:{self.s3_port}", region_name="us-east-1",
                 aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
                 config=Config(max_pool_connections=64, retries={"max_attempts": 10}))
         return self._client
