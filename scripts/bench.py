@@ -112,6 +112,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--flush-window", type=int, default=5,
                    help="s3fuse --flush-window and rclone --vfs-write-back, seconds "
                         "(default 5)")
+    p.add_argument("--s3fuse-options", default="",
+                   help="extra options for s3fuse mount, e.g. '--metadata-ttl 30' (the "
+                        "freshness rclone's 5-minute --dir-cache-time gives up)")
     p.add_argument("--s3fs-options", default="enable_noobj_cache",
                    help="extra s3fs -o options (default enable_noobj_cache, the default of "
                         "s3fs 1.91+; Debian 12 ships 1.90)")

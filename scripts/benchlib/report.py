@@ -63,7 +63,9 @@ def render(runner: Runner, baselines: dict, scale: dict | None, ctx: Ctx,
                 cells += [fmt_ratio(a, ok_value(row.get(p))) for p in peers]
             rows.append(cells)
         lines.append("Seconds until the command returned (what the user waits for). "
-                     f"s3fuse --flush-window {ctx.args.flush_window}; rclone --vfs-cache-mode "
+                     f"s3fuse --flush-window {ctx.args.flush_window}"
+                     f"{' ' + ctx.args.s3fuse_options if ctx.args.s3fuse_options else ''}"
+                     "; rclone --vfs-cache-mode "
                      f"writes --vfs-write-back {ctx.args.flush_window}s; s3fs -o "
                      f"{ctx.args.s3fs_options or '(defaults)'}.")
         lines.append("Ratios: s3fuse time / peer time (below 1: s3fuse is faster).")

@@ -7,6 +7,7 @@ import contextlib
 import http.client
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -146,7 +147,9 @@ class Local(System):
     fuse = False
 
     def start(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        # empty, as every mount starts (an interrupted or partial run leaves files)
+        shutil.rmtree(self.root, ignore_errors=True)
+        self.root.mkdir(parents=True)
 
     def stop(self) -> None:
         pass
@@ -198,7 +201,8 @@ class S3fuse(System):
         shutil.rmtree(cache, ignore_errors=True)
         cmd = [self.exe, "mount", f"s3://{self.bucket}", str(self.root),
                "--endpoint-url", f"http://{HOST}:{self.port}", "--cache-dir", str(cache),
-               "--flush-window", str(self.ctx.args.flush_window), "--drain-timeout", "300"]
+               "--flush-window", str(self.ctx.args.flush_window), "--drain-timeout", "300",
+               *shlex.split(self.ctx.args.s3fuse_options)]
         run(cmd, 120, env=self.ctx.s3env)
         self.pid = int(os.getxattr(self.root, "user.s3fuse.pid"))
         self.ctx.reg.add(self.pid, f"s3fuse daemon {self.root}")
