@@ -154,7 +154,8 @@ def wait_for_drain(mp: str, timeout_s: float | None, paths: list[str] | None,
             if result["state"] != "running":
                 return result
             progress.show(result)
-            time.sleep(0.1 if time.monotonic() - started < 1 else 0.5)
+            # often at first: a short sync should not wait out a long sleep
+            time.sleep(0.05 if time.monotonic() - started < 10 else 0.5)
     except KeyboardInterrupt:
         for signum in (signal.SIGINT, signal.SIGTERM):  # a second one: no traceback
             signal.signal(signum, signal.SIG_IGN)

@@ -36,7 +36,7 @@ import threading
 import time
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from datetime import datetime
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit, urlunsplit
@@ -146,16 +146,19 @@ class S3Store:
 
     ``multipart_threshold``: bodies larger than this go up as multipart uploads of
     ``part_size`` parts (raised as needed to stay within 10,000 parts), with up to
-    ``multipart_concurrency`` parts in flight. ``copy_part_size`` and ``max_copy_size``
-    tune copies of objects beyond CopyObject's 5 GiB limit (UploadPartCopy).
+    ``multipart_concurrency`` parts in flight. The defaults are those of boto3's
+    transfer manager (8 MiB, 8 MiB, 10 threads), whose ``upload_file`` is the speed to
+    match: each upload holds at most ``multipart_concurrency * part_size`` bytes.
+    ``copy_part_size`` and ``max_copy_size`` tune copies of objects beyond
+    CopyObject's 5 GiB limit (UploadPartCopy).
     ``max_attempts`` is the number of tries per request, the first one included
     (botocore "standard" retry mode: 5xx, throttling and connection errors, with
     jittered exponential backoff).
     """
 
     def __init__(self, bucket: str, *, endpoint_url: str | None = None,
-                 region: str | None = None, multipart_threshold: int = 16 * MiB,
-                 part_size: int = 16 * MiB, multipart_concurrency: int = 4,
+                 region: str | None = None, multipart_threshold: int = 8 * MiB,
+                 part_size: int = 8 * MiB, multipart_concurrency: int = 10,
                  copy_part_size: int = 512 * MiB, max_copy_size: int = MAX_COPY_SIZE,
                  max_attempts: int = retry.HTTP_ATTEMPTS, connect_timeout: float = 5,
                  read_timeout: float = 60,
@@ -685,11 +688,8 @@ class S3Store:
             upload_id = self._client.create_multipart_upload(
                 Bucket=self.bucket, Key=key, **create_args)["UploadId"]
         try:
-            with self._op(op, key), ThreadPoolExecutor(
-                    max_workers=min(self.multipart_concurrency, count),
-                    thread_name_prefix="s3fuse-part") as pool:
-                parts = list(pool.map(lambda n: upload_part(upload_id, n),
-                                      range(1, count + 1)))
+            with self._op(op, key):
+                parts = self._run_parts(count, lambda n: upload_part(upload_id, n))
             if unchanged is not None:
                 _check_unchanged(unchanged, self._where(key))
             if_match, if_none_match = complete_cond
@@ -716,6 +716,23 @@ class S3Store:
                 log.warning("could not abort multipart upload of %s: %s",
                             self._where(key), type(exc).__name__)
             raise
+
+    def _run_parts(self, count: int, one: Callable[[int], dict]) -> list[dict]:
+        """``one(n)`` for parts 1..count, up to ``multipart_concurrency`` at once;
+        their results in part order. The first failure stops the parts not yet
+        started (the ones in flight finish) and is raised."""
+        if count == 1:
+            return [one(1)]
+        with ThreadPoolExecutor(max_workers=min(self.multipart_concurrency, count),
+                                thread_name_prefix="s3fuse-part") as pool:
+            futures = [pool.submit(one, n) for n in range(1, count + 1)]
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            failed = next((f for f in futures if f in done and f.exception()), None)
+            if failed is not None:
+                for f in futures:
+                    f.cancel()
+                raise failed.exception()  # type: ignore[misc]
+            return [f.result() for f in futures]
 
     def copy(self, src_key: str, dst_key: str, metadata: dict[str, str] | None = None, *,
              src_if_match: str | None = None, src_version_id: str | None = None) -> str:

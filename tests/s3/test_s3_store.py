@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import io
 import os
+import threading
 import time
 
 import pytest
@@ -162,6 +163,74 @@ def test_multipart_failure_aborts_the_upload(small, raw, bucket, monkeypatch):
     assert pending_uploads(raw, bucket) == []
     with pytest.raises(NoSuchKey):
         small.head("broken")
+
+
+def test_multipart_defaults_upload_parts_in_parallel(s3_target, raw, bucket, tmp_path,
+                                                    monkeypatch):
+    """boto3's transfer manager settings (8 MiB parts, up to 10 in flight); the object
+    holds exactly the bytes of the file, part boundaries included."""
+    store = S3Store(bucket, endpoint_url=s3_target.endpoint)
+    assert (store.multipart_threshold, store.part_size, store.multipart_concurrency) == \
+        (8 * MiB, 8 * MiB, 10)
+    data = b"".join(bytes([n]) * MiB for n in range(40)) + b"tail!"
+    path = tmp_path / "ckpt.bin"
+    path.write_bytes(data)
+    lock = threading.Lock()
+    now = [0]
+    seen: list[tuple[int, int]] = []  # (part number, size)
+    most = [0]
+    upload_part = store._client.upload_part
+
+    def spy(**kwargs):
+        with lock:
+            now[0] += 1
+            most[0] = max(most[0], now[0])
+            seen.append((kwargs["PartNumber"], len(kwargs["Body"])))
+        try:
+            time.sleep(0.2)  # long enough for the others to start meanwhile
+            return upload_part(**kwargs)
+        finally:
+            with lock:
+                now[0] -= 1
+
+    monkeypatch.setattr(store._client, "upload_part", spy)
+    try:
+        etag = store.put("ckpt/model.bin", str(path), {"mode": "33188"})
+        assert sorted(seen) == [(n, 8 * MiB) for n in range(1, 6)] + [(6, 5)]
+        assert most[0] >= 3  # not one part after the other
+        assert etag.endswith("-6")
+        got = store.get("ckpt/model.bin")
+        assert len(got) == len(data) and got == data
+        assert store.get("ckpt/model.bin", 8 * MiB - 2, 8 * MiB + 2) == bytes([7, 7, 8, 8])
+        assert pending_uploads(raw, bucket) == []
+    finally:
+        store.close()
+
+
+def test_a_failed_part_stops_the_parts_not_started(s3_target, raw, bucket, monkeypatch):
+    store = S3Store(bucket, endpoint_url=s3_target.endpoint, multipart_threshold=5 * MiB,
+                    part_size=5 * MiB, multipart_concurrency=2)
+    calls: list[int] = []
+    upload_part = store._client.upload_part
+
+    def failing(**kwargs):
+        calls.append(kwargs["PartNumber"])
+        if kwargs["PartNumber"] == 1:
+            raise ClientError({"Error": {"Code": "AccessDenied", "Message": "no"},
+                               "ResponseMetadata": {"HTTPStatusCode": 403}}, "UploadPart")
+        time.sleep(0.3)
+        return upload_part(**kwargs)
+
+    monkeypatch.setattr(store._client, "upload_part", failing)
+    try:
+        with pytest.raises(AccessDenied):
+            store.put("doomed", os.urandom(40 * MiB), {})  # 8 parts
+        assert 1 in calls and len(calls) <= 4  # the rest never started
+        assert pending_uploads(raw, bucket) == []
+        with pytest.raises(NoSuchKey):
+            store.head("doomed")
+    finally:
+        store.close()
 
 
 def test_part_wise_copy_of_large_objects(small):
