@@ -462,7 +462,7 @@ class Discovery:
             age = trio.current_time() - self._names_at.get(parent, float("-inf"))
             return age < self.metadata_ttl_s
 
-        if fresh():
+        if fresh() or self._made_here(parent):
             return False
 
         async def relist() -> None:
@@ -480,6 +480,18 @@ class Discovery:
                  "from what the mount knows", parent, NAME_CHECK_TIMEOUT_S)
         self.note_names_listed(parent, trio.current_time())
         return False
+
+    def _made_here(self, parent: int) -> bool:
+        """Directory ``parent`` was made by this mount and the bucket has not had it
+        yet (its marker is still to be uploaded): no name in it can be in the bucket
+        unless a writer outside creates keys under a prefix the bucket never showed,
+        which the poller shows and the S3-wins rules settle. Such directories are not
+        re-listed for missing names (git makes its object directories and then looks
+        up many names in them that do not exist yet)."""
+        with self.journal.read() as txn:
+            d = txn.peek(parent)
+        return d is not None and parent != ROOT_INO and d.dirty != 0 \
+            and d.remote_key is None and d.meta_loaded
 
     async def _shared(self, running: dict[int, trio.Event], parent: int,
                       work: Callable[[], Awaitable[None]]) -> bool:

@@ -71,3 +71,38 @@ def test_a_slow_directory_is_still_listed_for_a_missing_name(tmp_path, lookup_tw
             rig.close()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_a_directory_made_here_is_not_listed_for_missing_names_until_uploaded(tmp_path):
+    """git makes .git/objects/xx and then looks up many names there that do not exist
+    yet: while the bucket has never had the directory (its marker is not uploaded),
+    a miss there costs no LIST. Once it is in the bucket, misses list it again (one
+    LIST per TTL), so names created there outside show on lookup."""
+    store = MemoryStore()
+
+    async def main():
+        rig = Rig(tmp_path, store)
+        try:
+            async with trio.open_nursery() as nursery:
+                rig.fs.meta_loads.nursery = nursery
+                await nursery.start(rig.flusher.run)
+                d = await rig.fs.mkdir(ROOT_INO, b"objects", 0o755, 1000, 1000)
+                await trio.sleep(2.0)  # older than the TTL
+                lists = store.counts.get("list", 0)
+                for i in range(20):
+                    with pytest.raises(FsError):
+                        await rig.fs.lookup(d.ino, b"tmp_obj_%d" % i)
+                    await trio.sleep(0.5)
+                assert store.counts.get("list", 0) == lists
+                assert await rig.flusher.drain(60.0)
+                assert rig.fs.get(d.ino).remote_key is not None  # in the bucket now
+                store.put("objects/outside", b"x", {})
+                await trio.sleep(2.0)
+                inode = await rig.fs.lookup(d.ino, b"outside")
+                assert inode.size == 1
+                assert store.counts.get("list", 0) > lists
+                nursery.cancel_scope.cancel()
+        finally:
+            rig.close()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
