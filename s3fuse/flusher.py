@@ -40,11 +40,11 @@ from typing import TYPE_CHECKING
 import trio
 
 from . import faults, oplog, retry
-from .errors import (BodyChanged, FsError, PreconditionFailed, StoreError)
+from .errors import BodyChanged, ConditionMismatch, FsError, PreconditionFailed, StoreError
 from .journal import DIRTY_DATA, Inode
 from .namespace import object_metadata, set_remote, unmark
 from .oplog import CopyOp, DeleteOp, Op
-from .reconcile import SEQ_META, ConditionMismatch, Decision, Stamp
+from .reconcile import SEQ_META, Decision, Stamp
 from .store.base import ObjectInfo
 
 if TYPE_CHECKING:
