@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("S3-wins policy, fetching", {"reconcile", "fetch"}),
     ("background work, discovery", {"flusher", "discovery"}),
     ("file contents, rename", {"contents", "rename"}),
-    ("the filesystem, the views of the past", {"filesystem", "views"}),
+    ("the filesystem, the views of the past", {"filesystem", "viewtree", "views"}),
     ("the FUSE adapter, the offline checker", {"fuse_ops", "fsck", "fsck_bucket",
                                                "fsck_findings"}),
     ("the composition root", {"daemon"}),
