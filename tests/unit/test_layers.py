@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, set[str]]] = [
                                           "remote", "metrics"}),
     ("namespace", {"namespace"}),
     ("S3-wins policy, fetching", {"reconcile", "fetch"}),
-    ("background work, discovery", {"flusher", "discovery"}),
+    ("background work, discovery", {"flusher_ops", "flusher", "discovery"}),
     ("file contents, rename", {"contents", "rename"}),
     ("the filesystem, the views of the past", {"filesystem", "viewtree", "views"}),
     ("the FUSE adapter, the offline checker", {"fuse_ops", "fsck", "fsck_bucket",
