@@ -73,6 +73,12 @@ class PreconditionFailed(StoreError):
     or If-None-Match: * found an existing object."""
 
 
+class ConditionMismatch(StoreError):
+    """The server refused an upload's condition although the bucket holds the version
+    the condition named (it compares ETags in another way): retried later, never
+    overwritten. Raised by ``reconcile``; EIO like any store error not in the table."""
+
+
 class InvalidKey(StoreError):
     """The key cannot be stored by this backend (``..`` segments, absolute, NUL, too long)."""
 

@@ -64,7 +64,7 @@ import trio
 import xxhash
 
 from . import keys
-from .errors import StoreError
+from .errors import ConditionMismatch
 from .journal import ROOT_INO, Inode, Txn
 from .namespace import leave_bucket, set_remote, unmark
 from .store.base import ObjectInfo
@@ -490,11 +490,6 @@ class Reconciler:
                 child = d.ino
             ino = child
         return ino
-
-
-class ConditionMismatch(StoreError):
-    """The server refused an upload's condition although the bucket holds the version
-    the condition named: retried later, never overwritten."""
 
 
 def _conflict_name(txn: Txn, lost_found: int, path: str, now: int) -> bytes:

@@ -20,6 +20,10 @@ from rgw import RgwServer
 from rgw import unavailable as rgw_unavailable
 from servers import MotoServer
 
+# helper modules that test modules import, with asserts of their own: rewritten as a
+# test module's are, so that their failures show the values compared
+pytest.register_assert_rewrite("store_contract", "programs")
+
 #: credentials moto accepts; nothing from the host's AWS configuration leaks in
 FAKE_AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing-access-key",

@@ -47,7 +47,8 @@ from s3fuse.store._listing import (
 from s3fuse.store.base import Body, Capabilities, ListPage, ObjectInfo, VersionInfo, VersionPage
 
 #: request kinds counted in ``MemoryStore.counts`` (``check`` is counted too);
-#: reads of a given version count as "head"/"get"/"copy" like the others
+#: reads of a given version count as "head"/"get"/"copy" like the others. A copy
+#: counts a "head" and a "copy", the two requests the S3 store makes for it.
 KINDS = frozenset({"head", "get", "put", "copy", "delete", "list", "check",
                    "list_versions", "versioning"})
 
@@ -291,11 +292,14 @@ class MemoryStore:
         _validate(src_key)
         _validate(dst_key)
         with self._bucket.lock:
-            self._request("copy")
+            # As the S3 store makes a copy: a HEAD of the source first (a missing
+            # source, or a failed pin, ends there), then the COPY.
+            self._request("head")
             src = self._current(src_key, src_version_id)
             if (src_if_match is not None and self.honour.conditional_copy
                     and src.etag != src_if_match):
                 raise PreconditionFailed(f"memory: copy source {src_key!r} changed")
+            self._request("copy")
             meta = dict(src.metadata) if metadata is None else dict(metadata)
             # Like S3's CopyObject, the copy of a single-part object keeps its ETag.
             self._replace(dst_key, _Object(src.body, meta, src.etag, time.time_ns()))

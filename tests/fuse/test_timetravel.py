@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from conftest import new_bucket
 from mounts import S3FUSE, Mount, make_mount, require_fuse
-from test_programs import assert_fsck_clean, git_env, git_init, run
+from programs import assert_fsck_clean, git_env, git_init, run
 
 TIMEOUT = 120
 

@@ -1,28 +1,22 @@
-"""The ObjectStore contract suite (tests/unit/test_store_contract.py) on S3: on moto,
-and on Ceph RGW where it is installed (``s3_target``).
+"""The ObjectStore contract (tests/store_contract.py) on S3: on moto, and on Ceph RGW
+where it is installed (``s3_target``).
 
-The test functions are imported from the unit module and collected here a second time,
-with this module's fixtures: pytest resolves ``store`` where a test is collected.
+The test functions are those of tests/store_contract.py, collected here with this
+module's fixtures: pytest resolves ``store`` where a test is collected.
 """
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 import pytest
+import store_contract
 
 from s3fuse.store.s3 import S3Store
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "unit"))
-import test_store_contract as contract  # noqa: E402
-
 pytestmark = pytest.mark.s3
 
-for _name in dir(contract):
-    if _name.startswith("test_"):
-        globals()[_name] = getattr(contract, _name)
+store_contract.collect_into(globals())
 
 
 @pytest.fixture

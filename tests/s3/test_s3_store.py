@@ -397,6 +397,37 @@ def count_requests(store) -> list[str]:
     return seen
 
 
+def test_the_memory_store_counts_a_copy_as_this_store_makes_it(store):
+    """The unit tests count requests on the memory store; a copy there counts what the
+    S3 store sends for it: a HEAD of the source, then the COPY (no COPY when the HEAD
+    finds no source or a failed pin)."""
+    from s3fuse.store.memory import MemoryStore
+
+    kind = {"HeadObject": "head", "CopyObject": "copy"}
+    memory = MemoryStore()
+    etag = store.put("src", b"body", {})
+    assert memory.put("src", b"body", {}) == etag
+
+    def copies(s) -> None:
+        s.copy("src", "dst")
+        s.copy("src", "pinned", {"m": "1"}, src_if_match=etag)
+        with pytest.raises(PreconditionFailed):
+            s.copy("src", "stale", src_if_match=md5(b"other"))
+        with pytest.raises(NoSuchKey):
+            s.copy("absent", "dst2")
+
+    sent = count_requests(store)
+    copies(store)
+    before = dict(memory.counts)
+    copies(memory)
+    counted = {k: n - before.get(k, 0) for k, n in memory.counts.items()
+               if n != before.get(k, 0)}
+    assert sent == ["HeadObject", "CopyObject", "HeadObject", "CopyObject", "HeadObject",
+                    "HeadObject"]
+    assert counted == {"head": 4, "copy": 2}
+    assert counted == {k: sum(1 for n in sent if kind[n] == k) for k in ("head", "copy")}
+
+
 @pytest.mark.parametrize("multipart", [False, True], ids=["put", "multipart"])
 def test_put_if_match_either_quoting(small, s3_target, multipart):
     """Whatever quoting the store starts with, a put with the object's current ETag

@@ -23,3 +23,17 @@ def test_background_backoff_starts_at_one_second_and_doubles_to_its_cap():
 def test_a_foreground_read_makes_at_most_twenty_http_attempts():
     assert retry.FOREGROUND_HTTP_BUDGET == 20
     assert Remote(MemoryStore()).read_attempts == retry.FOREGROUND_ATTEMPTS
+
+
+def test_a_refused_condition_on_what_was_expected_is_a_final_store_error_and_eio():
+    """ConditionMismatch (the server refused If-Match although it holds the version
+    named): a store error, not temporary for the retry policy (the flusher waits its
+    backoff and tries again), and EIO for a request, as any store error not tabled."""
+    import errno
+
+    from s3fuse.errors import ConditionMismatch, StoreError, to_errno
+
+    exc = ConditionMismatch("k: refused")
+    assert isinstance(exc, StoreError)
+    assert not retry.is_temporary(exc)
+    assert to_errno(exc) == errno.EIO
