@@ -560,6 +560,9 @@ class Filesystem:
         """Have the attributes and the whole bytes of name record ``ino`` on local disk."""
         rec = self.get(ino)
         data = await self.load_meta(rec.link_of or ino)
+        if data.nlink == 0:
+            return  # left its path meanwhile (a new inode of its headers' type, say): the
+            # caller looks the name up again
         if stat.S_ISLNK(data.mode):
             await self.readlink(data.ino)
         elif stat.S_ISREG(data.mode):

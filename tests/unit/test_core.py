@@ -1249,3 +1249,31 @@ def test_types_from_listing_a_symlink_found_by_its_headers_gets_a_new_inode(tmp_
             assert txn.get(old_ln) is None, "the old inode goes with its last lookup"
 
     run(tmp_path, scenario, store)
+
+
+def test_types_from_listing_an_exchange_meets_a_symlink_it_had_listed_as_a_file(tmp_path):
+    """RENAME_EXCHANGE of a name whose headers were never read: the exchange moves it
+    by a server-side copy, and its headers, read at its new name, make it a symlink
+    there (the kernel, which had it as a file, drops an inode whose type changes)."""
+    store = MemoryStore()
+    store.put("ln", b"target", {"mode": str(stat.S_IFLNK | 0o777)})
+    store.put("f", b"data", {"mode": str(stat.S_IFREG | 0o600)})
+
+    async def scenario(rig: Rig):
+        rig.fs.discovery.types_from_listing = True
+        assert len(list(rig.fs.readdir(await rig.fs.opendir(ROOT_INO), 0))) == 2
+        await rig.fs.exchange(ROOT_INO, b"ln", ROOT_INO, b"f")
+        f = await rig.fs.lookup(ROOT_INO, b"f")
+        assert stat.S_ISLNK(f.mode)
+        assert await rig.fs.readlink(f.ino) == b"target"
+        ln = await rig.fs.lookup(ROOT_INO, b"ln")
+        assert ln.mode == stat.S_IFREG | 0o600
+        fh, _ = await rig.fs.open(ln.ino, os.O_RDONLY)
+        assert await rig.fs.read(fh, 0, 10) == b"data"
+        await rig.fs.release(fh)
+        assert await rig.flusher.drain(60)
+        assert store.get("f") == b"target" and store.head("f").metadata["mode"] == str(
+            stat.S_IFLNK | 0o777)
+        assert store.get("ln") == b"data"
+
+    run(tmp_path, scenario, store)
