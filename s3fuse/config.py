@@ -81,3 +81,9 @@ class Settings:
     read_only: bool = False  # -o ro / --read-only: the kernel mount is read-only
     nonempty: bool = False  # mount over a directory that has entries
     metrics_addr: str | None = None  # HOST:PORT to serve Prometheus metrics on
+    #: readdir reports small objects whose headers were not read as regular files
+    #: (``Discovery.type_known``): ``find`` makes no HEAD for them, but a symlink or
+    #: FIFO among them shows as a file in readdir's d_type until it is looked up.
+    #: Off by default; S3FUSE_TYPES_FROM_LISTING=1 turns it on (no command-line flag yet)
+    types_from_listing: bool = field(
+        default_factory=lambda: os.environ.get("S3FUSE_TYPES_FROM_LISTING") == "1")

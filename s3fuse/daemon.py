@@ -224,6 +224,7 @@ class Daemon:
                                  dir_mode=s.dir_mode))
         fs.init()
         fs.metadata_ttl_s = s.metadata_ttl_s
+        fs.discovery.types_from_listing = s.types_from_listing
         invalidations_in, self._invalidations = trio.open_memory_channel(10_000)
 
         def notify_kernel(entries: list[tuple[int, bytes]], inodes: list[int]) -> None:

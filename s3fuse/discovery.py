@@ -46,6 +46,8 @@ PREFETCH_AFTER_READDIR_S = 30.0
 #: after a directory could not be listed (bucket unreachable), the mount works from
 #: what it knows of it and asks the bucket again only after this many seconds
 UNLISTED_RETRY_S = 10.0
+#: a symlink's object holds its target: at most PATH_MAX - 1 bytes
+MAX_SYMLINK_BYTES = 4095
 
 
 def _now_ns() -> int:
@@ -98,6 +100,9 @@ class Discovery:
         #: keys that cannot be paths: key -> why (logged once each)
         self.skipped_keys: dict[str, str] = {}
         self.meta_loads = MetaLoads()
+        #: readdir reports an object known only from a listing as a regular file even
+        #: where it may be a symlink or special file (``type_known``; set by the daemon)
+        self.types_from_listing = False
         self._list_locks: dict[int, trio.Lock] = {}
         # directories whose listing failed (bucket unreachable): ino -> monotonic time
         # of that failure; they are used from what the mount knows until a listing works
@@ -126,6 +131,18 @@ class Discovery:
         loads.readdir_at[ino] = trio.current_time()
         for d in (loads.cursor, loads.last, loads.depth):
             d.pop(ino, None)
+
+    def type_known(self, inode: Inode) -> bool:
+        """Whether readdir reports the entry's file type (the kernel then makes an inode
+        of that type). From a listing, a small object may still be a symlink (its body
+        is the target) or a FIFO/socket/device (empty) until its headers are read: by
+        default readdir reports DT_UNKNOWN for it, so a reader that needs the type
+        stats it, which loads it (one HEAD). With ``types_from_listing`` it is
+        reported as a regular file (``find`` stats nothing); its lookup still loads
+        its headers, and if they say otherwise the name gets a new inode of their
+        type (``_load_meta``, ``Reconciler.retype``)."""
+        return self.types_from_listing or inode.meta_loaded \
+            or not stat.S_ISREG(inode.mode) or inode.size > MAX_SYMLINK_BYTES
 
     def _skip(self, key: str, reason: str) -> None:
         if key not in self.skipped_keys:
@@ -313,6 +330,13 @@ class Discovery:
             return
         self._unheaded.pop(ino, None)
         if is_dir or (info is not None and info.etag == etag):
+            # readdir showed it as a regular file (the kernel may have an inode of
+            # that type for it) and its headers say otherwise: a new inode
+            if not is_dir and key == inode.remote_key and self.type_known(inode) \
+                    and not stat.S_ISREG(
+                    self.ns.decode(info.metadata, False, info.mtime_ns)["mode"]) \
+                    and self.reconciler.retype(ino, info, seen_at) is not None:
+                return  # a symlink or special file: its name has a new inode now
             self._set_meta(ino, inode, info, is_dir, key)
             if not is_dir and key == inode.remote_key:
                 self.reconciler.note_bucket_state(ino, seen_at)

@@ -54,8 +54,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STATE_XATTR = "user.s3fuse.state"
-# a symlink's object holds its target: at most PATH_MAX - 1 bytes
-MAX_SYMLINK_BYTES = 4095
 
 
 @dataclass
@@ -562,6 +560,9 @@ class Filesystem:
         """Have the attributes and the whole bytes of name record ``ino`` on local disk."""
         rec = self.get(ino)
         data = await self.load_meta(rec.link_of or ino)
+        if data.nlink == 0:
+            return  # left its path meanwhile (a new inode of its headers' type, say): the
+            # caller looks the name up again
         if stat.S_ISLNK(data.mode):
             await self.readlink(data.ino)
         elif stat.S_ISREG(data.mode):
@@ -696,7 +697,7 @@ class Filesystem:
         2 (a ``start`` below 2 begins a new pass). Calls ``reply(name, inode,
         type_known, next_position)`` for each until it returns False (the kernel's
         buffer is full); each entry it took counts as a lookup. ``type_known`` False:
-        the entry's type is not known yet (see ``type_known``)."""
+        the entry's type is not known yet (``Discovery.type_known``)."""
         if start < 2:
             d = self.dir_handle(fh)
             dots = [(b".", d), (b"..", self.get(d.parent))]
@@ -705,18 +706,9 @@ class Filesystem:
                 if not reply(name, inode, True, pos + 1):
                     return
         for name, inode, next_pos in self.readdir(fh, max(0, start - 2)):
-            if not reply(name, inode, self.type_known(inode), next_pos + 2):
+            if not reply(name, inode, self.discovery.type_known(inode), next_pos + 2):
                 break
             self.add_lookup(inode.ino)
-
-    @staticmethod
-    def type_known(inode: Inode) -> bool:
-        """Whether the entry's file type is known. From a listing, a small object may
-        still be a symlink (its body is the target) or a FIFO/socket/device (empty)
-        until its headers are read: readdir then reports DT_UNKNOWN, so a reader that
-        needs the type stats it, which loads it."""
-        return inode.meta_loaded or not stat.S_ISREG(inode.mode) \
-            or inode.size > MAX_SYMLINK_BYTES
 
     def releasedir(self, fh: int) -> None:
         """Close a directory handle. Idempotent."""

@@ -333,6 +333,42 @@ class Reconciler:
         return (after.remote_key, after.remote_etag, after.nlink) != (
             inode.remote_key, inode.remote_etag, inode.nlink)
 
+    def retype(self, ino: int, info: ObjectInfo, seen_at: Stamp) -> int | None:
+        """The headers (``info``, a HEAD sent at ``seen_at``) of a file known from a
+        listing say it is not a regular file (a symlink, FIFO, socket or device) while
+        readdir may have shown it as one. The kernel never changes an inode's type, so
+        the name gets a new inode of the headers' type and the old one leaves the path:
+        the kernel is told to drop the name, and its next lookup finds the new inode.
+        The old inode lives on while the kernel or a handle refers to it: an open of it
+        answers ESTALE (the kernel looks the path up again); a handle opened on it
+        before (its headers could not be read then) ends as one on a file replaced in
+        the bucket (``replaced``, ``keep_replaced``). Judged in its own transaction:
+        only a clean, unloaded, single-named regular file still at this version is
+        replaced. Returns the new inode (None: nothing done)."""
+        fs = self.fs
+        entries: list[tuple[int, bytes]] = []
+        with fs.journal.write() as txn:
+            inode = txn.get(ino)
+            if inode is None or inode.nlink == 0 or inode.meta_loaded or inode.dirty \
+                    or inode.links or inode.link_of or not stat.S_ISREG(inode.mode) \
+                    or (inode.remote_key, inode.remote_etag) != (info.key, info.etag):
+                return None
+            self.replaced[ino] = ("/".join(fs.ns.path_names(txn, inode)),
+                                  fs.cache.generation(ino), "found to be no regular file")
+            name = inode.name.encode()
+            txn.unlink(inode.parent, name)
+            entries.append((inode.parent, name))
+            inode.nlink = 0
+            inode.meta_loaded = True  # nothing more to learn: it left its path
+            set_remote(inode, None, None)
+            txn.put(inode)
+            new = fs.ns.add_from_object(txn, inode.parent, name, info)
+        self.note_bucket_state(new.ino, seen_at)
+        fs.ns.forget_schedule(ino)
+        fs.invalidate(entries, [])
+        fs.maybe_purge(ino)
+        return new.ino
+
     # --- carrying it out (inside the caller's transaction) ------------------------------
     def _split_name(self, txn: Txn, rec: Inode, info: ObjectInfo | None,
                     now: int) -> Decision:

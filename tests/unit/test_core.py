@@ -1197,3 +1197,83 @@ def test_versioning_turned_on_while_mounted_makes_the_mount_probe_again(tmp_path
         assert rig.fs.reconciler.conflicts[-1]["path"] == "f"
 
     run(tmp_path, scenario, store)
+
+
+def test_types_from_listing_a_symlink_found_by_its_headers_gets_a_new_inode(tmp_path):
+    """With ``types_from_listing``, readdir calls small objects regular files (no
+    HEAD); a lookup reads the headers, and a symlink or FIFO among them takes its
+    name with a new inode, the old one (which the kernel may hold as a regular file)
+    leaving the path: an open of it answers ESTALE, so the kernel looks again."""
+    store = MemoryStore()
+    for i in range(20):
+        store.put(f"d/f{i:03d}", b"x" * i, {"mode": str(stat.S_IFREG | 0o640)})
+    store.put("d/ln", b"f001", {"mode": str(stat.S_IFLNK | 0o777)})
+    store.put("d/fifo", b"", {"mode": str(stat.S_IFIFO | 0o620), "uid": "5"})
+
+    async def scenario(rig: Rig):
+        rig.fs.discovery.types_from_listing = True
+        d = await rig.fs.lookup(ROOT_INO, b"d")
+        heads = rig.store.counts["head"]
+        shown: dict[bytes, tuple[int, bool]] = {}
+
+        def reply(name: bytes, inode, type_known: bool, _next: int) -> bool:
+            shown[name] = (inode.ino, type_known)
+            return True
+
+        rig.fs.reply_entries(await rig.fs.opendir(d.ino), 0, reply)
+        assert all(known for _, known in shown.values())
+        assert rig.store.counts["head"] == heads, "readdir HEADs nothing"
+        old_ln, old_fifo = shown[b"ln"][0], shown[b"fifo"][0]
+        assert stat.S_ISREG(rig.fs.get(old_ln).mode)
+        f = await rig.fs.lookup(d.ino, b"f003")
+        assert f.ino == shown[b"f003"][0] and f.mode == stat.S_IFREG | 0o640
+        ln = await rig.fs.lookup(d.ino, b"ln")
+        assert stat.S_ISLNK(ln.mode) and ln.ino != old_ln
+        assert await rig.fs.readlink(ln.ino) == b"f001"
+        fifo = await rig.fs.lookup(d.ino, b"fifo")
+        assert fifo.mode == stat.S_IFIFO | 0o620 and fifo.uid == 5 and fifo.ino != old_fifo
+        # the old inode keeps its type for the kernel, left its path, and opens ESTALE
+        old = await rig.fs.stat(old_ln)
+        assert stat.S_ISREG(old.mode) and old.nlink == 0
+        with pytest.raises(FsError) as exc:
+            await rig.fs.open(old_ln, os.O_RDONLY)
+        assert exc.value.errno == errno.ESTALE
+        # loaded once: a lookup again asks nothing, and the names are those of the bucket
+        again = rig.store.counts["head"]
+        assert (await rig.fs.lookup(d.ino, b"ln")).ino == ln.ino
+        assert rig.store.counts["head"] == again
+        names = sorted(n for n, _, _ in rig.fs.readdir(await rig.fs.opendir(d.ino), 0))
+        assert names == sorted([f"f{i:03d}".encode() for i in range(20)] + [b"ln", b"fifo"])
+        rig.fs.forget([(old_ln, 1), (old_fifo, 1)])
+        with rig.journal.read() as txn:
+            assert txn.get(old_ln) is None, "the old inode goes with its last lookup"
+
+    run(tmp_path, scenario, store)
+
+
+def test_types_from_listing_an_exchange_meets_a_symlink_it_had_listed_as_a_file(tmp_path):
+    """RENAME_EXCHANGE of a name whose headers were never read: the exchange moves it
+    by a server-side copy, and its headers, read at its new name, make it a symlink
+    there (the kernel, which had it as a file, drops an inode whose type changes)."""
+    store = MemoryStore()
+    store.put("ln", b"target", {"mode": str(stat.S_IFLNK | 0o777)})
+    store.put("f", b"data", {"mode": str(stat.S_IFREG | 0o600)})
+
+    async def scenario(rig: Rig):
+        rig.fs.discovery.types_from_listing = True
+        assert len(list(rig.fs.readdir(await rig.fs.opendir(ROOT_INO), 0))) == 2
+        await rig.fs.exchange(ROOT_INO, b"ln", ROOT_INO, b"f")
+        f = await rig.fs.lookup(ROOT_INO, b"f")
+        assert stat.S_ISLNK(f.mode)
+        assert await rig.fs.readlink(f.ino) == b"target"
+        ln = await rig.fs.lookup(ROOT_INO, b"ln")
+        assert ln.mode == stat.S_IFREG | 0o600
+        fh, _ = await rig.fs.open(ln.ino, os.O_RDONLY)
+        assert await rig.fs.read(fh, 0, 10) == b"data"
+        await rig.fs.release(fh)
+        assert await rig.flusher.drain(60)
+        assert store.get("f") == b"target" and store.head("f").metadata["mode"] == str(
+            stat.S_IFLNK | 0o777)
+        assert store.get("ln") == b"data"
+
+    run(tmp_path, scenario, store)
