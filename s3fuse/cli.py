@@ -41,7 +41,8 @@ _OPTION_NAMES = {
 }
 # -o flags that set a boolean option: -o NAME -> args.ATTRIBUTE = True
 _FLAG_O = {"allow_other": "allow_other", "foreground": "foreground", "ro": "read_only",
-           "read_only": "read_only", "nonempty": "nonempty"}
+           "read_only": "read_only", "nonempty": "nonempty",
+           "types_from_listing": "types_from_listing"}
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -80,6 +81,10 @@ def _add_mount_options(p: argparse.ArgumentParser) -> None:
                    help="mount read-only (also -o ro): every change fails with EROFS")
     p.add_argument("--nonempty", action="store_true",
                    help="mount over a directory that has entries (hidden while mounted)")
+    p.add_argument("--types-from-listing", action="store_true",
+                   help="readdir calls small objects never read regular files, so find makes "
+                   "no HEAD for them (a symlink among them shows as a file in d_type until "
+                   "looked up; see README)")
     p.add_argument("--metrics-addr", metavar="HOST:PORT",
                    help="serve Prometheus metrics at http://HOST:PORT/metrics")
     p.add_argument("--fsync", choices=("local", "upload"), default="local",
@@ -170,6 +175,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         fuse_options=tuple(fuse_opts),
         read_only=bool(args.read_only),
         nonempty=bool(args.nonempty),
+        types_from_listing=bool(args.types_from_listing),
         metrics_addr=args.metrics_addr,
     )
 

@@ -84,6 +84,5 @@ class Settings:
     #: readdir reports small objects whose headers were not read as regular files
     #: (``Discovery.type_known``): ``find`` makes no HEAD for them, but a symlink or
     #: FIFO among them shows as a file in readdir's d_type until it is looked up.
-    #: Off by default; S3FUSE_TYPES_FROM_LISTING=1 turns it on (no command-line flag yet)
-    types_from_listing: bool = field(
-        default_factory=lambda: os.environ.get("S3FUSE_TYPES_FROM_LISTING") == "1")
+    #: Off by default: --types-from-listing / -o types_from_listing
+    types_from_listing: bool = False

@@ -22,7 +22,7 @@ from servers import MotoServer
 
 # helper modules that test modules import, with asserts of their own: rewritten as a
 # test module's are, so that their failures show the values compared
-pytest.register_assert_rewrite("store_contract", "programs")
+pytest.register_assert_rewrite("store_contract", "programs", "counting_proxy")
 
 #: credentials moto accepts; nothing from the host's AWS configuration leaks in
 FAKE_AWS_ENV = {

@@ -1,4 +1,4 @@
-"""Entry types from the listing alone (``S3FUSE_TYPES_FROM_LISTING=1``), through a real
+"""Entry types from the listing alone (``--types-from-listing``), through a real
 mount: ``find`` over small objects makes no HEAD per file, ``ls -l`` still shows the
 headers' modes and owners, and a symlink or FIFO stored as a small object (with
 s3fuse's or s3fs's headers) shows as one from its first lookup on, with a new inode.
@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 from mounts import make_mount, require_fuse
-from test_lazy_attributes import CountingProxy
+from counting_proxy import CountingProxy
 
 pytestmark = pytest.mark.fuse
 
@@ -20,11 +20,10 @@ N_OURS, N_BARE = 40, 10
 
 
 @pytest.fixture(params=["file", "s3"])
-def typed(request, tmp_path, monkeypatch):
+def typed(request, tmp_path):
     """(a mount not mounted yet with types from the listing, its counting proxy or
     None on the file store)."""
     require_fuse()
-    monkeypatch.setenv("S3FUSE_TYPES_FROM_LISTING", "1")  # the mount command reads it
     proxy = None
     if request.param == "file":
         root = tmp_path / "bucket"
@@ -35,6 +34,7 @@ def typed(request, tmp_path, monkeypatch):
         proxy = CountingProxy(int(endpoint.rsplit(":", 1)[1]))
         m = make_mount(tmp_path, f"s3://{request.getfixturevalue('s3_bucket')}/data",
                        proxy.url)
+    m.extra_args.append("--types-from-listing")
     try:
         yield m, proxy
     finally:

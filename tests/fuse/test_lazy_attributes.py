@@ -10,60 +10,15 @@ entry types readdir reports.
 from __future__ import annotations
 
 import os
-import re
-import socket
 import stat
-import threading
 import time
 
 import pytest
 
 from mounts import make_mount, require_fuse
-from servers import FaultProxy
+from counting_proxy import CountingProxy
 
 pytestmark = pytest.mark.fuse
-
-_REQUEST = re.compile(rb"(?:^|\r\n\r\n)(HEAD|GET|PUT|POST|DELETE) /")
-
-
-class _Counted:
-    """A client socket whose received bytes are scanned for request lines."""
-
-    def __init__(self, sock: socket.socket, proxy: CountingProxy) -> None:
-        self.sock, self.proxy = sock, proxy
-
-    def recv(self, n: int) -> bytes:
-        data = self.sock.recv(n)
-        with self.proxy.count_lock:
-            for m in _REQUEST.finditer(data):
-                method = m.group(1).decode()
-                self.proxy.counts[method] = self.proxy.counts.get(method, 0) + 1
-        return data
-
-    def sendall(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-class CountingProxy(FaultProxy):
-    """The fault proxy in "pass" mode, counting requests by method on their way up
-    (bodies here are small and never contain a request line)."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self.counts: dict[str, int] = {}
-        self.count_lock = threading.Lock()
-        super().__init__(upstream_port)
-
-    def _pipe(self, src, dst) -> None:  # the base class's static helper, per direction
-        if src.getsockname()[1] == self.port:  # client -> server: requests
-            src = _Counted(src, self)
-        FaultProxy._pipe(src, dst)
-
-    def heads(self) -> int:
-        with self.count_lock:
-            return self.counts.get("HEAD", 0)
 
 
 @pytest.fixture
