@@ -20,6 +20,9 @@ computed from the parts' ETags as S3 does).
 Versions: ListObjectVersions, VersionId on GET/HEAD and in CopySource, and
 GetBucketVersioning. On a versioned bucket Ceph RGW 16 refuses every If-Match PUT and
 ignores If-None-Match, which ``probe()`` finds (and reports as no conditional puts).
+
+The error mapping is in ``_s3errors.py`` and the multipart transfers in
+``_s3multipart.py``: helper modules of this one, whose classes are ``S3Store``'s bases.
 """
 
 from __future__ import annotations
@@ -27,16 +30,12 @@ from __future__ import annotations
 import calendar
 import contextlib
 import email.utils
-import hashlib
 import json
 import logging
-import math
-import os
 import threading
 import time
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit, urlunsplit
@@ -49,10 +48,7 @@ from botocore.exceptions import (
     BotoCoreError,
     ClientError,
     ConnectTimeoutError,
-    CredentialRetrievalError,
     EndpointConnectionError,
-    NoCredentialsError,
-    PartialCredentialsError,
     ProxyConnectionError,
     ReadTimeoutError,
 )
@@ -60,7 +56,6 @@ from botocore.exceptions import (
 from s3fuse import retry
 from s3fuse.errors import (
     AccessDenied,
-    BodyChanged,
     InvalidKey,
     NoSuchBucket,
     NoSuchKey,
@@ -70,6 +65,8 @@ from s3fuse.errors import (
     TransientStoreError,
 )
 from s3fuse.store._body import CHUNK, body_size, check_range, is_bytes
+from s3fuse.store._s3errors import _ACCESS_CODES, S3Errors
+from s3fuse.store._s3multipart import S3Multipart, _check_unchanged, _quote, _unquote
 from s3fuse.store.base import Body, Capabilities, ListPage, ObjectInfo, VersionInfo, VersionPage
 
 log = logging.getLogger(__name__)
@@ -78,26 +75,9 @@ MiB = 1 << 20
 GiB = 1 << 30
 #: S3 refuses parts smaller than this (except the last one)
 MIN_PART_SIZE = 5 * MiB
-MAX_PARTS = 10_000
 #: CopyObject refuses sources larger than this; bigger copies go part by part
 MAX_COPY_SIZE = 5 * GiB
 
-_ACCESS_CODES = {
-    "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
-    "InvalidToken", "TokenRefreshRequired", "AllAccessDisabled", "AccountProblem",
-    "RequestTimeTooSkewed", "InvalidSecurity", "Forbidden",
-}
-_TRANSIENT_CODES = {
-    "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
-    "TooManyRequests", "TooManyRequestsException", "RequestTimeout", "InternalError",
-    "ServiceUnavailable", "OperationAborted", "ConditionalRequestConflict",
-    "NoSuchUpload",  # a multipart upload vanished under us: redo the whole put
-    "RequestThrottled", "BandwidthLimitExceeded",
-}
-_NETWORK_ERRORS = (
-    EndpointConnectionError, ConnectTimeoutError, ProxyConnectionError, ReadTimeoutError,
-    urllib3.exceptions.HTTPError, ConnectionError, TimeoutError,
-)
 
 
 _loader_lock = threading.Lock()
@@ -118,14 +98,6 @@ def _new_session() -> boto3.session.Session:
     return boto3.session.Session(botocore_session=core)
 
 
-def _quote(etag: str) -> str:
-    return f'"{etag}"'
-
-
-def _unquote(etag: str) -> str:
-    return etag.strip('"')
-
-
 def _mtime_ns(when: datetime) -> int:
     return calendar.timegm(when.utctimetuple()) * 10**9 + when.microsecond * 1000
 
@@ -141,7 +113,7 @@ def safe_endpoint(endpoint_url: str | None) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
-class S3Store:
+class S3Store(S3Errors, S3Multipart):
     """An ``ObjectStore`` on one S3 bucket.
 
     ``multipart_threshold``: bodies larger than this go up as multipart uploads of
@@ -202,103 +174,6 @@ class S3Store:
                                       config=base.merge(config))
         client.meta.events.register("before-parse.s3.ListObjectVersions", _version_order)
         return client
-
-    # --- errors -------------------------------------------------------------------------
-
-    def _where(self, key: str | None) -> str:
-        return f"s3://{self.bucket}/{key}" if key is not None else f"s3://{self.bucket}"
-
-    def _scrub(self, text: str) -> str:
-        """One line of at most 200 characters, with any credential string removed."""
-        text = " ".join(str(text).split())[:200]
-        with contextlib.suppress(Exception):
-            creds = self._session.get_credentials()
-            if creds is not None:
-                frozen = creds.get_frozen_credentials()
-                for secret in (frozen.secret_key, frozen.token):
-                    # (Real secrets are long; replacing a 1-character test secret
-                    # would only garble the message.)
-                    if secret and len(secret) >= 8:
-                        text = text.replace(secret, "***")
-        return text
-
-    def _map(self, exc: BaseException, op: str, key: str | None = None, *,
-             conditional: bool = False, version_id: str | None = None) -> BaseException:
-        """The ``s3fuse.errors`` exception for a botocore/network error."""
-        where = f"{op} {self._where(key)}"
-        if version_id is not None:
-            where += f" version {version_id}"
-        if isinstance(exc, ClientError):
-            mapped = self._map_client_error(exc, where, conditional=conditional)
-            status = (exc.response.get("ResponseMetadata", {}) or {}).get("HTTPStatusCode")
-            code = str((exc.response.get("Error", {}) or {}).get("Code", "") or "")
-            if version_id is not None and (
-                    status == 405 or code in ("NoSuchVersion", "MethodNotAllowed")
-                    or (status == 400 and code in ("InvalidArgument", "400", ""))):
-                # a delete marker (405), an unknown or malformed version id (404/400)
-                return NoSuchKey(str(mapped))
-            return mapped
-        if isinstance(exc, (NoCredentialsError, PartialCredentialsError,
-                            CredentialRetrievalError)):
-            return AccessDenied(
-                f"{where}: no usable AWS credentials (environment, profile or instance role)")
-        if isinstance(exc, ReadTimeoutError):
-            return TransientStoreError(f"{where}: timed out waiting for {self.endpoint}")
-        if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError,
-                            ProxyConnectionError)):
-            return TransientStoreError(f"{where}: cannot reach {self.endpoint}")
-        if isinstance(exc, _NETWORK_ERRORS) or _looks_like_network(exc):
-            return TransientStoreError(f"{where}: connection to {self.endpoint} failed "
-                                       f"({type(exc).__name__})")
-        if isinstance(exc, BotoCoreError):
-            return StoreError(f"{where}: {self._scrub(str(exc))}")
-        return exc
-
-    def _map_client_error(self, exc: ClientError, where: str, *,
-                          conditional: bool) -> StoreError:
-        mapped = self._client_error_type(exc, where, conditional=conditional)
-        status = (exc.response.get("ResponseMetadata", {}) or {}).get("HTTPStatusCode")
-        mapped.http_status = status or None
-        return mapped
-
-    def _client_error_type(self, exc: ClientError, where: str, *,
-                           conditional: bool) -> StoreError:
-        error = exc.response.get("Error", {}) or {}
-        code = str(error.get("Code", "") or "")
-        status = (exc.response.get("ResponseMetadata", {}) or {}).get("HTTPStatusCode") or 0
-        message = self._scrub(error.get("Message", "") or "")
-        detail = f"{where}: {code or status}"
-        if message and message != code:
-            detail += f" ({message})"
-        if code == "NoSuchBucket":
-            return NoSuchBucket(detail)
-        if code in _TRANSIENT_CODES:
-            return TransientStoreError(detail)
-        if code in ("NoSuchKey", "NotFound") or status == 404:
-            # S3 answers If-Match on a missing key with 404: the condition failed.
-            return PreconditionFailed(detail) if conditional else NoSuchKey(detail)
-        if code in _ACCESS_CODES or status in (401, 403):
-            return AccessDenied(detail)
-        if code == "PreconditionFailed" or status == 412:
-            return PreconditionFailed(detail)
-        if code == "NotImplemented" or status == 501:
-            return NotSupported(detail)
-        if status == 409 or status == 429 or status >= 500:
-            return TransientStoreError(detail)
-        if code == "KeyTooLongError":
-            return InvalidKey(detail)
-        return StoreError(detail)
-
-    @contextlib.contextmanager
-    def _op(self, op: str, key: str | None = None, *, conditional: bool = False,
-            version_id: str | None = None) -> Iterator[None]:
-        """Run a request, translating botocore and network errors (``version_id``:
-        the request names a version, whose absence is NoSuchKey)."""
-        try:
-            yield
-        except (ClientError, BotoCoreError, *_NETWORK_ERRORS) as exc:
-            raise self._map(exc, op, key, conditional=conditional,
-                            version_id=version_id) from exc
 
     # --- reading ------------------------------------------------------------------------
 
@@ -648,91 +523,6 @@ class S3Store:
             raise PreconditionFailed(
                 f"PUT {self._where(key)}: the object is not at etag {if_match}")
 
-    def _put_multipart(self, key: str, body: Body, size: int, metadata: dict[str, str],
-                       if_match: str | None, if_none_match: bool,
-                       unchanged: Callable[[], bool] | None = None) -> str:
-        self._precheck(key, if_match, if_none_match)
-        part_size = max(self.part_size, math.ceil(size / MAX_PARTS))
-        count = max(1, math.ceil(size / part_size))
-        with contextlib.ExitStack() as stack:
-            if is_bytes(body):
-                view = memoryview(body)  # type: ignore[arg-type]
-
-                def read_part(offset: int, length: int) -> bytes:
-                    return bytes(view[offset:offset + length])
-            else:
-                fd = os.open(body, os.O_RDONLY | os.O_CLOEXEC)  # type: ignore[arg-type]
-                stack.callback(os.close, fd)
-
-                def read_part(offset: int, length: int) -> bytes:
-                    return _pread_exact(fd, length, offset)
-
-            def upload(upload_id: str, number: int) -> dict:
-                offset = (number - 1) * part_size
-                data = read_part(offset, min(part_size, size - offset))
-                r = self._client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id,
-                                             PartNumber=number, Body=data)
-                return {"PartNumber": number, "ETag": r["ETag"]}
-
-            return self._multipart(key, {"Metadata": dict(metadata)}, count, upload,
-                                   (if_match, if_none_match), unchanged=unchanged)
-
-    def _multipart(self, key: str, create_args: dict, count: int, upload_part,
-                   complete_cond: tuple[str | None, bool] = (None, False),
-                   op: str = "PUT", unchanged: Callable[[], bool] | None = None) -> str:
-        """Create a multipart upload, run ``upload_part(upload_id, n)`` for parts
-        1..count (some in parallel), and complete it under the conditions
-        ``(if_match, if_none_match)`` if ``unchanged()`` still holds; abort it on any
-        failure."""
-        with self._op(op, key):
-            upload_id = self._client.create_multipart_upload(
-                Bucket=self.bucket, Key=key, **create_args)["UploadId"]
-        try:
-            with self._op(op, key):
-                parts = self._run_parts(count, lambda n: upload_part(upload_id, n))
-            if unchanged is not None:
-                _check_unchanged(unchanged, self._where(key))
-            if_match, if_none_match = complete_cond
-
-            def complete(cond: dict[str, str]) -> dict:
-                with self._op(op, key, conditional=bool(cond)):
-                    return self._client.complete_multipart_upload(
-                        Bucket=self.bucket, Key=key, UploadId=upload_id,
-                        MultipartUpload={"Parts": parts}, **cond)
-
-            r = self._conditional_write(key, if_match, if_none_match, complete)
-            etag = _unquote(r.get("ETag") or "")
-            if not etag:
-                # Ceph RGW 16 completes with an empty <ETag>. The ETag of a multipart
-                # object is the MD5 of its parts' MD5s, "-", the number of parts.
-                etag = _multipart_etag(parts) or _unquote(
-                    self._head_pinned(key, None, op=op)["ETag"])
-            return etag
-        except BaseException:
-            try:
-                self._client.abort_multipart_upload(Bucket=self.bucket, Key=key,
-                                                    UploadId=upload_id)
-            except Exception as exc:  # the bucket's lifecycle rules must clean it up
-                log.warning("could not abort multipart upload of %s: %s",
-                            self._where(key), type(exc).__name__)
-            raise
-
-    def _run_parts(self, count: int, one: Callable[[int], dict]) -> list[dict]:
-        """``one(n)`` for parts 1..count, up to ``multipart_concurrency`` at once;
-        their results in part order. The first failure stops the parts not yet
-        started (the ones in flight finish) and is raised."""
-        if count == 1:
-            return [one(1)]
-        with ThreadPoolExecutor(max_workers=min(self.multipart_concurrency, count),
-                                thread_name_prefix="s3fuse-part") as pool:
-            futures = [pool.submit(one, n) for n in range(1, count + 1)]
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            failed = next((f for f in futures if f in done and f.exception()), None)
-            if failed is not None:
-                for f in futures:
-                    f.cancel()
-                raise failed.exception()  # type: ignore[misc]
-            return [f.result() for f in futures]
 
     def copy(self, src_key: str, dst_key: str, metadata: dict[str, str] | None = None, *,
              src_if_match: str | None = None, src_version_id: str | None = None) -> str:
@@ -768,21 +558,6 @@ class S3Store:
             r = self._client.copy_object(**kwargs)
         return _unquote(r["CopyObjectResult"]["ETag"])
 
-    def _copy_multipart(self, dst_key: str, source: dict, size: int, pin: str,
-                        create_args: dict) -> str:
-        part_size = max(self.copy_part_size, math.ceil(size / MAX_PARTS))
-        count = max(1, math.ceil(size / part_size))
-
-        def copy_part(upload_id: str, number: int) -> dict:
-            first = (number - 1) * part_size
-            last = min(first + part_size, size) - 1
-            r = self._client.upload_part_copy(
-                Bucket=self.bucket, Key=dst_key, UploadId=upload_id, PartNumber=number,
-                CopySource=source, CopySourceRange=f"bytes={first}-{last}",
-                CopySourceIfMatch=_quote(pin))
-            return {"PartNumber": number, "ETag": r["CopyPartResult"]["ETag"]}
-
-        return self._multipart(dst_key, create_args, count, copy_part, op="COPY")
 
     def delete(self, key: str, *, if_match: str | None = None) -> None:
         self._check_key(key)
@@ -912,40 +687,3 @@ def _version_order(response_dict: dict, customized_response_dict: dict, **_kw: A
         customized_response_dict[_ORDER_FIELD] = order
     except Exception:  # (ParseError, a streamed body...): fall back to LastModified
         return
-
-
-def _multipart_etag(parts: list[dict]) -> str | None:
-    """The ETag S3 gives the object completed from ``parts`` (their ETags in order),
-    or None where a part's ETag is not an MD5."""
-    try:
-        digests = [bytes.fromhex(_unquote(p["ETag"])) for p in parts]
-    except (ValueError, KeyError, TypeError):
-        return None
-    if not digests or any(len(d) != 16 for d in digests):
-        return None
-    return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"
-
-
-def _looks_like_network(exc: BaseException) -> bool:
-    """botocore's connection-level errors (ConnectionClosedError, ResponseStreamingError,
-    IncompleteReadError, ...) share no base class beyond BotoCoreError."""
-    name = type(exc).__name__
-    return isinstance(exc, BotoCoreError) and any(
-        word in name for word in ("Connection", "Read", "Streaming", "HTTPClient"))
-
-
-def _check_unchanged(unchanged: Callable[[], bool], where: str) -> None:
-    if not unchanged():
-        raise BodyChanged(f"PUT {where}: the body changed while it was read")
-
-
-def _pread_exact(fd: int, length: int, offset: int) -> bytes:
-    parts = []
-    while length > 0:
-        block = os.pread(fd, length, offset)
-        if not block:
-            raise StoreError("upload body file shrank while uploading")
-        parts.append(block)
-        length -= len(block)
-        offset += len(block)
-    return b"".join(parts)
