@@ -14,7 +14,7 @@ import trio
 import trio.testing
 
 from core_rig import Rig
-from s3fuse.discovery import NAME_CHECK_TIMEOUT_S
+from s3fuse.discovery_checks import NAME_CHECK_TIMEOUT_S
 from s3fuse.errors import FsError
 from s3fuse.journal import ROOT_INO
 from s3fuse.store.memory import MemoryStore

@@ -1,0 +1,184 @@
+"""Discovery's close-to-open checks: a lookup of a name the mount does not know lists
+its directory again (``relist_for_names``, at most once per directory and TTL), and
+an open of a clean file checks it against one shared LIST of its directory
+(``recheck``, ``listed_etags``); a lookup waits for the bucket at most
+``NAME_CHECK_TIMEOUT_S``, the listing itself goes on in the background (``_shared``).
+
+``CloseToOpenChecks`` is a part of ``discovery.Discovery`` (its base class): its
+methods use the discovery's state (``ns``, ``journal``, ``remote``, ``reconciler``,
+``metadata_ttl_s``, ``meta_loads``, and the check bookkeeping ``_names_at``,
+``_relisting``, ``_dir_etags``, ``_dir_listing``, all set in ``Discovery.__init__``)
+and its re-listing (``poll_dir``).
+"""
+
+from __future__ import annotations
+
+import logging
+import stat
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from .errors import StoreError
+from .journal import ROOT_INO, Inode
+from .reconcile import Decision, Stamp
+
+log = logging.getLogger("s3fuse.discovery")  # (discovery's log lines keep its name)
+
+#: how long a lookup of a name the mount does not know waits for the bucket's listing
+#: before it answers from what the mount knows (ENOENT)
+NAME_CHECK_TIMEOUT_S = 1.5
+
+
+class CloseToOpenChecks:
+    """The close-to-open half of ``Discovery`` (see the module docstring)."""
+
+    async def relist_for_names(self, parent: int) -> bool:
+        """A name was not found in ``parent``: if its listing is older than the TTL,
+        list it again now and apply what changed (``poll_dir``), so a name created
+        outside shows on lookup, not only at the next poll. One LIST per directory
+        per TTL, shared by the lookups that miss meanwhile (git and Python imports
+        look up many names that do not exist). A lookup waits for it at most
+        ``NAME_CHECK_TIMEOUT_S`` and then answers from what the mount knows (the
+        directory is not asked about again within the TTL); the listing itself goes
+        on in the background (``_shared``), so a directory slower to list than that
+        is still listed. True if a listing was applied."""
+        def fresh() -> bool:
+            age = trio.current_time() - self._names_at.get(parent, float("-inf"))
+            return age < self.metadata_ttl_s
+
+        if fresh() or self._made_here(parent):
+            return False
+
+        async def relist() -> None:
+            try:
+                await self.poll_dir(parent)
+            except StoreError as exc:
+                # the bucket is away: answer from what the mount knows (not asked
+                # again within the TTL); the poller catches up when it is back
+                log.info("cannot list directory %d to look for a name (%s)", parent, exc)
+                self.note_names_listed(parent, trio.current_time())
+
+        if await self._shared(self._relisting, parent, relist):
+            return True
+        log.info("no listing of directory %d within %s s to look for a name; answering "
+                 "from what the mount knows", parent, NAME_CHECK_TIMEOUT_S)
+        self.note_names_listed(parent, trio.current_time())
+        return False
+
+    def _made_here(self, parent: int) -> bool:
+        """Directory ``parent`` was made by this mount and the bucket has not had it
+        yet (its marker is still to be uploaded): no name in it can be in the bucket
+        unless a writer outside creates keys under a prefix the bucket never showed,
+        which the poller shows and the S3-wins rules settle. Such directories are not
+        re-listed for missing names (git makes its object directories and then looks
+        up many names in them that do not exist yet)."""
+        with self.journal.read() as txn:
+            d = txn.peek(parent)
+        return d is not None and parent != ROOT_INO and d.dirty != 0 \
+            and d.remote_key is None and d.meta_loaded
+
+    async def _shared(self, running: dict[int, trio.Event], parent: int,
+                      work: Callable[[], Awaitable[None]]) -> bool:
+        """Run ``work`` for directory ``parent`` unless it runs already (``running``
+        holds its end event), and wait for it at most ``NAME_CHECK_TIMEOUT_S``; True
+        if it ended meanwhile. It runs in the daemon's nursery, so a caller that stops
+        waiting does not cancel it (without one, in core tests, it runs in the
+        caller). An unexpected error in it is logged, never raised into the nursery."""
+        done = running.get(parent)
+        inline = None
+        if done is None:
+            done = running[parent] = trio.Event()
+
+            async def run() -> None:
+                try:
+                    await work()
+                except Exception:  # noqa: BLE001 - a background listing must not crash the mount
+                    log.exception("listing directory %d failed", parent)
+                finally:
+                    del running[parent]
+                    done.set()
+
+            if self.meta_loads.nursery is not None:
+                self.meta_loads.nursery.start_soon(run)
+            else:
+                inline = run
+        with trio.move_on_after(NAME_CHECK_TIMEOUT_S):
+            await (inline() if inline is not None else done.wait())
+            return True
+        return False
+
+    def note_names_listed(self, ino: int, at: float) -> None:
+        """The names of directory ``ino`` are known as of ``at`` (a listing)."""
+        if len(self._names_at) >= 4096:
+            cutoff = trio.current_time() - self.metadata_ttl_s
+            for d in [d for d, t in self._names_at.items() if t < cutoff]:
+                del self._names_at[d]
+        self._names_at[ino] = at
+
+    def _recheck_due(self, inode: Inode) -> bool:
+        """``recheck`` asks the bucket about ``inode`` (does not answer None)."""
+        return stat.S_ISREG(inode.mode) and not inode.dirty and inode.nlink > 0 \
+            and inode.remote_key is not None and inode.remote_etag is not None \
+            and not inode.links and trio.current_time() \
+            - self.reconciler.checked_since(inode.ino) >= self.metadata_ttl_s
+
+    async def recheck(self, inode: Inode) -> Decision | None:
+        """Close-to-open for a clean regular file whose state is older than the TTL
+        (at ``open`` and at a lookup of its name): one LIST of its directory, shared
+        by every check there within the TTL (git, a build: many files in few
+        directories), and a HEAD only where the listing shows another ETag or no
+        object; what the bucket holds is applied (``Reconciler``). KEEP when in
+        date, not judged here (dirty files: their upload's condition judges them;
+        hard-linked ones: the poller), or when the bucket does not answer within
+        ``NAME_CHECK_TIMEOUT_S``: the mount then serves what it has. None when it is
+        not due (nothing asked, nothing changed): the one place that decides it."""
+        ino = inode.ino
+        if not self._recheck_due(inode):
+            return None
+        key = inode.remote_key
+        with trio.move_on_after(NAME_CHECK_TIMEOUT_S):
+            listed = await self.listed_etags(inode.parent)
+            if listed is not None and listed[1].get(key) == inode.remote_etag \
+                    and not self.reconciler.newer_than(ino, listed[0]):
+                self.reconciler.note_bucket_state(ino, listed[0])
+                return Decision.KEEP
+            try:
+                return await self.reconciler.observe(ino, key)
+            except StoreError as exc:
+                log.info("cannot check %s against the bucket (%s); serving the cached "
+                         "version", key, exc)
+                return Decision.KEEP
+        log.info("no answer from the bucket within %s s to check %s; serving the cached "
+                 "version", NAME_CHECK_TIMEOUT_S, key)
+        return Decision.KEEP
+
+    async def listed_etags(self, parent: int) -> tuple[Stamp, dict[str, str]] | None:
+        """(when, {key: ETag}) of the objects directly in directory ``parent``, from
+        a LIST taken less than the TTL ago (one LIST is shared by every open that
+        needs it); None if it cannot be listed."""
+        snap = self._dir_etags.get(parent)
+        if snap is not None and trio.current_time() - snap[0][1] < self.metadata_ttl_s:
+            return snap
+
+        async def list_etags() -> None:
+            self._dir_etags.pop(parent, None)  # an older listing must not answer for it
+            with self.journal.read() as txn:
+                d = txn.get(parent)
+                if d is None or d.nlink == 0 or not stat.S_ISDIR(d.mode) or (
+                        parent != ROOT_INO and self.ns.object_key(txn, d) is None):
+                    return
+                prefix = self.ns.dir_prefix(txn, d)
+            started = self.reconciler.stamp()  # what the listing shows is at least this new
+            try:
+                page = await self.remote.list_all(prefix, "/")
+            except StoreError as exc:
+                log.info("cannot list %s to revalidate (%s)", prefix, exc)
+                return
+            if len(self._dir_etags) >= 64:
+                self._dir_etags.pop(next(iter(self._dir_etags)))
+            self._dir_etags[parent] = (started, {o.key: o.etag for o in page.objects})
+
+        if not await self._shared(self._dir_listing, parent, list_etags):
+            return None
+        return self._dir_etags.get(parent)
