@@ -8,7 +8,8 @@ its own that it calls through these entry points:
 * ``discovery``: listings, lazy attributes, prefetch, close-to-open checks, polling;
 * ``rename``: rename and RENAME_EXCHANGE, with the bucket work that follows them;
 * ``contents``: file bytes (fetching, reading, writing);
-* ``reconcile``: the S3-wins policy for what the bucket changed.
+* ``reconcile``: the S3-wins policy for what the bucket changed;
+* ``xattrs``: extended attributes and the sync state (``Filesystem``'s base class).
 
 Every namespace change is one synchronous journal transaction (no ``await``
 inside), so other tasks and, through FUSE, other processes see the tree before or
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from . import keys, metadata
+from . import keys
 from .reconcile import Decision, Reconciler
 from .cache import Cache
 from .errors import FsError
@@ -45,15 +46,14 @@ from .fetch import Fetcher
 from .flusher import FlusherLinks
 from .journal import DIRTY_DATA, DIRTY_META, ROOT_INO, Inode, Journal, Txn
 from .oplog import DeleteOp
-from .namespace import (Defaults, Namespace, leave_bucket, object_metadata)
+from .namespace import Defaults, Namespace, leave_bucket
 from .remote import Remote
+from .xattrs import ExtendedAttributes
 
 if TYPE_CHECKING:
     from .flusher import Flusher
 
 log = logging.getLogger(__name__)
-
-STATE_XATTR = "user.s3fuse.state"
 
 
 @dataclass
@@ -94,7 +94,7 @@ def _now_ns() -> int:
     return time.time_ns()
 
 
-class Filesystem:
+class Filesystem(ExtendedAttributes):
     def __init__(self, journal: Journal, cache: Cache, remote: Remote, prefix: str,
                  defaults: Defaults) -> None:
         self.journal = journal
@@ -769,71 +769,3 @@ class Filesystem:
                     rec = inode if ino == ROOT_INO else self.ns.record_at(txn, parent, name, inode)
                     found.extend(i.ino for i in self.ns.subtree(txn, rec))
         return found
-
-    # --- extended attributes ------------------------------------------------------------
-    def sync_state(self, inode: Inode) -> str:
-        """What ``user.s3fuse.state`` says: uploading, conflict, local-only, dirty or
-        synced (over every name of a hard-linked file)."""
-        with self.journal.read() as txn:
-            records = self.ns.records(txn, inode)
-            exported = inode.ino == ROOT_INO or any(self.ns.object_key(txn, r) is not None
-                                                     for r in records)
-        if self.flusher is not None and any(self.flusher.is_uploading(r.ino)
-                                            for r in records):
-            return "uploading"
-        if self.ns.in_lost_found(inode):
-            return "conflict"
-        if not exported:
-            return "local-only"
-        return "dirty" if any(r.dirty for r in records) else "synced"
-
-    async def getxattr(self, ino: int, name: str) -> bytes:
-        """An extended attribute (only ``user.*`` exist: anything else is ENODATA at
-        once, as ``ls -l`` asks every file for ``security.selinux``), or the sync
-        state (``STATE_XATTR``). Loads the attributes first."""
-        if not name.startswith("user."):
-            raise FsError(errno.ENODATA)
-        inode = await self.load_meta(ino)
-        if name == STATE_XATTR:
-            return self.sync_state(inode).encode()
-        if name not in inode.xattrs:
-            raise FsError(errno.ENODATA)
-        return metadata.xattr_value(inode.xattrs[name])
-
-    async def listxattr(self, ino: int) -> list[str]:
-        """The names of the inode's extended attributes (loaded first)."""
-        return sorted((await self.load_meta(ino)).xattrs)
-
-    async def setxattr(self, ino: int, name: str, value: bytes) -> None:
-        """Set a ``user.*`` attribute (EOPNOTSUPP otherwise; EPERM for the state
-        attribute; E2BIG past the object's 2 KiB of metadata). Marks DIRTY_META."""
-        await self.load_meta(ino)
-        if not name.startswith("user.") or name == STATE_XATTR:
-            raise FsError(errno.EOPNOTSUPP if not name.startswith("user.") else errno.EPERM)
-        pending: list[int] = []
-        with self.journal.write() as txn:
-            inode = self.ns.get_in(txn, ino)
-            xattrs = dict(inode.xattrs)
-            xattrs[name] = metadata.xattr_encode(value)
-            md = object_metadata(inode, xattrs=xattrs)
-            if metadata.metadata_size(md) > metadata.METADATA_LIMIT_BYTES:
-                raise FsError(errno.E2BIG, "object metadata is limited to 2 KiB")
-            inode.xattrs = xattrs
-            inode.ctime_ns = _now_ns()
-            self.ns.mark(txn, inode, DIRTY_META, pending)
-            txn.put(inode)
-        self.ns.notify(pending)
-
-    async def removexattr(self, ino: int, name: str) -> None:
-        """Remove an extended attribute (ENODATA if it has none). Marks DIRTY_META."""
-        await self.load_meta(ino)
-        pending: list[int] = []
-        with self.journal.write() as txn:
-            inode = self.ns.get_in(txn, ino)
-            if name not in inode.xattrs:
-                raise FsError(errno.ENODATA)
-            del inode.xattrs[name]
-            inode.ctime_ns = _now_ns()
-            self.ns.mark(txn, inode, DIRTY_META, pending)
-            txn.put(inode)
-        self.ns.notify(pending)
