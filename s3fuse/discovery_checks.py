@@ -72,7 +72,10 @@ class CloseToOpenChecks:
         unless a writer outside creates keys under a prefix the bucket never showed,
         which the poller shows and the S3-wins rules settle. Such directories are not
         re-listed for missing names (git makes its object directories and then looks
-        up many names in them that do not exist yet)."""
+        up many names in them that do not exist yet). The same test also covers a
+        directory known from the bucket without a marker whose attributes this mount
+        changed (its marker is pending too): until that upload, names created there
+        outside show at the next poll, not at a lookup."""
         with self.journal.read() as txn:
             d = txn.peek(parent)
         return d is not None and parent != ROOT_INO and d.dirty != 0 \
