@@ -31,10 +31,6 @@ if TYPE_CHECKING:
 FETCH_ATTEMPTS = 8
 
 
-def _now_ns() -> int:
-    return time.time_ns()
-
-
 class Contents:
     """The bytes of one mount's regular files."""
 
@@ -169,7 +165,7 @@ class Contents:
                 # for this file are dropped
                 offset = size
                 self.invalidate([], [ino])
-        now = _now_ns()
+        now = time.time_ns()
         end = offset + len(data)
         if self._write_deferred(ino, end, now):
             self.cache.write(ino, offset, data)

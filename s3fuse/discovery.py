@@ -49,10 +49,6 @@ UNLISTED_RETRY_S = 10.0
 MAX_SYMLINK_BYTES = 4095
 
 
-def _now_ns() -> int:
-    return time.time_ns()
-
-
 @dataclass
 class MetaLoads:
     """Bookkeeping of attributes loaded lazily (one HEAD) for entries known from a
@@ -207,7 +203,7 @@ class Discovery(CloseToOpenChecks):
             if merging:
                 log.info("listed directory %s: merged with what the mount made meanwhile",
                          prefix or "/")
-            now = _now_ns()
+            now = time.time_ns()
             added: list[int] = []
             with self.journal.write() as txn:
                 d = self.ns.get_in(txn, ino)
@@ -539,7 +535,7 @@ class Discovery(CloseToOpenChecks):
         for child, key in gone.items():
             self.reconciler.apply(child, key, None, listed_at)
         entries: list[tuple[int, bytes]] = []
-        now = _now_ns()
+        now = time.time_ns()
         with self.journal.write() as txn:
             d = txn.get(ino)
             if d is None or d.nlink == 0:

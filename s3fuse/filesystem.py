@@ -90,10 +90,6 @@ class SetAttrs:
     mtime_ns: int | None = None
 
 
-def _now_ns() -> int:
-    return time.time_ns()
-
-
 class Filesystem(ExtendedAttributes):
     def __init__(self, journal: Journal, cache: Cache, remote: Remote, prefix: str,
                  defaults: Defaults) -> None:
@@ -162,7 +158,7 @@ class Filesystem(ExtendedAttributes):
     def init(self) -> None:
         """Create the root inode on first use; drop inodes that only lived because a
         process had them open when the previous daemon stopped."""
-        now = _now_ns()
+        now = time.time_ns()
         with self.journal.write() as txn:
             if txn.get(ROOT_INO) is None:
                 txn.put(Inode(ino=ROOT_INO, mode=stat.S_IFDIR | self.defaults.dir_mode,
@@ -299,7 +295,7 @@ class Filesystem(ExtendedAttributes):
                     await self.ensure_cached(ino)
         if changes.size is not None:
             self.contents.dirty_before_change(ino)
-        now = _now_ns()
+        now = time.time_ns()
         pending: list[int] = []
         with self.journal.write() as txn:
             inode = self.ns.get_in(txn, ino)
@@ -379,7 +375,7 @@ class Filesystem(ExtendedAttributes):
                      direct: bool = False) -> tuple[int, Inode]:
         """Create and open a regular file. Returns (fh, inode); bumps the lookup count."""
         seg = await self._prepare_new(parent, name)
-        now = _now_ns()
+        now = time.time_ns()
         pending: list[int] = []
         with self.journal.write() as txn:
             inode = self._add_entry(txn, parent, name, seg, stat.S_IFREG | stat.S_IMODE(mode),
@@ -400,7 +396,7 @@ class Filesystem(ExtendedAttributes):
         kind = stat.S_IFMT(mode) or stat.S_IFREG
         if kind not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
             raise FsError(errno.EINVAL)
-        now = _now_ns()
+        now = time.time_ns()
         pending: list[int] = []
         with self.journal.write() as txn:
             inode = self._add_entry(txn, parent, name, seg, kind | stat.S_IMODE(mode), uid,
@@ -416,7 +412,7 @@ class Filesystem(ExtendedAttributes):
     async def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Inode:
         """Create a directory (its marker is uploaded); bumps the lookup count."""
         seg = await self._prepare_new(parent, name)
-        now = _now_ns()
+        now = time.time_ns()
         pending: list[int] = []
         with self.journal.write() as txn:
             inode = self._add_entry(txn, parent, name, seg, stat.S_IFDIR | stat.S_IMODE(mode),
@@ -432,7 +428,7 @@ class Filesystem(ExtendedAttributes):
                       gid: int) -> Inode:
         """Create a symlink (its object holds the target); bumps the lookup count."""
         seg = await self._prepare_new(parent, name)
-        now = _now_ns()
+        now = time.time_ns()
         pending: list[int] = []
         text = target.decode("utf-8", "surrogateescape")
         with self.journal.write() as txn:
@@ -457,7 +453,7 @@ class Filesystem(ExtendedAttributes):
         if stat.S_ISLNK(inode.mode):
             await self.readlink(ino)
         await self.ensure_cached(ino)
-        now = _now_ns()
+        now = time.time_ns()
         pending: list[int] = []
         with self.journal.write() as txn:
             inode = self.ns.get_in(txn, ino)
@@ -493,7 +489,7 @@ class Filesystem(ExtendedAttributes):
         """Remove a non-directory entry. One transaction: the name goes, its object's
         delete is queued (``oplog``), the inode lives on while open or looked up."""
         await self.ensure_listed(parent)
-        now = _now_ns()
+        now = time.time_ns()
         pending: list[int] = []
         dropped: list[int] = []
         with self.journal.write() as txn:
@@ -523,7 +519,7 @@ class Filesystem(ExtendedAttributes):
         if ino is None:
             raise FsError(errno.ENOENT)
         await self.ensure_listed(ino, complete=True)  # empty in the bucket too?
-        now = _now_ns()
+        now = time.time_ns()
         pending: list[int] = []
         with self.journal.write() as txn:
             if txn.lookup(parent, name) != ino:

@@ -126,10 +126,6 @@ def own_upload(info: ObjectInfo | None, instance: str, ino: int,
     return info.etag, int(tag_seq)
 
 
-def _now_ns() -> int:
-    return time.time_ns()
-
-
 class Reconciler:
     """Carries out the policy on one mount's journal. State it owns:
 
@@ -227,7 +223,7 @@ class Reconciler:
             return Decision.KEEP
         entries: list[tuple[int, bytes]] = []
         inodes: list[int] = []
-        now = _now_ns()
+        now = time.time_ns()
         with fs.journal.write() as txn:
             inode = txn.get(ino)
             if inode is None or inode.nlink == 0 or fs.ns.object_key(txn, inode) != key:
@@ -466,7 +462,7 @@ class Reconciler:
         the name goes (the caller invalidates ``entries`` and purges after commit)."""
         log.warning("%s: its version was replaced or deleted in the bucket before its "
                     "rename reached it, and none of it was cached; removed", inode.name)
-        self._remove_gone(txn, inode, _now_ns(), entries,
+        self._remove_gone(txn, inode, time.time_ns(), entries,
                           "replaced in the bucket before its rename reached it")
 
     def keep_replaced(self, ino: int) -> None:
@@ -480,7 +476,7 @@ class Reconciler:
                 or fs.cache.generation(ino) == replaced[1]:
             return
         path, _, what = replaced
-        now = _now_ns()
+        now = time.time_ns()
         with fs.journal.write() as txn:
             inode = txn.get(ino)
             if inode is None or inode.nlink != 0 or not inode.cached:

@@ -42,10 +42,6 @@ class _NeedLocal(Exception):
         self.ino = ino
 
 
-def _now_ns() -> int:
-    return time.time_ns()
-
-
 class Renamer:
     """Moves entries of one mount's namespace (``rename``, ``exchange``)."""
 
@@ -89,7 +85,7 @@ class Renamer:
         if target_ino is not None:
             await self.discovery.ensure_listed(target_ino, complete=True)
 
-        now = _now_ns()
+        now = time.time_ns()
         pending: list[int] = []
         dropped: list[int] = []
         with self.ns.journal.write() as txn:
@@ -299,7 +295,7 @@ class Renamer:
     def _exchange(self, parent_a: int, name_a: bytes, parent_b: int, name_b: bytes) -> None:
         """The transaction of ``exchange``. Raises ``_NeedLocal`` (nothing changed) when
         a clean file must be fetched first."""
-        now = _now_ns()
+        now = time.time_ns()
         pending: list[int] = []
         with self.ns.journal.write() as txn:
             ino_a, ino_b = txn.lookup(parent_a, name_a), txn.lookup(parent_b, name_b)

@@ -19,10 +19,6 @@ from .namespace import object_metadata
 STATE_XATTR = "user.s3fuse.state"
 
 
-def _now_ns() -> int:
-    return time.time_ns()
-
-
 class ExtendedAttributes:
     """The extended-attribute half of ``Filesystem`` (see the module docstring)."""
 
@@ -74,7 +70,7 @@ class ExtendedAttributes:
             if metadata.metadata_size(md) > metadata.METADATA_LIMIT_BYTES:
                 raise FsError(errno.E2BIG, "object metadata is limited to 2 KiB")
             inode.xattrs = xattrs
-            inode.ctime_ns = _now_ns()
+            inode.ctime_ns = time.time_ns()
             self.ns.mark(txn, inode, DIRTY_META, pending)
             txn.put(inode)
         self.ns.notify(pending)
@@ -88,7 +84,7 @@ class ExtendedAttributes:
             if name not in inode.xattrs:
                 raise FsError(errno.ENODATA)
             del inode.xattrs[name]
-            inode.ctime_ns = _now_ns()
+            inode.ctime_ns = time.time_ns()
             self.ns.mark(txn, inode, DIRTY_META, pending)
             txn.put(inode)
         self.ns.notify(pending)
