@@ -30,7 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from servers import MotoServer, free_port  # noqa: E402
-from views_latency import S3FUSE, drop_caches, requests_made, run  # noqa: E402
+from views_latency import (S3FUSE, drop_caches, private_moto_env,  # noqa: E402
+                           requests_made, run)
 
 from s3fuse.store.s3 import S3Store  # noqa: E402
 
@@ -89,14 +90,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("find_cost: run as root (mounts, drop_caches)", file=sys.stderr)
         return 2
-    # the private moto server takes any credentials: these, for it and the mounts
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_REGION"):
-        os.environ.pop(name, None)
-    os.environ.update({"AWS_ACCESS_KEY_ID": "find-cost", "AWS_SECRET_ACCESS_KEY": "x",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
-                       "AWS_CONFIG_FILE": "/nonexistent/find-cost/config",
-                       "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/find-cost/creds",
-                       "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"})
+    private_moto_env("find-cost")
     with MotoServer() as moto, tempfile.TemporaryDirectory(prefix="find-cost-") as tmp:
         work = Path(tmp)
         seed(moto.endpoint, args.objects, args.dirs)

@@ -89,6 +89,18 @@ def timed_ls(source: str, endpoint: str, work: Path, rel: str
         run([S3FUSE, "umount", str(mp)])
 
 
+def private_moto_env(name: str) -> None:
+    """Credentials for a private moto server (it takes any), for it and the mounts,
+    with nothing from the host's AWS configuration and no proxy for 127.0.0.1."""
+    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_REGION"):
+        os.environ.pop(var, None)
+    os.environ.update({"AWS_ACCESS_KEY_ID": name, "AWS_SECRET_ACCESS_KEY": "x",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
+                       "AWS_CONFIG_FILE": f"/nonexistent/{name}/config",
+                       "AWS_SHARED_CREDENTIALS_FILE": f"/nonexistent/{name}/creds",
+                       "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"})
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--entries", type=int, default=1000)
@@ -97,13 +109,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("views_latency: run as root (mounts, drop_caches)", file=sys.stderr)
         return 2
-    # the private moto server takes any credentials: these, for it and the mounts
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_REGION"):
-        os.environ.pop(name, None)
-    os.environ.update({"AWS_ACCESS_KEY_ID": "views-latency", "AWS_SECRET_ACCESS_KEY": "x",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
-                       "AWS_CONFIG_FILE": "/nonexistent/views-latency/config",
-                       "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/views-latency/creds"})
+    private_moto_env("views-latency")
     with MotoServer() as moto, tempfile.TemporaryDirectory(prefix="views-lat-") as tmp:
         work = Path(tmp)
         store = S3Store("views-latency", endpoint_url=moto.endpoint)
