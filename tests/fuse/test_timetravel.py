@@ -141,6 +141,31 @@ def test_agent_scenario_snapshot_wreck_restore(versioned, tmp_path: Path) -> Non
     assert_same_tree(tree(m.path), before)
 
 
+def test_a_restore_rewrites_only_what_differs_and_reads_no_live_file(versioned) -> None:
+    """Files that already hold the target's bytes are left alone, decided from the
+    mount's sync state and one listing's ETags: a multipart-sized file too (its ETag
+    is no MD5 of the bytes), and a file whose live bytes were changed is rewritten."""
+    m = versioned
+    os.mkdir(m.p("t"))
+    big = os.urandom(9 << 20)  # past the 8 MiB multipart threshold
+    with open(m.p("t/big"), "wb") as f:
+        f.write(big)
+    for i in range(5):
+        with open(m.p(f"t/f{i}"), "w") as f:
+            f.write(f"f{i}\n")
+    m.sync()
+    cli("snapshot", "create", m.path, "same")
+    with open(m.p("t/f0"), "w") as f:
+        f.write("changed\n")
+    m.sync()
+    res = cli("restore", m.p("t"), "--snapshot", "same")
+    assert "1 file written, 5 unchanged" in res.stdout, res.stdout
+    m.sync()
+    assert open(m.p("t/f0")).read() == "f0\n"
+    with open(m.p("t/big"), "rb") as f:
+        assert f.read() == big
+
+
 def test_restore_of_a_deleted_file_and_a_removed_tree_by_time(versioned) -> None:
     m = versioned
     os.makedirs(m.p("d/e"))
