@@ -559,6 +559,18 @@ def test_delete_leaves_a_marker_and_the_old_versions(store, enable_versioning, t
     assert versions[1].version_id == marker.version_id
 
 
+def test_a_prefix_whose_keys_are_all_deleted_is_not_listed(store, enable_versioning):
+    """On a versioned bucket a removed directory stays removed: a delimited listing
+    names no common prefix whose every key has a delete marker as latest version."""
+    enable_versioning()
+    for key in ("gone/a", "gone/sub/b", "kept/a", "kept/b", "top"):
+        store.put(key, b"1", {})
+    for key in ("gone/a", "gone/sub/b", "kept/a"):
+        store.delete(key)
+    assert list_all(store, "")[0] == [("pre", "kept/"), ("obj", "top")]
+    assert list_all(store, "gone/")[0] == []
+
+
 def test_versions_written_before_versioning_was_enabled(store, enable_versioning):
     e0 = store.put("k", b"from before", {"old": "1"})
     enable_versioning()
