@@ -677,3 +677,34 @@ def test_version_listing_with_a_delimiter(store, enable_versioning, tick):
         assert sorted(entries) == sorted(full), size
         assert len(entries) == len(full) == 6, size
         assert pages <= 6, size
+
+
+def test_copy_version_and_delete_one_version(store, enable_versioning, tick):
+    enable_versioning()
+    bucket = getattr(store, "bucket", "")  # S3: this bucket; the others ignore it
+    e1 = store.put("src", b"pinned", {"m": "1"})
+    v1 = store.list_versions("src").versions[0].version_id
+    etag, first = store.copy_version(bucket, "src", v1, "dst", 6, if_none_match=True)
+    assert etag == e1 and first and store.get("dst") == b"pinned"
+    assert store.head("dst").metadata == {"m": "1"}
+    tick()
+    store.delete("dst")
+    tick()
+    # a copy over a delete marker is allowed (the key does not exist): the one a fork
+    # makes over a change in its DEST, and removes again by its version id
+    _etag, again = store.copy_version(bucket, "src", v1, "dst", 6, if_none_match=True)
+    assert again not in (None, first) and store.get("dst") == b"pinned"
+    store.delete("dst", version_id=again)
+    with pytest.raises(NoSuchKey):
+        store.head("dst")
+    versions, _ = all_versions(store, "dst")
+    assert [(v.is_delete_marker, v.is_latest) for v in versions] == [(True, True),
+                                                                     (False, False)]
+    store.delete("dst", version_id=versions[0].version_id)  # the marker: the copy is back
+    assert store.get("dst") == b"pinned"
+    assert [v.version_id for v in all_versions(store, "dst")[0]] == [first]
+    store.delete("dst", version_id=first)
+    with pytest.raises(NoSuchKey):
+        store.head("dst")
+    assert all_versions(store, "dst")[0] == []
+    assert store.get("src") == b"pinned"

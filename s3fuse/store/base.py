@@ -166,12 +166,28 @@ class ObjectStore(Protocol):
         Raises NoSuchKey if the source (version) is gone. Returns the new object's ETag.
         """
 
-    def delete(self, key: str, *, if_match: str | None = None) -> None:
+    def delete(self, key: str, *, if_match: str | None = None,
+               version_id: str | None = None) -> None:
         """Remove ``key``. Deleting an absent key succeeds (S3 semantics).
 
         ``if_match`` is honoured where the backend can (see Capabilities); a backend
         that cannot check it deletes unconditionally.
+
+        ``version_id`` removes exactly that version (or delete marker) for good, as
+        S3's DeleteObject with VersionId: no delete marker is added; if it was the
+        key's latest, the next newest becomes the latest (the key is absent if that is
+        a delete marker, or if there is none). An unknown version id changes nothing.
         """
+
+    def copy_version(self, src_bucket: str, src_key: str, version_id: str, dst_key: str,
+                     size: int, *, if_none_match: bool = False) -> tuple[str, str | None]:
+        """Server-side copy of the version ``version_id`` of ``src_key`` in the bucket
+        ``src_bucket`` (S3: any bucket of the same server; the file and memory stores
+        copy within themselves and ignore it) to ``dst_key``, its metadata kept.
+        ``size`` is the version's size (the caller knows it: no HEAD).
+        ``if_none_match``: only if ``dst_key`` does not exist (PreconditionFailed),
+        where the server honours it. Returns the new ETag and the new version's id
+        (None where the backend cannot say)."""
 
     def list(self, prefix: str, delimiter: str | None = "/", token: str | None = None,
              max_keys: int = 1000) -> ListPage:
