@@ -231,7 +231,7 @@ def fork(source: Side, dest: Side, point: dict, pins: dict[str, Pinned], *, jobs
             state.mark(key, "present")
 
     def copy_one(p: Pinned) -> None:
-        faults.sleep_point("fork-copy")
+        faults.wait_point("fork-copy")
         try:
             _etag, version_id = dest.store.copy_version(
                 source.bucket, source.prefix + p.key, p.version_id, dest.prefix + p.key,

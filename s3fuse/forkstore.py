@@ -330,25 +330,32 @@ class ForkedStore:
 
     # --- changes ----------------------------------------------------------------------
 
-    def materialise(self, key: str) -> bool:
+    def materialise(self, key: str, etag: str | None = None) -> str | None:
         """Make a pending ``key`` a real object of DEST: a server-side copy of its
-        pinned version with If-None-Match (already there: fine). True if it was
-        pending. After this the key is never pending again for this store."""
+        pinned version with If-None-Match (already there: fine). After this the key is
+        never pending again for this store.
+
+        Returns ``etag`` (a condition the caller holds), or the copy's own ETag where
+        the copy made here got another one than the pinned version (an object copied
+        part by part) and ``etag`` named the pinned one."""
         pin = self._pending_pin(key)
         if pin is None:
-            return False
+            return etag
         try:
             self.dest.head(key)
         except NoSuchKey:
             try:
-                self.dest.copy_version(self.source_bucket, self.source_prefix + pin.key,
-                                       pin.version_id, key, pin.size, if_none_match=True)
+                made, _vid = self.dest.copy_version(
+                    self.source_bucket, self.source_prefix + pin.key, pin.version_id, key,
+                    pin.size, if_none_match=True)
                 log.debug("materialised %s from the fork's source", key)
+                if etag == pin.etag:
+                    etag = made
             except PreconditionFailed:
                 pass  # the fork copied it meanwhile
         with self._lock:
             self._settled.add(key)
-        return True
+        return etag
 
     def _settle(self, key: str) -> None:
         with self._lock:
@@ -359,7 +366,7 @@ class ForkedStore:
             if_match: str | None = None, if_none_match: bool = False,
             unchanged: Callable[[], bool] | None = None) -> str:
         if if_match is not None:
-            self.materialise(key)
+            if_match = self.materialise(key, if_match)
         etag = self.dest.put(key, body, metadata, if_match=if_match,
                              if_none_match=if_none_match, unchanged=unchanged)
         self._settle(key)
@@ -368,7 +375,7 @@ class ForkedStore:
     def copy(self, src_key: str, dst_key: str, metadata: dict[str, str] | None = None, *,
              src_if_match: str | None = None, src_version_id: str | None = None) -> str:
         if src_version_id is None:
-            self.materialise(src_key)
+            src_if_match = self.materialise(src_key, src_if_match)
         etag = self.dest.copy(src_key, dst_key, metadata, src_if_match=src_if_match,
                               src_version_id=src_version_id)
         self._settle(dst_key)
@@ -377,7 +384,7 @@ class ForkedStore:
     def delete(self, key: str, *, if_match: str | None = None,
                version_id: str | None = None) -> None:
         if version_id is None:
-            self.materialise(key)
+            if_match = self.materialise(key, if_match)
         self.dest.delete(key, if_match=if_match, version_id=version_id)
 
     # --- everything else is DEST's ----------------------------------------------------
