@@ -96,9 +96,10 @@ def _same_fork(body: bytes, source: Side, pins: dict[str, Pinned]) -> bool:
         return False
 
 
-def _dest_keys(dest: Side) -> set[str]:
-    """Every key (relative) DEST has, or ever had on a versioned bucket."""
-    if dest.store.versioning() != "off":
+def _dest_keys(dest: Side, *, current: bool = False) -> set[str]:
+    """Every key (relative) DEST has, or ever had on a versioned bucket (``current``:
+    only the keys it has now, one plain listing)."""
+    if not current and dest.store.versioning() != "off":
         return {v.key[len(dest.prefix):] for v in timeline.iter_versions(dest.store, dest.prefix)}
     out, token = set(), None
     while True:
@@ -174,12 +175,19 @@ def _start(source: Side, dest: Side, progress: _Progress) -> bool:
             return True
         raise UsageError(f"{dest.url} holds another fork (its {FORK_RECORD} names another "
                          "source or point); choose another DEST")
-    if any(not timeline.is_reserved(k) for k in _dest_keys(dest)):
-        raise UsageError(f"{dest.url} is not empty; fork into a new prefix or bucket")
+    refusal = UsageError(f"{dest.url} is not empty; fork into a new prefix or bucket")
+    if any(not timeline.is_reserved(k) for k in _dest_keys(dest, current=True)):
+        raise refusal
     try:
         dest.store.put(key, progress.record(), {}, if_none_match=True)
     except PreconditionFailed:
         return _start(source, dest, progress)  # a concurrent run of the same fork
+    # Old versions and delete markers count too (the sweep must find no history but
+    # the fork's): a version listing, slower than the plain one, so it comes after the
+    # record, which a mount of DEST may use already, and before the first copy.
+    if any(not timeline.is_reserved(k) for k in _dest_keys(dest)):
+        dest.store.delete(key)
+        raise refusal
     return False
 
 

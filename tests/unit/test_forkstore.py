@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from s3fuse import forkstore
-from s3fuse.errors import NoSuchKey, PreconditionFailed
+from s3fuse.errors import NoSuchKey, PreconditionFailed, UsageError
 from s3fuse.fork import Side, fork
 from s3fuse.forkstore import FORK_RECORD, ForkedStore, ForkRecord, encode_record
 from s3fuse.snapshots import pinned
@@ -242,3 +242,17 @@ def test_the_fork_removes_its_copy_made_over_a_delete_in_dest(backend) -> None:
     assert store.get("new/c") == b"mine" and store.get("new/a") == b"a"
     assert json.loads(store.get("new/" + FORK_RECORD))["finished"]
     assert json.loads(store.get("new/" + FORK_RECORD))["copied_through"] == "c"
+
+
+def test_a_dest_with_history_only_is_refused_after_its_record_went_up(backend) -> None:
+    store = backend()
+    store.put("ws/a", b"a", {})
+    pins = pinned(store, "ws/", at_ns=store.list_versions("ws/").versions[0].mtime_ns)
+    store.put("new/old", b"x", {})
+    store.delete("new/old")  # no current object, but history the sweep must not see
+    source, dest = Side(store, "b", "ws/", "memory://b/ws"), Side(store, "b", "new/", "m")
+    with pytest.raises(UsageError, match="not empty"):
+        fork(source, dest, {"at": "T"}, pins)
+    with pytest.raises(NoSuchKey):
+        store.head("new/" + FORK_RECORD)
+    assert forkstore.wrap_if_forking(store, "new/", "memory://b/new") is store
