@@ -264,12 +264,12 @@ class ForkedStore:
         return ObjectInfo(cached.key, cached.size, cached.etag, cached.mtime_ns,
                           None if cached.metadata is None else dict(cached.metadata))
 
-    def _source_read(self, key: str, if_match: str | None, version_id: str | None,
-                     read: Callable[[str, str], Any]) -> Any:
-        """``read(dest_key_or_source_key, version_id)`` on DEST, or for a pending key
-        DEST lacks, on the pinned source version."""
+    def _read(self, key: str, if_match: str | None, version_id: str | None,
+              read: Callable[[ObjectStore, str, str | None, str | None], Any]) -> Any:
+        """``read(store, key, version_id, if_match)`` on DEST, or for a pending key DEST
+        lacks, on the pinned source version (the pin's ETag checked here)."""
         try:
-            return read(key, version_id)  # type: ignore[arg-type]
+            return read(self.dest, key, version_id, if_match)
         except NoSuchKey:
             pin = self._pending_pin(key) if version_id is None else None
             if pin is None:
@@ -277,26 +277,17 @@ class ForkedStore:
         if if_match is not None and if_match != pin.etag:
             raise PreconditionFailed(f"{key!r} is not at etag {if_match} (the fork pinned "
                                      f"{pin.etag})")
-        return read(self.source_prefix + pin.key, pin.version_id)
+        return read(self.source, self.source_prefix + pin.key, pin.version_id, None)
 
     def get(self, key: str, start: int = 0, end: int | None = None, *,
             if_match: str | None = None, version_id: str | None = None) -> bytes:
-        def read(k: str, vid: str | None) -> bytes:
-            if k == key:
-                return self.dest.get(k, start, end, if_match=if_match, version_id=vid)
-            return self.source.get(k, start, end, version_id=vid)
-
-        return self._source_read(key, if_match, version_id, read)
+        return self._read(key, if_match, version_id, lambda store, k, vid, pin: store.get(
+            k, start, end, if_match=pin, version_id=vid))
 
     def get_into(self, key: str, fileobj: BinaryIO, start: int = 0, end: int | None = None,
                  *, if_match: str | None = None, version_id: str | None = None) -> int:
-        def read(k: str, vid: str | None) -> int:
-            if k == key:
-                return self.dest.get_into(k, fileobj, start, end, if_match=if_match,
-                                          version_id=vid)
-            return self.source.get_into(k, fileobj, start, end, version_id=vid)
-
-        return self._source_read(key, if_match, version_id, read)
+        return self._read(key, if_match, version_id, lambda store, k, vid, pin: store.get_into(
+            k, fileobj, start, end, if_match=pin, version_id=vid))
 
     def list(self, prefix: str, delimiter: str | None = "/", token: str | None = None,
              max_keys: int = 1000) -> ListPage:

@@ -256,3 +256,20 @@ def test_a_dest_with_history_only_is_refused_after_its_record_went_up(backend) -
     with pytest.raises(NoSuchKey):
         store.head("new/" + FORK_RECORD)
     assert forkstore.wrap_if_forking(store, "new/", "memory://b/new") is store
+
+
+def test_reads_from_another_bucket_under_the_same_prefix() -> None:
+    """s3://A/ws forked into s3://B/ws: the source key is DEST's own key, in another
+    store; a read of a pending key must go there, not back to DEST."""
+    source = new_store()
+    source.put("ws/k", b"pinned bytes", {})
+    pins = pinned(source, "ws/", at_ns=source.list_versions("ws/").versions[0].mtime_ns)
+    source.put("ws/k", b"changed since", {})
+    dest = new_store()
+    body = encode_record("A", "ws/", {"at": "T"}, list(pins.values()), created_ns=1,
+                         finished_ns=None, copied_through=None)
+    dest.put("ws/" + FORK_RECORD, body, {})
+    forked = ForkedStore(dest, source, "ws/", "ws/", ForkRecord.decode(body))
+    assert forked.get("ws/k") == b"pinned bytes"
+    assert forked.get("ws/k", 7, if_match=pins["k"].etag) == b"bytes"
+    assert forked.head("ws/k").size == len(b"pinned bytes")
