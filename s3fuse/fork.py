@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from . import faults, timeline
 from .errors import NoSuchKey, PreconditionFailed, StoreError, UsageError
 from .forkstore import FORK_FORMAT, FORK_RECORD, encode_record
-from .store import ObjectStore
+from .store import Copied, ObjectStore, VersionInfo
 from .timeline import Pinned
 from .workspace import run_parallel
 
@@ -126,14 +126,14 @@ class _Progress:
         self.created_ns = time.time_ns()
         self.written: int | None = None  # the frontier the record last said
         self.written_at = time.monotonic()
-        #: the version id of each copy this run made (keys relative), for the sweep
-        self.copies: dict[str, str] = {}
+        #: what each copy of this run made (keys relative), for the sweep
+        self.copies: dict[str, Copied] = {}
 
-    def mark(self, key: str, what: str, version_id: str | None = None) -> None:
+    def mark(self, key: str, what: str, made: Copied | None = None) -> None:
         with self.lock:
             setattr(self.report, what, getattr(self.report, what) + 1)
-            if version_id is not None:
-                self.copies[key] = version_id
+            if made is not None:
+                self.copies[key] = made
             self.done[self.index[key]] = True
             while self.frontier < len(self.done) and self.done[self.frontier]:
                 self.frontier += 1
@@ -191,21 +191,31 @@ def _start(source: Side, dest: Side, progress: _Progress) -> bool:
     return False
 
 
-def _sweep(dest: Side, copies: dict[str, str]) -> int:
+def _is_copy(v: VersionInfo, made: Copied) -> bool:
+    """Whether the version ``v`` is the one a copy made: by its id, or where the
+    server did not name it (Ceph RGW 16), by its ETag and time."""
+    if made.version_id is not None:
+        return v.version_id == made.version_id
+    return (made.mtime_ns is not None and not v.is_delete_marker and v.etag == made.etag
+            and v.mtime_ns == made.mtime_ns)
+
+
+def _sweep(dest: Side, copies: dict[str, Copied]) -> int:
     """Delete (by version id) each copy of this run that is not the oldest version of
     its key: it was made over a change in DEST (see the module docstring). One
     listing of DEST's versions; returns how many were deleted."""
     if not copies or dest.store.versioning() == "off":
         return 0
     oldest: dict[str, str] = {}
-    mine: set[tuple[str, str]] = set()
+    mine: dict[str, str] = {}
     for v in timeline.iter_versions(dest.store, dest.prefix):
         rel = v.key[len(dest.prefix):]
         oldest[rel] = v.version_id  # (each key's versions come newest first)
-        if copies.get(rel) == v.version_id:
-            mine.add((rel, v.version_id))
+        made = copies.get(rel)
+        if made is not None and rel not in mine and _is_copy(v, made):
+            mine[rel] = v.version_id
     swept = 0
-    for rel, vid in sorted(mine):
+    for rel, vid in sorted(mine.items()):
         if oldest[rel] != vid:
             try:
                 dest.store.delete(dest.prefix + rel, version_id=vid)
@@ -241,10 +251,10 @@ def fork(source: Side, dest: Side, point: dict, pins: dict[str, Pinned], *, jobs
     def copy_one(p: Pinned) -> None:
         faults.wait_point("fork-copy")
         try:
-            _etag, version_id = dest.store.copy_version(
+            made = dest.store.copy_version(
                 source.bucket, source.prefix + p.key, p.version_id, dest.prefix + p.key,
                 p.size, if_none_match=True)
-            state.mark(p.key, "copied", version_id)
+            state.mark(p.key, "copied", made)
         except PreconditionFailed:  # written into DEST meanwhile: theirs stays
             state.mark(p.key, "present")
 

@@ -336,12 +336,12 @@ class ForkedStore:
             self.dest.head(key)
         except NoSuchKey:
             try:
-                made, _vid = self.dest.copy_version(
+                made = self.dest.copy_version(
                     self.source_bucket, self.source_prefix + pin.key, pin.version_id, key,
                     pin.size, if_none_match=True)
                 log.debug("materialised %s from the fork's source", key)
                 if etag == pin.etag:
-                    etag = made
+                    etag = made.etag
             except PreconditionFailed:
                 pass  # the fork copied it meanwhile
         with self._lock:

@@ -101,7 +101,7 @@ from s3fuse.store._fileio import (
     split_key,
 )
 from s3fuse.store._listing import Resume, decode_token, new_version_id, paginate, roll_up
-from s3fuse.store.base import Body, Capabilities, ListPage, ObjectInfo
+from s3fuse.store.base import Body, Capabilities, Copied, ListPage, ObjectInfo
 from s3fuse.store.file_versions import FileVersions
 
 
@@ -385,10 +385,10 @@ class FileStore(FileVersions):
         return self._copy(src_key, dst_key, metadata, src_if_match, src_version_id)[0]
 
     def copy_version(self, src_bucket: str, src_key: str, version_id: str, dst_key: str,
-                     size: int, *, if_none_match: bool = False) -> tuple[str, str | None]:
+                     size: int, *, if_none_match: bool = False) -> Copied:
         """See ``ObjectStore.copy_version``: within this store (``src_bucket`` is not
         looked at). The version id is None for a directory marker."""
-        return self._copy(src_key, dst_key, None, None, version_id, if_none_match)
+        return Copied(*self._copy(src_key, dst_key, None, None, version_id, if_none_match))
 
     def _copy(self, src_key: str, dst_key: str, metadata: dict[str, str] | None,
               src_if_match: str | None, src_version_id: str | None,

@@ -44,7 +44,15 @@ from s3fuse.store._listing import (
     version_after,
     version_id_of,
 )
-from s3fuse.store.base import Body, Capabilities, ListPage, ObjectInfo, VersionInfo, VersionPage
+from s3fuse.store.base import (
+    Body,
+    Capabilities,
+    Copied,
+    ListPage,
+    ObjectInfo,
+    VersionInfo,
+    VersionPage,
+)
 
 #: request kinds counted in ``MemoryStore.counts`` (``check`` is counted too);
 #: reads of a given version count as "head"/"get"/"copy" like the others. A copy
@@ -306,7 +314,7 @@ class MemoryStore:
             return src.etag
 
     def copy_version(self, src_bucket: str, src_key: str, version_id: str, dst_key: str,
-                     size: int, *, if_none_match: bool = False) -> tuple[str, str | None]:
+                     size: int, *, if_none_match: bool = False) -> Copied:
         """See ``ObjectStore.copy_version``: within this bucket (``src_bucket`` is not
         looked at); one "copy" request."""
         _validate(src_key)
@@ -318,7 +326,7 @@ class MemoryStore:
                 self._check_conditions(dst_key, None, True)
             sort = self._replace(dst_key, _Object(src.body, dict(src.metadata), src.etag,
                                                   time.time_ns()))
-            return src.etag, version_id_of(sort)
+            return Copied(src.etag, version_id_of(sort))
 
     def delete(self, key: str, *, if_match: str | None = None,
                version_id: str | None = None) -> None:

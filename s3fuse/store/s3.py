@@ -67,7 +67,15 @@ from s3fuse.errors import (
 from s3fuse.store._body import CHUNK, body_size, check_range, is_bytes
 from s3fuse.store._s3errors import _ACCESS_CODES, S3Errors
 from s3fuse.store._s3multipart import S3Multipart, _check_unchanged, _quote, _unquote
-from s3fuse.store.base import Body, Capabilities, ListPage, ObjectInfo, VersionInfo, VersionPage
+from s3fuse.store.base import (
+    Body,
+    Capabilities,
+    Copied,
+    ListPage,
+    ObjectInfo,
+    VersionInfo,
+    VersionPage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -389,14 +397,15 @@ class S3Store(S3Errors, S3Multipart):
         return (sec + 1) * 1_000_000_000 - 1
 
     def copy_version(self, src_bucket: str, src_key: str, version_id: str, dst_key: str,
-                     size: int, *, if_none_match: bool = False) -> tuple[str, str | None]:
+                     size: int, *, if_none_match: bool = False) -> Copied:
         """Server-side copy of one version of ``src_bucket``/``src_key`` (a bucket on
         the same server) to ``dst_key`` here, its metadata kept: one CopyObject, no
         HEAD, as the caller knows the size (over ``max_copy_size``: part by part).
         ``if_none_match``: only if ``dst_key`` does not exist (PreconditionFailed),
         where the server honours it (a server that refuses the header gets the copy
-        without it). Returns the new object's ETag and version id (None when the
-        server names none: an unversioned bucket, or a copy made part by part)."""
+        without it). Returns the new object's ETag, version id (None when the server
+        names none: an unversioned bucket, Ceph RGW 16, a copy made part by part) and
+        time (``Copied``)."""
         self._check_key(src_key)
         self._check_key(dst_key)
         source = {"Bucket": src_bucket, "Key": src_key, "VersionId": version_id}
@@ -407,9 +416,9 @@ class S3Store(S3Errors, S3Multipart):
             keep = {name: head[name] for name in (
                 "ContentType", "ContentEncoding", "ContentDisposition", "ContentLanguage",
                 "CacheControl", "Expires") if head.get(name)}
-            return self._copy_multipart(dst_key, source, size, _unquote(head["ETag"]),
-                                        {"Metadata": dict(head.get("Metadata", {})), **keep}
-                                        ), None
+            return Copied(self._copy_multipart(
+                dst_key, source, size, _unquote(head["ETag"]),
+                {"Metadata": dict(head.get("Metadata", {})), **keep}), None)
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": dst_key,
                                   "CopySource": source, "MetadataDirective": "COPY"}
         if if_none_match and self._copy_if_none_match:
@@ -425,7 +434,10 @@ class S3Store(S3Errors, S3Multipart):
                      self.endpoint)
             return self.copy_version(src_bucket, src_key, version_id, dst_key, size,
                                      if_none_match=if_none_match)
-        return _unquote(r["CopyObjectResult"]["ETag"]), r.get("VersionId")
+        result = r["CopyObjectResult"]
+        when = result.get("LastModified")
+        return Copied(_unquote(result["ETag"]), r.get("VersionId"),
+                      None if when is None else _mtime_ns(when))
 
     # --- writing ------------------------------------------------------------------------
 

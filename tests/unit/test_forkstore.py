@@ -22,6 +22,7 @@ from s3fuse.errors import NoSuchKey, PreconditionFailed, UsageError
 from s3fuse.fork import Side, fork
 from s3fuse.forkstore import FORK_RECORD, ForkedStore, ForkRecord, encode_record
 from s3fuse.snapshots import pinned
+from s3fuse.store import Copied
 from s3fuse.store.file import FileStore
 from s3fuse.store.memory import MemoryStore
 
@@ -208,6 +209,22 @@ def test_wrap_if_forking_only_for_an_unfinished_record() -> None:
     assert forkstore.wrap_if_forking(store, "ws/", "memory://x/ws") is store
     store.put("other/" + FORK_RECORD, b"not json", {})
     assert forkstore.wrap_if_forking(store, "other/", "memory://x/other") is store
+
+
+class NamelessCopies(MemoryStore):
+    """Copies that do not name the version they made (Ceph RGW 16), only its time."""
+
+    def copy_version(self, *args, **kwargs):
+        made = super().copy_version(*args, **kwargs)
+        dst = args[3]
+        mtime = [v for v in self.list_versions(dst).versions if v.key == dst][0].mtime_ns
+        return Copied(made.etag, None, mtime)
+
+
+def test_the_sweep_finds_copies_by_their_time_where_the_server_names_no_version() -> None:
+    store = NamelessCopies(f"forkstore-{uuid.uuid4().hex}")
+    store.enable_versioning()
+    test_the_fork_removes_its_copy_made_over_a_delete_in_dest(lambda: store)
 
 
 def test_the_fork_removes_its_copy_made_over_a_delete_in_dest(backend) -> None:
