@@ -181,9 +181,10 @@ class ForkedStore:
                     or self._clock() - self._checked_at < REFRESH_S:
                 return
             self._refreshing = True
-        record = None
+        record, gone = None, False
         try:
             record = read_record(self.dest, self.dest_prefix)
+            gone = record is None  # (a refused fork removes its record: DEST as it is)
         except (StoreError, S3FuseError) as exc:
             log.debug("could not read the fork record again: %s", exc)
         finally:
@@ -192,9 +193,11 @@ class ForkedStore:
                 self._checked_at = self._clock()
                 if record is not None:
                     self._apply(record)
-                    if record.finished:
-                        log.info("the fork into %s has finished: reading DEST only",
-                                 self.dest_prefix or "the bucket")
+                self._finished = self._finished or gone
+                if self._finished:
+                    log.info("the fork into %s has %s: reading DEST only",
+                             self.dest_prefix or "the bucket",
+                             "no record any more" if gone else "finished")
 
     @property
     def finished(self) -> bool:

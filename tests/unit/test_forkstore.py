@@ -290,3 +290,13 @@ def test_reads_from_another_bucket_under_the_same_prefix() -> None:
     assert forked.get("ws/k") == b"pinned bytes"
     assert forked.get("ws/k", 7, if_match=pins["k"].etag) == b"bytes"
     assert forked.head("ws/k").size == len(b"pinned bytes")
+
+
+def test_a_record_that_went_away_makes_it_a_pass_through() -> None:
+    store, forked, clock, _pins = make(["a"], set(), None)
+    assert forked.get("new/a")
+    store.delete("new/" + FORK_RECORD)
+    clock.now += forkstore.REFRESH_S
+    with pytest.raises(NoSuchKey):
+        forked.get("new/a")
+    assert forked.finished
