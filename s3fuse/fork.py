@@ -14,7 +14,8 @@ Every ``PROGRESS_S`` and at the end it is rewritten with ``copied_through``: the
 greatest key K such that every pinned key up to K is in DEST (copied, or DEST had it).
 Then ``finished`` is set. A mount of DEST that finds the record unfinished shows the
 keys not copied yet from their source versions (``forkstore.ForkedStore``), so DEST
-is usable at once; a change there to such a key first copies it into DEST.
+is usable at once; a change there to such a key first copies it into DEST (and
+leaves a note under ``forkstore.CHANGED_DIR``, which the fork removes at the end).
 
 No resurrection
 ---------------
@@ -52,7 +53,7 @@ from dataclasses import dataclass
 
 from . import faults, timeline
 from .errors import NoSuchKey, PreconditionFailed, StoreError, UsageError
-from .forkstore import FORK_FORMAT, FORK_RECORD, encode_record
+from .forkstore import FORK_FORMAT, FORK_RECORD, changed_keys, encode_record
 from .store import Copied, ObjectStore, VersionInfo
 from .timeline import Pinned
 from .workspace import run_parallel
@@ -267,5 +268,7 @@ def fork(source: Side, dest: Side, point: dict, pins: dict[str, Pinned], *, jobs
     state.write(force=True)  # everything copied: nothing is pending for a mount
     report.swept = _sweep(dest, state.copies)
     dest.store.put(dest.prefix + FORK_RECORD, state.record(time.time_ns()), {})
+    for note in changed_keys(dest.store, dest.prefix):  # no mount needs them any more
+        dest.store.delete(note)
     report.seconds = time.monotonic() - started
     return report

@@ -16,8 +16,10 @@ from their source versions:
   a pending file passes through the host unless someone reads it;
 * a change to a pending key (a PUT with ``if_match``, a copy from it, a delete) first
   *materialises* it: a server-side copy of the source version to DEST with
-  If-None-Match (a refusal means the fork copied it meanwhile: fine). So the mount's
-  conditional writes and S3-wins rules work unchanged above this store.
+  If-None-Match (a refusal means the fork copied it meanwhile: fine), and leaves a
+  note of it (``CHANGED_DIR``) that a later mount reads when it starts (a key deleted
+  here must not show as not copied yet after a remount). So the mount's conditional
+  writes and S3-wins rules work unchanged above this store.
 
 The record is read again at most every ``REFRESH_S`` (one GET, inside whichever call
 comes next); once it says ``finished``, every call goes straight to DEST.
@@ -50,6 +52,10 @@ FORK_FORMAT = "s3fuse-fork/1"
 FORK_RECORD = timeline.RESERVED + "/fork.json"
 #: how often a ForkedStore reads the record again, at most
 REFRESH_S = 2.0
+#: below DEST's prefix: one empty object per pinned key a mount of DEST changed before
+#: the fork copied it, named by the key's UTF-8 in hex (a later mount must not show
+#: such a key as not copied yet: it may have been deleted); the fork removes them
+CHANGED_DIR = timeline.RESERVED + "/fork-changed/"
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,22 @@ def encode_record(source_bucket: str, source_prefix: str, point: dict,
     }, separators=(",", ":")).encode()
 
 
+def changed_key(prefix: str, rel: str) -> str:
+    """The key of the note that a mount changed the pinned key ``rel``."""
+    return prefix + CHANGED_DIR + rel.encode().hex()
+
+
+def changed_keys(store: ObjectStore, prefix: str) -> list[str]:
+    """The notes under ``prefix`` (their own keys), every page."""
+    out, token = [], None
+    while True:
+        page = store.list(prefix + CHANGED_DIR, None, token)
+        out += [o.key for o in page.objects]
+        token = page.next_token
+        if token is None:
+            return out
+
+
 def read_record(store: ObjectStore, prefix: str) -> ForkRecord | None:
     """The fork record under ``prefix``, or None if there is none."""
     try:
@@ -132,7 +154,9 @@ def wrap_if_forking(store: ObjectStore, prefix: str, source_url: str, *,
     log.info("DEST of an unfinished fork: %d pinned objects not copied yet are read from "
              "%s%s", len(record.pins), record.source_bucket and f"{record.source_bucket}/",
              record.source_prefix)
-    return ForkedStore(store, source, record.source_prefix, prefix, record)
+    forked = ForkedStore(store, source, record.source_prefix, prefix, record)
+    forked.load_changed()
+    return forked
 
 
 class ForkedStore:
@@ -165,7 +189,23 @@ class ForkedStore:
         #: HEADs of source versions, by DEST key (versions never change)
         self._heads: dict[str, ObjectInfo] = {}
 
-    # --- the record -----------------------------------------------------------------
+    # --- the record, and the notes of changed keys ------------------------------------
+
+    def load_changed(self) -> None:
+        """Take the keys earlier mounts changed as settled (one listing; a failure is
+        logged, and those keys may show as not copied yet)."""
+        try:
+            notes = changed_keys(self.dest, self.dest_prefix)
+        except StoreError as exc:
+            log.warning("could not list the keys changed in DEST during the fork: %s", exc)
+            return
+        start = len(self.dest_prefix + CHANGED_DIR)
+        with self._lock:
+            for note in notes:
+                try:
+                    self._settled.add(self.dest_prefix + bytes.fromhex(note[start:]).decode())
+                except ValueError:
+                    continue  # not a note of ours
 
     def _apply(self, record: ForkRecord) -> None:
         """Adopt a record read from DEST. Under the lock (or in __init__)."""
@@ -347,6 +387,10 @@ class ForkedStore:
                     etag = made.etag
             except PreconditionFailed:
                 pass  # the fork copied it meanwhile
+        try:
+            self.dest.put(changed_key(self.dest_prefix, pin.key), b"", {})
+        except StoreError as exc:  # (a remount may show the key as not copied yet)
+            log.warning("could not note that %s changed during the fork: %s", key, exc)
         with self._lock:
             self._settled.add(key)
         return etag

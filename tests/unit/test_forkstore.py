@@ -160,7 +160,19 @@ def test_a_change_to_a_pending_key_copies_it_into_dest_first(backend) -> None:
         with pytest.raises(NoSuchKey):
             forked.head(gone)  # deleted here: not pending again, though DEST lacks it
     objects, _ = listing(forked, "new/", None, 2)
-    assert [k for k, _s, _e in objects] == ["new/" + FORK_RECORD, "new/p", "new/q2", "new/s"]
+    assert [k for k, _s, _e in objects if "/.s3fuse/" not in k] == [
+        "new/p", "new/q2", "new/s"]
+    # a later mount (a remount) knows what this one changed: "q" and "r" stay deleted
+    again = ForkedStore(store, store, "ws/", "new/",
+                        ForkRecord.decode(store.get("new/" + FORK_RECORD)))
+    assert {k for k, _s, _e in listing(again, "new/", "/", 1000)[0]} >= {"new/q", "new/r"}
+    again.load_changed()  # (wrap_if_forking calls it)
+    assert listing(again, "new/", "/", 1000) == listing(forked, "new/", "/", 1000)
+    for gone in ("new/q", "new/r"):
+        with pytest.raises(NoSuchKey):
+            again.head(gone)
+    assert [k for k, _s, _e in listing(again, "new/", None, 3)[0] if "/.s3fuse/" not in k
+            ] == ["new/p", "new/q2", "new/s"]
     # a stale pin is refused as the bucket would refuse it
     with pytest.raises(PreconditionFailed):
         forked.put("new/s", b"x", {}, if_match="0" * 32)
@@ -242,6 +254,7 @@ def test_the_fork_removes_its_copy_made_over_a_delete_in_dest(backend) -> None:
     forked = ForkedStore(store, store, "ws/", "new/", ForkRecord.decode(body))
     forked.delete("new/b")  # materialised, then deleted
     forked.put("new/c", b"mine", {}, if_match=pins["c"].etag)
+    assert len(forkstore.changed_keys(store, "new/")) == 2
     store.put("new/.s3fuse/fork.json", body, {})
     # a fresh run would see "new/b" as had; a run that listed DEST before the delete
     # did not: stage it by forgetting the versions' listing (resume sees nothing)
@@ -259,6 +272,7 @@ def test_the_fork_removes_its_copy_made_over_a_delete_in_dest(backend) -> None:
     assert store.get("new/c") == b"mine" and store.get("new/a") == b"a"
     assert json.loads(store.get("new/" + FORK_RECORD))["finished"]
     assert json.loads(store.get("new/" + FORK_RECORD))["copied_through"] == "c"
+    assert not forkstore.changed_keys(store, "new/")  # the mount's notes went with it
 
 
 def test_a_dest_with_history_only_is_refused_after_its_record_went_up(backend) -> None:
