@@ -7,7 +7,8 @@ is still to copy when DEST is mounted:
 ``ls -R`` and byte-for-byte reads there equal the snapshot; one file not copied yet
 is rewritten, one deleted, one renamed; and when the fork has finished, DEST holds
 exactly what the mount did (the deleted file does not come back, the written one
-keeps the mount's bytes) and the source is untouched.
+keeps the mount's bytes) and the source is untouched. A remount of DEST midway
+(with fsck after the unmount) shows what the mount did, not the fork's snapshot.
 
 (The file:// store has no prefixes, so a fork within one file:// store has no DEST a
 mount could show apart from its source; its part is in tests/unit/test_forkstore.py.)
@@ -125,6 +126,15 @@ def test_dest_of_a_running_fork_is_usable_and_ends_as_the_mount_left_it(
             dm.sync()
             status = json.loads(cli("status", "--json", dm.path).stdout)
             assert status["fork"]["total"] == FILES
+            assert "fork: " in cli("status", dm.path).stdout
+            want = dict(snap)
+            want[write] = b"written in DEST while the fork ran"
+            del want[delete]
+            want["d5/renamed"] = want.pop(rename)
+            # unmounted (fsck finds DEST and the journal in agreement mid-fork) and
+            # mounted again: the deleted and renamed files stay away
+            dm.remount()
+            assert {k: v for k, v in shown(dm.path).items() if v is not None} == want
             assert proc.poll() is None, "the fork ended before the changes were made"
             hold.unlink()
             out, err = proc.communicate(timeout=TIMEOUT)
@@ -132,10 +142,6 @@ def test_dest_of_a_running_fork_is_usable_and_ends_as_the_mount_left_it(
             # the deleted and the renamed file's copies were made over delete markers;
             # the written one's too where the server ignores If-None-Match on copies
             assert re.search(rb"objects? copied.*; removed [23] of its copies", out), out
-            want = dict(snap)
-            want[write] = b"written in DEST while the fork ran"
-            del want[delete]
-            want["d5/renamed"] = want.pop(rename)
             assert listing(store, dest_prefix) == want  # the delete did not come back
             record = json.loads(store.get(dest_prefix + FORK_RECORD))
             assert record["finished"] and record["copied_through"] == max(snap)
