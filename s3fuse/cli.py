@@ -382,6 +382,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(line)
     if busy and status.get("last_error"):
         print(f"  last error: {client.error_words(status['last_error'])}")
+    if status.get("fork") and not status["fork"]["finished"]:
+        print(f"  fork: {status['fork']['copied']} of {status['fork']['total']} copied "
+              "(as of the mount's last look; the rest is read from the source)")
     print(f"  cache: {words.size(status['cache_bytes'])} of "
           f"{words.size(status['cache_limit_bytes'])}")
     caps = status["capabilities"]

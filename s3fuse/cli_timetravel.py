@@ -346,9 +346,12 @@ def cmd_fork(args: argparse.Namespace) -> int:
         if dest is not None:
             dest.store.close()
     rate = report.copied / report.seconds if report.seconds else 0.0
+    swept = (f"; removed {report.swept} of its copies made over changes in DEST"
+             if report.swept else "")
     print(f"s3fuse: forked {source.url} ({point.get('snapshot') or point.get('at')}) into "
           f"{dest.url}: {words.plural(report.copied, 'object')} copied"
           f"{f', {report.present} there already' if report.present else ''} "
           f"in {words.duration(report.seconds)} ({rate:.0f}/s)"
-          f"{' (resumed)' if report.resumed else ''}")
+          f"{' (resumed)' if report.resumed else ''}"
+          f"{swept}")
     return 0

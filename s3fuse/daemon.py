@@ -42,6 +42,7 @@ from .cachelock import CacheLock
 from .discovery import Poller
 from .filesystem import Defaults, Filesystem
 from .flusher import Flusher
+from .forkstore import fork_status, wrap_if_forking
 from .fuse_ops import FuseOps
 from .journal import Journal
 from .metrics import Metrics
@@ -152,8 +153,12 @@ class Daemon:
         self.resources.callback(store.close)
         try:
             store.check()
+            # DEST of an unfinished fork: the keys not copied yet come from the source
+            self.store = store = wrap_if_forking(store, self.prefix, s.source,
+                                                 endpoint_url=s.endpoint_url, region=s.region)
         except StoreError as exc:
             raise UsageError(str(exc)) from None
+        self.resources.callback(store.close)  # (closing twice is fine)
         self.lock = CacheLock(s.cache_dir)
         self.resources.callback(self.lock.release)
         self.journal = Journal(os.path.join(s.cache_dir, "journal"))
@@ -479,6 +484,7 @@ class Daemon:
                              "conditional_copy": caps.conditional_copy,
                              "conditional_delete": caps.conditional_delete},
             "requests": dict(self.flusher.counts),
+            "fork": fork_status(self.fs.remote.store),  # DEST of a fork in progress
             "source": self.settings.source,
             # what a command needs to reach the bucket as the mount does (never
             # credentials: the command uses the user's own AWS chain)

@@ -25,11 +25,11 @@ class CrashingStore(MemoryStore):
 
     allowed = 10**9
 
-    def copy(self, *args, **kwargs):
+    def copy_version(self, *args, **kwargs):
         if self.allowed <= 0:
             raise Crash
         self.allowed -= 1
-        return super().copy(*args, **kwargs)
+        return super().copy_version(*args, **kwargs)
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, set[str]]] = [
                        "store.memory", "store.faulty", "store.file", "store._fileio",
                        "store.file_versions", "store._s3errors", "store._s3multipart",
                        "store.s3"}),
-    ("points in a bucket's history", {"timeline"}),
+    ("points in a bucket's history", {"timeline", "forkstore"}),
     ("local state, the store from trio", {"oplog", "journal", "cache", "cachelock",
                                           "remote", "metrics"}),
     ("namespace", {"namespace"}),
