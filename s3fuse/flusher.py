@@ -42,7 +42,7 @@ import trio
 from . import faults, retry
 from .errors import BodyChanged, ConditionMismatch, FsError, PreconditionFailed, StoreError
 from .flusher_ops import OpLogRunner
-from .journal import DIRTY_DATA, Inode
+from .journal import DIRTY_DATA, Inode, Txn
 from .namespace import object_metadata, set_remote, unmark
 from .oplog import CopyOp, DeleteOp
 from .reconcile import SEQ_META, Decision, Stamp
@@ -579,10 +579,13 @@ class Flusher(OpLogRunner):
                 # holder of this path must see (_finish_op gives it), not ours.
                 pass
             else:
-                # It moved or went away while we uploaded: the object we just wrote
-                # belongs to whoever holds that path now, or to nobody.
-                # (Not a holder that knows another object there: that is a newer
-                # fact than our upload, and its cached bytes are that version's.)
+                # It moved or went away while we uploaded. If it was renamed and has
+                # not changed since, the object is its current version: it follows
+                # the rename server-side instead of going up again (``_follow_rename``).
+                clean = self._follow_rename(txn, inode, key, etag, seq)
+                # The object we just wrote belongs to whoever holds that path now, or
+                # to nobody. (Not a holder that knows another object there: that is a
+                # newer fact than our upload, and its cached bytes are that version's.)
                 holder = self.ns.inode_at_key(txn, key)
                 if holder is not None and holder.ino != ino \
                         and holder.remote_key in (None, key) \
@@ -603,6 +606,32 @@ class Flusher(OpLogRunner):
             # changed again while it went up: a new first change, in a new window
             self._due[ino][0] = trio.current_time()
             self._due_now.discard(ino)
+
+    def _follow_rename(self, txn: Txn, inode: Inode | None, key: str, etag: str, seq: int) -> bool:
+        """Our upload of change ``seq`` of ``inode`` landed at ``key`` as ``etag``, and
+        the file was renamed meanwhile (its key is another one now). If nothing changed
+        since that upload read it (the same change sequence: bytes and attributes),
+        the object is the file's current version: queue a server-side copy to its new
+        key, as a rename of a clean file does (``Renamer._move_remote``), instead of
+        sending the bytes again. The copy overwrites whatever is at the new key (the
+        object a rename over an existing name replaced), and is pinned to ``etag``:
+        if the object changes in the bucket first, S3 wins and ``_finish_op`` has
+        the file uploaded from its cache file. The caller appends the delete of
+        ``key`` (or hands the object to the path's new holder): the copy is before
+        it in the log. True if the file is clean now."""
+        if inode is None or inode.nlink == 0 or inode.change_seq != seq \
+                or not stat.S_ISREG(inode.mode) or inode.links or inode.link_of:
+            return False
+        new_key = self.ns.object_key(txn, inode)
+        if new_key is None or new_key == key or inode.remote_key not in (None, new_key):
+            return False
+        txn.append_op(CopyOp(key, new_key, etag, inode.ino))
+        set_remote(inode, new_key, None)  # (the copy gives the ETag: ``_finish_op``)
+        unmark(txn, inode)
+        txn.put(inode)
+        self._live_changed.discard(inode.ino)
+        self.counts["renamed_uploads"] += 1
+        return True
 
     # --- waiting for the bucket ---------------------------------------------------------
     def _idle(self, inos: list[int] | None = None) -> bool:

@@ -1,0 +1,68 @@
+"""A file renamed while its upload runs (a checkpoint written under a temporary name,
+then ``os.replace``d): the bytes go up once, and the object follows the rename
+server-side. The same through a real mount, with the requests counted, is in
+tests/fuse/test_large_files.py."""
+
+from __future__ import annotations
+
+import trio
+from core_rig import Rig, upload_in_flight
+
+from s3fuse.journal import ROOT_INO
+from s3fuse.store.faulty import FaultyStore
+
+
+def test_a_file_renamed_while_uploading_is_copied_not_sent_again(tmp_path):
+    async def during(rig: Rig):
+        await rig.fs.rename(ROOT_INO, b"f", ROOT_INO, b"g")
+
+    bucket, counts, own, snap = trio.run(upload_in_flight, tmp_path, FaultyStore(), during)
+    assert bucket == {"g": b"payload"}
+    # one PUT of the bytes, then the copy and the delete of the old key (the old code
+    # sent the bytes a second time: put 2)
+    assert counts == {"put": 1, "copy": 1, "delete": 1}
+    assert own["renamed_uploads"] == 1
+    assert snap["g"][1]["mode"] == str(0o100644)
+
+
+def test_a_rename_over_an_existing_file_while_uploading(tmp_path):
+    """``os.replace(tmp, final)`` over the previous checkpoint: the copy replaces it."""
+    store = FaultyStore()
+    store.put("model.ckpt", b"previous", {})
+
+    async def during(rig: Rig):
+        await rig.fs.lookup(ROOT_INO, b"model.ckpt")
+        await rig.fs.rename(ROOT_INO, b"f", ROOT_INO, b"model.ckpt")
+
+    bucket, counts, own, _ = trio.run(upload_in_flight, tmp_path, store, during, b"new")
+    assert bucket == {"model.ckpt": b"new"}
+    assert counts == {"put": 2, "copy": 1, "delete": 1}  # (one put was the seed)
+    assert own["renamed_uploads"] == 1
+
+
+def test_a_file_written_again_after_the_rename_goes_up_whole(tmp_path):
+    """Changed after the rename: the landed object is not its version; it is deleted
+    and the file uploaded at its new key, as before."""
+    async def during(rig: Rig):
+        await rig.fs.rename(ROOT_INO, b"f", ROOT_INO, b"g")
+        ino = (await rig.fs.lookup(ROOT_INO, b"g")).ino
+        fh, _ = await rig.fs.open(ino, 1)
+        await rig.fs.write(fh, 7, b"+more")
+        await rig.fs.release(fh)
+
+    bucket, counts, own, _ = trio.run(upload_in_flight, tmp_path, FaultyStore(), during)
+    assert bucket == {"g": b"payload+more"}
+    assert counts == {"put": 2, "copy": 0, "delete": 1}
+    assert "renamed_uploads" not in own
+
+
+def test_the_old_name_reused_while_uploading_gets_the_object_after_the_copy(tmp_path):
+    async def during(rig: Rig):
+        await rig.fs.rename(ROOT_INO, b"f", ROOT_INO, b"g")
+        await rig.write_file(ROOT_INO, b"f", b"second")
+
+    bucket, counts, own, _ = trio.run(upload_in_flight, tmp_path, FaultyStore(), during)
+    assert bucket == {"g": b"payload", "f": b"second"}
+    # the new f overwrites the landed object (If-Match) once it was copied: no delete
+    assert counts == {"put": 2, "copy": 1, "delete": 0}
+    assert own["renamed_uploads"] == 1
