@@ -13,6 +13,8 @@ import pytest
 from counting_proxy import CountingProxy
 from mounts import daemon_pid, make_mount, require_fuse, wait_dead
 
+from s3fuse.metadata import parse_time_ns
+
 pytestmark = pytest.mark.fuse
 
 MiB = 1 << 20
@@ -59,11 +61,12 @@ class _Gated:
 
 
 @pytest.fixture
-def gated(tmp_path, moto_endpoint, s3_bucket):
-    """A mount of a moto bucket through a GateProxy (not mounted yet)."""
+def gated(tmp_path, s3_target):
+    """A mount of a new bucket on moto, and on Ceph RGW, through a GateProxy (not
+    mounted yet)."""
     require_fuse()
-    proxy = GateProxy(int(moto_endpoint.rsplit(":", 1)[1]))
-    m = make_mount(tmp_path, f"s3://{s3_bucket}/data", proxy.url)
+    proxy = GateProxy(int(s3_target.endpoint.rsplit(":", 1)[1]))
+    m = make_mount(tmp_path, f"s3://{s3_target.bucket}/data", proxy.url)
     try:
         yield m, proxy
     finally:
@@ -77,8 +80,8 @@ def checkpoint_bytes(size: int, seed: int) -> bytes:
     return (block * (size // len(block) + 1))[:size]
 
 
-def write_fsynced(path: str, data: bytes) -> None:
-    with open(path, "wb") as f:
+def write_fsynced(path: str, data: bytes, mode: int = 0o644) -> None:
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "wb") as f:
         for i in range(0, len(data), 4 * MiB):
             f.write(data[i:i + 4 * MiB])
         f.flush()
@@ -95,7 +98,8 @@ def test_a_checkpoint_renamed_while_uploading_goes_up_once(gated):
     data = checkpoint_bytes(20 * MiB, -1)  # a multipart upload (8 MiB parts)
     proxy.gate.clear()
     sent0 = proxy.sent
-    write_fsynced(m.p("model.ckpt.tmp"), data)
+    write_fsynced(m.p("model.ckpt.tmp"), data, 0o640)
+    mtime_ns = os.stat(m.p("model.ckpt.tmp")).st_mtime_ns
     assert proxy.held.wait(30), "no upload started"  # (the flush window is 1 s)
     os.replace(m.p("model.ckpt.tmp"), m.p("model.ckpt"))
     proxy.gate.set()
@@ -104,7 +108,8 @@ def test_a_checkpoint_renamed_while_uploading_goes_up_once(gated):
     # the bytes went up once (the old code sent them again under the new name)
     assert proxy.sent - sent0 < 1.5 * len(data), "the bytes went up twice"
     md = m.head("model.ckpt")
-    assert int(md["mode"]) == stat.S_IFREG | 0o644
+    assert int(md["mode"]) == stat.S_IFREG | 0o640
+    assert parse_time_ns(md["mtime"]) == mtime_ns
     assert os.listdir(m.path) == ["model.ckpt"]
     with open(m.p("model.ckpt"), "rb") as f:
         assert f.read() == data
@@ -132,9 +137,9 @@ def test_a_kill_in_the_copy_after_such_a_rename_loses_nothing(gated, point):
     assert os.listdir(m.path) == ["model.ckpt"]
     m.sync()
     assert m.objects() == {"model.ckpt": data}
-    # (read after the copy: moto ignores a copy's source condition, so the mount
-    # takes the copy's ETag from the bucket, as for any copy of a multipart object
-    # there, when the file is next opened)
+    # (read after the copy: moto ignores a copy's source condition, so there the
+    # mount takes the copy's ETag from the bucket when the file is next opened, as
+    # for any copy of a multipart object)
     with open(m.p("model.ckpt"), "rb") as f:
         assert f.read() == data
     m.umount()
