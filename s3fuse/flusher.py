@@ -120,6 +120,12 @@ class Flusher(OpLogRunner):
         # the oldest change stays a real, finite figure
         self._due_now: set[int] = set()
         self._inflight: dict[int, str] = {}
+        # ino -> the change sequence its upload in flight sends (set once it is sent)
+        self._inflight_seq: dict[int, int] = {}
+        # uploads in flight that nobody needs any more: the file left their key and
+        # changed since they read it (``_abandon_superseded``); their body check says
+        # so, and the store stops them without storing anything
+        self._abandoned: set[int] = set()
         self._busy: Counter[str] = Counter()
         self._retry_at: dict[int, float] = {}
         self._live_changed: set[int] = set()  # their last upload from the cache failed
@@ -313,6 +319,7 @@ class Flusher(OpLogRunner):
     def _start_uploads(self, force: bool) -> None:
         assert self._nursery is not None, "Flusher.run() is not running"
         now = trio.current_time()
+        self._abandon_superseded()
         blocked = self.journal.ops_index.keys
         room = self._room(self.max_uploads)
         for ino, (first, last) in list(self._due.items()):
@@ -359,6 +366,8 @@ class Flusher(OpLogRunner):
             self._failed(ino, key, "upload", exc)
         finally:
             self._inflight.pop(ino, None)
+            self._inflight_seq.pop(ino, None)
+            self._abandoned.discard(ino)
             self._busy[key] -= 1
             if self._busy[key] <= 0:
                 del self._busy[key]
@@ -416,9 +425,10 @@ class Flusher(OpLogRunner):
                 as_copy = True
             else:
                 body, unchanged = self._file_body(ino, data)
+                unchanged = self._still_wanted(ino, unchanged)
         elif stat.S_ISLNK(data.mode):
             body = (data.target or "").encode("utf-8", "surrogateescape")
-        snapshot = body if unchanged is None else b""  # (the cache file is not ours)
+        snapshot = body if body != self.links.cache.path(data.ino) else b""  # (not ours)
         if not self.links.remote.capabilities.conditional_put and not as_copy:
             # the server ignores conditions: check first (best effort, not atomic)
             if await self._changed_outside(ino, key, inode.remote_etag if if_match else None,
@@ -429,6 +439,7 @@ class Flusher(OpLogRunner):
         else:
             unconditional = False
         faults.crash_point("before-put")
+        self._inflight_seq[ino] = seq
         try:
             if as_copy:
                 etag = await self.links.remote.copy(key, key, md, src_if_match=if_match)
@@ -441,6 +452,11 @@ class Flusher(OpLogRunner):
         except (BodyChanged, OSError) as exc:
             if isinstance(exc, OSError) and (unchanged is None or unchanged()):
                 raise
+            if ino in self._abandoned:
+                # stopped: the file left this key and changed since (nothing stored;
+                # its next upload goes to its new key)
+                self.counts["abandoned"] += 1
+                return
             # written (or removed: an OSError reading it) while it went up: nothing
             # was stored; the change made it due again, and the next attempt sends a
             # snapshot, so a file written all the time still gets uploaded
@@ -473,6 +489,34 @@ class Flusher(OpLogRunner):
             return cache.snapshot(data.ino, data.size), None
         generation = cache.generation(data.ino)
         return cache.path(data.ino), lambda: cache.generation(data.ino) == generation
+
+    def _still_wanted(self, ino: int, unchanged: Callable[[], bool] | None
+                      ) -> Callable[[], bool]:
+        """The body check of a file's upload (``ObjectStore.put``'s ``unchanged``),
+        which also fails once the upload is abandoned (``_abandon_superseded``). (A
+        store checks it before a single PUT and before every part: a PUT already on
+        its way lands, and is deleted at its commit, as before.)"""
+        if unchanged is None:
+            return lambda: ino not in self._abandoned
+        return lambda: ino not in self._abandoned and unchanged()
+
+    def _abandon_superseded(self) -> None:
+        """Mark the uploads in flight whose file left their key (renamed or removed)
+        and changed since they read it: once landed, the object would only be
+        deleted again (``_commit``), and the file's upload to its new key waits for
+        them (one upload per file at a time). A checkpoint renamed while an upload of
+        an earlier state of it runs: that upload stops at its next part."""
+        if not self._inflight_seq:
+            return
+        with self.journal.read() as txn:
+            for ino, seq in self._inflight_seq.items():
+                if ino in self._abandoned:
+                    continue
+                inode = txn.get(ino)
+                if inode is None or inode.nlink == 0 or (
+                        inode.change_seq != seq
+                        and self.ns.object_key(txn, inode) != self._inflight[ino]):
+                    self._abandoned.add(ino)
 
     async def _refused(self, ino: int, key: str, seq: int,
                        if_match: str | None) -> tuple[str, int] | None:
