@@ -483,12 +483,23 @@ class Flusher(OpLogRunner):
         cache file, with a check the store makes before the object becomes visible
         (nothing written since the upload began: see ``ObjectStore.put``), so no copy
         of it is made. Smaller files, and one whose last such upload was overtaken by
-        a write, go from a private snapshot."""
+        a write while it is still being written (``_quiet``), go from a private
+        snapshot."""
         cache = self.links.cache
-        if data.size < LIVE_BODY_MIN_BYTES or ino in self._live_changed:
+        if data.size < LIVE_BODY_MIN_BYTES or (ino in self._live_changed
+                                                and not self._quiet(ino)):
             return cache.snapshot(data.ino, data.size), None
         generation = cache.generation(data.ino)
         return cache.path(data.ino), lambda: cache.generation(data.ino) == generation
+
+    def _quiet(self, ino: int) -> bool:
+        """No change to ``ino`` for a tick: a writer that overtook its last upload from
+        the cache file has stopped, so the next one goes from the cache file again
+        instead of from a copy of it (a checkpoint of gigabytes, after the write
+        that overtook the upload the flush window started). If it writes again, the
+        upload after that one is a copy: a file written all the time still goes up."""
+        due = self._due.get(ino)
+        return due is None or trio.current_time() - due[1] >= self._tick_s()
 
     def _still_wanted(self, ino: int, unchanged: Callable[[], bool] | None
                       ) -> Callable[[], bool]:

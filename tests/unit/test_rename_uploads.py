@@ -97,3 +97,28 @@ def test_an_upload_of_a_removed_file_stops(tmp_path):
     assert bucket == {}
     assert counts == {"put": 0, "copy": 0, "delete": 0}  # (old: put 1, delete 1)
     assert own["abandoned"] == 1
+
+
+def test_after_an_overtaken_upload_a_quiet_large_file_goes_from_its_cache_file(tmp_path):
+    """The writer overtook the upload from the cache file (the window started it
+    while the file was written), then stopped: the next upload reads the cache file
+    again, with no copy of it made (the old code copied the whole file first)."""
+    from s3fuse.flusher import LIVE_BODY_MIN_BYTES
+
+    first = b"a" * LIVE_BODY_MIN_BYTES
+    copies: list[int] = []
+
+    async def during(rig: Rig):
+        snapshot = rig.cache.snapshot
+        rig.cache.snapshot = lambda ino, size: copies.append(size) or snapshot(ino, size)
+        ino = (await rig.fs.lookup(ROOT_INO, b"f")).ino
+        fh, _ = await rig.fs.open(ino, 1)
+        await rig.fs.write(fh, len(first), b"the rest")
+        await rig.fs.release(fh)
+        await trio.sleep(0.3)  # quiet for more than a flusher tick
+
+    bucket, counts, own, _ = trio.run(upload_in_flight, tmp_path, FaultyStore(), during,
+                                      first)
+    assert bucket == {"f": first + b"the rest"}
+    assert own["body_changed"] == 1 and counts["put"] == 1
+    assert copies == []
