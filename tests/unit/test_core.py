@@ -16,7 +16,7 @@ import time
 import pytest
 import trio
 import trio.testing
-from core_rig import WINDOW, Rig, replayed, run
+from core_rig import WINDOW, Rig, replayed, run, upload_in_flight
 
 from s3fuse.errors import FsError
 from s3fuse.filesystem import SetAttrs
@@ -135,6 +135,7 @@ def test_a_large_file_goes_up_from_its_cache_file_unless_written_meanwhile(tmp_p
             bodies.append(body)
             if len(bodies) == 1:  # a write lands while the first upload reads the file
                 rig.cache.write(inode.ino, 0, b"b")
+                rig.flusher.note_change(inode.ino)  # (as a write through the mount)
             return real_put(key, body, md, **kw)
 
         rig.store.put = put
@@ -516,21 +517,7 @@ def test_poll_shows_new_changed_and_deleted_objects(tmp_path):
 
 async def _in_flight(tmp_path, store: FaultyStore, during):
     """Start an upload of ``f``, run ``during(rig)`` while it is in flight, finish."""
-    gate = store.hold("put")
-    rig = Rig(tmp_path, store, threads=True)  # the upload really is in flight
-    rig.flusher.window_s = 0.01
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(rig.flusher.run)
-            await rig.write_file(ROOT_INO, b"f", b"payload")
-            assert await trio.to_thread.run_sync(gate.entered.wait, 10)
-            await during(rig)
-            gate.open()
-            assert await rig.flusher.drain(10)
-            nursery.cancel_scope.cancel()
-        return rig.bucket()
-    finally:
-        rig.close()
+    return (await upload_in_flight(tmp_path, store, during))[0]
 
 
 def test_rename_while_uploading_ends_at_the_new_name(tmp_path):
