@@ -108,12 +108,13 @@ class Discovery(CloseToOpenChecks):
         self._dir_used: dict[int, float] = {}  # directory ino -> trio clock time used
         # close-to-open by directory: dir ino -> (stamp of the listing, {key: ETag})
         self._dir_etags: dict[int, tuple[Stamp, dict[str, str]]] = {}
-        self._dir_listing: dict[int, trio.Event] = {}
+        self._dir_listing: dict[int, tuple[trio.Event, float]] = {}  # (end, start)
         # close-to-open for names: dir ino -> trio clock time its names were last
         # listed (a lookup of a missing name lists it again once that is older
         # than the TTL)
         self._names_at: dict[int, float] = {}
-        self._relisting: dict[int, trio.Event] = {}  # dir ino -> set when its re-list ends
+        # dir ino -> (set when its re-list ends, trio time it started)
+        self._relisting: dict[int, tuple[trio.Event, float]] = {}
 
     def note_used(self, ino: int) -> None:
         """Directory ``ino`` was looked into or opened now (``dirs_to_poll``)."""
