@@ -120,7 +120,7 @@ def _log(m) -> str:
 def test_mount_is_ready_before_the_probe_and_uploads_wait_for_it(counted):
     m, proxy = counted
     proxy.gate.clear()  # the probe hangs, its scratch object in the bucket
-    m.mount()  # returns: the probe runs after the mount is up
+    m.mount(wait_probe=False)  # returns: the probe runs after the mount is up
     assert _status(m)["capabilities"]["pending"] is True
     deadline = time.monotonic() + 30
     while not any(".s3fuse-probe" in k for k in _keys(m)):
