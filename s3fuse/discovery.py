@@ -62,6 +62,8 @@ class MetaLoads:
     last: dict[int, bytes] = field(default_factory=dict)  # dir ino -> last name looked up
     depth: dict[int, int] = field(default_factory=dict)  # dir ino -> entries to keep queued
     queued: dict[int, int] = field(default_factory=dict)  # dir ino -> prefetches not done
+    # dir ino -> trio clock time of the last lookup walking forward (the walk's pace)
+    walked_at: dict[int, float] = field(default_factory=dict)
 
 
 class OpLogView(Protocol):
@@ -108,12 +110,13 @@ class Discovery(CloseToOpenChecks):
         self._dir_used: dict[int, float] = {}  # directory ino -> trio clock time used
         # close-to-open by directory: dir ino -> (stamp of the listing, {key: ETag})
         self._dir_etags: dict[int, tuple[Stamp, dict[str, str]]] = {}
-        self._dir_listing: dict[int, trio.Event] = {}
+        self._dir_listing: dict[int, tuple[trio.Event, float]] = {}  # (end, start)
         # close-to-open for names: dir ino -> trio clock time its names were last
         # listed (a lookup of a missing name lists it again once that is older
         # than the TTL)
         self._names_at: dict[int, float] = {}
-        self._relisting: dict[int, trio.Event] = {}  # dir ino -> set when its re-list ends
+        # dir ino -> (set when its re-list ends, trio time it started)
+        self._relisting: dict[int, tuple[trio.Event, float]] = {}
 
     def note_used(self, ino: int) -> None:
         """Directory ``ino`` was looked into or opened now (``dirs_to_poll``)."""
@@ -124,7 +127,7 @@ class Discovery(CloseToOpenChecks):
         -l``), so the prefetch scan starts again."""
         loads = self.meta_loads
         loads.readdir_at[ino] = trio.current_time()
-        for d in (loads.cursor, loads.last, loads.depth):
+        for d in (loads.cursor, loads.last, loads.depth, loads.walked_at):
             d.pop(ino, None)
 
     def type_known(self, inode: Inode) -> bool:
@@ -378,25 +381,35 @@ class Discovery(CloseToOpenChecks):
         loads = self.meta_loads
         listed = loads.readdir_at.get(parent)
         if listed is None or trio.current_time() - listed > PREFETCH_AFTER_READDIR_S:
-            for d in (loads.readdir_at, loads.cursor, loads.last, loads.depth):
+            for d in (loads.readdir_at, loads.cursor, loads.last, loads.depth,
+                      loads.walked_at):
                 d.pop(parent, None)
             return []
         if name <= loads.last.get(parent, b""):
             return []  # not walking forward (the same name again, say): no scan
         loads.last[parent] = name
-        # start with a few and double while the lookups keep walking the listing
+        now = trio.current_time()
+        gap = now - loads.walked_at.get(parent, now)
+        loads.walked_at[parent] = now
+        # start with a few and double while the lookups keep walking the listing...
         depth = loads.depth[parent] = min(loads.depth.get(parent, 2) * 2, PREFETCH_AHEAD)
+        # ...but load no entry the walk reaches later than half the TTL from now: its
+        # lookup would find it older than the TTL and check it again (``recheck``)
+        if gap > 0:
+            depth = max(2, min(depth, int(self.metadata_ttl_s / 2 / gap)))
         queued = loads.queued.get(parent, 0)
         if queued > depth // 2:
             return []  # enough in flight; top up later
-        after = max(name, loads.cursor.get(parent, b""))
-        want = depth - queued
+        cursor = loads.cursor.get(parent, b"")
         picked: list[int] = []
-        last = after
+        last = cursor
         with self.journal.read() as txn:
-            for scanned, (child_name, child) in enumerate(txn.children(parent, after)):
-                if len(picked) >= want or scanned >= 4 * PREFETCH_AHEAD:
+            # the ``depth`` entries after this one (those up to the cursor are queued)
+            for ahead, (child_name, child) in enumerate(txn.children(parent, name)):
+                if ahead >= depth or len(picked) >= depth - queued:
                     break
+                if child_name <= cursor:
+                    continue
                 last = child_name
                 c = txn.get(child)
                 if c is not None and not c.meta_loaded and child not in loads.loading:

@@ -81,17 +81,23 @@ class CloseToOpenChecks:
         return d is not None and parent != ROOT_INO and d.dirty != 0 \
             and d.remote_key is None and d.meta_loaded
 
-    async def _shared(self, running: dict[int, trio.Event], parent: int,
+    async def _shared(self, running: dict[int, tuple[trio.Event, float]], parent: int,
                       work: Callable[[], Awaitable[None]]) -> bool:
         """Run ``work`` for directory ``parent`` unless it runs already (``running``
-        holds its end event), and wait for it at most ``NAME_CHECK_TIMEOUT_S``; True
-        if it ended meanwhile. It runs in the daemon's nursery, so a caller that stops
-        waiting does not cancel it (without one, in core tests, it runs in the
+        holds its end event and when it started), and wait for it until
+        ``NAME_CHECK_TIMEOUT_S`` after it started; True if it ended meanwhile. A
+        caller that joins a run the bucket is already slow to answer waits no longer
+        than the one that started it: without that, when a listing takes longer than
+        the TTL (a large directory on a loaded server), every lookup of an ``ls -l``
+        waited the whole timeout. It runs in the daemon's nursery, so a caller that
+        stops waiting does not cancel it (without one, in core tests, it runs in the
         caller). An unexpected error in it is logged, never raised into the nursery."""
-        done = running.get(parent)
+        now = trio.current_time()
+        done, started = running.get(parent, (None, now))
         inline = None
         if done is None:
-            done = running[parent] = trio.Event()
+            done = trio.Event()
+            running[parent] = (done, started)
 
             async def run() -> None:
                 try:
@@ -106,7 +112,7 @@ class CloseToOpenChecks:
                 self.meta_loads.nursery.start_soon(run)
             else:
                 inline = run
-        with trio.move_on_after(NAME_CHECK_TIMEOUT_S):
+        with trio.move_on_at(started + NAME_CHECK_TIMEOUT_S):
             await (inline() if inline is not None else done.wait())
             return True
         return False

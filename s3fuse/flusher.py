@@ -305,6 +305,8 @@ class Flusher(OpLogRunner):
 
     async def pump(self, force: bool = False) -> None:
         """One round: run the op log, then start the uploads that are due."""
+        # what the server honours decides how each write is made: wait for the probe
+        await self.links.remote.capabilities_known()
         async with self._pump_lock:
             await self._run_ops()
             self._start_uploads(force)

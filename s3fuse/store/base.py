@@ -118,6 +118,11 @@ class Capabilities:
     conditional_put: bool = True
     conditional_copy: bool = False
     conditional_delete: bool = False
+    #: the bucket's versioning state the answer was found under ("off", "enabled",
+    #: "suspended"), when the probe could read it; None where the answer does not
+    #: depend on it or it is unknown. The daemon keeps a probe's answer under this
+    #: state (``capcache``); not part of the comparison of two answers.
+    versioning: str | None = field(default=None, compare=False)
 
 
 class ObjectStore(Protocol):

@@ -656,7 +656,8 @@ class S3Store(S3Errors, S3Multipart):
                         f"versioning-{state}", self.bucket,
                         "yes" if none_match else "no", "yes" if match else "no")
         return Capabilities(conditional_put=none_match and match,
-                            conditional_copy=copy_ok, conditional_delete=delete_ok)
+                            conditional_copy=copy_ok, conditional_delete=delete_ok,
+                            versioning=state if state != "unknown" else None)
 
     def _purge_versions(self, key: str) -> None:
         """Delete every version and delete marker of exactly ``key`` (the probe's

@@ -1264,3 +1264,26 @@ def test_types_from_listing_an_exchange_meets_a_symlink_it_had_listed_as_a_file(
         assert store.get("ln") == b"data"
 
     run(tmp_path, scenario, store)
+
+
+def test_a_slow_walk_after_readdir_is_not_prefetched_past_the_ttl(tmp_path):
+    """``ls -l`` on a loaded host: lookups come every 50 ms. The HEADs run ahead of
+    them, but not so far ahead that an entry's attributes are older than the
+    metadata TTL when its lookup comes: else each lookup checks it again (one LIST of
+    the directory per TTL; on moto, a 5,000-entry directory's LIST took longer than
+    the TTL, so a cold ls -l listed it ten times)."""
+    store = MemoryStore()
+    for i in range(300):
+        store.put(f"f{i:03d}", b"", {"mode": str(stat.S_IFREG | 0o640)})
+
+    async def scenario(rig: Rig):
+        names = [n for n, _, _ in rig.fs.readdir(await rig.fs.opendir(ROOT_INO), 0)]
+        heads, lists = rig.store.counts["head"], rig.store.counts.get("list", 0)
+        for name in names:
+            inode = await rig.fs.lookup(ROOT_INO, name)
+            assert inode.mode == stat.S_IFREG | 0o640
+            await trio.sleep(0.05)
+        assert rig.store.counts["head"] - heads == 300, "one HEAD per entry, no more"
+        assert rig.store.counts.get("list", 0) - lists <= 1, "lookups checked again"
+
+    run(tmp_path, scenario, store)

@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, set[str]]] = [
                        "store.s3"}),
     ("points in a bucket's history", {"timeline", "forkstore"}),
     ("local state, the store from trio", {"oplog", "journal", "cache", "cachelock",
-                                          "remote", "metrics"}),
+                                          "remote", "metrics", "capcache"}),
     ("namespace", {"namespace"}),
     ("S3-wins policy, fetching", {"reconcile", "fetch"}),
     ("background work, discovery", {"flusher_ops", "flusher", "discovery_checks",

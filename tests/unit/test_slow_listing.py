@@ -106,3 +106,37 @@ def test_a_directory_made_here_is_not_listed_for_missing_names_until_uploaded(tm
             rig.close()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_lookups_of_files_wait_once_for_a_slow_listing_and_still_see_outside_changes(
+        tmp_path):
+    """Close-to-open at lookups of clean files, when their directory takes longer to
+    list than the timeout (a 5,000-entry directory on a loaded moto): the lookup that
+    starts the LIST waits the timeout, the ones after it do not wait again for that
+    LIST (before, an ``ls -l`` waited the whole timeout for every entry: 5,000 x 1.5 s);
+    they check their file with a HEAD instead, so an outside change still shows."""
+    store = MemoryStore()
+    for i in range(10):
+        store.put(f"d/f{i}", b"x", {})
+
+    async def main():
+        rig = Rig(tmp_path, store)
+        try:
+            async with trio.open_nursery() as nursery:
+                rig.fs.meta_loads.nursery = nursery
+                d = await rig.fs.lookup(ROOT_INO, b"d")
+                for i in range(10):
+                    await rig.fs.lookup(d.ino, b"f%d" % i)  # attributes loaded
+                store.put("d/f7", b"changed outside", {})
+                await trio.sleep(2.0)  # older than the TTL: lookups check again
+                _slow_lists(rig, 3 * NAME_CHECK_TIMEOUT_S)
+                started = trio.current_time()
+                sizes = [(await rig.fs.lookup(d.ino, b"f%d" % i)).size for i in range(10)]
+                assert trio.current_time() - started < NAME_CHECK_TIMEOUT_S + 0.5
+                assert sizes[7] == len(b"changed outside")
+                assert sizes[:7] + sizes[8:] == [1] * 9
+                nursery.cancel_scope.cancel()
+        finally:
+            rig.close()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
