@@ -1,0 +1,64 @@
+"""How many FUSE and S3 requests common tools cost on a real mount: counted by the
+daemon's own metrics (FUSE) and by the counting proxy (S3), so a change that adds
+round trips fails here, not only in the benchmark."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import urllib.request
+
+import pytest
+from mounts import make_mount, require_fuse
+from prometheus_client.parser import text_string_to_metric_families
+from servers import free_port
+
+pytestmark = pytest.mark.fuse
+
+
+def fuse_requests(port: int) -> dict[str, float]:
+    """FUSE requests answered so far, by operation (the latency histogram's count)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "s3fuse_fuse_operation_duration_seconds_count":
+                out[s.labels["operation"]] = s.value
+    return out
+
+
+def test_ls_l_asks_for_security_and_acl_xattrs_once(tmp_path, file_source):
+    """``ls -l`` asks every file for ``security.selinux`` and
+    ``system.posix_acl_access`` unless the device says "not supported": s3fuse keeps
+    only ``user.*``, so it answers EOPNOTSUPP for the others, and 200 files cost a
+    handful of getxattr requests, not 400. ``user.*`` attributes still work."""
+    require_fuse()
+    port = free_port()
+    m = make_mount(tmp_path, file_source, None)
+    m.extra_args = ["-o", f"metrics_addr=127.0.0.1:{port}"]
+    m.mount()
+    try:
+        d = m.p("many")
+        os.mkdir(d)
+        for i in range(200):
+            with open(os.path.join(d, f"f{i:03}"), "wb") as f:
+                f.write(b"x")
+        os.setxattr(os.path.join(d, "f007"), "user.colour", b"blue")
+        for name in ("security.selinux", "system.posix_acl_access", "trusted.t"):
+            with pytest.raises(OSError) as exc:
+                os.getxattr(os.path.join(d, "f001"), name)
+            assert exc.value.errno == errno.EOPNOTSUPP, name
+        before = fuse_requests(port).get("getxattr", 0)
+        out = subprocess.run(["ls", "-l", d], capture_output=True, text=True, timeout=60,
+                             check=True).stdout
+        asked = fuse_requests(port).get("getxattr", 0) - before
+        assert out.count(" f") == 200
+        assert asked <= 4, f"ls -l of 200 files made {asked} getxattr requests"
+        assert os.getxattr(os.path.join(d, "f007"), "user.colour") == b"blue"
+        with pytest.raises(OSError) as exc:
+            os.getxattr(os.path.join(d, "f008"), "user.colour")
+        assert exc.value.errno == errno.ENODATA
+    finally:
+        m.cleanup()
