@@ -107,13 +107,14 @@ class Discovery(CloseToOpenChecks):
         self._unheaded: dict[int, float] = {}
         self._dir_used: dict[int, float] = {}  # directory ino -> trio clock time used
         # close-to-open by directory: dir ino -> (stamp of the listing, {key: ETag})
+        # (``note_etags``; set by every listing of the directory)
         self._dir_etags: dict[int, tuple[Stamp, dict[str, str]]] = {}
-        self._dir_listing: dict[int, trio.Event] = {}
         # close-to-open for names: dir ino -> trio clock time its names were last
         # listed (a lookup of a missing name lists it again once that is older
         # than the TTL)
         self._names_at: dict[int, float] = {}
-        self._relisting: dict[int, trio.Event] = {}  # dir ino -> set when its re-list ends
+        # dir ino -> set when its re-list for a check ends (``_relist``: names and ETags)
+        self._relisting: dict[int, trio.Event] = {}
 
     def note_used(self, ino: int) -> None:
         """Directory ``ino`` was looked into or opened now (``dirs_to_poll``)."""
@@ -229,21 +230,28 @@ class Discovery(CloseToOpenChecks):
             for child_ino in added:
                 self.reconciler.note_bucket_state(child_ino, listed_at)
             self.note_names_listed(ino, listed_at[1])
+            self.note_etags(ino, listed_at, files.values())
 
     async def _list_dir(self, ino: int, prefix: str
                         ) -> tuple[dict[bytes, str], dict[bytes, ObjectInfo]]:
         """The bucket's view of one directory: {name: prefix} of subdirectories and
         {name: object} of files, without keys that cannot be paths (logged once)."""
         page = await self.remote.list_all(prefix, "/")
+        return self._split(ino, prefix, page.prefixes, page.objects)
+
+    def _split(self, ino: int, prefix: str, prefixes: Iterable[str],
+               objects: Iterable[ObjectInfo]
+               ) -> tuple[dict[bytes, str], dict[bytes, ObjectInfo]]:
+        """One directory's listing (its common prefixes and objects) as names."""
         dirs: dict[bytes, str] = {}
-        for p in page.prefixes:
+        for p in prefixes:
             name = keys.name_from_segment(p[len(prefix):-1])
             if name is None or (ino == ROOT_INO and name == keys.RESERVED_ROOT_NAME):
                 self._skip(p, "not a usable directory name")
                 continue
             dirs[name] = p
         files: dict[bytes, ObjectInfo] = {}
-        for obj in page.objects:
+        for obj in objects:
             if obj.key == prefix:
                 continue  # this directory's own marker
             name = keys.name_from_segment(obj.key[len(prefix):])
@@ -495,6 +503,16 @@ class Discovery(CloseToOpenChecks):
         before = self.op_log.op_generation() if self.op_log is not None else None
         listed_at = self.reconciler.stamp()
         dirs, files = await self._list_dir(ino, prefix)
+        await self.apply_listing(ino, dirs, files, listed_at, before)
+
+    async def apply_listing(self, ino: int, dirs: dict[bytes, str],
+                            files: dict[bytes, ObjectInfo], listed_at: Stamp,
+                            before: int | None) -> None:
+        """Apply a listing of directory ``ino`` taken at ``listed_at``, when the op
+        log was at generation ``before`` (``poll_dir``, ``poll_tree``)."""
+        # the ETags answer close-to-open checks even where the op log moved (a check
+        # that meets another ETag asks the object itself)
+        self.note_etags(ino, listed_at, files.values())
         if self.op_log is not None:
             if self.op_log.op_generation() != before:
                 return  # the op log moved while we listed: this listing may be stale
@@ -576,6 +594,10 @@ class Poller:
                 # (after an untar, say) would slow down whatever runs on the mount
                 gap = interval / 2 / max(1, len(dirs))
                 for ino in dirs:
+                    if self.discovery.listed_within(ino, interval / 2):
+                        # a lookup's or an open's check listed it (and applied what
+                        # changed) less than half an interval ago
+                        continue
                     try:
                         await self.discovery.poll_dir(ino)
                     except (StoreError, OSError) as exc:

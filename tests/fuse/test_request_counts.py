@@ -7,9 +7,11 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+import time
 import urllib.request
 
 import pytest
+from counting_proxy import CountingProxy
 from mounts import make_mount, require_fuse
 from prometheus_client.parser import text_string_to_metric_families
 from servers import free_port
@@ -62,3 +64,77 @@ def test_ls_l_asks_for_security_and_acl_xattrs_once(tmp_path, file_source):
         assert exc.value.errno == errno.ENODATA
     finally:
         m.cleanup()
+
+
+@pytest.fixture
+def counted(tmp_path, moto_endpoint, s3_bucket):
+    """A mount of a moto bucket through a counting proxy (not mounted yet), with the
+    poller out of the way (its LISTs would blur the counts)."""
+    require_fuse()
+    proxy = CountingProxy(int(moto_endpoint.rsplit(":", 1)[1]))
+    m = make_mount(tmp_path, f"s3://{s3_bucket}/data", proxy.url)
+    m.extra_args = ["--poll-interval", "3600"]
+    try:
+        yield m, proxy
+    finally:
+        m.cleanup()
+        proxy.stop()
+
+
+def gets(proxy: CountingProxy) -> int:
+    """GETs so far (LISTs are GETs of the bucket; nothing here reads a file)."""
+    with proxy.count_lock:
+        return proxy.counts.get("GET", 0)
+
+
+def test_one_listing_answers_name_and_etag_checks(counted):
+    """Past the metadata TTL, a lookup of a known file (its ETag checked), a lookup of
+    a missing name and an open in the same directory share one LIST (they made one
+    each for names and for ETags before), and that LIST still shows a name created
+    outside meanwhile and a change made outside."""
+    m, proxy = counted
+    for i in range(3):
+        m.put(f"dir/f{i}", b"v1")
+    m.mount()
+    assert sorted(os.listdir(m.p("dir"))) == ["f0", "f1", "f2"]
+    for i in range(3):
+        os.stat(m.p(f"dir/f{i}"))
+    time.sleep(1.3)  # past --metadata-ttl: the kernel and the mount ask again
+    m.put("dir/new", b"outside")
+    m.put("dir/f2", b"changed outside")
+    before = gets(proxy)
+    assert os.stat(m.p("dir/f0")).st_size == 2
+    assert not os.path.exists(m.p("dir/missing"))
+    with open(m.p("dir/f1"), "rb"):
+        pass
+    assert os.stat(m.p("dir/new")).st_size == len(b"outside")
+    assert gets(proxy) - before == 1, f"{gets(proxy) - before} LISTs for one directory"
+    with open(m.p("dir/f2"), "rb") as f:
+        assert f.read() == b"changed outside"
+
+
+def test_one_listing_checks_a_small_tree(counted):
+    """Past the TTL, checks in five directories of a small tree the mount has listed
+    (git status, grep -r, imports walk trees like this) cost one LIST of the whole
+    subtree (no delimiter), not one per directory, and it still shows what writers
+    outside changed anywhere in it."""
+    m, proxy = counted
+    for d in range(5):
+        for i in range(4):
+            m.put(f"tree/d{d}/sub/f{i}", b"v1")
+    m.mount()
+    for d in range(5):  # everything listed, every file loaded
+        for dirpath, _, files in os.walk(m.p(f"tree/d{d}")):
+            for f in files:
+                os.stat(os.path.join(dirpath, f))
+    time.sleep(1.3)  # past --metadata-ttl
+    m.put("tree/d3/sub/new", b"outside")
+    m.put("tree/d1/sub/f2", b"changed outside")
+    before = gets(proxy)
+    for d in range(5):
+        assert os.stat(m.p(f"tree/d{d}/sub/f0")).st_size == 2
+        assert not os.path.exists(m.p(f"tree/d{d}/sub/missing"))
+    assert os.stat(m.p("tree/d3/sub/new")).st_size == len(b"outside")
+    assert gets(proxy) - before == 1, f"{gets(proxy) - before} LISTs for one small tree"
+    with open(m.p("tree/d1/sub/f2"), "rb") as f:
+        assert f.read() == b"changed outside"
