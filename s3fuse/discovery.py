@@ -237,21 +237,15 @@ class Discovery(CloseToOpenChecks):
         """The bucket's view of one directory: {name: prefix} of subdirectories and
         {name: object} of files, without keys that cannot be paths (logged once)."""
         page = await self.remote.list_all(prefix, "/")
-        return self._split(ino, prefix, page.prefixes, page.objects)
-
-    def _split(self, ino: int, prefix: str, prefixes: Iterable[str],
-               objects: Iterable[ObjectInfo]
-               ) -> tuple[dict[bytes, str], dict[bytes, ObjectInfo]]:
-        """One directory's listing (its common prefixes and objects) as names."""
         dirs: dict[bytes, str] = {}
-        for p in prefixes:
+        for p in page.prefixes:
             name = keys.name_from_segment(p[len(prefix):-1])
             if name is None or (ino == ROOT_INO and name == keys.RESERVED_ROOT_NAME):
                 self._skip(p, "not a usable directory name")
                 continue
             dirs[name] = p
         files: dict[bytes, ObjectInfo] = {}
-        for obj in objects:
+        for obj in page.objects:
             if obj.key == prefix:
                 continue  # this directory's own marker
             name = keys.name_from_segment(obj.key[len(prefix):])
@@ -503,13 +497,6 @@ class Discovery(CloseToOpenChecks):
         before = self.op_log.op_generation() if self.op_log is not None else None
         listed_at = self.reconciler.stamp()
         dirs, files = await self._list_dir(ino, prefix)
-        await self.apply_listing(ino, dirs, files, listed_at, before)
-
-    async def apply_listing(self, ino: int, dirs: dict[bytes, str],
-                            files: dict[bytes, ObjectInfo], listed_at: Stamp,
-                            before: int | None) -> None:
-        """Apply a listing of directory ``ino`` taken at ``listed_at``, when the op
-        log was at generation ``before`` (``poll_dir``, ``poll_tree``)."""
         # the ETags answer close-to-open checks even where the op log moved (a check
         # that meets another ETag asks the object itself)
         self.note_etags(ino, listed_at, files.values())

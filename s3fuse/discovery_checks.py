@@ -29,9 +29,6 @@ log = logging.getLogger("s3fuse.discovery")  # (discovery's log lines keep its n
 #: how long a lookup of a name the mount does not know waits for the bucket's listing
 #: before it answers from what the mount knows (ENOENT)
 NAME_CHECK_TIMEOUT_S = 1.5
-#: a check lists the whole subtree of a directory above the one it checks when the
-#: mount knows that subtree holds at most this many entries (one page of a listing)
-SUBTREE_ENTRIES = 1000
 
 
 class CloseToOpenChecks:
@@ -56,111 +53,20 @@ class CloseToOpenChecks:
         self.note_names_listed(parent, trio.current_time())
         return False
 
-    def _check_scope(self, parent: int) -> tuple[int, dict[str, int]]:
-        """Where a check of directory ``parent`` lists: the highest directory at or
-        above it whose whole subtree the mount has listed and holds at most
-        ``SUBTREE_ENTRIES`` entries (one page of a listing without delimiter), with
-        {prefix: ino} of the listed directories in it; or ``parent`` alone with {}
-        (a delimited LIST, as before) when its own subtree is bigger or not all
-        listed. One request either way, and a tree walked by git, grep or imports
-        is checked once per TTL instead of once per directory."""
-        with self.journal.read() as txn:
-            def subtree(top: Inode, skip: int, budget: int,
-                        under: dict[str, int]) -> int | None:
-                """Entries below ``top`` (not below its child ``skip``), or None
-                past ``budget`` or where a directory is not listed."""
-                count = 0
-                stack = [top]
-                while stack:
-                    d = stack.pop()
-                    if not d.listed or (d.ino != ROOT_INO
-                                        and self.ns.object_key(txn, d) is None):
-                        return None
-                    under[self.ns.dir_prefix(txn, d)] = d.ino
-                    for _, child in txn.children(d.ino):
-                        count += 1
-                        if count > budget:
-                            return None
-                        c = txn.peek(child)
-                        if c is not None and stat.S_ISDIR(c.mode) and child != skip:
-                            stack.append(c)
-                return count
-
-            d = txn.peek(parent)
-            under: dict[str, int] = {}
-            if d is None or not stat.S_ISDIR(d.mode):
-                return parent, {}
-            count = subtree(d, 0, SUBTREE_ENTRIES, under)
-            if count is None:
-                return parent, {}
-            top = d
-            while top.ino != ROOT_INO:
-                up = txn.peek(top.parent)
-                if up is None:
-                    break
-                more: dict[str, int] = {}
-                added = subtree(up, top.ino, SUBTREE_ENTRIES - count, more)
-                if added is None:
-                    break
-                count += added
-                under.update(more)
-                top = up
-            return top.ino, under
-
-    async def poll_tree(self, top: int, under: dict[str, int]) -> bool:
-        """List the subtree of directory ``top`` without delimiter (at most two
-        pages: a writer outside may have added many keys) and apply each listed
-        directory's part (``apply_listing``, as ``poll_dir`` does for one). False
-        when it is bigger than that (nothing applied: the caller lists one
-        directory instead)."""
-        with self.journal.read() as txn:
-            d = txn.get(top)
-            if d is None or d.nlink == 0:
-                return False
-            prefix = self.ns.dir_prefix(txn, d)
-        before = self.op_log.op_generation() if self.op_log is not None else None
-        listed_at = self.reconciler.stamp()
-        page = await self.remote.list_all(prefix, None, max_pages=2)
-        if page.next_token is not None:
-            return False
-        parts: dict[str, tuple[dict[str, None], list[ObjectInfo]]] = {
-            p: ({}, []) for p in under}
-        for obj in page.objects:
-            key = obj.key
-            cut = max(key.rfind("/") + 1, len(prefix))
-            part = parts.get(key[:cut])
-            if part is not None:
-                part[1].append(obj)
-            i = len(prefix)  # each directory on the way holds the next as a prefix
-            while (j := key.find("/", i)) >= 0:
-                part = parts.get(key[:i])
-                if part is not None:
-                    part[0][key[:j + 1]] = None
-                i = j + 1
-        for p, ino in under.items():
-            dirs, files = self._split(ino, p, parts[p][0], parts[p][1])
-            await self.apply_listing(ino, dirs, files, listed_at, before)
-        return True
-
     async def _check(self, parent: int) -> bool:
         """Start the listing that checks directory ``parent`` (``_relist``), or join
-        the one running for the same scope; True if it ended within
+        the one running for it; True if it ended within
         ``NAME_CHECK_TIMEOUT_S``."""
-        top, under = self._check_scope(parent)
-        return await self._shared(self._relisting, top,
-                                  lambda: self._relist(parent, top, under))
+        return await self._shared(self._relisting, parent, lambda: self._relist(parent))
 
-    async def _relist(self, parent: int, top: int, under: dict[str, int]) -> None:
+    async def _relist(self, parent: int) -> None:
         """The one LIST of ``parent`` both checks share (a lookup's missing name and
         an open's ETag check, run through ``_shared`` under ``_relisting``): it
         applies what changed, notes the names listed and keeps the ETags
-        (``note_etags``), so one listing answers both for the TTL; where the
-        subtree around ``parent`` is small, for every directory in it
-        (``_check_scope``, ``poll_tree``)."""
+        (``note_etags``), so one listing answers both for the TTL."""
         self._dir_etags.pop(parent, None)  # an older listing must not answer for it
         try:
-            if not under or not await self.poll_tree(top, under):
-                await self.poll_dir(parent)
+            await self.poll_dir(parent)
         except StoreError as exc:
             # the bucket is away: answer from what the mount knows (not asked
             # again within the TTL); the poller catches up when it is back
@@ -172,8 +78,12 @@ class CloseToOpenChecks:
                    ) -> None:
         """A listing of directory ``parent`` taken at ``listed_at`` showed
         ``objects``: their ETags answer close-to-open checks there for the TTL."""
-        if len(self._dir_etags) >= 64:
-            self._dir_etags.pop(next(iter(self._dir_etags)))
+        if len(self._dir_etags) >= 1024:  # (a poller sweep notes every directory)
+            cutoff = trio.current_time() - self.metadata_ttl_s
+            for d in [d for d, snap in self._dir_etags.items() if snap[0][1] < cutoff]:
+                del self._dir_etags[d]
+            if len(self._dir_etags) >= 1024:
+                self._dir_etags.pop(next(iter(self._dir_etags)))
         self._dir_etags[parent] = (listed_at, {o.key: o.etag for o in objects})
 
     def listed_within(self, ino: int, seconds: float) -> bool:

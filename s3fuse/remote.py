@@ -152,21 +152,16 @@ class Remote:
                   if_match: str | None = None) -> bytes:
         return await self._read(self.store.get, key, start, end, if_match=if_match)
 
-    async def list_all(self, prefix: str, delimiter: str | None = "/",
-                       max_pages: int | None = None) -> ListPage:
-        """Every page of a listing, merged (at most ``max_pages``: the merged page's
-        ``next_token`` is then set if there was more)."""
+    async def list_all(self, prefix: str, delimiter: str | None = "/") -> ListPage:
+        """Every page of a listing, merged."""
         merged = ListPage()
         token = None
-        pages = 0
         while True:
             page = await self._read(self.store.list, prefix, delimiter, token)
             merged.objects.extend(page.objects)
             merged.prefixes.extend(page.prefixes)
             token = page.next_token
-            pages += 1
-            if token is None or (max_pages is not None and pages >= max_pages):
-                merged.next_token = token
+            if token is None:
                 return merged
 
     async def put(self, key: str, body: Body, metadata: dict[str, str], *,

@@ -112,29 +112,3 @@ def test_one_listing_answers_name_and_etag_checks(counted):
     with open(m.p("dir/f2"), "rb") as f:
         assert f.read() == b"changed outside"
 
-
-def test_one_listing_checks_a_small_tree(counted):
-    """Past the TTL, checks in five directories of a small tree the mount has listed
-    (git status, grep -r, imports walk trees like this) cost one LIST of the whole
-    subtree (no delimiter), not one per directory, and it still shows what writers
-    outside changed anywhere in it."""
-    m, proxy = counted
-    for d in range(5):
-        for i in range(4):
-            m.put(f"tree/d{d}/sub/f{i}", b"v1")
-    m.mount()
-    for d in range(5):  # everything listed, every file loaded
-        for dirpath, _, files in os.walk(m.p(f"tree/d{d}")):
-            for f in files:
-                os.stat(os.path.join(dirpath, f))
-    time.sleep(1.3)  # past --metadata-ttl
-    m.put("tree/d3/sub/new", b"outside")
-    m.put("tree/d1/sub/f2", b"changed outside")
-    before = gets(proxy)
-    for d in range(5):
-        assert os.stat(m.p(f"tree/d{d}/sub/f0")).st_size == 2
-        assert not os.path.exists(m.p(f"tree/d{d}/sub/missing"))
-    assert os.stat(m.p("tree/d3/sub/new")).st_size == len(b"outside")
-    assert gets(proxy) - before == 1, f"{gets(proxy) - before} LISTs for one small tree"
-    with open(m.p("tree/d1/sub/f2"), "rb") as f:
-        assert f.read() == b"changed outside"
