@@ -109,13 +109,14 @@ class Discovery(CloseToOpenChecks):
         self._unheaded: dict[int, float] = {}
         self._dir_used: dict[int, float] = {}  # directory ino -> trio clock time used
         # close-to-open by directory: dir ino -> (stamp of the listing, {key: ETag})
+        # (``note_etags``; set by every listing of the directory)
         self._dir_etags: dict[int, tuple[Stamp, dict[str, str]]] = {}
-        self._dir_listing: dict[int, tuple[trio.Event, float]] = {}  # (end, start)
         # close-to-open for names: dir ino -> trio clock time its names were last
         # listed (a lookup of a missing name lists it again once that is older
         # than the TTL)
         self._names_at: dict[int, float] = {}
-        # dir ino -> (set when its re-list ends, trio time it started)
+        # dir ino -> (set when its re-list for a check ends, trio time it started)
+        # (``_relist``: names and ETags; ``_shared``)
         self._relisting: dict[int, tuple[trio.Event, float]] = {}
 
     def note_used(self, ino: int) -> None:
@@ -232,6 +233,7 @@ class Discovery(CloseToOpenChecks):
             for child_ino in added:
                 self.reconciler.note_bucket_state(child_ino, listed_at)
             self.note_names_listed(ino, listed_at[1])
+            self.note_etags(ino, listed_at, files.values())
 
     async def _list_dir(self, ino: int, prefix: str
                         ) -> tuple[dict[bytes, str], dict[bytes, ObjectInfo]]:
@@ -508,6 +510,9 @@ class Discovery(CloseToOpenChecks):
         before = self.op_log.op_generation() if self.op_log is not None else None
         listed_at = self.reconciler.stamp()
         dirs, files = await self._list_dir(ino, prefix)
+        # the ETags answer close-to-open checks even where the op log moved (a check
+        # that meets another ETag asks the object itself)
+        self.note_etags(ino, listed_at, files.values())
         if self.op_log is not None:
             if self.op_log.op_generation() != before:
                 return  # the op log moved while we listed: this listing may be stale
@@ -589,6 +594,10 @@ class Poller:
                 # (after an untar, say) would slow down whatever runs on the mount
                 gap = interval / 2 / max(1, len(dirs))
                 for ino in dirs:
+                    if self.discovery.listed_within(ino, interval / 2):
+                        # a lookup's or an open's check listed it (and applied what
+                        # changed) less than half an interval ago
+                        continue
                     try:
                         await self.discovery.poll_dir(ino)
                     except (StoreError, OSError) as exc:
