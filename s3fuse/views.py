@@ -373,6 +373,8 @@ class Views(ViewTree):
     # --- attributes ------------------------------------------------------------------
     def getxattr(self, node: Node, name: bytes) -> bytes:
         key = name.decode("utf-8", "surrogateescape")
+        if not key.startswith("user."):  # as the live tree answers (``xattrs``)
+            raise FsError(errno.EOPNOTSUPP)
         if node.pinned is not None and node.pinned.version_id:
             if key == VERSION_XATTR:
                 return node.pinned.version_id.encode()
