@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import os
 import stat
-import threading
 
 import pytest
-from counting_proxy import CountingProxy
+from counting_proxy import GatedProxy
 from mounts import daemon_pid, make_mount, require_fuse, wait_dead
 
 from s3fuse.metadata import parse_time_ns
@@ -20,52 +19,12 @@ pytestmark = pytest.mark.fuse
 MiB = 1 << 20
 
 
-class GateProxy(CountingProxy):
-    """The counting proxy, also counting the bytes sent up, and able to hold PUT
-    requests (the parts of an upload) at a gate until it opens."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self.sent = 0
-        self.gate = threading.Event()
-        self.gate.set()
-        self.held = threading.Event()  # set once a PUT waited at the closed gate
-        super().__init__(upstream_port)
-
-    def _pipe(self, src, dst) -> None:
-        if src.getsockname()[1] == self.port:
-            src = _Gated(src, self)
-        CountingProxy._pipe(self, src, dst)
-
-
-class _Gated:
-    def __init__(self, sock, proxy: GateProxy) -> None:
-        self.sock, self.proxy = sock, proxy
-
-    def getsockname(self):
-        return self.sock.getsockname()
-
-    def recv(self, n: int) -> bytes:
-        data = self.sock.recv(n)
-        if not self.proxy.gate.is_set() and data.startswith(b"PUT /"):
-            self.proxy.held.set()
-            assert self.proxy.gate.wait(60), "the gate never opened"
-        with self.proxy.count_lock:
-            self.proxy.sent += len(data)
-        return data
-
-    def sendall(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 @pytest.fixture
 def gated(tmp_path, s3_target):
-    """A mount of a new bucket on moto, and on Ceph RGW, through a GateProxy (not
+    """A mount of a new bucket on moto, and on Ceph RGW, through a GatedProxy (not
     mounted yet)."""
     require_fuse()
-    proxy = GateProxy(int(s3_target.endpoint.rsplit(":", 1)[1]))
+    proxy = GatedProxy(int(s3_target.endpoint.rsplit(":", 1)[1]))
     m = make_mount(tmp_path, f"s3://{s3_target.bucket}/data", proxy.url)
     try:
         yield m, proxy

@@ -9,13 +9,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import threading
 import time
 
 import pytest
-from counting_proxy import CountingProxy, _Counted
+from counting_proxy import GatedProxy
 from mounts import S3FUSE, make_mount, require_fuse
-from servers import FaultProxy
 
 from s3fuse import capcache
 from s3fuse.journal import Journal
@@ -28,29 +26,17 @@ pytestmark = pytest.mark.fuse
 WRITES = ("PUT", "POST", "DELETE")
 
 
-class _Held(_Counted):
-    """Counts, and holds a PUT with If-Match until the proxy's gate opens."""
-
-    def recv(self, n: int) -> bytes:
-        data = super().recv(n)
-        if data.startswith(b"PUT /") and b"\r\nif-match:" in data.lower():
-            assert self.proxy.gate.wait(60), "the gate stayed closed"
-        return data
+def _conditional_put(data: bytes) -> bool:
+    """A PUT with If-Match: the probe's third request (its scratch object is in the
+    bucket by then)."""
+    return data.startswith(b"PUT /") and b"\r\nif-match:" in data.lower()
 
 
-class GatedProxy(CountingProxy):
-    """A counting proxy that holds every PUT with If-Match while ``gate`` is clear
-    (the probe's third request: its scratch object is in the bucket by then)."""
+class ProbeProxy(GatedProxy):
+    """Holds the probe's conditional PUT while ``gate`` is clear; counts writes."""
 
     def __init__(self, upstream_port: int) -> None:
-        self.gate = threading.Event()
-        self.gate.set()
-        super().__init__(upstream_port)
-
-    def _pipe(self, src, dst) -> None:
-        if src.getsockname()[1] == self.port:
-            src = _Held(src, self)
-        FaultProxy._pipe(src, dst)
+        super().__init__(upstream_port, hold=_conditional_put)
 
     def writes(self) -> int:
         with self.count_lock:
@@ -60,7 +46,7 @@ class GatedProxy(CountingProxy):
 @pytest.fixture
 def counted(tmp_path, moto_endpoint, s3_bucket):
     require_fuse()
-    proxy = GatedProxy(int(moto_endpoint.rsplit(":", 1)[1]))
+    proxy = ProbeProxy(int(moto_endpoint.rsplit(":", 1)[1]))
     m = make_mount(tmp_path, f"s3://{s3_bucket}/data", proxy.url)
     try:
         yield m, proxy
