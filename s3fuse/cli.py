@@ -448,7 +448,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 class _Parser(argparse.ArgumentParser):
-    """Usage errors are one line (SPEC §7), pointing at --help."""
+    """Usage errors are one line (docs/SEMANTICS.md, "Errors"), pointing at --help."""
 
     def error(self, message: str):  # type: ignore[override]
         self.exit(2, f"s3fuse: {message} (see `{self.prog} --help`)\n")

@@ -1,6 +1,7 @@
 """The time-travel commands' arguments and output: ``versioning``, ``snapshot``,
-``history``, ``restore``, ``fork`` (SPEC §9). The work is done in ``snapshots``,
-``history``, ``restore`` and ``fork``; the stores are reached as ``workspace`` says.
+``history``, ``restore``, ``fork`` (docs/SEMANTICS.md, "Time travel"). The work is
+done in ``snapshots``, ``history``, ``restore`` and ``fork``; the stores are reached
+as ``workspace`` says.
 
 Every error is one line on stderr and a non-zero exit (2 for bad arguments, 1 for
 everything else, 130 after Ctrl-C).

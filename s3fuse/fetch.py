@@ -1,5 +1,5 @@
 """Reading file data that is not in the cache: ranged GETs, in parallel, with
-read-ahead for sequential readers (SPEC §6).
+read-ahead for sequential readers (docs/SEMANTICS.md, "The cache").
 
 Bytes are fetched in *pieces*: spans of at most ``PIECE_BYTES`` aligned to that size
 (the part size boto3's own downloads use), each one GET pinned to the ETag the read

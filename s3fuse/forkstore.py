@@ -1,5 +1,5 @@
 """A fork's DEST while the fork still copies: an ``ObjectStore`` that shows DEST as it
-will be when the fork has finished (SPEC §9, "Fork").
+will be when the fork has finished (docs/SEMANTICS.md, "Time travel").
 
 ``s3fuse fork`` writes its record at ``DEST_PREFIX.s3fuse/fork.json`` (the format is
 defined here, ``encode_record``/``ForkRecord``): the source bucket and prefix, every

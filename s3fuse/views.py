@@ -1,4 +1,4 @@
-"""The read-only views under ``MOUNTPOINT/.s3fuse/`` (SPEC §9, docs/SEMANTICS.md §9).
+"""The read-only views under ``MOUNTPOINT/.s3fuse/`` (docs/SEMANTICS.md, "Point-in-time views").
 
 ``.s3fuse`` is the reserved name at the mount root (``timeline.RESERVED``). The mount
 shows there a virtual directory, owned by this module::
