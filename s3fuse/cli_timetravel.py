@@ -23,7 +23,8 @@ from .errors import NoSuchKey, S3FuseError, StoreError, UsageError
 from .fork import FORK_RECORD, Side, fork
 from .restore import Restorer
 from .store import open_store
-from .workspace import Progress, Workspace, find_mount, open_mount, open_url
+from .workspace import (Progress, Workspace, find_mount, leave_if_stopped, open_mount,
+                        open_url)
 
 COMMANDS = ("versioning", "snapshot", "history", "restore", "fork")
 
@@ -98,6 +99,12 @@ def _fail(message: str, code: int = 1) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    code = _run(args)
+    leave_if_stopped(code)  # (after Ctrl-C: no wait for requests still in flight)
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "versioning": cmd_versioning, "snapshot": cmd_snapshot, "history": cmd_history,
         "restore": cmd_restore, "fork": cmd_fork}
@@ -108,8 +115,8 @@ def run(args: argparse.Namespace) -> int:
     except (S3FuseError, OSError) as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
-        return _fail("stopped; nothing half-done is left behind: run the same command "
-                     "again to finish", 130)
+        return _fail("stopped; each file is as it was or restored, never half of each: "
+                     "run the same command again to finish", 130)
 
 
 def _mounted(path: str) -> tuple[Workspace, str]:

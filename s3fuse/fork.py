@@ -31,6 +31,10 @@ copies of the run before), the file comes back (README, docs/SEMANTICS.md).
 
 Resuming, and never overwriting
 -------------------------------
+Ctrl-C does not wait for the copies in flight beyond ``workspace.STOP_GRACE_S``
+(``workspace.run_parallel``): each is one request that lands or not (a part-by-part
+copy cut short is an incomplete multipart upload, left to the bucket's lifecycle
+rule), and the rerun copies whatever DEST still lacks.
 Run the same command again after a crash or Ctrl-C: it finds its own record (same
 source and the same pinned versions; a different fork there is refused), lists DEST
 once, and copies only the keys DEST has never had. On a versioned DEST "had" means
@@ -48,7 +52,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from . import faults, timeline
@@ -56,7 +59,7 @@ from .errors import NoSuchKey, PreconditionFailed, StoreError, UsageError
 from .forkstore import FORK_FORMAT, FORK_RECORD, changed_keys, encode_record
 from .store import Copied, ObjectStore, VersionInfo
 from .timeline import Pinned
-from .workspace import run_parallel
+from .workspace import parallel, run_parallel
 
 __all__ = ["FORK_FORMAT", "FORK_RECORD", "PROGRESS_S", "Report", "Side", "fork"]
 
@@ -263,7 +266,7 @@ def fork(source: Side, dest: Side, point: dict, pins: dict[str, Pinned], *, jobs
         state.write()
         progress(report.present + report.copied, report.total)
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+    with parallel(jobs) as pool:
         run_parallel(pool, copy_one, todo, tick)
     state.write(force=True)  # everything copied: nothing is pending for a mount
     report.swept = _sweep(dest, state.copies)

@@ -25,13 +25,12 @@ import secrets
 import stat
 from collections.abc import Callable
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from . import keys, metadata, timeline
 from .store.base import ObjectInfo
 from .timeline import Pinned
-from .workspace import Workspace, run_parallel
+from .workspace import Workspace, parallel, run_parallel
 from .xattrs import STATE_XATTR
 
 _TMP = ".s3fuse-restore-"
@@ -173,7 +172,7 @@ class Restorer:
         deepest first. KeyboardInterrupt stops it between files (a file is either
         the old one or the restored one, never half of each)."""
         pinned_wants = [w for w in self.wants.values() if w.pinned is not None]
-        with ThreadPoolExecutor(max_workers=self.jobs) as pool:
+        with parallel(self.jobs) as pool:
             run_parallel(pool, self._head, pinned_wants, lambda n: None)
             self._current = self._current_etags()
             for w in pinned_wants:
