@@ -17,9 +17,9 @@ from their source versions:
 * a change to a pending key (a PUT with ``if_match``, a copy from it, a delete) first
   *materialises* it: a server-side copy of the source version to DEST with
   If-None-Match (a refusal means the fork copied it meanwhile: fine), and leaves a
-  note of it (``CHANGED_DIR``) that a later mount reads when it starts (a key deleted
-  here must not show as not copied yet after a remount). So the mount's conditional
-  writes and S3-wins rules work unchanged above this store.
+  note of it (``CHANGED_DIR``, ``changed_key``) that a later mount reads when it
+  starts (a key deleted here must not show as not copied yet after a remount). So
+  the mount's conditional writes and S3-wins rules work unchanged above this store.
 
 The record is read again at most every ``REFRESH_S`` (one GET, inside whichever call
 comes next); once it says ``finished``, every call goes straight to DEST.
@@ -32,6 +32,7 @@ copies by version id before it marks the record finished.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
 import logging
 import threading
@@ -52,9 +53,9 @@ FORK_FORMAT = "s3fuse-fork/1"
 FORK_RECORD = timeline.RESERVED + "/fork.json"
 #: how often a ForkedStore reads the record again, at most
 REFRESH_S = 2.0
-#: below DEST's prefix: one empty object per pinned key a mount of DEST changed before
-#: the fork copied it, named by the key's UTF-8 in hex (a later mount must not show
-#: such a key as not copied yet: it may have been deleted); the fork removes them
+#: below DEST's prefix: one note per pinned key a mount of DEST changed before the fork
+#: copied it (a later mount must not show such a key as not copied yet: it may have
+#: been deleted); named and read as ``changed_key`` says; the fork removes them
 CHANGED_DIR = timeline.RESERVED + "/fork-changed/"
 
 
@@ -108,8 +109,11 @@ def encode_record(source_bucket: str, source_prefix: str, point: dict,
 
 
 def changed_key(prefix: str, rel: str) -> str:
-    """The key of the note that a mount changed the pinned key ``rel``."""
-    return prefix + CHANGED_DIR + rel.encode().hex()
+    """The key of the note that a mount changed the pinned key ``rel``: named by the
+    SHA-256 of the key's UTF-8 (64 hex digits, so that every key up to S3's 1,024
+    bytes has a note), with the key's UTF-8 as its body (``ForkedStore.load_changed``
+    reads it back, and takes the note only where the name matches the body)."""
+    return prefix + CHANGED_DIR + hashlib.sha256(rel.encode()).hexdigest()
 
 
 def changed_keys(store: ObjectStore, prefix: str) -> list[str]:
@@ -192,20 +196,26 @@ class ForkedStore:
     # --- the record, and the notes of changed keys ------------------------------------
 
     def load_changed(self) -> None:
-        """Take the keys earlier mounts changed as settled (one listing; a failure is
-        logged, and those keys may show as not copied yet)."""
+        """Take the keys earlier mounts changed as settled (one listing and one GET per
+        note; a failure is logged, and those keys may show as not copied yet)."""
         try:
             notes = changed_keys(self.dest, self.dest_prefix)
         except StoreError as exc:
             log.warning("could not list the keys changed in DEST during the fork: %s", exc)
             return
-        start = len(self.dest_prefix + CHANGED_DIR)
-        with self._lock:
-            for note in notes:
-                try:
-                    self._settled.add(self.dest_prefix + bytes.fromhex(note[start:]).decode())
-                except ValueError:
-                    continue  # not a note of ours
+        for note in notes:
+            try:
+                rel = self.dest.get(note).decode()
+            except NoSuchKey:
+                continue  # the fork has finished and removed it
+            except StoreError as exc:
+                log.warning("could not read the note %s of a key changed in DEST during "
+                            "the fork: %s", note, exc)
+                continue
+            except UnicodeDecodeError:
+                continue  # not a note of ours
+            if changed_key(self.dest_prefix, rel) == note:
+                self._settle(self.dest_prefix + rel)
 
     def _apply(self, record: ForkRecord) -> None:
         """Adopt a record read from DEST. Under the lock (or in __init__)."""
@@ -388,7 +398,7 @@ class ForkedStore:
             except PreconditionFailed:
                 pass  # the fork copied it meanwhile
         try:
-            self.dest.put(changed_key(self.dest_prefix, pin.key), b"", {})
+            self.dest.put(changed_key(self.dest_prefix, pin.key), pin.key.encode(), {})
         except StoreError as exc:  # (a remount may show the key as not copied yet)
             log.warning("could not note that %s changed during the fork: %s", key, exc)
         with self._lock:

@@ -275,6 +275,26 @@ def test_the_fork_removes_its_copy_made_over_a_delete_in_dest(backend) -> None:
     assert not forkstore.changed_keys(store, "new/")  # the mount's notes went with it
 
 
+def test_a_change_to_a_pending_key_of_1000_bytes_is_noted_for_a_remount(backend) -> None:
+    """The note of a changed key is named by a hash, so a key of any valid length (here
+    1,000 bytes of UTF-8, components under 255 bytes) has one, and a remount reads
+    the key back from it."""
+    long = "/".join(["\u00e9" * 100] * 4) + "/" + "a" * 196
+    assert len(long.encode()) == 1000
+    store, forked, _clock, pins = make([long, "z"], set(), None, store=backend())
+    forked.delete("new/" + long)  # materialised (a note), then deleted
+    notes = forkstore.changed_keys(store, "new/")
+    assert notes == [forkstore.changed_key("new/", long)]
+    assert len(notes[0].encode()) < 200
+    store.put("new/" + forkstore.CHANGED_DIR + "0" * 64, b"z", {})  # not a note of "z"
+    again = ForkedStore(store, store, "ws/", "new/",
+                        ForkRecord.decode(store.get("new/" + FORK_RECORD)))
+    again.load_changed()
+    with pytest.raises(NoSuchKey):
+        again.head("new/" + long)  # deleted by the first mount: not pending again
+    assert again.head("new/z").etag == pins["z"].etag  # still pending
+
+
 def test_a_dest_with_history_only_is_refused_after_its_record_went_up(backend) -> None:
     store = backend()
     store.put("ws/a", b"a", {})
