@@ -115,8 +115,8 @@ def _run(args: argparse.Namespace) -> int:
     except (S3FuseError, OSError) as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
-        return _fail("stopped; each file is as it was or restored, never half of each: "
-                     "run the same command again to finish", 130)
+        return _fail("stopped; no file is left half-written: run the same command "
+                     "again to finish", 130)
 
 
 def _mounted(path: str) -> tuple[Workspace, str]:

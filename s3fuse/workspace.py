@@ -149,21 +149,23 @@ class Progress:
 #: running finish before it goes on up without them
 STOP_GRACE_S = 2.0
 
-#: set by ``run_parallel`` (its only writer) when it goes on up with an exception:
-#: items may still be running, and the process must not wait for them at its end
+#: set by ``parallel`` (its only writer) when it is left with an exception: work may
+#: still be running on its threads, and the process must not wait for them at its end
 _stopped = threading.Event()
 
 
 @contextmanager
 def parallel(jobs: int) -> Iterator[ThreadPoolExecutor]:
-    """A pool of ``jobs`` threads for ``run_parallel``. Leaving it normally waits for
-    its threads; leaving it with an exception does not (``run_parallel`` has waited
-    ``STOP_GRACE_S`` already): Ctrl-C never waits for a request that a busy server
-    is slow to answer, whatever botocore's retries and timeouts."""
+    """A pool of ``jobs`` threads, for ``run_parallel`` (or ``map``). Leaving it
+    normally waits for its threads; leaving it with an exception does not
+    (``run_parallel`` has waited ``STOP_GRACE_S`` already), and ``leave_if_stopped``
+    then ends the process: Ctrl-C never waits for a request that a busy server is
+    slow to answer, whatever botocore's retries and timeouts."""
     pool = ThreadPoolExecutor(max_workers=max(1, jobs))
     try:
         yield pool
     except BaseException:
+        _stopped.set()
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
@@ -201,7 +203,6 @@ def run_parallel(pool: ThreadPoolExecutor, fn: Callable[[T], None], items: Itera
                 pass
             progress(done)
     except BaseException:
-        _stopped.set()
         for future in pending:
             future.cancel()
         wait(pending, timeout=STOP_GRACE_S)
@@ -209,7 +210,7 @@ def run_parallel(pool: ThreadPoolExecutor, fn: Callable[[T], None], items: Itera
 
 
 def leave_if_stopped(code: int) -> None:
-    """End the process now with ``code`` if ``run_parallel`` stopped early: the
+    """End the process now with ``code`` if a ``parallel`` pool was left early: the
     interpreter would otherwise wait at its end for the threads of the items left
     running (``concurrent.futures`` joins them), that is for requests that may take
     minutes. They are abandoned: each command's rerun finishes what they did not."""
