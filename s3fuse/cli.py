@@ -382,6 +382,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(line)
     if busy and status.get("last_error"):
         print(f"  last error: {client.error_words(status['last_error'])}")
+    if status.get("fork") and not status["fork"]["finished"]:
+        print(f"  fork: {status['fork']['copied']} of {status['fork']['total']} copied "
+              "(as of the mount's last look; the rest is read from the source)")
     print(f"  cache: {words.size(status['cache_bytes'])} of "
           f"{words.size(status['cache_limit_bytes'])}")
     caps = status["capabilities"]
@@ -445,7 +448,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 class _Parser(argparse.ArgumentParser):
-    """Usage errors are one line (SPEC §7), pointing at --help."""
+    """Usage errors are one line (docs/SEMANTICS.md, "Errors"), pointing at --help."""
 
     def error(self, message: str):  # type: ignore[override]
         self.exit(2, f"s3fuse: {message} (see `{self.prog} --help`)\n")

@@ -1,6 +1,7 @@
 """The time-travel commands' arguments and output: ``versioning``, ``snapshot``,
-``history``, ``restore``, ``fork`` (SPEC §9). The work is done in ``snapshots``,
-``history``, ``restore`` and ``fork``; the stores are reached as ``workspace`` says.
+``history``, ``restore``, ``fork`` (docs/SEMANTICS.md, "Time travel"). The work is
+done in ``snapshots``, ``history``, ``restore`` and ``fork``; the stores are reached
+as ``workspace`` says.
 
 Every error is one line on stderr and a non-zero exit (2 for bad arguments, 1 for
 everything else, 130 after Ctrl-C).
@@ -22,7 +23,8 @@ from .errors import NoSuchKey, S3FuseError, StoreError, UsageError
 from .fork import FORK_RECORD, Side, fork
 from .restore import Restorer
 from .store import open_store
-from .workspace import Progress, Workspace, find_mount, open_mount, open_url
+from .workspace import (Progress, Workspace, find_mount, leave_if_stopped, open_mount,
+                        open_url)
 
 COMMANDS = ("versioning", "snapshot", "history", "restore", "fork")
 
@@ -97,6 +99,12 @@ def _fail(message: str, code: int = 1) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    code = _run(args)
+    leave_if_stopped(code)  # (after Ctrl-C: no wait for requests still in flight)
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "versioning": cmd_versioning, "snapshot": cmd_snapshot, "history": cmd_history,
         "restore": cmd_restore, "fork": cmd_fork}
@@ -107,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     except (S3FuseError, OSError) as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
-        return _fail("stopped; nothing half-done is left behind: run the same command "
+        return _fail("stopped; no file is left half-written: run the same command "
                      "again to finish", 130)
 
 
@@ -346,9 +354,12 @@ def cmd_fork(args: argparse.Namespace) -> int:
         if dest is not None:
             dest.store.close()
     rate = report.copied / report.seconds if report.seconds else 0.0
+    swept = (f"; removed {report.swept} of its copies made over changes in DEST"
+             if report.swept else "")
     print(f"s3fuse: forked {source.url} ({point.get('snapshot') or point.get('at')}) into "
           f"{dest.url}: {words.plural(report.copied, 'object')} copied"
           f"{f', {report.present} there already' if report.present else ''} "
           f"in {words.duration(report.seconds)} ({rate:.0f}/s)"
-          f"{' (resumed)' if report.resumed else ''}")
+          f"{' (resumed)' if report.resumed else ''}"
+          f"{swept}")
     return 0

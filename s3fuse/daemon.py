@@ -31,10 +31,12 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pyfuse3
 import trio
 
+from . import capcache
 from .cache import Cache
 from .config import Settings, parse_seconds
 from .errors import StoreError, TransientStoreError, UsageError
@@ -42,13 +44,16 @@ from .cachelock import CacheLock
 from .discovery import Poller
 from .filesystem import Defaults, Filesystem
 from .flusher import Flusher
+from .forkstore import fork_status, wrap_if_forking
 from .fuse_ops import FuseOps
 from .journal import Journal
-from .metrics import Metrics
 from .remote import Remote, probe_key
 from .store import open_store
 from .store.base import Capabilities, ObjectStore
 from .words import duration, pending as pending_words
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +157,12 @@ class Daemon:
         self.resources.callback(store.close)
         try:
             store.check()
+            # DEST of an unfinished fork: the keys not copied yet come from the source
+            self.store = store = wrap_if_forking(store, self.prefix, s.source,
+                                                 endpoint_url=s.endpoint_url, region=s.region)
         except StoreError as exc:
             raise UsageError(str(exc)) from None
+        self.resources.callback(store.close)  # (closing twice is fine)
         self.lock = CacheLock(s.cache_dir)
         self.resources.callback(self.lock.release)
         self.journal = Journal(os.path.join(s.cache_dir, "journal"))
@@ -169,6 +178,8 @@ class Daemon:
         self.instance_id = (self.journal.get_meta(b"instance") or b"").decode()
         if s.metrics_addr:
             host, _, port = s.metrics_addr.rpartition(":")
+            from .metrics import Metrics  # (prometheus_client: only when asked for)
+
             self.metrics = Metrics()
             self.resources.callback(self.metrics.close)
             try:
@@ -178,19 +189,56 @@ class Daemon:
                                  f"{exc.strerror or exc}") from None
             log.info("serving Prometheus metrics at http://%s/metrics", s.metrics_addr)
 
-    def probe(self) -> Capabilities:
+    def probe(self, kept: Capabilities | None) -> Capabilities:
+        """What the server honours (in a worker thread): ``kept`` (the answer a
+        previous mount found, see ``capcache``) while the bucket's versioning still
+        reads as it did then, else a fresh probe. Raises TransientStoreError."""
         assert self.store is not None
+        if kept is not None:
+            try:
+                if self.store.versioning() == kept.versioning:
+                    return kept
+            except TransientStoreError:
+                raise
+            except StoreError as exc:  # not allowed to ask: probe
+                log.info("could not read the bucket's versioning (%s); probing", exc)
         try:
-            caps = self.store.probe(probe_key(self.prefix))
-        except TransientStoreError as exc:
-            raise UsageError(str(exc)) from None
+            return self.store.probe(probe_key(self.prefix))
+        except TransientStoreError:
+            raise
         except StoreError as exc:
             log.warning("could not probe server capabilities (%s); assuming none", exc)
-            caps = Capabilities(conditional_put=False)
+            return Capabilities(conditional_put=False)
+
+    async def _learn_capabilities(self, remote: Remote) -> None:
+        """Find out what the server honours, after the mount is up (the probe used to
+        be most of the mount's time); bucket writes wait for it (``Remote``). While the
+        bucket cannot be reached it tries again, with backoff."""
+        assert self.store is not None and self.journal is not None
+        where = self.store.description
+        kept = capcache.decode(self.journal.get_meta(capcache.KEY), where, time.time())
+        delay = 1.0
+        while True:
+            try:
+                caps = await trio.to_thread.run_sync(self.probe, kept,
+                                                     abandon_on_cancel=True)
+                break
+            except TransientStoreError as exc:
+                log.warning("could not probe the server's capabilities (%s); uploads wait "
+                            "for it; trying again in %s", exc, duration(delay))
+                await trio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+        if caps is kept:
+            log.info("server capabilities as probed before (bucket versioning still %s)",
+                     caps.versioning)
+        else:
+            raw = capcache.encode(where, caps, time.time())
+            if raw is not None:
+                self.journal.set_meta(capcache.KEY, raw)
         if not caps.conditional_put:
             log.warning("the server ignores conditional PUTs: conflict detection with "
                         "outside writers is best-effort")
-        return caps
+        remote.adopt_capabilities(caps)
 
     # --- running ----------------------------------------------------------------------
     def fuse_options(self) -> set[str]:
@@ -216,7 +264,7 @@ class Daemon:
         assert self.store is not None and self.journal is not None
         remote = Remote(self.store, max_concurrency=max(16, s.max_uploads * 2),
                         metrics=self.metrics)
-        remote.capabilities = await trio.to_thread.run_sync(self.probe)
+        remote.expect_capabilities()  # (``_learn_capabilities`` answers, once mounted)
         cache = Cache(s.cache_dir, s.cache_size_bytes)
         stack.callback(cache.close_all)
         fs = Filesystem(self.journal, cache, remote, self.prefix,
@@ -251,6 +299,7 @@ class Daemon:
         pending_left = False
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self._learn_capabilities, remote)
             await nursery.start(flusher.run)
             fs.fetcher.nursery = nursery  # read-ahead runs in the background
             nursery.start_soon(self._checkpoint)
@@ -477,8 +526,11 @@ class Daemon:
             "cache_limit_bytes": self.fs.cache.limit_bytes,
             "capabilities": {"conditional_put": caps.conditional_put,
                              "conditional_copy": caps.conditional_copy,
-                             "conditional_delete": caps.conditional_delete},
+                             "conditional_delete": caps.conditional_delete,
+                             # the probe has not answered yet (uploads wait for it)
+                             "pending": self.fs.remote.capabilities_pending},
             "requests": dict(self.flusher.counts),
+            "fork": fork_status(self.fs.remote.store),  # DEST of a fork in progress
             "source": self.settings.source,
             # what a command needs to reach the bucket as the mount does (never
             # credentials: the command uses the user's own AWS chain)

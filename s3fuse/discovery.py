@@ -62,6 +62,8 @@ class MetaLoads:
     last: dict[int, bytes] = field(default_factory=dict)  # dir ino -> last name looked up
     depth: dict[int, int] = field(default_factory=dict)  # dir ino -> entries to keep queued
     queued: dict[int, int] = field(default_factory=dict)  # dir ino -> prefetches not done
+    # dir ino -> trio clock time of the last lookup walking forward (the walk's pace)
+    walked_at: dict[int, float] = field(default_factory=dict)
 
 
 class OpLogView(Protocol):
@@ -107,13 +109,15 @@ class Discovery(CloseToOpenChecks):
         self._unheaded: dict[int, float] = {}
         self._dir_used: dict[int, float] = {}  # directory ino -> trio clock time used
         # close-to-open by directory: dir ino -> (stamp of the listing, {key: ETag})
+        # (``note_etags``; set by every listing of the directory)
         self._dir_etags: dict[int, tuple[Stamp, dict[str, str]]] = {}
-        self._dir_listing: dict[int, trio.Event] = {}
         # close-to-open for names: dir ino -> trio clock time its names were last
         # listed (a lookup of a missing name lists it again once that is older
         # than the TTL)
         self._names_at: dict[int, float] = {}
-        self._relisting: dict[int, trio.Event] = {}  # dir ino -> set when its re-list ends
+        # dir ino -> (set when its re-list for a check ends, trio time it started)
+        # (``_relist``: names and ETags; ``_shared``)
+        self._relisting: dict[int, tuple[trio.Event, float]] = {}
 
     def note_used(self, ino: int) -> None:
         """Directory ``ino`` was looked into or opened now (``dirs_to_poll``)."""
@@ -124,7 +128,7 @@ class Discovery(CloseToOpenChecks):
         -l``), so the prefetch scan starts again."""
         loads = self.meta_loads
         loads.readdir_at[ino] = trio.current_time()
-        for d in (loads.cursor, loads.last, loads.depth):
+        for d in (loads.cursor, loads.last, loads.depth, loads.walked_at):
             d.pop(ino, None)
 
     def type_known(self, inode: Inode) -> bool:
@@ -229,6 +233,7 @@ class Discovery(CloseToOpenChecks):
             for child_ino in added:
                 self.reconciler.note_bucket_state(child_ino, listed_at)
             self.note_names_listed(ino, listed_at[1])
+            self.note_etags(ino, listed_at, files.values())
 
     async def _list_dir(self, ino: int, prefix: str
                         ) -> tuple[dict[bytes, str], dict[bytes, ObjectInfo]]:
@@ -378,25 +383,35 @@ class Discovery(CloseToOpenChecks):
         loads = self.meta_loads
         listed = loads.readdir_at.get(parent)
         if listed is None or trio.current_time() - listed > PREFETCH_AFTER_READDIR_S:
-            for d in (loads.readdir_at, loads.cursor, loads.last, loads.depth):
+            for d in (loads.readdir_at, loads.cursor, loads.last, loads.depth,
+                      loads.walked_at):
                 d.pop(parent, None)
             return []
         if name <= loads.last.get(parent, b""):
             return []  # not walking forward (the same name again, say): no scan
         loads.last[parent] = name
-        # start with a few and double while the lookups keep walking the listing
+        now = trio.current_time()
+        gap = now - loads.walked_at.get(parent, now)
+        loads.walked_at[parent] = now
+        # start with a few and double while the lookups keep walking the listing...
         depth = loads.depth[parent] = min(loads.depth.get(parent, 2) * 2, PREFETCH_AHEAD)
+        # ...but load no entry the walk reaches later than half the TTL from now: its
+        # lookup would find it older than the TTL and check it again (``recheck``)
+        if gap > 0:
+            depth = max(2, min(depth, int(self.metadata_ttl_s / 2 / gap)))
         queued = loads.queued.get(parent, 0)
         if queued > depth // 2:
             return []  # enough in flight; top up later
-        after = max(name, loads.cursor.get(parent, b""))
-        want = depth - queued
+        cursor = loads.cursor.get(parent, b"")
         picked: list[int] = []
-        last = after
+        last = cursor
         with self.journal.read() as txn:
-            for scanned, (child_name, child) in enumerate(txn.children(parent, after)):
-                if len(picked) >= want or scanned >= 4 * PREFETCH_AHEAD:
+            # the ``depth`` entries after this one (those up to the cursor are queued)
+            for ahead, (child_name, child) in enumerate(txn.children(parent, name)):
+                if ahead >= depth or len(picked) >= depth - queued:
                     break
+                if child_name <= cursor:
+                    continue
                 last = child_name
                 c = txn.get(child)
                 if c is not None and not c.meta_loaded and child not in loads.loading:
@@ -495,6 +510,9 @@ class Discovery(CloseToOpenChecks):
         before = self.op_log.op_generation() if self.op_log is not None else None
         listed_at = self.reconciler.stamp()
         dirs, files = await self._list_dir(ino, prefix)
+        # the ETags answer close-to-open checks even where the op log moved (a check
+        # that meets another ETag asks the object itself)
+        self.note_etags(ino, listed_at, files.values())
         if self.op_log is not None:
             if self.op_log.op_generation() != before:
                 return  # the op log moved while we listed: this listing may be stale
@@ -576,6 +594,10 @@ class Poller:
                 # (after an untar, say) would slow down whatever runs on the mount
                 gap = interval / 2 / max(1, len(dirs))
                 for ino in dirs:
+                    if self.discovery.listed_within(ino, interval / 2):
+                        # a lookup's or an open's check listed it (and applied what
+                        # changed) less than half an interval ago
+                        continue
                     try:
                         await self.discovery.poll_dir(ino)
                     except (StoreError, OSError) as exc:

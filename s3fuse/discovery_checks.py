@@ -7,21 +7,22 @@ an open of a clean file checks it against one shared LIST of its directory
 ``CloseToOpenChecks`` is a part of ``discovery.Discovery`` (its base class): its
 methods use the discovery's state (``ns``, ``journal``, ``remote``, ``reconciler``,
 ``metadata_ttl_s``, ``meta_loads``, and the check bookkeeping ``_names_at``,
-``_relisting``, ``_dir_etags``, ``_dir_listing``, all set in ``Discovery.__init__``)
-and its re-listing (``poll_dir``).
+``_relisting``, ``_dir_etags``, all set in ``Discovery.__init__``) and its
+re-listing (``poll_dir``), which is the one LIST both checks share.
 """
 
 from __future__ import annotations
 
 import logging
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 import trio
 
 from .errors import StoreError
 from .journal import ROOT_INO, Inode
 from .reconcile import Decision, Stamp
+from .store.base import ObjectInfo
 
 log = logging.getLogger("s3fuse.discovery")  # (discovery's log lines keep its name)
 
@@ -35,7 +36,7 @@ class CloseToOpenChecks:
 
     async def relist_for_names(self, parent: int) -> bool:
         """A name was not found in ``parent``: if its listing is older than the TTL,
-        list it again now and apply what changed (``poll_dir``), so a name created
+        list it again now and apply what changed (``_relist``), so a name created
         outside shows on lookup, not only at the next poll. One LIST per directory
         per TTL, shared by the lookups that miss meanwhile (git and Python imports
         look up many names that do not exist). A lookup waits for it at most
@@ -43,28 +44,52 @@ class CloseToOpenChecks:
         directory is not asked about again within the TTL); the listing itself goes
         on in the background (``_shared``), so a directory slower to list than that
         is still listed. True if a listing was applied."""
-        def fresh() -> bool:
-            age = trio.current_time() - self._names_at.get(parent, float("-inf"))
-            return age < self.metadata_ttl_s
-
-        if fresh() or self._made_here(parent):
+        if self.listed_within(parent, self.metadata_ttl_s) or self._made_here(parent):
             return False
-
-        async def relist() -> None:
-            try:
-                await self.poll_dir(parent)
-            except StoreError as exc:
-                # the bucket is away: answer from what the mount knows (not asked
-                # again within the TTL); the poller catches up when it is back
-                log.info("cannot list directory %d to look for a name (%s)", parent, exc)
-                self.note_names_listed(parent, trio.current_time())
-
-        if await self._shared(self._relisting, parent, relist):
+        if await self._check(parent):
             return True
         log.info("no listing of directory %d within %s s to look for a name; answering "
                  "from what the mount knows", parent, NAME_CHECK_TIMEOUT_S)
         self.note_names_listed(parent, trio.current_time())
         return False
+
+    async def _check(self, parent: int) -> bool:
+        """Start the listing that checks directory ``parent`` (``_relist``), or join
+        the one running for it; True if it ended within
+        ``NAME_CHECK_TIMEOUT_S``."""
+        return await self._shared(self._relisting, parent, lambda: self._relist(parent))
+
+    async def _relist(self, parent: int) -> None:
+        """The one LIST of ``parent`` both checks share (a lookup's missing name and
+        an open's ETag check, run through ``_shared`` under ``_relisting``): it
+        applies what changed, notes the names listed and keeps the ETags
+        (``note_etags``), so one listing answers both for the TTL."""
+        self._dir_etags.pop(parent, None)  # an older listing must not answer for it
+        try:
+            await self.poll_dir(parent)
+        except StoreError as exc:
+            # the bucket is away: answer from what the mount knows (not asked
+            # again within the TTL); the poller catches up when it is back
+            log.info("cannot list directory %d to check it against the bucket (%s)",
+                     parent, exc)
+            self.note_names_listed(parent, trio.current_time())
+
+    def note_etags(self, parent: int, listed_at: Stamp, objects: Iterable[ObjectInfo]
+                   ) -> None:
+        """A listing of directory ``parent`` taken at ``listed_at`` showed
+        ``objects``: their ETags answer close-to-open checks there for the TTL."""
+        if len(self._dir_etags) >= 1024:  # (a poller sweep notes every directory)
+            cutoff = trio.current_time() - self.metadata_ttl_s
+            for d in [d for d, snap in self._dir_etags.items() if snap[0][1] < cutoff]:
+                del self._dir_etags[d]
+            if len(self._dir_etags) >= 1024:
+                self._dir_etags.pop(next(iter(self._dir_etags)))
+        self._dir_etags[parent] = (listed_at, {o.key: o.etag for o in objects})
+
+    def listed_within(self, ino: int, seconds: float) -> bool:
+        """Directory ``ino``'s names were listed (and applied) less than ``seconds``
+        ago."""
+        return trio.current_time() - self._names_at.get(ino, float("-inf")) < seconds
 
     def _made_here(self, parent: int) -> bool:
         """Directory ``parent`` was made by this mount and the bucket has not had it
@@ -81,17 +106,23 @@ class CloseToOpenChecks:
         return d is not None and parent != ROOT_INO and d.dirty != 0 \
             and d.remote_key is None and d.meta_loaded
 
-    async def _shared(self, running: dict[int, trio.Event], parent: int,
+    async def _shared(self, running: dict[int, tuple[trio.Event, float]], parent: int,
                       work: Callable[[], Awaitable[None]]) -> bool:
         """Run ``work`` for directory ``parent`` unless it runs already (``running``
-        holds its end event), and wait for it at most ``NAME_CHECK_TIMEOUT_S``; True
-        if it ended meanwhile. It runs in the daemon's nursery, so a caller that stops
-        waiting does not cancel it (without one, in core tests, it runs in the
+        holds its end event and when it started), and wait for it until
+        ``NAME_CHECK_TIMEOUT_S`` after it started; True if it ended meanwhile. A
+        caller that joins a run the bucket is already slow to answer waits no longer
+        than the one that started it: without that, when a listing takes longer than
+        the TTL (a large directory on a loaded server), every lookup of an ``ls -l``
+        waited the whole timeout. It runs in the daemon's nursery, so a caller that
+        stops waiting does not cancel it (without one, in core tests, it runs in the
         caller). An unexpected error in it is logged, never raised into the nursery."""
-        done = running.get(parent)
+        now = trio.current_time()
+        done, started = running.get(parent, (None, now))
         inline = None
         if done is None:
-            done = running[parent] = trio.Event()
+            done = trio.Event()
+            running[parent] = (done, started)
 
             async def run() -> None:
                 try:
@@ -106,7 +137,7 @@ class CloseToOpenChecks:
                 self.meta_loads.nursery.start_soon(run)
             else:
                 inline = run
-        with trio.move_on_after(NAME_CHECK_TIMEOUT_S):
+        with trio.move_on_at(started + NAME_CHECK_TIMEOUT_S):
             await (inline() if inline is not None else done.wait())
             return True
         return False
@@ -163,25 +194,6 @@ class CloseToOpenChecks:
         snap = self._dir_etags.get(parent)
         if snap is not None and trio.current_time() - snap[0][1] < self.metadata_ttl_s:
             return snap
-
-        async def list_etags() -> None:
-            self._dir_etags.pop(parent, None)  # an older listing must not answer for it
-            with self.journal.read() as txn:
-                d = txn.get(parent)
-                if d is None or d.nlink == 0 or not stat.S_ISDIR(d.mode) or (
-                        parent != ROOT_INO and self.ns.object_key(txn, d) is None):
-                    return
-                prefix = self.ns.dir_prefix(txn, d)
-            started = self.reconciler.stamp()  # what the listing shows is at least this new
-            try:
-                page = await self.remote.list_all(prefix, "/")
-            except StoreError as exc:
-                log.info("cannot list %s to revalidate (%s)", prefix, exc)
-                return
-            if len(self._dir_etags) >= 64:
-                self._dir_etags.pop(next(iter(self._dir_etags)))
-            self._dir_etags[parent] = (started, {o.key: o.etag for o in page.objects})
-
-        if not await self._shared(self._dir_listing, parent, list_etags):
+        if not await self._check(parent):
             return None
         return self._dir_etags.get(parent)

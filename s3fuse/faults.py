@@ -6,6 +6,11 @@ Comma-separated entries:
 ``crash@POINT#N``    ... the N-th time it reaches POINT
 ``raise@HANDLER``    the FUSE handler HANDLER (``getattr``, ``read``...) raises
                      RuntimeError, to exercise the "unexpected exception -> EIO" edge
+``sleep@POINT=S``    sleep S seconds each time POINT is reached
+``hold@POINT=PATH``  wait at POINT while the file PATH exists (at most 5 minutes)
+
+Wait points: ``fork-copy``, before each of ``s3fuse fork``'s copies (so a test can
+use DEST midway).
 
 Crash points, each a moment the crash tests kill the daemon at:
 
@@ -23,13 +28,16 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 ENV = "S3FUSE_TEST_FAULTS"
 
 
-def _parse(spec: str) -> tuple[dict[str, int], set[str]]:
+def _parse(spec: str) -> tuple[dict[str, int], set[str], dict[str, float], dict[str, str]]:
     crashes: dict[str, int] = {}
     raises: set[str] = set()
+    sleeps: dict[str, float] = {}
+    holds: dict[str, str] = {}
     for item in filter(None, (x.strip() for x in spec.split(","))):
         kind, _, target = item.partition("@")
         if kind == "crash":
@@ -37,11 +45,27 @@ def _parse(spec: str) -> tuple[dict[str, int], set[str]]:
             crashes[point] = int(nth) if nth else 1
         elif kind == "raise":
             raises.add(target)
-    return crashes, raises
+        elif kind == "sleep":
+            point, _, seconds = target.partition("=")
+            sleeps[point] = float(seconds or 0)
+        elif kind == "hold":
+            point, _, path = target.partition("=")
+            holds[point] = path
+    return crashes, raises, sleeps, holds
 
 
-_crashes, _raises = _parse(os.environ.get(ENV, ""))
+_crashes, _raises, _sleeps, _holds = _parse(os.environ.get(ENV, ""))
 _seen: dict[str, int] = {}
+
+
+def wait_point(point: str) -> None:
+    """Wait here, if a test asked for it (``sleep@POINT=S``, ``hold@POINT=PATH``)."""
+    if point in _sleeps:
+        time.sleep(_sleeps[point])
+    if point in _holds:
+        deadline = time.monotonic() + 300
+        while os.path.exists(_holds[point]) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 def crash_point(point: str) -> None:

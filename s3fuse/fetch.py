@@ -1,5 +1,5 @@
 """Reading file data that is not in the cache: ranged GETs, in parallel, with
-read-ahead for sequential readers (SPEC §6).
+read-ahead for sequential readers (docs/SEMANTICS.md, "The cache").
 
 Bytes are fetched in *pieces*: spans of at most ``PIECE_BYTES`` aligned to that size
 (the part size boto3's own downloads use), each one GET pinned to the ETag the read
@@ -47,9 +47,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PIECE_BYTES = 8 << 20
+#: GETs in flight at once, for all readers together: boto3's ``download_file`` makes
+#: 10 (its transfer manager's default), and parallel readers of small files (a data
+#: loader's workers) each need one at a time
+PIECES_AT_ONCE = 10
 FIRST_WINDOW_BYTES = 2 * PIECE_BYTES
-MAX_WINDOW_BYTES = 64 << 20
-PIECES_AT_ONCE = 6
+#: a sequential reader's read-ahead grows to as many pieces as may be in flight
+MAX_WINDOW_BYTES = PIECES_AT_ONCE * PIECE_BYTES
 
 
 class Fetcher:

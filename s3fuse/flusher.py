@@ -42,7 +42,7 @@ import trio
 from . import faults, retry
 from .errors import BodyChanged, ConditionMismatch, FsError, PreconditionFailed, StoreError
 from .flusher_ops import OpLogRunner
-from .journal import DIRTY_DATA, Inode
+from .journal import DIRTY_DATA, Inode, Txn
 from .namespace import object_metadata, set_remote, unmark
 from .oplog import CopyOp, DeleteOp
 from .reconcile import SEQ_META, Decision, Stamp
@@ -120,6 +120,12 @@ class Flusher(OpLogRunner):
         # the oldest change stays a real, finite figure
         self._due_now: set[int] = set()
         self._inflight: dict[int, str] = {}
+        # ino -> the change sequence its upload in flight sends (set once it is sent)
+        self._inflight_seq: dict[int, int] = {}
+        # uploads in flight that nobody needs any more: the file left their key and
+        # changed since they read it (``_abandon_superseded``); their body check says
+        # so, and the store stops them without storing anything
+        self._abandoned: set[int] = set()
         self._busy: Counter[str] = Counter()
         self._retry_at: dict[int, float] = {}
         self._live_changed: set[int] = set()  # their last upload from the cache failed
@@ -299,6 +305,8 @@ class Flusher(OpLogRunner):
 
     async def pump(self, force: bool = False) -> None:
         """One round: run the op log, then start the uploads that are due."""
+        # what the server honours decides how each write is made: wait for the probe
+        await self.links.remote.capabilities_known()
         async with self._pump_lock:
             await self._run_ops()
             self._start_uploads(force)
@@ -313,6 +321,7 @@ class Flusher(OpLogRunner):
     def _start_uploads(self, force: bool) -> None:
         assert self._nursery is not None, "Flusher.run() is not running"
         now = trio.current_time()
+        self._abandon_superseded()
         blocked = self.journal.ops_index.keys
         room = self._room(self.max_uploads)
         for ino, (first, last) in list(self._due.items()):
@@ -359,6 +368,8 @@ class Flusher(OpLogRunner):
             self._failed(ino, key, "upload", exc)
         finally:
             self._inflight.pop(ino, None)
+            self._inflight_seq.pop(ino, None)
+            self._abandoned.discard(ino)
             self._busy[key] -= 1
             if self._busy[key] <= 0:
                 del self._busy[key]
@@ -416,9 +427,10 @@ class Flusher(OpLogRunner):
                 as_copy = True
             else:
                 body, unchanged = self._file_body(ino, data)
+                unchanged = self._still_wanted(ino, unchanged)
         elif stat.S_ISLNK(data.mode):
             body = (data.target or "").encode("utf-8", "surrogateescape")
-        snapshot = body if unchanged is None else b""  # (the cache file is not ours)
+        snapshot = body if body != self.links.cache.path(data.ino) else b""  # (not ours)
         if not self.links.remote.capabilities.conditional_put and not as_copy:
             # the server ignores conditions: check first (best effort, not atomic)
             if await self._changed_outside(ino, key, inode.remote_etag if if_match else None,
@@ -429,6 +441,7 @@ class Flusher(OpLogRunner):
         else:
             unconditional = False
         faults.crash_point("before-put")
+        self._inflight_seq[ino] = seq
         try:
             if as_copy:
                 etag = await self.links.remote.copy(key, key, md, src_if_match=if_match)
@@ -441,6 +454,11 @@ class Flusher(OpLogRunner):
         except (BodyChanged, OSError) as exc:
             if isinstance(exc, OSError) and (unchanged is None or unchanged()):
                 raise
+            if ino in self._abandoned:
+                # stopped: the file left this key and changed since (nothing stored;
+                # its next upload goes to its new key)
+                self.counts["abandoned"] += 1
+                return
             # written (or removed: an OSError reading it) while it went up: nothing
             # was stored; the change made it due again, and the next attempt sends a
             # snapshot, so a file written all the time still gets uploaded
@@ -467,12 +485,51 @@ class Flusher(OpLogRunner):
         cache file, with a check the store makes before the object becomes visible
         (nothing written since the upload began: see ``ObjectStore.put``), so no copy
         of it is made. Smaller files, and one whose last such upload was overtaken by
-        a write, go from a private snapshot."""
+        a write while it is still being written (``_quiet``), go from a private
+        snapshot."""
         cache = self.links.cache
-        if data.size < LIVE_BODY_MIN_BYTES or ino in self._live_changed:
+        if data.size < LIVE_BODY_MIN_BYTES or (ino in self._live_changed
+                                                and not self._quiet(ino)):
             return cache.snapshot(data.ino, data.size), None
         generation = cache.generation(data.ino)
         return cache.path(data.ino), lambda: cache.generation(data.ino) == generation
+
+    def _quiet(self, ino: int) -> bool:
+        """No change to ``ino`` for a tick: a writer that overtook its last upload from
+        the cache file has stopped, so the next one goes from the cache file again
+        instead of from a copy of it (a checkpoint of gigabytes, after the write
+        that overtook the upload the flush window started). If it writes again, the
+        upload after that one is a copy: a file written all the time still goes up."""
+        due = self._due.get(ino)
+        return due is None or trio.current_time() - due[1] >= self._tick_s()
+
+    def _still_wanted(self, ino: int, unchanged: Callable[[], bool] | None
+                      ) -> Callable[[], bool]:
+        """The body check of a file's upload (``ObjectStore.put``'s ``unchanged``),
+        which also fails once the upload is abandoned (``_abandon_superseded``). (A
+        store checks it before a single PUT and before every part: a PUT already on
+        its way lands, and is deleted at its commit, as before.)"""
+        if unchanged is None:
+            return lambda: ino not in self._abandoned
+        return lambda: ino not in self._abandoned and unchanged()
+
+    def _abandon_superseded(self) -> None:
+        """Mark the uploads in flight whose file left their key (renamed or removed)
+        and changed since they read it: once landed, the object would only be
+        deleted again (``_commit``), and the file's upload to its new key waits for
+        them (one upload per file at a time). A checkpoint renamed while an upload of
+        an earlier state of it runs: that upload stops at its next part."""
+        if not self._inflight_seq:
+            return
+        with self.journal.read() as txn:
+            for ino, seq in self._inflight_seq.items():
+                if ino in self._abandoned:
+                    continue
+                inode = txn.get(ino)
+                if inode is None or inode.nlink == 0 or (
+                        inode.change_seq != seq
+                        and self.ns.object_key(txn, inode) != self._inflight[ino]):
+                    self._abandoned.add(ino)
 
     async def _refused(self, ino: int, key: str, seq: int,
                        if_match: str | None) -> tuple[str, int] | None:
@@ -579,10 +636,13 @@ class Flusher(OpLogRunner):
                 # holder of this path must see (_finish_op gives it), not ours.
                 pass
             else:
-                # It moved or went away while we uploaded: the object we just wrote
-                # belongs to whoever holds that path now, or to nobody.
-                # (Not a holder that knows another object there: that is a newer
-                # fact than our upload, and its cached bytes are that version's.)
+                # It moved or went away while we uploaded. If it was renamed and has
+                # not changed since, the object is its current version: it follows
+                # the rename server-side instead of going up again (``_follow_rename``).
+                clean = self._follow_rename(txn, inode, key, etag, seq)
+                # The object we just wrote belongs to whoever holds that path now, or
+                # to nobody. (Not a holder that knows another object there: that is a
+                # newer fact than our upload, and its cached bytes are that version's.)
                 holder = self.ns.inode_at_key(txn, key)
                 if holder is not None and holder.ino != ino \
                         and holder.remote_key in (None, key) \
@@ -603,6 +663,32 @@ class Flusher(OpLogRunner):
             # changed again while it went up: a new first change, in a new window
             self._due[ino][0] = trio.current_time()
             self._due_now.discard(ino)
+
+    def _follow_rename(self, txn: Txn, inode: Inode | None, key: str, etag: str, seq: int) -> bool:
+        """Our upload of change ``seq`` of ``inode`` landed at ``key`` as ``etag``, and
+        the file was renamed meanwhile (its key is another one now). If nothing changed
+        since that upload read it (the same change sequence: bytes and attributes),
+        the object is the file's current version: queue a server-side copy to its new
+        key, as a rename of a clean file does (``Renamer._move_remote``), instead of
+        sending the bytes again. The copy overwrites whatever is at the new key (the
+        object a rename over an existing name replaced), and is pinned to ``etag``:
+        if the object changes in the bucket first, S3 wins and ``_finish_op`` has
+        the file uploaded from its cache file. The caller appends the delete of
+        ``key`` (or hands the object to the path's new holder): the copy is before
+        it in the log. True if the file is clean now."""
+        if inode is None or inode.nlink == 0 or inode.change_seq != seq \
+                or not stat.S_ISREG(inode.mode) or inode.links or inode.link_of:
+            return False
+        new_key = self.ns.object_key(txn, inode)
+        if new_key is None or new_key == key or inode.remote_key not in (None, new_key):
+            return False
+        txn.append_op(CopyOp(key, new_key, etag, inode.ino))
+        set_remote(inode, new_key, None)  # (the copy gives the ETag: ``_finish_op``)
+        unmark(txn, inode)
+        txn.put(inode)
+        self._live_changed.discard(inode.ino)
+        self.counts["renamed_uploads"] += 1
+        return True
 
     # --- waiting for the bucket ---------------------------------------------------------
     def _idle(self, inos: list[int] | None = None) -> bool:

@@ -456,6 +456,7 @@ def run(source: str, *, cache_dir: str | None, endpoint_url: str | None = None,
     (exit 2) when it cannot check: no journal, cache directory in use by a mount,
     another source, unreachable bucket."""
     from .cachelock import CacheLock
+    from .forkstore import wrap_if_forking
     from .store import open_store
 
     cache_dir = os.path.abspath(cache_dir or default_cache_dir(source, endpoint_url))
@@ -487,6 +488,8 @@ def run(source: str, *, cache_dir: str | None, endpoint_url: str | None = None,
                                      f"not {ident!r}")
                 try:
                     store.check()
+                    store = wrap_if_forking(store, prefix, source, endpoint_url=endpoint_url,
+                                            region=region)  # a fork's DEST, as mounted
                     report = check(journal, cache_dir, store, prefix, repair=repair)
                 except StoreError as exc:
                     raise UsageError(f"could not read the bucket: {exc}") from None

@@ -10,12 +10,11 @@ One version listing, plus one HEAD per version (the listing carries no metadata)
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 
 from . import timeline
 from .errors import NoSuchKey
 from .reconcile import SEQ_META
-from .workspace import Workspace
+from .workspace import Workspace, parallel
 
 
 def writer_of(metadata: dict[str, str] | None, journal_id: str) -> str:
@@ -49,5 +48,5 @@ def versions(ws: Workspace, rel: str) -> list[dict]:
             entry["writer"] = "gone"
         return entry
 
-    with ThreadPoolExecutor(max_workers=8) as pool:
+    with parallel(8) as pool:
         return list(pool.map(describe, found))

@@ -25,7 +25,9 @@ that keys sort numerically):
 ``meta``     counters: ``next_ino``, ``next_op``, ``format`` (layout version),
              ``source`` and ``instance`` (which bucket, and this journal's id in the
              ``s3fuse-seq`` tag of every upload), ``conflicts`` (JSON list of the
-             most recent conflicts: path, lost+found name, time, reason).
+             most recent conflicts: path, lost+found name, time, reason),
+             ``probe`` (the server's capabilities as last probed, with the bucket's
+             versioning state then: ``capcache``, written only by the daemon).
 
 Invariant kept by every write transaction: once the pending ``ops`` are carried out,
 each live inode's (and link record's) ``remote_key`` equals the key of its path (or is

@@ -1,5 +1,5 @@
 """The S3-wins policy: the one place that decides, and carries out, what the mount does
-when it learns what the bucket holds for one of its inodes (SPEC §4).
+when it learns what the bucket holds for one of its inodes (docs/SEMANTICS.md, "Outside writers").
 
 Everything that looks at the bucket reports what it saw here and nowhere else: the
 poller (a re-listing), close-to-open (``Filesystem.revalidate``), lazy attribute

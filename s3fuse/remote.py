@@ -19,6 +19,7 @@ import trio
 
 from . import retry
 from .errors import NoSuchKey, StoreError
+from .keys import RESERVED_ROOT_NAME
 from .store.base import Body, Capabilities, ListPage, ObjectInfo, ObjectStore
 
 if TYPE_CHECKING:
@@ -26,11 +27,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+RESERVED = RESERVED_ROOT_NAME.decode()
 
 
 def probe_key(prefix: str) -> str:
-    """A fresh scratch key for ``ObjectStore.probe`` under the mounted prefix."""
-    return f"{prefix}.s3fuse-probe-{uuid.uuid4().hex[:8]}"
+    """A fresh scratch key for ``ObjectStore.probe`` under the mounted prefix, below
+    the reserved ``.s3fuse`` name, which no listing of the mount shows: the probe runs
+    while the mount is up (``Daemon._learn_capabilities``, ``Remote.reprobe``)."""
+    return f"{prefix}{RESERVED}/.s3fuse-probe-{uuid.uuid4().hex[:8]}"
 
 
 class Remote:
@@ -43,9 +47,14 @@ class Remote:
         self.inline = inline
         self.limiter = trio.CapacityLimiter(max_concurrency)
         self.read_attempts = read_attempts
-        # what the server honours (the daemon's probe at mount time; ``reprobe``
-        # after a refusal the bucket's state does not explain): owned here
+        # what the server honours (the daemon's probe, or its kept answer, right after
+        # the mount is up: ``adopt_capabilities``; ``reprobe`` after a refusal the
+        # bucket's state does not explain): owned here
         self.capabilities = Capabilities()
+        # set while the daemon's probe has not answered yet (``expect_capabilities``):
+        # every bucket write waits for it (``capabilities_known``, at the start of
+        # each flusher round), so no upload decides on the default answer
+        self._capabilities_pending: trio.Event | None = None
         self._reprobing = trio.Lock()
         self.metrics = metrics  # counts and times every store call, when set
         # trio time of the last read that failed for want of the bucket (None: the last
@@ -112,6 +121,29 @@ class Remote:
         """Any read-only call of the store (``store.head``, ``store.list_versions``,
         ...) with the foreground retries above: for the read-only views."""
         return await self._read(fn, *args, **kwargs)
+
+    def expect_capabilities(self) -> None:
+        """The probe runs after the mount is up: bucket writes wait for its answer."""
+        if self._capabilities_pending is None:
+            self._capabilities_pending = trio.Event()
+
+    def adopt_capabilities(self, caps: Capabilities) -> None:
+        """The probe's answer (or its kept copy): writes may go ahead with it."""
+        self.capabilities = caps
+        pending, self._capabilities_pending = self._capabilities_pending, None
+        if pending is not None:
+            pending.set()
+
+    @property
+    def capabilities_pending(self) -> bool:
+        return self._capabilities_pending is not None
+
+    async def capabilities_known(self) -> None:
+        """Return once the server's capabilities are known (at once when no probe is
+        pending). Called before anything is written to the bucket."""
+        pending = self._capabilities_pending
+        if pending is not None:
+            await pending.wait()
 
     async def reprobe(self, prefix: str) -> bool:
         """The server refused an If-Match PUT although the bucket holds that ETag: it

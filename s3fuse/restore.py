@@ -10,27 +10,28 @@ that the mount has not seen (the bucket's version stays at the path and the
 restored one goes to lost+found, as for any conflicting change).
 
 The old bytes are read from the store by exact version id (``get_into`` with
-``version_id``), never from "the current object". Files whose live bytes already
-match the target (same size, same MD5 as the version's ETag) are not rewritten.
+``version_id``), never from "the current object". A file is not rewritten when it
+already holds the target's bytes: the mount says it is synced (``user.s3fuse.state``),
+its size is the version's, and the current object's ETag, from one listing of PATH,
+is the version's ETag. No live file is read to decide it.
 Only entries inside PATH are touched; its missing parents are created.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
 import stat
 from collections.abc import Callable
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from . import keys, metadata, timeline
 from .store.base import ObjectInfo
 from .timeline import Pinned
-from .workspace import Workspace, run_parallel
+from .workspace import Workspace, parallel, run_parallel
+from .xattrs import STATE_XATTR
 
 _TMP = ".s3fuse-restore-"
 
@@ -129,18 +130,16 @@ def _attrs(info: ObjectInfo | None) -> tuple[int | None, int | None, int | None,
     return mode, mtime, ids[0], ids[1]
 
 
-def _same_bytes(path: str, p: Pinned) -> bool:
-    """The live file holds exactly the version's bytes (size and single-part MD5)."""
-    if len(p.etag) != 32 or "-" in p.etag:
+def _synced_as(path: str, p: Pinned, current_etag: str | None) -> bool:
+    """The live file holds exactly the version's bytes: the mount has nothing of its
+    own to upload for it, its size is the version's, and the bucket's current object
+    has the version's ETag."""
+    if current_etag != p.etag:
         return False
     try:
-        if os.lstat(path).st_size != p.size:
-            return False
-        digest = hashlib.md5(usedforsecurity=False)
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-        return digest.hexdigest() == p.etag
+        st = os.lstat(path)
+        return (stat.S_ISREG(st.st_mode) and st.st_size == p.size
+                and os.getxattr(path, STATE_XATTR, follow_symlinks=False) == b"synced")
     except OSError:
         return False
 
@@ -154,6 +153,7 @@ class Restorer:
         self.mp = ws.mountpoint
         self.wants, skipped = plan(target, sub)
         self.report = Report(skipped=skipped)
+        self._current: dict[str, str] = {}  # key -> ETag of the current object, under sub
         self._lock = threading.Lock()  # guards report (files are put back in threads)
 
     def _count(self, what: str) -> None:
@@ -172,8 +172,9 @@ class Restorer:
         deepest first. KeyboardInterrupt stops it between files (a file is either
         the old one or the restored one, never half of each)."""
         pinned_wants = [w for w in self.wants.values() if w.pinned is not None]
-        with ThreadPoolExecutor(max_workers=self.jobs) as pool:
+        with parallel(self.jobs) as pool:
             run_parallel(pool, self._head, pinned_wants, lambda n: None)
+            self._current = self._current_etags()
             for w in pinned_wants:
                 mode = _attrs(w.info)[0]
                 if w.kind == "file" and mode is not None:
@@ -195,6 +196,19 @@ class Restorer:
     def _head(self, w: Want) -> None:
         assert w.pinned is not None
         w.info = self.ws.store.head(self.ws.key(w.pinned.key), version_id=w.pinned.version_id)
+
+    def _current_etags(self) -> dict[str, str]:
+        """The ETag of every current object under ``sub`` (relative keys): one
+        listing, so deciding "unchanged" reads no live file."""
+        prefix = self.ws.key(self.sub)
+        out: dict[str, str] = {}
+        token = None
+        while True:
+            page = self.ws.store.list(prefix, None, token)
+            out.update((o.key[len(self.ws.prefix):], o.etag) for o in page.objects)
+            token = page.next_token
+            if token is None:
+                return out
 
     def _remove_unwanted(self) -> None:
         live = _live(self.mp, self.sub)
@@ -253,7 +267,7 @@ class Restorer:
                     os.mknod(tmp, mode, rdev)
                     os.rename(tmp, full)
                     self._count("written")
-            elif os.path.isfile(full) and not os.path.islink(full) and _same_bytes(full, p):
+            elif _synced_as(full, p, self._current.get(p.key)):
                 self._count("unchanged")
             else:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)

@@ -1,5 +1,6 @@
-"""Points in a bucket's history (SPEC §9): the time format, which version of a key
-was current at a given time, and the record of a named snapshot.
+"""Points in a bucket's history (docs/SEMANTICS.md, "Time travel"): the time format,
+which version of a key was current at a given time, and the record of a named
+snapshot.
 
 Shared by the commands (``history``, ``restore``, ``snapshot``, ``fork``) and by the
 mount's read-only views under ``MOUNTPOINT/.s3fuse/``. Nothing here changes the live

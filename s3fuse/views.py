@@ -1,4 +1,4 @@
-"""The read-only views under ``MOUNTPOINT/.s3fuse/`` (SPEC §9, docs/SEMANTICS.md §9).
+"""The read-only views under ``MOUNTPOINT/.s3fuse/`` (docs/SEMANTICS.md, "Point-in-time views").
 
 ``.s3fuse`` is the reserved name at the mount root (``timeline.RESERVED``). The mount
 shows there a virtual directory, owned by this module::
@@ -373,6 +373,8 @@ class Views(ViewTree):
     # --- attributes ------------------------------------------------------------------
     def getxattr(self, node: Node, name: bytes) -> bytes:
         key = name.decode("utf-8", "surrogateescape")
+        if not key.startswith("user."):  # as the live tree answers (``xattrs``)
+            raise FsError(errno.EOPNOTSUPP)
         if node.pinned is not None and node.pinned.version_id:
             if key == VERSION_XATTR:
                 return node.pinned.version_id.encode()

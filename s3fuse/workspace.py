@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -142,23 +145,76 @@ class Progress:
             sys.stderr.flush()
 
 
+#: after Ctrl-C (or a failure), how long ``run_parallel`` lets the items already
+#: running finish before it goes on up without them
+STOP_GRACE_S = 2.0
+
+#: set by ``parallel`` (its only writer) when it is left with an exception: work may
+#: still be running on its threads, and the process must not wait for them at its end
+_stopped = threading.Event()
+
+
+@contextmanager
+def parallel(jobs: int) -> Iterator[ThreadPoolExecutor]:
+    """A pool of ``jobs`` threads, for ``run_parallel`` (or ``map``). Leaving it
+    normally waits for its threads; leaving it with an exception does not
+    (``run_parallel`` has waited ``STOP_GRACE_S`` already), and ``leave_if_stopped``
+    then ends the process: Ctrl-C never waits for a request that a busy server is
+    slow to answer, whatever botocore's retries and timeouts."""
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs))
+    try:
+        yield pool
+    except BaseException:
+        _stopped.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
 def run_parallel(pool: ThreadPoolExecutor, fn: Callable[[T], None], items: Iterable[T],
                  progress: Callable[[int], None]) -> None:
-    """``fn(item)`` for every item on ``pool``, calling ``progress(done)`` at least
-    twice a second. The first exception (KeyboardInterrupt included) cancels what
-    has not started and goes on up; what runs already finishes (each item is small)."""
+    """``fn(item)`` for every item on ``pool`` (made by ``parallel``), calling
+    ``progress(done)`` at least twice a second. The first exception (KeyboardInterrupt
+    included) cancels what has not started, gives what runs already ``STOP_GRACE_S``
+    to finish, and goes on up; an item still running then is left to run until the
+    process ends (``leave_if_stopped``), so each ``fn`` must leave nothing that a rerun
+    of its command cannot finish or undo.
+
+    Completions come through a queue, not ``concurrent.futures.wait``: that one takes
+    the lock of every pending future in turn, and a Ctrl-C landing between two of
+    them leaves locks taken that a worker then waits for forever."""
     pending: set[Future] = set()
+    finished: queue.SimpleQueue[Future] = queue.SimpleQueue()
     done = 0
     try:
         for item in items:
-            pending.add(pool.submit(fn, item))
+            future = pool.submit(fn, item)
+            pending.add(future)
+            future.add_done_callback(finished.put)
         while pending:
-            finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-            for f in finished:
-                f.result()
-                done += 1
+            try:
+                future = finished.get(timeout=0.5)
+                while True:
+                    pending.discard(future)
+                    future.result()
+                    done += 1
+                    future = finished.get_nowait()
+            except queue.Empty:
+                pass
             progress(done)
     except BaseException:
-        for f in pending:
-            f.cancel()
+        for future in pending:
+            future.cancel()
+        wait(pending, timeout=STOP_GRACE_S)
         raise
+
+
+def leave_if_stopped(code: int) -> None:
+    """End the process now with ``code`` if a ``parallel`` pool was left early: the
+    interpreter would otherwise wait at its end for the threads of the items left
+    running (``concurrent.futures`` joins them), that is for requests that may take
+    minutes. They are abandoned: each command's rerun finishes what they did not."""
+    if _stopped.is_set():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)

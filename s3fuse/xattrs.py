@@ -39,11 +39,16 @@ class ExtendedAttributes:
         return "dirty" if any(r.dirty for r in records) else "synced"
 
     async def getxattr(self, ino: int, name: str) -> bytes:
-        """An extended attribute (only ``user.*`` exist: anything else is ENODATA at
-        once, as ``ls -l`` asks every file for ``security.selinux``), or the sync
-        state (``STATE_XATTR``). Loads the attributes first."""
+        """An extended attribute, or the sync state (``STATE_XATTR``). Loads the
+        attributes first. Only ``user.*`` exist: any other namespace answers
+        EOPNOTSUPP at once, as ``setxattr`` does. That is also what makes ``ls -l``
+        ask once per mount instead of once per file: it asks every file for
+        ``security.selinux`` and ``system.posix_acl_access`` and remembers a device
+        that answers "not supported" (ENODATA would mean "supported, none here").
+        The kernel itself remembers nothing but ENOSYS, which would turn off
+        ``user.*`` too (``no_getxattr``)."""
         if not name.startswith("user."):
-            raise FsError(errno.ENODATA)
+            raise FsError(errno.EOPNOTSUPP)
         inode = await self.load_meta(ino)
         if name == STATE_XATTR:
             return self.sync_state(inode).encode()

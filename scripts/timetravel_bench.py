@@ -11,6 +11,13 @@ writes N small objects under ``ws/`` (default 10,000), then measures:
   with /dev/fuse only (skipped otherwise);
 * ``fork``: ``fork.fork`` of that snapshot into ``forked/`` (another prefix of the
   bucket): seconds to finish, copies per second, S3 requests.
+* ``DEST usable``: from starting ``s3fuse fork`` of the snapshot into ``usable/`` to
+  the first ``ls`` of a mount of DEST that shows the whole tree (the fork's record
+  written, the mount up, the listing merged with the keys not copied yet), as root
+  with /dev/fuse only; the fork is stopped (Ctrl-C) once it is measured. Its
+  baseline: ``s3fuse mount`` of the workspace itself and its first ``ls``, in the
+  same run (a mount's start-up costs the same on DEST: on moto, its capability
+  probe's version listing takes seconds in a bucket of many versions).
 
 Baselines of the same run, for ratios: the N PUTs that made the workspace (the
 server's write pace, which a fork's copies cannot beat) and one plain listing of the
@@ -28,6 +35,7 @@ import argparse
 import collections
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -40,7 +48,8 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 from servers import MotoServer  # noqa: E402
 
 from s3fuse import snapshots  # noqa: E402
-from s3fuse.fork import Side, fork  # noqa: E402
+from s3fuse.errors import NoSuchKey  # noqa: E402
+from s3fuse.fork import FORK_RECORD, Side, fork  # noqa: E402
 from s3fuse.store.s3 import S3Store  # noqa: E402
 
 S3FUSE = os.path.join(os.path.dirname(sys.executable), "s3fuse")
@@ -83,11 +92,70 @@ def cli_snapshot(endpoint: str, bucket: str) -> float | None:
                            check=False)
 
 
+def mount_and_ls(endpoint: str, source: str, dirs: set[str], started: float,
+                 tmp: str) -> tuple[float, float]:
+    """Mount ``source`` and wait for an ``ls`` showing ``dirs``: the seconds since
+    ``started`` when the mount was up, and when the ``ls`` showed them; unmounts."""
+    mp, cache = os.path.join(tmp, "mnt"), os.path.join(tmp, "cache")
+    os.mkdir(mp)
+    subprocess.run([S3FUSE, "mount", source, mp, "--cache-dir", cache, "--endpoint-url",
+                    endpoint], check=True, capture_output=True, timeout=120)
+    mounted = time.monotonic() - started
+    try:
+        while not dirs <= set(os.listdir(mp)):
+            if time.monotonic() - started > 180:
+                raise RuntimeError(f"the mount of {source} never showed the tree")
+            time.sleep(0.01)
+        return mounted, time.monotonic() - started
+    finally:
+        subprocess.run([S3FUSE, "umount", mp], capture_output=True, timeout=120,
+                       check=False)
+
+
+def dest_usable(endpoint: str, bucket: str, dirs: set[str]) -> dict | None:
+    """Seconds from starting ``s3fuse fork`` to the first ``ls`` of DEST's mount
+    showing every directory of the snapshot, and the parts of it."""
+    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.monotonic()
+        plain = mount_and_ls(endpoint, f"s3://{bucket}/ws", dirs, started, tmp)
+    store = S3Store(bucket, endpoint_url=endpoint)
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.monotonic()
+        fork_proc = subprocess.Popen(
+            [S3FUSE, "fork", f"s3://{bucket}/ws", "--snapshot", "bench",
+             f"s3://{bucket}/usable", "--endpoint-url", endpoint],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            while True:  # the record comes before the first copy
+                try:
+                    store.head("usable/" + FORK_RECORD)
+                    break
+                except NoSuchKey:
+                    if fork_proc.poll() is not None or time.monotonic() - started > 120:
+                        raise RuntimeError("the fork wrote no record") from None
+                    time.sleep(0.01)
+            record_s = time.monotonic() - started
+            mounted_s, usable_s = mount_and_ls(endpoint, f"s3://{bucket}/usable", dirs,
+                                               started, tmp)
+        finally:
+            fork_proc.send_signal(signal.SIGINT)
+            fork_proc.wait(timeout=60)
+            store.close()
+    return {"record_s": round(record_s, 3), "mounted_s": round(mounted_s, 3),
+            "usable_s": round(usable_s, 3), "plain_mount_s": round(plain[0], 3),
+            "plain_ls_s": round(plain[1], 3)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--files", type=int, default=10_000)
     ap.add_argument("--jobs", type=int, default=32, help="fork's copies in parallel")
     ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument("--only-usable", action="store_true",
+                    help="after the snapshot, measure only DEST usable (no CLI snapshot, "
+                         "no whole fork)")
     args = ap.parse_args()
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
@@ -123,22 +191,33 @@ def main() -> int:
         print(f"snapshot of {args.files} files: {took:.2f} s, "
               f"{sum(counts.values())} requests {dict(counts)}")
 
-        cli = cli_snapshot(server.endpoint, "tt-bench")
-        if cli is not None:
-            figures["snapshot_cli_s"] = round(cli, 3)
-            print(f"s3fuse snapshot create (CLI, through a mount): {cli:.2f} s")
+        if not args.only_usable:
+            cli = cli_snapshot(server.endpoint, "tt-bench")
+            if cli is not None:
+                figures["snapshot_cli_s"] = round(cli, 3)
+                print(f"s3fuse snapshot create (CLI, through a mount): {cli:.2f} s")
 
-        counts.clear()
-        pins = {p.key: p for p in made.snapshot.objects}
-        source = Side(store, "tt-bench", "ws/", "s3://tt-bench/ws")
-        dest = Side(store, "tt-bench", "forked/", "s3://tt-bench/forked")
-        report = fork(source, dest, {"snapshot": "bench"}, pins, jobs=args.jobs)
-        rate = report.copied / report.seconds
-        figures.update(fork_s=round(report.seconds, 3), fork_copies_per_s=round(rate),
-                       fork_requests=dict(counts))
-        print(f"fork of {args.files} files ({args.jobs} in parallel): "
-              f"{report.seconds:.1f} s, {rate:.0f} copies/s, "
-              f"{sum(counts.values())} requests")
+            counts.clear()
+            pins = {p.key: p for p in made.snapshot.objects}
+            source = Side(store, "tt-bench", "ws/", "s3://tt-bench/ws")
+            dest = Side(store, "tt-bench", "forked/", "s3://tt-bench/forked")
+            report = fork(source, dest, {"snapshot": "bench"}, pins, jobs=args.jobs)
+            rate = report.copied / report.seconds
+            figures.update(fork_s=round(report.seconds, 3), fork_copies_per_s=round(rate),
+                           fork_requests=dict(counts))
+            print(f"fork of {args.files} files ({args.jobs} in parallel): "
+                  f"{report.seconds:.1f} s, {rate:.0f} copies/s, "
+                  f"{sum(counts.values())} requests")
+        usable = dest_usable(server.endpoint, "tt-bench",
+                             {f"d{i % 100:02d}" for i in range(args.files)})
+        if usable is not None:
+            figures["dest_usable"] = usable
+            print(f"DEST usable (from starting s3fuse fork to the first full ls of its "
+                  f"mount): {usable['usable_s']:.2f} s (record written at "
+                  f"{usable['record_s']:.2f} s, mount up at {usable['mounted_s']:.2f} s); "
+                  f"baseline: a mount of the workspace itself up in "
+                  f"{usable['plain_mount_s']:.2f} s, its first ls at "
+                  f"{usable['plain_ls_s']:.2f} s")
         store.close()
     if args.json:
         with open(args.json, "w") as f:

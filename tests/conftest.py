@@ -42,7 +42,7 @@ _HOST_AWS_VARS = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
 
 #: FUSE test modules whose ``mount``/``unmounted`` tests also run on Ceph RGW
 RGW_FUSE_MODULES = {"test_ops.py", "test_outside.py", "test_stress_outside.py",
-                    "test_timetravel.py", "test_views.py"}
+                    "test_timetravel.py", "test_views.py", "test_forklive.py"}
 
 
 @pytest.fixture(scope="session")

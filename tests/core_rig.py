@@ -14,7 +14,7 @@ from fsck_helper import assert_journal_clean
 from s3fuse.cache import Cache
 from s3fuse.filesystem import Defaults, Filesystem
 from s3fuse.flusher import Flusher
-from s3fuse.journal import Journal
+from s3fuse.journal import ROOT_INO, Journal
 from s3fuse.remote import Remote
 from s3fuse.store.memory import MemoryStore
 
@@ -115,3 +115,25 @@ def drive(tmp_path, scenario, store: MemoryStore | None = None) -> MemoryStore:
 def delta(rig: Rig, before: dict[str, int]) -> dict[str, int]:
     after = rig.counts()
     return {k: after[k] - before[k] for k in after}
+
+
+async def upload_in_flight(tmp_path, store, during, data: bytes = b"payload"):
+    """Write ``f`` on a rig over ``store`` (a ``FaultyStore``), hold its upload in
+    flight, run ``during(rig)``, let the upload go on, drain. Returns the rig's
+    (bucket, request counts, flusher counts, store snapshot) at the end."""
+    gate = store.hold("put")
+    rig = Rig(tmp_path, store, threads=True)  # the upload really is in flight
+    rig.flusher.window_s = 0.01
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(rig.flusher.run)
+            await rig.write_file(ROOT_INO, b"f", data)
+            assert await trio.to_thread.run_sync(gate.entered.wait, 10)
+            await during(rig)
+            store.unhold("put")
+            gate.open()
+            assert await rig.flusher.drain(10)
+            nursery.cancel_scope.cancel()
+        return rig.bucket(), rig.counts(), dict(rig.flusher.counts), rig.store.snapshot()
+    finally:
+        rig.close()

@@ -1,12 +1,14 @@
 """A TCP proxy in front of the S3 server that counts requests by method (HEAD, GET,
-...) on their way up: how the mount tests see which requests a step made. Shared by
-the test modules (which import it, never each other)."""
+...) on their way up: how the mount tests see which requests a step made; and one
+that can also hold chosen requests at a gate (``GatedProxy``). Shared by the test
+modules (which import it, never each other)."""
 
 from __future__ import annotations
 
 import re
 import socket
 import threading
+from collections.abc import Callable
 
 from servers import FaultProxy
 
@@ -21,10 +23,7 @@ class _Counted:
 
     def recv(self, n: int) -> bytes:
         data = self.sock.recv(n)
-        with self.proxy.count_lock:
-            for m in _REQUEST.finditer(data):
-                method = m.group(1).decode()
-                self.proxy.counts[method] = self.proxy.counts.get(method, 0) + 1
+        self.proxy.seen(data)
         return data
 
     def sendall(self, data: bytes) -> None:
@@ -48,6 +47,40 @@ class CountingProxy(FaultProxy):
             src = _Counted(src, self)
         FaultProxy._pipe(src, dst)
 
+    def seen(self, data: bytes) -> None:
+        """Bytes on their way up (a request's head, or part of a body): count the
+        request lines in them."""
+        with self.count_lock:
+            for m in _REQUEST.finditer(data):
+                method = m.group(1).decode()
+                self.counts[method] = self.counts.get(method, 0) + 1
+
     def heads(self) -> int:
         with self.count_lock:
             return self.counts.get("HEAD", 0)
+
+
+def is_put(data: bytes) -> bool:
+    return data.startswith(b"PUT /")
+
+
+class GatedProxy(CountingProxy):
+    """The counting proxy, also counting the bytes sent up (``sent``), and holding
+    each request whose first bytes ``hold`` accepts (by default every PUT: an upload's
+    parts) while ``gate`` is clear; ``held`` is set once one waited there."""
+
+    def __init__(self, upstream_port: int, hold: Callable[[bytes], bool] = is_put) -> None:
+        self.sent = 0
+        self.hold = hold
+        self.gate = threading.Event()
+        self.gate.set()
+        self.held = threading.Event()
+        super().__init__(upstream_port)
+
+    def seen(self, data: bytes) -> None:
+        super().seen(data)
+        if not self.gate.is_set() and self.hold(data):
+            self.held.set()
+            assert self.gate.wait(60), "the gate never opened"
+        with self.count_lock:
+            self.sent += len(data)

@@ -7,6 +7,11 @@ s3fuse by whether it ever overwrites a version it did not see, so the server mus
 do that by itself: every request that changes something (PUT, POST, DELETE) runs
 alone; reads run in parallel as before.
 
+It also lists common prefixes as S3 does on a versioned bucket: moto 5 names a
+prefix whose every key is deleted (a delete marker is the latest version) in a
+delimited listing; S3 and Ceph RGW do not, so a removed directory would seem to come
+back (``_no_deleted_prefixes``).
+
 Run as ``python moto_serial.py -H HOST -p PORT`` (what ``servers.MotoServer`` does).
 """
 
@@ -20,6 +25,7 @@ from moto.moto_server.werkzeug_app import (
     MotoRequestHandler,
     create_backend_app,
 )
+from moto.s3.models import FakeDeleteMarker, S3Backend
 from werkzeug.serving import run_simple
 
 _WRITES = {"PUT", "POST", "DELETE"}
@@ -43,11 +49,31 @@ def serialised(app):
     return wrapper
 
 
+def _no_deleted_prefixes() -> None:
+    """Drop the common prefixes under which only deleted keys remain (see above)."""
+    original = S3Backend.list_objects
+
+    def list_objects(self, bucket, prefix, delimiter, marker, max_keys):
+        keys, folders, truncated, next_marker = original(self, bucket, prefix, delimiter,
+                                                         marker, max_keys)
+        if delimiter and folders:
+            start = len(prefix or "")
+            live = {name[:start] + name[start:].split(delimiter)[0] + delimiter
+                    for name, key in bucket.keys.items()
+                    if name.startswith(prefix or "") and delimiter in name[start:]
+                    and not isinstance(key, FakeDeleteMarker)}
+            folders = [f for f in folders if f in live]
+        return keys, folders, truncated, next_marker
+
+    S3Backend.list_objects = list_objects
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("-H", "--host", default="127.0.0.1")
     parser.add_argument("-p", "--port", type=int, required=True)
     args = parser.parse_args()
+    _no_deleted_prefixes()
     app = DomainDispatcherApplication(create_backend_app)
     run_simple(args.host, args.port, serialised(app), threaded=True,
                request_handler=MotoRequestHandler)

@@ -8,6 +8,7 @@ flush window; teardown unmounts (lazily if it must) and never leaves a dead moun
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -52,11 +53,24 @@ class Mount:
             a += ["--endpoint-url", self.endpoint]
         return a
 
-    def mount(self) -> subprocess.CompletedProcess:
+    def mount(self, wait_probe: bool = True) -> subprocess.CompletedProcess:
+        """Mount; with ``wait_probe``, return once the capability probe (which runs
+        after the mount is up) has answered, so that tests counting requests start
+        from a quiet mount."""
         res = subprocess.run(self.args(), capture_output=True, text=True, timeout=60,
                              env={**os.environ, **self.env})
         assert res.returncode == 0, f"mount failed: {res.stdout} {res.stderr}"
         assert is_mounted(self.path)
+        deadline = time.monotonic() + 60
+        while wait_probe:
+            try:
+                status = json.loads(os.getxattr(self.path, "user.s3fuse.status"))
+            except OSError:
+                break  # (a test injecting faults into getxattr: nothing to wait on)
+            if not status["capabilities"]["pending"]:
+                break
+            assert time.monotonic() < deadline, "the capability probe did not answer"
+            time.sleep(0.02)
         return res
 
     def umount(self, fsck: bool = True) -> None:

@@ -21,6 +21,7 @@ from s3fuse.errors import UsageError
 from s3fuse.store.base import (
     Body,
     Capabilities,
+    Copied,
     ListPage,
     ObjectInfo,
     ObjectStore,
@@ -28,7 +29,7 @@ from s3fuse.store.base import (
     VersionPage,
 )
 
-__all__ = ["Body", "Capabilities", "ListPage", "ObjectInfo", "ObjectStore", "VersionInfo",
+__all__ = ["Body", "Capabilities", "Copied", "ListPage", "ObjectInfo", "ObjectStore", "VersionInfo",
            "VersionPage", "open_store", "normalize_prefix"]
 
 _FORMS = "s3://BUCKET[/PREFIX], file:///ABSOLUTE/PATH or memory://NAME"

@@ -60,6 +60,10 @@ class S3Multipart:
                     return _pread_exact(fd, length, offset)
 
             def upload(upload_id: str, number: int) -> dict:
+                if unchanged is not None:
+                    # written since the upload began: it will not be completed, so
+                    # stop sending parts now (a file still being written)
+                    _check_unchanged(unchanged, self._where(key))
                 offset = (number - 1) * part_size
                 data = read_part(offset, min(part_size, size - offset))
                 r = self._client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id,

@@ -36,7 +36,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import BinaryIO, Protocol, Union
+from typing import BinaryIO, NamedTuple, Protocol, Union
 
 # A body to upload: bytes, or a path to a local file whose whole content is the body
 # (the daemon hands a private snapshot that nobody writes to during the upload).
@@ -100,6 +100,17 @@ class VersionPage:
     next_token: str | None = None
 
 
+class Copied(NamedTuple):
+    """What ``copy_version`` made: the new object's ETag, its version id (None where
+    the server does not say: an unversioned bucket, Ceph RGW 16, a copy made part by
+    part) and the time the server gave it (None where it did not say), by which a
+    version listing can still tell the copy when its id is unknown."""
+
+    etag: str
+    version_id: str | None
+    mtime_ns: int | None = None
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What the server honours; filled by ``probe()`` at mount time."""
@@ -107,6 +118,11 @@ class Capabilities:
     conditional_put: bool = True
     conditional_copy: bool = False
     conditional_delete: bool = False
+    #: the bucket's versioning state the answer was found under ("off", "enabled",
+    #: "suspended"), when the probe could read it; None where the answer does not
+    #: depend on it or it is unknown. The daemon keeps a probe's answer under this
+    #: state (``capcache``); not part of the comparison of two answers.
+    versioning: str | None = field(default=None, compare=False)
 
 
 class ObjectStore(Protocol):
@@ -166,12 +182,27 @@ class ObjectStore(Protocol):
         Raises NoSuchKey if the source (version) is gone. Returns the new object's ETag.
         """
 
-    def delete(self, key: str, *, if_match: str | None = None) -> None:
+    def delete(self, key: str, *, if_match: str | None = None,
+               version_id: str | None = None) -> None:
         """Remove ``key``. Deleting an absent key succeeds (S3 semantics).
 
         ``if_match`` is honoured where the backend can (see Capabilities); a backend
         that cannot check it deletes unconditionally.
+
+        ``version_id`` removes exactly that version (or delete marker) for good, as
+        S3's DeleteObject with VersionId: no delete marker is added; if it was the
+        key's latest, the next newest becomes the latest (the key is absent if that is
+        a delete marker, or if there is none). An unknown version id changes nothing.
         """
+
+    def copy_version(self, src_bucket: str, src_key: str, version_id: str, dst_key: str,
+                     size: int, *, if_none_match: bool = False) -> Copied:
+        """Server-side copy of the version ``version_id`` of ``src_key`` in the bucket
+        ``src_bucket`` (S3: any bucket of the same server; the file and memory stores
+        copy within themselves and ignore it) to ``dst_key``, its metadata kept.
+        ``size`` is the version's size (the caller knows it: no HEAD).
+        ``if_none_match``: only if ``dst_key`` does not exist (PreconditionFailed),
+        where the server honours it. Returns what it made (``Copied``)."""
 
     def list(self, prefix: str, delimiter: str | None = "/", token: str | None = None,
              max_keys: int = 1000) -> ListPage:

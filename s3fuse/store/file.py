@@ -101,7 +101,7 @@ from s3fuse.store._fileio import (
     split_key,
 )
 from s3fuse.store._listing import Resume, decode_token, new_version_id, paginate, roll_up
-from s3fuse.store.base import Body, Capabilities, ListPage, ObjectInfo
+from s3fuse.store.base import Body, Capabilities, Copied, ListPage, ObjectInfo
 from s3fuse.store.file_versions import FileVersions
 
 
@@ -378,10 +378,21 @@ class FileStore(FileVersions):
                                   "was read")
             return digest.hexdigest()
 
-        return self._write_object(key, segments, fill, metadata, if_match, if_none_match)
+        return self._write_object(key, segments, fill, metadata, if_match, if_none_match)[0]
 
     def copy(self, src_key: str, dst_key: str, metadata: dict[str, str] | None = None, *,
              src_if_match: str | None = None, src_version_id: str | None = None) -> str:
+        return self._copy(src_key, dst_key, metadata, src_if_match, src_version_id)[0]
+
+    def copy_version(self, src_bucket: str, src_key: str, version_id: str, dst_key: str,
+                     size: int, *, if_none_match: bool = False) -> Copied:
+        """See ``ObjectStore.copy_version``: within this store (``src_bucket`` is not
+        looked at). The version id is None for a directory marker."""
+        return Copied(*self._copy(src_key, dst_key, None, None, version_id, if_none_match))
+
+    def _copy(self, src_key: str, dst_key: str, metadata: dict[str, str] | None,
+              src_if_match: str | None, src_version_id: str | None,
+              if_none_match: bool = False) -> tuple[str, str | None]:
         dst_segments, dst_marker = split_key(dst_key)
         with self._open_object(src_key, src_version_id) as (src_fd, info):
             _check_pin(src_key, info, src_if_match)
@@ -390,7 +401,8 @@ class FileStore(FileVersions):
             if dst_marker:
                 if info.size:
                     raise _fail_key(dst_key, "a key ending in '/' must be an empty object")
-                return self._put_marker(dst_key, dst_segments, meta, None, False)
+                return self._put_marker(dst_key, dst_segments, meta, None,
+                                        if_none_match), None
 
             def fill(fd: int) -> str | None:
                 if src_fd is not None:
@@ -402,13 +414,15 @@ class FileStore(FileVersions):
                     return info.etag
                 return None
 
-            return self._write_object(dst_key, dst_segments, fill, meta, None, False)
+            return self._write_object(dst_key, dst_segments, fill, meta, None,
+                                      if_none_match)
 
     def _write_object(self, key: str, segments: list[str], fill, metadata: dict[str, str],
-                      if_match: str | None, if_none_match: bool) -> str:
+                      if_match: str | None, if_none_match: bool) -> tuple[str, str | None]:
         """Write a new version of ``key`` via a temp file and rename it into place.
 
         ``fill(fd)`` writes the content and returns its ETag (None: derive one).
+        Returns the ETag and the new version's id (None: versioning is off).
         """
         with self._root() as root_fd:
             tmp_fd = self._private_dir(root_fd, "tmp")
@@ -438,7 +452,7 @@ class FileStore(FileVersions):
                     self._fsync(parent)  # the rename is what makes the object durable
                 finally:
                     os.close(parent)
-                return etag
+                return etag, record.get("vid")
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp_name, dir_fd=tmp_fd)  # only still there on failure
@@ -532,7 +546,11 @@ class FileStore(FileVersions):
                 os.close(dir_fd)
         return EMPTY_ETAG
 
-    def delete(self, key: str, *, if_match: str | None = None) -> None:
+    def delete(self, key: str, *, if_match: str | None = None,
+               version_id: str | None = None) -> None:
+        if version_id is not None:
+            self._delete_version(key, version_id)
+            return
         segments, is_marker = split_key(key)
         dirs = segments if is_marker else segments[:-1]
         with self._root() as root_fd, self._locked(root_fd):

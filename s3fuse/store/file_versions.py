@@ -16,7 +16,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 
-from s3fuse.errors import KeyConflict, NoSuchKey
+from s3fuse.errors import KeyConflict, NoSuchKey, NotSupported
 from s3fuse.store._body import EMPTY_ETAG
 from s3fuse.store._fileio import (
     _VID_RE,
@@ -301,6 +301,63 @@ class FileVersions:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp_name, dir_fd=tmp_fd)
             os.close(tmp_fd)
+
+    def _delete_version(self, key: str, version_id: str) -> None:
+        """``delete(key, version_id=...)``: remove one version or delete marker of an
+        object for good; when it was the latest, the next newest entry becomes the
+        latest (an object version is renamed back into place). Not for directory
+        markers (NotSupported)."""
+        segments, is_marker = split_key(key)
+        if is_marker:
+            raise NotSupported(f"file store: {key!r}: one version of a directory marker "
+                               "cannot be deleted")
+        if version_id != NULL and not _VID_RE.fullmatch(version_id):
+            return  # no such version
+        with self._root() as root_fd, self._locked(root_fd):
+            live = self._live(root_fd, key)
+            hist = self._history_dir(root_fd, key)
+            try:
+                names = [] if hist is None else [
+                    n for n in _history_names(hist) if live is None or n < live[0]]
+                if live is not None and version_id_of(live[0]) == version_id:
+                    gone, heir = None, names[0] if names else None
+                else:
+                    match = [n for n in names if version_id_of(n) == version_id]
+                    if not match:
+                        return
+                    gone = match[0]
+                    heir = (names[1] if live is None and gone == names[0] and len(names) > 1
+                            else None)
+                if heir is not None and self._is_delete_marker(hist, heir):
+                    heir = None
+                dir_fd = self._open_dirs(root_fd, segments[:-1], key, create=True)
+                assert dir_fd is not None
+                try:
+                    if gone is not None:
+                        os.unlink(gone, dir_fd=hist)
+                    if heir is not None:
+                        os.rename(heir, segments[-1], src_dir_fd=hist, dst_dir_fd=dir_fd)
+                    elif gone is None:
+                        os.unlink(segments[-1], dir_fd=dir_fd)
+                    self._fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+            finally:
+                if hist is not None:
+                    os.close(hist)
+            self._prune(root_fd, segments[:-1])
+
+    @staticmethod
+    def _is_delete_marker(hist: int | None, name: str) -> bool:
+        opened = None if hist is None else _open_file(hist, name)
+        if opened is None:
+            return True  # (gone meanwhile: nothing to bring back)
+        fd, _st = opened
+        try:
+            record = _load_json_xattr(fd, XATTR_OBJ)
+            return bool(record and record.get("delete_marker"))
+        finally:
+            os.close(fd)
 
     def list_versions(self, prefix: str, token: str | None = None,
                       max_keys: int = 1000, delimiter: str | None = None) -> VersionPage:

@@ -44,7 +44,15 @@ from s3fuse.store._listing import (
     version_after,
     version_id_of,
 )
-from s3fuse.store.base import Body, Capabilities, ListPage, ObjectInfo, VersionInfo, VersionPage
+from s3fuse.store.base import (
+    Body,
+    Capabilities,
+    Copied,
+    ListPage,
+    ObjectInfo,
+    VersionInfo,
+    VersionPage,
+)
 
 #: request kinds counted in ``MemoryStore.counts`` (``check`` is counted too);
 #: reads of a given version count as "head"/"get"/"copy" like the others. A copy
@@ -305,8 +313,29 @@ class MemoryStore:
             self._replace(dst_key, _Object(src.body, meta, src.etag, time.time_ns()))
             return src.etag
 
-    def delete(self, key: str, *, if_match: str | None = None) -> None:
+    def copy_version(self, src_bucket: str, src_key: str, version_id: str, dst_key: str,
+                     size: int, *, if_none_match: bool = False) -> Copied:
+        """See ``ObjectStore.copy_version``: within this bucket (``src_bucket`` is not
+        looked at); one "copy" request."""
+        _validate(src_key)
+        _validate(dst_key)
+        with self._bucket.lock:
+            self._request("copy")
+            src = self._current(src_key, version_id)
+            if if_none_match and self.honour.conditional_put:
+                self._check_conditions(dst_key, None, True)
+            sort = self._replace(dst_key, _Object(src.body, dict(src.metadata), src.etag,
+                                                  time.time_ns()))
+            return Copied(src.etag, version_id_of(sort))
+
+    def delete(self, key: str, *, if_match: str | None = None,
+               version_id: str | None = None) -> None:
         _validate(key)
+        if version_id is not None:
+            with self._bucket.lock:
+                self._request("delete")
+                self._delete_version(key, version_id)
+            return
         with self._bucket.lock:
             self._request("delete")
             existing = self._bucket.objects.get(key)
@@ -318,6 +347,28 @@ class MemoryStore:
                     and existing.etag != if_match):
                 raise PreconditionFailed(f"memory: {key!r} is not at etag {if_match}")
             self._replace(key, None)
+
+    def _delete_version(self, key: str, version_id: str) -> None:
+        """Remove one version or delete marker for good; the next newest entry becomes
+        the latest (an object: current again). Under the lock."""
+        b = self._bucket
+        current = b.objects.get(key)
+        older = b.history.get(key, [])
+        if current is not None and version_id_of(current.sort) == version_id:
+            del b.objects[key]
+        else:
+            kept = [v for v in older if version_id_of(v.sort) != version_id]
+            if len(kept) == len(older):
+                return  # no such version: nothing to do (as S3)
+            older = kept
+        if key not in b.objects and older and older[0].obj is not None:
+            top = older.pop(0)
+            b.objects[key] = top.obj if top.obj.sort else _Object(
+                top.obj.body, top.obj.metadata, top.obj.etag, top.obj.mtime_ns, top.sort)
+        if older:
+            b.history[key] = older
+        else:
+            b.history.pop(key, None)
 
     def list(self, prefix: str, delimiter: str | None = "/", token: str | None = None,
              max_keys: int = 1000) -> ListPage:

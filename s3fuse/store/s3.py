@@ -67,7 +67,15 @@ from s3fuse.errors import (
 from s3fuse.store._body import CHUNK, body_size, check_range, is_bytes
 from s3fuse.store._s3errors import _ACCESS_CODES, S3Errors
 from s3fuse.store._s3multipart import S3Multipart, _check_unchanged, _quote, _unquote
-from s3fuse.store.base import Body, Capabilities, ListPage, ObjectInfo, VersionInfo, VersionPage
+from s3fuse.store.base import (
+    Body,
+    Capabilities,
+    Copied,
+    ListPage,
+    ObjectInfo,
+    VersionInfo,
+    VersionPage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -389,13 +397,15 @@ class S3Store(S3Errors, S3Multipart):
         return (sec + 1) * 1_000_000_000 - 1
 
     def copy_version(self, src_bucket: str, src_key: str, version_id: str, dst_key: str,
-                     size: int, *, if_none_match: bool = False) -> str:
+                     size: int, *, if_none_match: bool = False) -> Copied:
         """Server-side copy of one version of ``src_bucket``/``src_key`` (a bucket on
         the same server) to ``dst_key`` here, its metadata kept: one CopyObject, no
         HEAD, as the caller knows the size (over ``max_copy_size``: part by part).
         ``if_none_match``: only if ``dst_key`` does not exist (PreconditionFailed),
         where the server honours it (a server that refuses the header gets the copy
-        without it)."""
+        without it). Returns the new object's ETag, version id (None when the server
+        names none: an unversioned bucket, Ceph RGW 16, a copy made part by part) and
+        time (``Copied``)."""
         self._check_key(src_key)
         self._check_key(dst_key)
         source = {"Bucket": src_bucket, "Key": src_key, "VersionId": version_id}
@@ -406,8 +416,9 @@ class S3Store(S3Errors, S3Multipart):
             keep = {name: head[name] for name in (
                 "ContentType", "ContentEncoding", "ContentDisposition", "ContentLanguage",
                 "CacheControl", "Expires") if head.get(name)}
-            return self._copy_multipart(dst_key, source, size, _unquote(head["ETag"]),
-                                        {"Metadata": dict(head.get("Metadata", {})), **keep})
+            return Copied(self._copy_multipart(
+                dst_key, source, size, _unquote(head["ETag"]),
+                {"Metadata": dict(head.get("Metadata", {})), **keep}), None)
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": dst_key,
                                   "CopySource": source, "MetadataDirective": "COPY"}
         if if_none_match and self._copy_if_none_match:
@@ -423,7 +434,10 @@ class S3Store(S3Errors, S3Multipart):
                      self.endpoint)
             return self.copy_version(src_bucket, src_key, version_id, dst_key, size,
                                      if_none_match=if_none_match)
-        return _unquote(r["CopyObjectResult"]["ETag"])
+        result = r["CopyObjectResult"]
+        when = result.get("LastModified")
+        return Copied(_unquote(result["ETag"]), r.get("VersionId"),
+                      None if when is None else _mtime_ns(when))
 
     # --- writing ------------------------------------------------------------------------
 
@@ -559,13 +573,16 @@ class S3Store(S3Errors, S3Multipart):
         return _unquote(r["CopyObjectResult"]["ETag"])
 
 
-    def delete(self, key: str, *, if_match: str | None = None) -> None:
+    def delete(self, key: str, *, if_match: str | None = None,
+               version_id: str | None = None) -> None:
         self._check_key(key)
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
         if if_match is not None:
             kwargs["IfMatch"] = _quote(if_match)
+        if version_id is not None:
+            kwargs["VersionId"] = version_id
         try:
-            with self._op("DELETE", key):
+            with self._op("DELETE", key, version_id=version_id):
                 self._client.delete_object(**kwargs)
         except NoSuchKey:
             pass  # a conditional delete of a missing key: already gone, as wanted
@@ -639,7 +656,8 @@ class S3Store(S3Errors, S3Multipart):
                         f"versioning-{state}", self.bucket,
                         "yes" if none_match else "no", "yes" if match else "no")
         return Capabilities(conditional_put=none_match and match,
-                            conditional_copy=copy_ok, conditional_delete=delete_ok)
+                            conditional_copy=copy_ok, conditional_delete=delete_ok,
+                            versioning=state if state != "unknown" else None)
 
     def _purge_versions(self, key: str) -> None:
         """Delete every version and delete marker of exactly ``key`` (the probe's

@@ -54,6 +54,48 @@ def seed_scale(ctx: Ctx, bucket: str, keys: list[str]) -> float:
     return time.perf_counter() - t0
 
 
+def cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system) ``pid`` has used so far (0 when it is gone)."""
+    if pid is None:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_pid(port: int) -> int | None:
+    """The S3 server's pid (the moto process serving ``port``), for its CPU time."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if any(b"moto" in a for a in argv[:2]) and str(port).encode() in argv:
+            return int(entry)
+    return None
+
+
+class StepCpu:
+    """CPU seconds the daemon and the S3 server spent between two marks: on a
+    shared 2-core host, what a step costs each side (moto serves in one process)."""
+
+    def __init__(self, daemon: int | None, server: int | None) -> None:
+        self.pids = {"daemon": daemon, "server": server}
+        self.last = {k: cpu_s(p) for k, p in self.pids.items()}
+
+    def mark(self) -> dict[str, float]:
+        now = {k: cpu_s(p) for k, p in self.pids.items()}
+        spent = {k: round(now[k] - self.last[k], 2) for k in now}
+        self.last = now
+        return spent
+
+
 def run_scale(ctx: Ctx, sizes: Sizes, only: list[str], profiler: Profiler | None) -> dict:
     keys, dirs, root_files = scale_layout(sizes)
     bucket = "bench-scale"
@@ -90,6 +132,7 @@ def run_scale(ctx: Ctx, sizes: Sizes, only: list[str], profiler: Profiler | None
             drop_caches()
             step = f"ls -l of the {sizes.scale_big:,}-entry directory"
             pid = s.daemon_pid()
+            cpu = StepCpu(pid, server_pid(ctx.s3_port))
             if profiler and name == "s3fuse":
                 profiler.start(pid, "scale-ls-l")
             t, o = run(["ls", "-l", str(mp / "big")], timeout)
@@ -100,9 +143,11 @@ def run_scale(ctx: Ctx, sizes: Sizes, only: list[str], profiler: Profiler | None
             c2 = ctx.counts().get(name, {})
             res["ls_l_big_cold_s"] = t
             res["ls_l_big_cold_requests"] = diff_counts(c2, c1)
+            res["ls_l_big_cold_cpu_s"] = cpu.mark()
             n = len(o.splitlines())
             expect(n == sizes.scale_big + 1, f"ls -l printed {n} lines")
-            log(f"  ls -l big {fmt_s(t)} s [{fmt_counts(res['ls_l_big_cold_requests'])}]")
+            log(f"  ls -l big {fmt_s(t)} s [{fmt_counts(res['ls_l_big_cold_requests'])}] "
+                f"cpu s {res['ls_l_big_cold_cpu_s']}")
             step = "find over everything"
             if profiler and name == "s3fuse":
                 profiler.start(pid, "scale-find")
@@ -115,10 +160,12 @@ def run_scale(ctx: Ctx, sizes: Sizes, only: list[str], profiler: Profiler | None
             c3 = ctx.counts().get(name, {})
             res["find_s"] = t
             res["find_requests"] = diff_counts(c3, c2)
+            res["find_cpu_s"] = cpu.mark()
             n = len(o.splitlines())
             expect(n == 1 + dirs + len(keys), f"find printed {n} paths, expected "
                                               f"{1 + dirs + len(keys)}")
-            log(f"  find {fmt_s(t)} s [{fmt_counts(res['find_requests'])}]")
+            log(f"  find {fmt_s(t)} s [{fmt_counts(res['find_requests'])}] "
+                f"cpu s {res['find_cpu_s']}")
             res["peak_rss_mib"] = (vm_hwm_kib(pid) or 0) / 1024
             res["status"] = "ok"
         except StepFailed as exc:

@@ -141,6 +141,31 @@ def test_agent_scenario_snapshot_wreck_restore(versioned, tmp_path: Path) -> Non
     assert_same_tree(tree(m.path), before)
 
 
+def test_a_restore_rewrites_only_what_differs_and_reads_no_live_file(versioned) -> None:
+    """Files that already hold the target's bytes are left alone, decided from the
+    mount's sync state and one listing's ETags: a multipart-sized file too (its ETag
+    is no MD5 of the bytes), and a file whose live bytes were changed is rewritten."""
+    m = versioned
+    os.mkdir(m.p("t"))
+    big = os.urandom(9 << 20)  # past the 8 MiB multipart threshold
+    with open(m.p("t/big"), "wb") as f:
+        f.write(big)
+    for i in range(5):
+        with open(m.p(f"t/f{i}"), "w") as f:
+            f.write(f"f{i}\n")
+    m.sync()
+    cli("snapshot", "create", m.path, "same")
+    with open(m.p("t/f0"), "w") as f:
+        f.write("changed\n")
+    m.sync()
+    res = cli("restore", m.p("t"), "--snapshot", "same")
+    assert "1 file written, 5 unchanged" in res.stdout, res.stdout
+    m.sync()
+    assert open(m.p("t/f0")).read() == "f0\n"
+    with open(m.p("t/big"), "rb") as f:
+        assert f.read() == big
+
+
 def test_restore_of_a_deleted_file_and_a_removed_tree_by_time(versioned) -> None:
     m = versioned
     os.makedirs(m.p("d/e"))
@@ -315,17 +340,23 @@ def test_two_forks_of_one_snapshot_diverge(versioned, tmp_path: Path) -> None:
             fm.cleanup()
 
 
-def test_fork_killed_midway_resumes_and_completes(versioned) -> None:
-    m = versioned
+def _many_then_now(m: Mount, count: int) -> str:
+    """``many/f000``... (``body 0``...) written under the mount's prefix, on S3 only;
+    then a time after them, for ``fork --at``."""
     _s3_only(m)
     store, prefix = m.store()
     try:
-        for i in range(400):
+        for i in range(count):
             store.put(f"{prefix}many/f{i:03d}", f"body {i}".encode(), {})
     finally:
         store.close()
     time.sleep(1.1)
-    when = cli_time()
+    return cli_time()
+
+
+def test_fork_killed_midway_resumes_and_completes(versioned) -> None:
+    m = versioned
+    when = _many_then_now(m, 400)
     bucket = bucket_url(m)[len("s3://"):]
     dest = f"s3://{bucket}/forked"
     argv = [S3FUSE, "fork", m.source, "--at", when, dest, "--jobs", "1", *endpoint_args(m)]
@@ -356,6 +387,41 @@ def test_fork_killed_midway_resumes_and_completes(versioned) -> None:
     time.sleep(1.1)
     res = cli("fork", m.source, "--at", cli_time(), dest, *endpoint_args(m), ok=False)
     assert res.returncode != 0 and "another fork" in res.stderr
+
+
+def test_ctrl_c_stops_a_fork_within_seconds_whatever_is_in_flight(versioned) -> None:
+    """Copies that take long (here 30 s each, by the test fault ``sleep@fork-copy``;
+    in life a busy server and botocore's retries) do not keep the fork alive after
+    Ctrl-C: it ends within a few seconds, and a rerun completes DEST."""
+    m = versioned
+    when = _many_then_now(m, 40)
+    dest = f"{bucket_url(m)}/slow"
+    argv = [S3FUSE, "fork", m.source, "--at", when, dest, "--jobs", "8", *endpoint_args(m)]
+    env = {**os.environ, "S3FUSE_TEST_FAULTS": "sleep@fork-copy=30"}
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None \
+            and not _keys(m, "slow/.s3fuse/fork.json"):
+        time.sleep(0.05)
+    time.sleep(0.5)  # (the copies are in flight: each sleeps before it is sent)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    took = time.monotonic() - sent
+    assert proc.returncode == 130, err
+    assert took < 10, f"the fork took {took:.1f} s to stop after Ctrl-C"
+    assert err.strip().splitlines()[-1].startswith("s3fuse: stopped; run the same command"), err
+    assert not _keys(m, "slow/many/")  # nothing was copied yet
+    res = cli("fork", m.source, "--at", when, dest, *endpoint_args(m))
+    assert "(resumed)" in res.stdout and "40 objects copied" in res.stdout, res.stdout
+    dest_store, _ = m.store()
+    try:
+        for i in range(40):
+            assert dest_store.get(f"slow/many/f{i:03d}") == f"body {i}".encode()
+        assert len(_keys(m, "slow/many/")) == 40
+    finally:
+        dest_store.close()
 
 
 def _keys(m: Mount, under: str) -> list[str]:

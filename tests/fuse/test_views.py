@@ -151,6 +151,9 @@ def test_point_in_time_view_stays_as_it_was(versioned):
         assert store.get(prefix + "a.txt", version_id=vid) == b"first a\n"
         assert store.head(prefix + "a.txt", version_id=vid).etag == etag
         assert "user.s3fuse.version-id" in os.listxattr(os.path.join(view, "d/b.bin"))
+        with pytest.raises(OSError) as err:  # as the live tree: only user.* exist
+            os.getxattr(os.path.join(view, "a.txt"), "security.selinux")
+        assert err.value.errno == errno.EOPNOTSUPP
     finally:
         store.close()
 

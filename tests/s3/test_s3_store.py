@@ -124,7 +124,7 @@ def test_multipart_put_conditions(small, raw, bucket, monkeypatch, s3_target):
     assert pending_uploads(raw, bucket) == []  # the refused upload was aborted
 
 
-def test_multipart_put_of_a_changing_body_is_checked_after_every_part_and_aborted(
+def test_multipart_put_of_a_changing_body_stops_sending_parts_and_is_aborted(
         small, raw, bucket, tmp_path, monkeypatch):
     path = tmp_path / "live.bin"
     path.write_bytes(os.urandom(11 * MiB))
@@ -136,13 +136,19 @@ def test_multipart_put_of_a_changing_body_is_checked_after_every_part_and_aborte
         return upload_part(**kwargs)
 
     monkeypatch.setattr(small._client, "upload_part", spy)
-    asked: list[int] = []
+    # unchanged before the first part, written before any other: the parts not yet
+    # sent are not sent at all (the old code sent them all, then found the change)
+    answers = iter([True])
     with pytest.raises(BodyChanged):
-        small.put("live", str(path), {}, unchanged=lambda: asked.append(len(parts)) or False)
-    assert asked == [3]  # once, after the third and last part
+        small.put("live", str(path), {}, unchanged=lambda: next(answers, False))
+    assert len(parts) == 1  # (the parts start together: any one of them)
     assert pending_uploads(raw, bucket) == []
     with pytest.raises(NoSuchKey):
         small.head("live")
+    # unchanged all along: checked before every part and once more before completing
+    asked: list[int] = []
+    small.put("live", str(path), {}, unchanged=lambda: asked.append(1) or True)
+    assert len(asked) == 4 and small.get("live") == path.read_bytes()
 
 
 def test_multipart_failure_aborts_the_upload(small, raw, bucket, monkeypatch):

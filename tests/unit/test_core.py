@@ -16,7 +16,7 @@ import time
 import pytest
 import trio
 import trio.testing
-from core_rig import WINDOW, Rig, replayed, run
+from core_rig import WINDOW, Rig, replayed, run, upload_in_flight
 
 from s3fuse.errors import FsError
 from s3fuse.filesystem import SetAttrs
@@ -135,6 +135,7 @@ def test_a_large_file_goes_up_from_its_cache_file_unless_written_meanwhile(tmp_p
             bodies.append(body)
             if len(bodies) == 1:  # a write lands while the first upload reads the file
                 rig.cache.write(inode.ino, 0, b"b")
+                rig.flusher.note_change(inode.ino)  # (as a write through the mount)
             return real_put(key, body, md, **kw)
 
         rig.store.put = put
@@ -516,21 +517,7 @@ def test_poll_shows_new_changed_and_deleted_objects(tmp_path):
 
 async def _in_flight(tmp_path, store: FaultyStore, during):
     """Start an upload of ``f``, run ``during(rig)`` while it is in flight, finish."""
-    gate = store.hold("put")
-    rig = Rig(tmp_path, store, threads=True)  # the upload really is in flight
-    rig.flusher.window_s = 0.01
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(rig.flusher.run)
-            await rig.write_file(ROOT_INO, b"f", b"payload")
-            assert await trio.to_thread.run_sync(gate.entered.wait, 10)
-            await during(rig)
-            gate.open()
-            assert await rig.flusher.drain(10)
-            nursery.cancel_scope.cancel()
-        return rig.bucket()
-    finally:
-        rig.close()
+    return (await upload_in_flight(tmp_path, store, during))[0]
 
 
 def test_rename_while_uploading_ends_at_the_new_name(tmp_path):
@@ -1275,5 +1262,28 @@ def test_types_from_listing_an_exchange_meets_a_symlink_it_had_listed_as_a_file(
         assert store.get("f") == b"target" and store.head("f").metadata["mode"] == str(
             stat.S_IFLNK | 0o777)
         assert store.get("ln") == b"data"
+
+    run(tmp_path, scenario, store)
+
+
+def test_a_slow_walk_after_readdir_is_not_prefetched_past_the_ttl(tmp_path):
+    """``ls -l`` on a loaded host: lookups come every 50 ms. The HEADs run ahead of
+    them, but not so far ahead that an entry's attributes are older than the
+    metadata TTL when its lookup comes: else each lookup checks it again (one LIST of
+    the directory per TTL; on moto, a 5,000-entry directory's LIST took longer than
+    the TTL, so a cold ls -l listed it ten times)."""
+    store = MemoryStore()
+    for i in range(300):
+        store.put(f"f{i:03d}", b"", {"mode": str(stat.S_IFREG | 0o640)})
+
+    async def scenario(rig: Rig):
+        names = [n for n, _, _ in rig.fs.readdir(await rig.fs.opendir(ROOT_INO), 0)]
+        heads, lists = rig.store.counts["head"], rig.store.counts.get("list", 0)
+        for name in names:
+            inode = await rig.fs.lookup(ROOT_INO, name)
+            assert inode.mode == stat.S_IFREG | 0o640
+            await trio.sleep(0.05)
+        assert rig.store.counts["head"] - heads == 300, "one HEAD per entry, no more"
+        assert rig.store.counts.get("list", 0) - lists <= 1, "lookups checked again"
 
     run(tmp_path, scenario, store)

@@ -180,3 +180,32 @@ def test_a_random_read_of_a_version_replaced_outside_reads_the_new_one(tmp_path)
         assert await rig.fs.read(fh, at, 3 * MIB) == new[at:at + 3 * MIB]
 
     run(tmp_path, store, scenario)
+
+
+def test_parallel_readers_have_up_to_ten_gets_in_flight(tmp_path):
+    """A data loader's 8 workers, each reading its own file: 8 GETs at once (the old
+    limit was 6), and a sequential reader keeps 10 in flight, as boto3 does."""
+    store = FaultyStore()
+    files = {b"f%d" % i: body(MIB, i) for i in range(8)}
+    for name, data in files.items():
+        store.put(name.decode(), data, {})
+    store.put("big", body(20 * PIECE_BYTES), {})
+    store.slow("get", 0.3)
+
+    async def scenario(rig: Rig):
+        async def read_one(name: bytes) -> None:
+            fh = await open_ro(rig, name)
+            assert await rig.fs.read(fh, 0, 2 * MIB) == files[name]
+
+        async with trio.open_nursery() as nursery:
+            for name in files:
+                nursery.start_soon(read_one, name)
+        assert store.most_active == 8
+        store.most_active = 0
+        fh = await open_ro(rig, b"big")
+        offset = 0
+        while offset < 12 * PIECE_BYTES:
+            offset += len(await rig.fs.read(fh, offset, 1 * MIB))
+        assert store.most_active == 10
+
+    run(tmp_path, store, scenario, threads=True)

@@ -6,10 +6,13 @@ And restore's plan never names a path outside the mount."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 import uuid
 
 import pytest
 
+from s3fuse import workspace
 from s3fuse.errors import UsageError
 from s3fuse.fork import FORK_RECORD, Side, fork
 from s3fuse.snapshots import pinned
@@ -25,11 +28,11 @@ class CrashingStore(MemoryStore):
 
     allowed = 10**9
 
-    def copy(self, *args, **kwargs):
+    def copy_version(self, *args, **kwargs):
         if self.allowed <= 0:
             raise Crash
         self.allowed -= 1
-        return super().copy(*args, **kwargs)
+        return super().copy_version(*args, **kwargs)
 
 
 @pytest.fixture
@@ -108,3 +111,38 @@ def test_restore_plans_no_path_outside_the_mount() -> None:
     wants, skipped = plan(target, "")
     assert set(wants) == {"a", "a/b", "d"}
     assert sorted(skipped) == sorted(["../../etc/passwd", "x//y", "./z", "ok/../../up"])
+
+
+def test_run_parallel_goes_on_up_after_ctrl_c_without_waiting_for_what_runs() -> None:
+    """A KeyboardInterrupt (here raised by the progress callback) leaves
+    ``run_parallel`` and ``parallel`` within STOP_GRACE_S although an item is stuck,
+    cancels what has not started, and marks the process as one to end at once."""
+    release = threading.Event()
+    started: list[int] = []
+
+    def stuck(i: int) -> None:
+        started.append(i)
+        release.wait(30)
+
+    def interrupt(done: int) -> None:
+        raise KeyboardInterrupt
+
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt), workspace.parallel(2) as pool:
+            workspace.run_parallel(pool, stuck, range(100), interrupt)
+        assert time.monotonic() - t0 < workspace.STOP_GRACE_S + 3
+        assert workspace._stopped.is_set()
+        assert len(started) <= 2  # the other 98 were cancelled
+    finally:
+        release.set()
+        workspace._stopped.clear()  # (this process goes on: the other tests)
+
+
+def test_run_parallel_reports_every_item_done() -> None:
+    seen: list[int] = []
+    calls: list[int] = []
+    with workspace.parallel(4) as pool:
+        workspace.run_parallel(pool, seen.append, range(500), calls.append)
+    assert sorted(seen) == list(range(500)) and calls[-1] == 500
+    assert not workspace._stopped.is_set()

@@ -106,3 +106,80 @@ def test_a_directory_made_here_is_not_listed_for_missing_names_until_uploaded(tm
             rig.close()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_lookups_of_files_wait_once_for_a_slow_listing_and_still_see_outside_changes(
+        tmp_path):
+    """Close-to-open at lookups of clean files, when their directory takes longer to
+    list than the timeout (a 5,000-entry directory on a loaded moto): the lookup that
+    starts the LIST waits the timeout, the ones after it do not wait again for that
+    LIST (before, an ``ls -l`` waited the whole timeout for every entry: 5,000 x 1.5 s);
+    they check their file with a HEAD instead, so an outside change still shows."""
+    store = MemoryStore()
+    for i in range(10):
+        store.put(f"d/f{i}", b"x", {})
+
+    async def main():
+        rig = Rig(tmp_path, store)
+        try:
+            async with trio.open_nursery() as nursery:
+                rig.fs.meta_loads.nursery = nursery
+                d = await rig.fs.lookup(ROOT_INO, b"d")
+                for i in range(10):
+                    await rig.fs.lookup(d.ino, b"f%d" % i)  # attributes loaded
+                store.put("d/f7", b"changed outside", {})
+                await trio.sleep(2.0)  # older than the TTL: lookups check again
+                _slow_lists(rig, 3 * NAME_CHECK_TIMEOUT_S)
+                started = trio.current_time()
+                sizes = [(await rig.fs.lookup(d.ino, b"f%d" % i)).size for i in range(10)]
+                assert trio.current_time() - started < NAME_CHECK_TIMEOUT_S + 0.5
+                assert sizes[7] == len(b"changed outside")
+                assert sizes[:7] + sizes[8:] == [1] * 9
+                nursery.cancel_scope.cancel()
+        finally:
+            rig.close()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_the_poller_skips_a_directory_a_check_just_listed(tmp_path):
+    """A lookup's check lists a directory (and applies what changed): the poller's
+    sweep right after it does not list it again; the next sweep does."""
+    from s3fuse.discovery import Poller
+
+    store = MemoryStore()
+    store.put("d/a", b"a", {})
+
+    async def main():
+        rig = Rig(tmp_path, store)
+        remote = rig.fs.discovery.remote
+        real = remote.list_all
+        listed: list[tuple[float, str]] = []
+
+        async def list_all(prefix, *args, **kwargs):
+            listed.append((trio.current_time(), prefix))
+            return await real(prefix, *args, **kwargs)
+
+        remote.list_all = list_all
+        try:
+            async with trio.open_nursery() as nursery:
+                rig.fs.meta_loads.nursery = nursery
+                poller = Poller(rig.fs.discovery, 30.0)
+                nursery.start_soon(poller.run)  # sweeps at 30 s, 60 s, ...
+                d = await rig.fs.lookup(ROOT_INO, b"d")
+                await rig.fs.lookup(d.ino, b"a")  # d is listed, and in use
+                await trio.sleep(25.0)
+                with pytest.raises(FsError):  # a miss past the TTL: d is listed again
+                    await rig.fs.lookup(d.ino, b"missing")
+                await trio.sleep(20.0)  # the first sweep is over (t = 45 s)
+                assert [t for t, p in listed if p == "d/"] == [0.0, 25.0]
+                rig.fs.discovery.note_used(d.ino)
+                await trio.sleep(30.0)  # the second sweep lists it (t = 75 s)
+                later = [t for t, p in listed if p == "d/"][2:]
+                assert len(later) == 1 and 60.0 <= later[0] < 75.0, later
+                poller.stop()
+                nursery.cancel_scope.cancel()
+        finally:
+            rig.close()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

@@ -1,0 +1,114 @@
+"""How many FUSE and S3 requests common tools cost on a real mount: counted by the
+daemon's own metrics (FUSE) and by the counting proxy (S3), so a change that adds
+round trips fails here, not only in the benchmark."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import time
+import urllib.request
+
+import pytest
+from counting_proxy import CountingProxy
+from mounts import make_mount, require_fuse
+from prometheus_client.parser import text_string_to_metric_families
+from servers import free_port
+
+pytestmark = pytest.mark.fuse
+
+
+def fuse_requests(port: int) -> dict[str, float]:
+    """FUSE requests answered so far, by operation (the latency histogram's count)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "s3fuse_fuse_operation_duration_seconds_count":
+                out[s.labels["operation"]] = s.value
+    return out
+
+
+def test_ls_l_asks_for_security_and_acl_xattrs_once(tmp_path, file_source):
+    """``ls -l`` asks every file for ``security.selinux`` and
+    ``system.posix_acl_access`` unless the device says "not supported": s3fuse keeps
+    only ``user.*``, so it answers EOPNOTSUPP for the others, and 200 files cost a
+    handful of getxattr requests, not 400. ``user.*`` attributes still work."""
+    require_fuse()
+    port = free_port()
+    m = make_mount(tmp_path, file_source, None)
+    m.extra_args = ["-o", f"metrics_addr=127.0.0.1:{port}"]
+    m.mount()
+    try:
+        d = m.p("many")
+        os.mkdir(d)
+        for i in range(200):
+            with open(os.path.join(d, f"f{i:03}"), "wb") as f:
+                f.write(b"x")
+        os.setxattr(os.path.join(d, "f007"), "user.colour", b"blue")
+        for name in ("security.selinux", "system.posix_acl_access", "trusted.t"):
+            with pytest.raises(OSError) as exc:
+                os.getxattr(os.path.join(d, "f001"), name)
+            assert exc.value.errno == errno.EOPNOTSUPP, name
+        before = fuse_requests(port).get("getxattr", 0)
+        out = subprocess.run(["ls", "-l", d], capture_output=True, text=True, timeout=60,
+                             check=True).stdout
+        asked = fuse_requests(port).get("getxattr", 0) - before
+        assert out.count(" f") == 200
+        assert asked <= 4, f"ls -l of 200 files made {asked} getxattr requests"
+        assert os.getxattr(os.path.join(d, "f007"), "user.colour") == b"blue"
+        with pytest.raises(OSError) as exc:
+            os.getxattr(os.path.join(d, "f008"), "user.colour")
+        assert exc.value.errno == errno.ENODATA
+    finally:
+        m.cleanup()
+
+
+@pytest.fixture
+def counted(tmp_path, moto_endpoint, s3_bucket):
+    """A mount of a moto bucket through a counting proxy (not mounted yet), with the
+    poller out of the way (its LISTs would blur the counts)."""
+    require_fuse()
+    proxy = CountingProxy(int(moto_endpoint.rsplit(":", 1)[1]))
+    m = make_mount(tmp_path, f"s3://{s3_bucket}/data", proxy.url)
+    m.extra_args = ["--poll-interval", "3600"]
+    try:
+        yield m, proxy
+    finally:
+        m.cleanup()
+        proxy.stop()
+
+
+def gets(proxy: CountingProxy) -> int:
+    """GETs so far (LISTs are GETs of the bucket; nothing here reads a file)."""
+    with proxy.count_lock:
+        return proxy.counts.get("GET", 0)
+
+
+def test_one_listing_answers_name_and_etag_checks(counted):
+    """Past the metadata TTL, a lookup of a known file (its ETag checked), a lookup of
+    a missing name and an open in the same directory share one LIST (they made one
+    each for names and for ETags before), and that LIST still shows a name created
+    outside meanwhile and a change made outside."""
+    m, proxy = counted
+    for i in range(3):
+        m.put(f"dir/f{i}", b"v1")
+    m.mount()
+    assert sorted(os.listdir(m.p("dir"))) == ["f0", "f1", "f2"]
+    for i in range(3):
+        os.stat(m.p(f"dir/f{i}"))
+    time.sleep(1.3)  # past --metadata-ttl: the kernel and the mount ask again
+    m.put("dir/new", b"outside")
+    m.put("dir/f2", b"changed outside")
+    before = gets(proxy)
+    assert os.stat(m.p("dir/f0")).st_size == 2
+    assert not os.path.exists(m.p("dir/missing"))
+    with open(m.p("dir/f1"), "rb"):
+        pass
+    assert os.stat(m.p("dir/new")).st_size == len(b"outside")
+    assert gets(proxy) - before == 1, f"{gets(proxy) - before} LISTs for one directory"
+    with open(m.p("dir/f2"), "rb") as f:
+        assert f.read() == b"changed outside"
+
