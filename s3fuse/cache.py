@@ -225,6 +225,10 @@ class Cache:
         return bool(self._present.get(ino))
 
     def all_present(self, ino: int, file_size: int) -> bool:
+        present = self._present.get(ino)
+        blocks = (file_size + BLOCK_BYTES - 1) // BLOCK_BYTES
+        if blocks and (present is None or len(present) < blocks):
+            return False  # (at once: a streaming reader asks after every read)
         return not self.missing(ino, 0, file_size, file_size)
 
     def forget_presence(self, ino: int) -> None:

@@ -72,9 +72,12 @@ class Fetcher:
         self._limiter = trio.CapacityLimiter(PIECES_AT_ONCE)
         #: ino -> (where the last read ended, read-ahead window)
         self._streams: dict[int, tuple[int, int]] = {}
+        #: ino -> the last piece a sequential reader's read-ahead has started
+        self._ahead: dict[int, int] = {}
 
     def forget(self, ino: int) -> None:
         self._streams.pop(ino, None)
+        self._ahead.pop(ino, None)
 
     # --- entry points ------------------------------------------------------------------
     async def for_read(self, ino: int, offset: int, size: int) -> None:
@@ -92,12 +95,20 @@ class Fetcher:
             self._streams[ino] = (max(end, last_end), window)
         else:
             self._streams[ino] = (end, 0)
+            self._ahead.pop(ino, None)
         if not sequential:
             await self._fetch_span(ino, offset, end + BLOCK_BYTES)
             return
         first, last = offset // PIECE_BYTES, max(offset, end - 1) // PIECE_BYTES
-        ahead_last = (end + window - 1) // PIECE_BYTES
+        ahead_last = min((end + window - 1) // PIECE_BYTES, (inode.size - 1) // PIECE_BYTES)
+        if end > offset and ahead_last <= self._ahead.get(ino, -1) \
+                and not self.cache.missing(ino, offset, end - offset, inode.size):
+            # the common case of a streaming reader: its bytes are here and its
+            # read-ahead was started by an earlier read (a piece that failed or was
+            # dropped is missing again, and takes the slow path)
+            return
         await self._pieces(ino, range(first, last + 1), range(last + 1, ahead_last + 1))
+        self._ahead[ino] = max(ahead_last, self._ahead.get(ino, -1))
 
     async def whole(self, ino: int) -> None:
         """Fetch the whole file (before a write, an upload, a hard link). If the file
@@ -171,15 +182,18 @@ class Fetcher:
         event = self._inflight[slot] = trio.Event()
         self._errors.pop(slot, None)  # an old failure of this piece is not this one's
         nursery.start_soon(self._fetch_piece, slot, runs[0][0], runs[-1][1], key, etag,
-                           gen, event)
+                           gen, size, event)
         return [(slot, event)]
 
     async def _fetch_piece(self, slot: tuple[int, int], start: int, end: int, key: str,
-                           etag: str | None, gen: int, event: trio.Event) -> None:
+                           etag: str | None, gen: int, size: int, event: trio.Event) -> None:
         try:
             async with self._limiter:
                 data = await self._get(key, start, end, etag)
             self._fill(slot[0], start, data, gen)
+            # (read-ahead lands after the reads that asked for it: a reader finding
+            # every byte here never calls ``_pieces``, so the last piece settles)
+            self._settle(slot[0], size)
         except (FsError, VersionGone) as exc:
             self._errors[slot] = exc
         except Exception as exc:  # noqa: BLE001 - also in the background: never fatal
@@ -247,3 +261,4 @@ class Fetcher:
             txn.put(fresh)
         self.cache.forget_presence(ino)
         self._streams.pop(ino, None)
+        self._ahead.pop(ino, None)

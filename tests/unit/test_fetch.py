@@ -13,7 +13,8 @@ import trio
 import trio.testing
 from core_rig import Rig
 
-from s3fuse.fetch import PIECE_BYTES
+from s3fuse import fetch
+from s3fuse.fetch import PIECE_BYTES, Fetcher
 from s3fuse.journal import ROOT_INO
 from s3fuse.store.faulty import FaultyStore
 
@@ -67,6 +68,41 @@ def test_a_sequential_reader_is_served_in_pieces_fetched_ahead(tmp_path):
         # whole pieces, each byte once (read-ahead never fetches twice)
         assert len(ranges(store)) == 5 and fetched(store) == len(data)
         assert all(s % PIECE_BYTES == 0 for s, _ in ranges(store))
+        assert rig.fs.get((await rig.fs.lookup(ROOT_INO, b"big")).ino).cached
+
+    run(tmp_path, store, scenario)
+
+
+def test_reads_of_bytes_fetched_ahead_take_the_short_path_and_the_file_settles(
+        tmp_path, monkeypatch):
+    """Once a streaming reader's read-ahead has landed, its reads cost a presence
+    check, not the piece machinery (which made a 256 MiB read CPU-bound on the event
+    loop); the piece that completes the file marks it whole, since no read may come
+    through the long path after it."""
+    store = FaultyStore()
+    data = body(12 * PIECE_BYTES)  # longer than the read-ahead window
+    store.put("big", data, {})
+    slow_paths = []
+    pieces = Fetcher._pieces
+
+    async def counted(self, *args, **kwargs):
+        slow_paths.append(args[1:])
+        return await pieces(self, *args, **kwargs)
+
+    monkeypatch.setattr(Fetcher, "_pieces", counted)
+    # a window shorter than the file, as for a 256 MiB file with the real one
+    monkeypatch.setattr(fetch, "MAX_WINDOW_BYTES", 2 * PIECE_BYTES)
+
+    async def scenario(rig: Rig):
+        fh = await open_ro(rig, b"big")
+        out = bytearray()
+        while chunk := await rig.fs.read(fh, len(out), MIB):
+            out += chunk
+            await trio.testing.wait_all_tasks_blocked()  # the read-ahead lands first
+        assert bytes(out) == data
+        assert len(ranges(store)) == 12 and fetched(store) == len(data)
+        # (one read per piece moves the read-ahead on; 96 reads in all)
+        assert len(slow_paths) <= 16, f"{len(slow_paths)} of {len(out) // MIB} reads"
         assert rig.fs.get((await rig.fs.lookup(ROOT_INO, b"big")).ino).cached
 
     run(tmp_path, store, scenario)
