@@ -342,6 +342,35 @@ def test_non_empty_mount_point_is_refused_unless_asked(bucket_dir: Path, mp: Pat
         assert (mp / "already-here").read_text() == "local\n"
 
 
+def test_the_daemon_keeps_nothing_of_the_caller(bucket_dir: Path, mp: Path,
+                                                tmp_path: Path) -> None:
+    """The mount command forks the daemon (no second Python start-up): the daemon
+    must still hold none of the caller's descriptors (a pipe the caller passed would
+    never see its end, and a shell capturing the output would wait forever), run in
+    a session of its own, and write to its log."""
+    r, w = os.pipe()
+    try:
+        res = subprocess.run([S3FUSE, "mount", f"file://{bucket_dir}", str(mp), "--cache-dir",
+                              str(tmp_path / "cache")], capture_output=True, text=True,
+                             timeout=FAST, pass_fds=(w,), stdin=subprocess.PIPE,
+                             check=False)
+        assert res.returncode == 0, res.stderr
+        os.close(w)
+        w = -1
+        os.set_blocking(r, False)
+        assert os.read(r, 1) == b"", "the daemon holds the caller's pipe"
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+    pid = json.loads(cli("status", str(mp), "--json").stdout)["pid"]
+    assert os.getsid(pid) == pid
+    assert os.getsid(pid) != os.getsid(0)
+    fds = {os.readlink(f"/proc/{pid}/fd/{n}") for n in ("0", "1", "2")}
+    assert fds == {os.devnull, str(tmp_path / "cache" / "s3fuse.log")}, fds
+    assert cli("umount", str(mp)).returncode == 0
+
+
 def test_fstab_atime_options_are_accepted(bucket_dir: Path, mp: Path, tmp_path: Path) -> None:
     res = cli("mount", f"file://{bucket_dir}", str(mp), "--cache-dir", str(tmp_path / "cache"),
               "-o", "noatime,nodiratime,relatime,atime,lazytime")
