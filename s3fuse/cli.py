@@ -209,7 +209,7 @@ def setup_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def cmd_mount(args: argparse.Namespace, argv: list[str], quiet: bool = False) -> int:
+def cmd_mount(args: argparse.Namespace, quiet: bool = False) -> int:
     """``quiet``: say nothing on success (as mount(8) helpers do)."""
     try:
         settings = settings_from(args)
@@ -217,7 +217,7 @@ def cmd_mount(args: argparse.Namespace, argv: list[str], quiet: bool = False) ->
         return _fail(str(exc), 2)
     if args.foreground:
         return _run_foreground(settings)
-    return _spawn_background(settings, argv, quiet)
+    return _spawn_background(settings, quiet)
 
 
 def _run_foreground(settings: Settings) -> int:
@@ -244,7 +244,7 @@ def _run_foreground(settings: Settings) -> int:
         return _fail(str(exc))
 
 
-def _spawn_background(settings: Settings, argv: list[str], quiet: bool = False) -> int:
+def _spawn_background(settings: Settings, quiet: bool = False) -> int:
     """Start the daemon as a forked child of this process (one Python start-up, not
     two: about 0.2 s of a mount) and wait for its first line on a pipe: READY, or
     ERROR and why. The child runs in a session of its own, reads /dev/null and
@@ -485,7 +485,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     source = f"file://{store_root}"
     parser = build_parser()
     argv = ["mount", source, mountpoint, "--flush-window", "5"]
-    return cmd_mount(parser.parse_args(argv), argv)
+    return cmd_mount(parser.parse_args(argv))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -588,7 +588,7 @@ def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "mount":
-        return cmd_mount(args, [a for a in argv if a not in ("--foreground", "-f")], helper)
+        return cmd_mount(args, helper)
     if args.command == "umount":
         return cmd_umount(args)
     if args.command == "sync":

@@ -107,8 +107,8 @@ class Fetcher:
             # read-ahead was started by an earlier read (a piece that failed or was
             # dropped is missing again, and takes the slow path)
             return
-        await self._pieces(ino, range(first, last + 1), range(last + 1, ahead_last + 1))
         self._ahead[ino] = max(ahead_last, self._ahead.get(ino, -1))
+        await self._pieces(ino, range(first, last + 1), range(last + 1, ahead_last + 1))
 
     async def whole(self, ino: int) -> None:
         """Fetch the whole file (before a write, an upload, a hard link). If the file
