@@ -70,14 +70,12 @@ class Fetcher:
         self._inflight: dict[tuple[int, int], trio.Event] = {}
         self._errors: dict[tuple[int, int], FsError | VersionGone] = {}
         self._limiter = trio.CapacityLimiter(PIECES_AT_ONCE)
-        #: ino -> (where the last read ended, read-ahead window)
-        self._streams: dict[int, tuple[int, int]] = {}
-        #: ino -> the last piece a sequential reader's read-ahead has started
-        self._ahead: dict[int, int] = {}
+        #: ino -> (where the last read ended, read-ahead window, the last piece a
+        #: sequential reader's read-ahead has started or -1)
+        self._streams: dict[int, tuple[int, int, int]] = {}
 
     def forget(self, ino: int) -> None:
         self._streams.pop(ino, None)
-        self._ahead.pop(ino, None)
 
     # --- entry points ------------------------------------------------------------------
     async def for_read(self, ino: int, offset: int, size: int) -> None:
@@ -86,28 +84,24 @@ class Fetcher:
         if inode.cached:
             return
         end = min(offset + size, inode.size)
-        last_end, window = self._streams.get(ino, (0, 0))
+        last_end, window, started = self._streams.get(ino, (0, 0, -1))
         # near where the last read ended: the kernel sends several reads at once, so
         # a sequential reader's reads may arrive a little out of order
         sequential = last_end - window - PIECE_BYTES <= offset <= last_end + PIECE_BYTES
-        if sequential:
-            window = min(MAX_WINDOW_BYTES, max(FIRST_WINDOW_BYTES, window * 2))
-            self._streams[ino] = (max(end, last_end), window)
-        else:
-            self._streams[ino] = (end, 0)
-            self._ahead.pop(ino, None)
         if not sequential:
+            self._streams[ino] = (end, 0, -1)
             await self._fetch_span(ino, offset, end + BLOCK_BYTES)
             return
+        window = min(MAX_WINDOW_BYTES, max(FIRST_WINDOW_BYTES, window * 2))
         first, last = offset // PIECE_BYTES, max(offset, end - 1) // PIECE_BYTES
         ahead_last = min((end + window - 1) // PIECE_BYTES, (inode.size - 1) // PIECE_BYTES)
-        if end > offset and ahead_last <= self._ahead.get(ino, -1) \
+        self._streams[ino] = (max(end, last_end), window, max(ahead_last, started))
+        if end > offset and ahead_last <= started \
                 and not self.cache.missing(ino, offset, end - offset, inode.size):
             # the common case of a streaming reader: its bytes are here and its
             # read-ahead was started by an earlier read (a piece that failed or was
             # dropped is missing again, and takes the slow path)
             return
-        self._ahead[ino] = max(ahead_last, self._ahead.get(ino, -1))
         await self._pieces(ino, range(first, last + 1), range(last + 1, ahead_last + 1))
 
     async def whole(self, ino: int) -> None:
@@ -261,4 +255,3 @@ class Fetcher:
             txn.put(fresh)
         self.cache.forget_presence(ino)
         self._streams.pop(ino, None)
-        self._ahead.pop(ino, None)
