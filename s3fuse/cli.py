@@ -27,7 +27,6 @@ from .config import Settings, default_cache_dir, parse_mode, parse_seconds, pars
 from .control import CONTROL_KEEP_PENDING, CONTROL_STATUS
 from .errors import S3FuseError, UsageError
 
-READY_FD_ENV = "S3FUSE_READY_FD"
 # -o options that mount(8) and fstab pass along and that mean nothing to us (reads
 # never move atime here: the atime family is accepted and has nothing to change)
 _IGNORED_O = {"_netdev", "nofail", "rw", "auto", "noauto", "user", "users", "dev", "nodev",
@@ -220,17 +219,18 @@ def cmd_mount(args: argparse.Namespace, quiet: bool = False) -> int:
     return _spawn_background(settings, quiet)
 
 
-def _run_foreground(settings: Settings) -> int:
+def _run_foreground(settings: Settings, ready_fd: int | None = None) -> int:
+    """Run the daemon in this process; ``ready_fd``: a pipe to tell the mount
+    command READY, or ERROR and why (``_spawn_background``)."""
     from . import daemon
 
     setup_logging(settings.log_level)
-    ready_fd = os.environ.pop(READY_FD_ENV, None)
 
     def report(line: str) -> None:
         if ready_fd is not None:
             try:
-                os.write(int(ready_fd), (line + "\n").encode())
-                os.close(int(ready_fd))
+                os.write(ready_fd, (line + "\n").encode())
+                os.close(ready_fd)
             except OSError:
                 pass
 
@@ -294,8 +294,7 @@ def _daemon_child(settings: Settings, log_fd: int, ready_fd: int) -> None:
         # (as a fresh process would: nothing the caller left open stays open here)
         os.closerange(3, ready_fd)
         os.closerange(ready_fd + 1, os.sysconf("SC_OPEN_MAX"))
-        os.environ[READY_FD_ENV] = str(ready_fd)
-        code = _run_foreground(settings)
+        code = _run_foreground(settings, ready_fd)
     except BaseException:  # noqa: BLE001 - whatever happens, the child must not return
         import traceback
 
