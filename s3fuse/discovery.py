@@ -29,7 +29,7 @@ import trio
 from . import keys
 from .discovery_checks import CloseToOpenChecks
 from .errors import FsError, StoreError, TransientStoreError
-from .journal import ROOT_INO, Inode
+from .journal import ROOT_INO, Inode, Txn
 from .namespace import Namespace, set_remote
 from .reconcile import Decision, Reconciler, Stamp
 from .remote import Remote
@@ -118,6 +118,9 @@ class Discovery(CloseToOpenChecks):
         # dir ino -> (set when its re-list for a check ends, trio time it started)
         # (``_relist``: names and ETags; ``_shared``)
         self._relisting: dict[int, tuple[trio.Event, float]] = {}
+        # dir ino -> trio clock time its subtree was found too large to list whole
+        # (``_tree_below``: its checks list it alone meanwhile)
+        self._tree_too_big: dict[int, float] = {}
 
     def note_used(self, ino: int) -> None:
         """Directory ``ino`` was looked into or opened now (``dirs_to_poll``)."""
@@ -240,15 +243,22 @@ class Discovery(CloseToOpenChecks):
         """The bucket's view of one directory: {name: prefix} of subdirectories and
         {name: object} of files, without keys that cannot be paths (logged once)."""
         page = await self.remote.list_all(prefix, "/")
+        return self._entries(ino, prefix, page.prefixes, page.objects)
+
+    def _entries(self, ino: int, prefix: str, prefixes: Iterable[str],
+                 objects: Iterable[ObjectInfo]
+                 ) -> tuple[dict[bytes, str], dict[bytes, ObjectInfo]]:
+        """``_list_dir``'s reading of one directory's listing: its common
+        ``prefixes`` and its ``objects``."""
         dirs: dict[bytes, str] = {}
-        for p in page.prefixes:
+        for p in prefixes:
             name = keys.name_from_segment(p[len(prefix):-1])
             if name is None or (ino == ROOT_INO and name == keys.RESERVED_ROOT_NAME):
                 self._skip(p, "not a usable directory name")
                 continue
             dirs[name] = p
         files: dict[bytes, ObjectInfo] = {}
-        for obj in page.objects:
+        for obj in objects:
             if obj.key == prefix:
                 continue  # this directory's own marker
             name = keys.name_from_segment(obj.key[len(prefix):])
@@ -496,20 +506,69 @@ class Discovery(CloseToOpenChecks):
                     dirs[inode.parent] = None
         return list(dirs)
 
+    def _poll_prefix(self, txn: Txn, ino: int) -> str | None:
+        """The key prefix a re-listing of directory ``ino`` lists; None if it is not
+        re-listed (gone, never listed, or no key can name it)."""
+        d = txn.peek(ino)
+        if d is None or d.nlink == 0 or not d.listed or not stat.S_ISDIR(d.mode):
+            return None
+        if ino != ROOT_INO and self.ns.object_key(txn, d) is None:
+            return None
+        return self.ns.dir_prefix(txn, d)
+
     async def poll_dir(self, ino: int) -> None:
         """Re-list one directory and apply what changed in the bucket: new objects
         appear, clean files changed outside are refreshed, clean files deleted outside
         go away. Dirty files are left to their upload's condition."""
         with self.journal.read() as txn:
-            d = txn.get(ino)
-            if d is None or d.nlink == 0 or not d.listed or not stat.S_ISDIR(d.mode):
-                return
-            if ino != ROOT_INO and self.ns.object_key(txn, d) is None:
-                return
-            prefix = self.ns.dir_prefix(txn, d)
+            prefix = self._poll_prefix(txn, ino)
+        if prefix is None:
+            return
         before = self.op_log.op_generation() if self.op_log is not None else None
         listed_at = self.reconciler.stamp()
         dirs, files = await self._list_dir(ino, prefix)
+        await self._apply_listing(ino, before, listed_at, dirs, files)
+
+    async def poll_tree(self, ino: int, max_pages: int) -> bool:
+        """``poll_dir`` for directory ``ino`` and every directory below it that the
+        mount has listed, from one listing of the subtree (no delimiter), split into
+        what a listing of each directory would have shown (``split_listing``). False,
+        with nothing applied, if the subtree takes more than ``max_pages`` pages."""
+        with self.journal.read() as txn:
+            targets: dict[str, int] = {}
+            todo = [ino]
+            while todo:
+                d = todo.pop()
+                prefix = self._poll_prefix(txn, d)
+                if prefix is None:
+                    continue
+                targets[prefix] = d
+                if txn.peek(d).nlink > 2:  # (it has subdirectories)
+                    for _, child in txn.children(d):
+                        c = txn.peek(child)
+                        if c is not None and stat.S_ISDIR(c.mode) and c.listed:
+                            todo.append(child)
+        if not targets:
+            return True
+        root = next(iter(targets))
+        before = self.op_log.op_generation() if self.op_log is not None else None
+        listed_at = self.reconciler.stamp()
+        page = await self.remote.list_upto(root, None, max_pages)
+        if page is None:
+            return False
+        split = split_listing(root, page.objects, targets)
+        for prefix, d in targets.items():
+            prefixes, objects = split[prefix]
+            dirs, files = self._entries(d, prefix, prefixes, objects)
+            await self._apply_listing(d, before, listed_at, dirs, files)
+        return True
+
+    async def _apply_listing(self, ino: int, before: int | None, listed_at: Stamp,
+                             dirs: dict[bytes, str], files: dict[bytes, ObjectInfo]
+                             ) -> None:
+        """Apply a listing of directory ``ino`` taken at ``listed_at`` (``dirs`` and
+        ``files`` as ``_list_dir`` reads them), started when the op log was at
+        generation ``before`` (``poll_dir``)."""
         # the ETags answer close-to-open checks even where the op log moved (a check
         # that meets another ETag asks the object itself)
         self.note_etags(ino, listed_at, files.values())
@@ -568,6 +627,30 @@ class Discovery(CloseToOpenChecks):
                     self.ns.touch_dir(txn, ino, now, 1)
                     entries.append((ino, name))
         self.invalidate(entries, [])
+
+
+def split_listing(root: str, objects: Iterable[ObjectInfo], prefixes: Iterable[str]
+                  ) -> dict[str, tuple[list[str], list[ObjectInfo]]]:
+    """A listing of every key under ``root`` (no delimiter) read as the listings
+    with delimiter "/" of each of ``prefixes`` (each ``root`` or below it, ending
+    in "/"): for each, (its common prefixes, its objects), exactly as the bucket
+    would have answered them at that moment, in key order."""
+    out: dict[str, tuple[list[str], list[ObjectInfo]]] = {p: ([], []) for p in prefixes}
+    for obj in objects:
+        k = obj.key
+        end = len(root)  # the key's ancestors: root, then one more segment each time
+        while True:
+            nxt = k.find("/", end)
+            got = out.get(k[:end])
+            if got is not None:
+                if nxt < 0:
+                    got[1].append(obj)
+                elif not got[0] or got[0][-1] != k[:nxt + 1]:  # (keys come in order)
+                    got[0].append(k[:nxt + 1])
+            if nxt < 0:
+                break
+            end = nxt + 1
+    return out
 
 
 class Poller:

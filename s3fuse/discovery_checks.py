@@ -7,8 +7,9 @@ an open of a clean file checks it against one shared LIST of its directory
 ``CloseToOpenChecks`` is a part of ``discovery.Discovery`` (its base class): its
 methods use the discovery's state (``ns``, ``journal``, ``remote``, ``reconciler``,
 ``metadata_ttl_s``, ``meta_loads``, and the check bookkeeping ``_names_at``,
-``_relisting``, ``_dir_etags``, all set in ``Discovery.__init__``) and its
-re-listing (``poll_dir``), which is the one LIST both checks share.
+``_relisting``, ``_dir_etags``, ``_tree_too_big``, all set in ``Discovery.__init__``)
+and its re-listing (``poll_dir``, or ``poll_tree`` for a small subtree), which is the
+one LIST both checks share.
 """
 
 from __future__ import annotations
@@ -29,6 +30,13 @@ log = logging.getLogger("s3fuse.discovery")  # (discovery's log lines keep its n
 #: how long a lookup of a name the mount does not know waits for the bucket's listing
 #: before it answers from what the mount knows (ENOENT)
 NAME_CHECK_TIMEOUT_S = 1.5
+#: a check lists a directory's whole subtree at once (``_tree_below``) when the mount
+#: knows at most this many entries in it, in pages of this many keys, each page
+#: standing for at least two directories' LISTs...
+TREE_LIST_MAX_KEYS = 10_000
+LIST_PAGE_KEYS = 1000
+#: ...and lists it one directory at a time for this long after finding it larger
+TREE_TOO_BIG_S = 60.0
 
 
 class CloseToOpenChecks:
@@ -54,10 +62,73 @@ class CloseToOpenChecks:
         return False
 
     async def _check(self, parent: int) -> bool:
-        """Start the listing that checks directory ``parent`` (``_relist``), or join
-        the one running for it; True if it ended within
-        ``NAME_CHECK_TIMEOUT_S``."""
+        """Start the listing that checks directory ``parent``, or join the one
+        running for it (or for a directory above it: ``_relist_tree``); True if it
+        ended within ``NAME_CHECK_TIMEOUT_S``. Where the mount knows a small subtree
+        below ``parent``, that listing is one of the whole subtree, and checks of
+        the directories in it join it."""
+        if parent not in self._relisting:
+            below, pages = self._tree_below(parent)
+            if below:
+                return await self._shared(
+                    self._relisting, parent,
+                    lambda: self._relist_tree(parent, below, pages + 1), below)
         return await self._shared(self._relisting, parent, lambda: self._relist(parent))
+
+    def _tree_below(self, parent: int) -> tuple[list[int], int]:
+        """The directories below ``parent`` that one listing of its subtree would
+        check with it, and the pages that listing should take: every directory the
+        mount has listed there, when it knows at most ``TREE_LIST_MAX_KEYS`` entries
+        in the subtree, each page would spare at least two directories' LISTs, and no
+        such listing found it larger within ``TREE_TOO_BIG_S``; else none
+        (``parent`` is listed alone). A tool that walks a tree (``git status``,
+        ``grep -r``, imports) then costs a few pages per TTL instead of one LIST per
+        directory."""
+        now = trio.current_time()
+        if now - self._tree_too_big.get(parent, float("-inf")) < TREE_TOO_BIG_S:
+            return [], 0
+        below: list[int] = []
+        seen = 0
+        with self.journal.read() as txn:
+            todo = [parent]
+            while todo:
+                di = txn.peek(todo.pop())
+                if di is None:
+                    continue
+                subdirs = di.nlink > 2  # (leaves, most directories: only counted)
+                for _, child in txn.children(di.ino):
+                    seen += 1
+                    if seen > TREE_LIST_MAX_KEYS:
+                        self._tree_too_big[parent] = now
+                        return [], 0
+                    if subdirs:
+                        c = txn.peek(child)
+                        if c is not None and stat.S_ISDIR(c.mode) and c.listed:
+                            below.append(child)
+                            todo.append(child)
+        pages = -(-seen // LIST_PAGE_KEYS)
+        if pages > max(1, (1 + len(below)) // 2):
+            return [], 0
+        return below, pages
+
+    async def _relist_tree(self, parent: int, below: list[int], max_pages: int) -> None:
+        """``_relist`` of ``parent`` and the directories ``below`` it at once
+        (``poll_tree``). If the bucket holds more under it than ``max_pages``, only
+        ``parent`` is listed, and its subtree is not listed whole
+        again within ``TREE_TOO_BIG_S``; the checks that joined for the directories
+        below it then answer from what the mount knows, and their next check lists
+        them."""
+        for d in (parent, *below):
+            self._dir_etags.pop(d, None)  # older listings must not answer for them
+        try:
+            if not await self.poll_tree(parent, max_pages):
+                self._tree_too_big[parent] = trio.current_time()
+                await self.poll_dir(parent)
+        except StoreError as exc:
+            log.info("cannot list directory %d and those below it to check them against "
+                     "the bucket (%s)", parent, exc)
+            for d in (parent, *below):
+                self.note_names_listed(d, trio.current_time())
 
     async def _relist(self, parent: int) -> None:
         """The one LIST of ``parent`` both checks share (a lookup's missing name and
@@ -107,9 +178,11 @@ class CloseToOpenChecks:
             and d.remote_key is None and d.meta_loaded
 
     async def _shared(self, running: dict[int, tuple[trio.Event, float]], parent: int,
-                      work: Callable[[], Awaitable[None]]) -> bool:
+                      work: Callable[[], Awaitable[None]], also: Iterable[int] = ()
+                      ) -> bool:
         """Run ``work`` for directory ``parent`` unless it runs already (``running``
-        holds its end event and when it started), and wait for it until
+        holds its end event and when it started; a run that starts is registered
+        for the directories ``also`` it covers too, where none runs), and wait for it until
         ``NAME_CHECK_TIMEOUT_S`` after it started; True if it ended meanwhile. A
         caller that joins a run the bucket is already slow to answer waits no longer
         than the one that started it: without that, when a listing takes longer than
@@ -122,7 +195,9 @@ class CloseToOpenChecks:
         inline = None
         if done is None:
             done = trio.Event()
-            running[parent] = (done, started)
+            mine = [d for d in (parent, *also) if d not in running]
+            for d in mine:
+                running[d] = (done, started)
 
             async def run() -> None:
                 try:
@@ -130,7 +205,8 @@ class CloseToOpenChecks:
                 except Exception:  # noqa: BLE001 - a background listing must not crash the mount
                     log.exception("listing directory %d failed", parent)
                 finally:
-                    del running[parent]
+                    for d in mine:
+                        del running[d]
                     done.set()
 
             if self.meta_loads.nursery is not None:

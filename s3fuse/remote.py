@@ -186,10 +186,22 @@ class Remote:
 
     async def list_all(self, prefix: str, delimiter: str | None = "/") -> ListPage:
         """Every page of a listing, merged."""
+        merged = await self.list_upto(prefix, delimiter, None)
+        assert merged is not None
+        return merged
+
+    async def list_upto(self, prefix: str, delimiter: str | None, max_pages: int | None
+                        ) -> ListPage | None:
+        """Every page of a listing, merged, or None once it has taken ``max_pages``
+        pages and more are left (None: no bound)."""
         merged = ListPage()
         token = None
+        pages = 0
         while True:
+            if max_pages is not None and pages >= max_pages:
+                return None
             page = await self._read(self.store.list, prefix, delimiter, token)
+            pages += 1
             merged.objects.extend(page.objects)
             merged.prefixes.extend(page.prefixes)
             token = page.next_token

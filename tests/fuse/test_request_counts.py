@@ -112,3 +112,47 @@ def test_one_listing_answers_name_and_etag_checks(counted):
     with open(m.p("dir/f2"), "rb") as f:
         assert f.read() == b"changed outside"
 
+
+
+def test_a_walk_of_a_small_tree_past_the_ttl_lists_it_once(counted):
+    """``grep -r``: past the TTL, reading every file of a tree of 21 directories costs
+    one listing of the whole tree (no delimiter) for the opens' checks, not one LIST
+    per directory, and the walk still shows what changed outside anywhere in it: a
+    new file deep down, a changed file, a deleted one."""
+    m, proxy = counted
+    m.put("proj/setup.py", b"setup")
+    for top in range(4):
+        for sub in range(4):
+            for f in ("a", "b"):
+                m.put(f"proj/d{top}/s{sub}/{f}", b"v1")
+    m.mount()
+
+    def walk() -> dict[str, bytes]:
+        seen = {}
+        for root, _, files in os.walk(m.p("proj")):
+            for f in files:
+                path = os.path.join(root, f)
+                try:
+                    with open(path, "rb") as fh:
+                        seen[os.path.relpath(path, m.p("proj"))] = fh.read()
+                except FileNotFoundError:
+                    pass  # listed, then found deleted outside at its open's check
+        return seen
+
+    first = walk()
+    assert len(first) == 33
+    time.sleep(1.3)  # past --metadata-ttl
+    m.put("proj/d2/s3/new", b"outside")
+    m.put("proj/d1/s0/a", b"changed outside")
+    store, prefix = m.store()
+    try:
+        store.delete(prefix + "proj/d3/s1/b")
+    finally:
+        store.close()
+    before = gets(proxy)
+    second = walk()
+    # one LIST, and one GET each for the bytes of the new and the changed file
+    assert gets(proxy) - before == 1 + 2, f"{gets(proxy) - before} GETs for 21 directories"
+    assert set(second) ^ set(first) == {"d2/s3/new", "d3/s1/b"}
+    assert second["d2/s3/new"] == b"outside"
+    assert second["d1/s0/a"] == b"changed outside"
