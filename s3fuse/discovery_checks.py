@@ -31,12 +31,18 @@ log = logging.getLogger("s3fuse.discovery")  # (discovery's log lines keep its n
 #: before it answers from what the mount knows (ENOENT)
 NAME_CHECK_TIMEOUT_S = 1.5
 #: a check lists a directory's whole subtree at once (``_tree_below``) when the mount
-#: knows at most this many entries in it, in pages of this many keys, each page
-#: standing for at least two directories' LISTs...
-TREE_LIST_MAX_KEYS = 10_000
-LIST_PAGE_KEYS = 1000
-#: ...and lists it one directory at a time for this long after finding it larger
+#: knows at most this many entries in it: one page, since pages come one after the
+#: other and a listing that outlasts the TTL answers no check (its time is when it
+#: began); a server slow to list pages that size (moto: 0.6 s for 1,000 keys, 30 ms
+#: for a directory of 20) makes ``_relist_tree`` list the subtree alone again...
+TREE_LIST_MAX_KEYS = 1000
+#: ...for this long, as does a subtree found larger than that
 TREE_TOO_BIG_S = 60.0
+#: a directory listed less than this long ago was walked already (``_tree_below``)
+WALKED_S = 5.0
+#: what one more request costs, in entries of a listing (moto: 30 ms a LIST, 0.55 ms
+#: an entry; S3: about 25 ms and 0.1 ms)
+LIST_COST_ENTRIES = 50
 
 
 class CloseToOpenChecks:
@@ -65,65 +71,76 @@ class CloseToOpenChecks:
         """Start the listing that checks directory ``parent``, or join the one
         running for it (or for a directory above it: ``_relist_tree``); True if it
         ended within ``NAME_CHECK_TIMEOUT_S``. Where the mount knows a small subtree
-        below ``parent``, that listing is one of the whole subtree, and checks of
-        the directories in it join it."""
+        below ``parent`` that was not walked a moment ago (``_tree_below``), that
+        listing is one of the whole subtree, and checks of the directories in it
+        join it."""
         if parent not in self._relisting:
-            below, pages = self._tree_below(parent)
+            below = self._tree_below(parent)
             if below:
-                return await self._shared(
-                    self._relisting, parent,
-                    lambda: self._relist_tree(parent, below, pages + 1), below)
+                return await self._shared(self._relisting, parent,
+                                          lambda: self._relist_tree(parent, below), below)
         return await self._shared(self._relisting, parent, lambda: self._relist(parent))
 
-    def _tree_below(self, parent: int) -> tuple[list[int], int]:
+    def _tree_below(self, parent: int) -> list[int]:
         """The directories below ``parent`` that one listing of its subtree would
-        check with it, and the pages that listing should take: every directory the
-        mount has listed there, when it knows at most ``TREE_LIST_MAX_KEYS`` entries
-        in the subtree, each page would spare at least two directories' LISTs, and no
-        such listing found it larger within ``TREE_TOO_BIG_S``; else none
-        (``parent`` is listed alone). A tool that walks a tree (``git status``,
-        ``grep -r``, imports) then costs a few pages per TTL instead of one LIST per
-        directory."""
+        check with it, or none (``parent`` is then listed alone). A tool that walks
+        a tree (``grep -r``, ``cp -r``, imports) then costs one request per small
+        subtree and TTL instead of one per directory.
+
+        Every directory the mount has listed there, when it knows at most
+        ``TREE_LIST_MAX_KEYS`` entries in the subtree, no such listing found it
+        larger or slow within ``TREE_TOO_BIG_S``, and the LISTs it spares are worth
+        more than the entries it lists for nothing. A directory below that was
+        listed less than ``WALKED_S`` ago is taken as walked already (``git
+        status`` checks the files of every directory, then looks up
+        ``.gitignore`` in each, top-down): its entries would be listed for
+        nothing. Any other would need a LIST of its own, which costs about what
+        ``LIST_COST_ENTRIES`` entries of a listing cost."""
         now = trio.current_time()
         if now - self._tree_too_big.get(parent, float("-inf")) < TREE_TOO_BIG_S:
-            return [], 0
+            return []
         below: list[int] = []
-        seen = 0
+        seen = spared = 0
+        fresh_entries = 0
         with self.journal.read() as txn:
             todo = [parent]
             while todo:
                 di = txn.peek(todo.pop())
                 if di is None:
                     continue
+                fresh = di.ino != parent and self.listed_within(di.ino, WALKED_S)
+                if di.ino != parent and not fresh:
+                    spared += 1
                 subdirs = di.nlink > 2  # (leaves, most directories: only counted)
                 for _, child in txn.children(di.ino):
                     seen += 1
+                    fresh_entries += fresh
                     if seen > TREE_LIST_MAX_KEYS:
                         self._tree_too_big[parent] = now
-                        return [], 0
+                        return []
                     if subdirs:
                         c = txn.peek(child)
                         if c is not None and stat.S_ISDIR(c.mode) and c.listed:
                             below.append(child)
                             todo.append(child)
-        pages = -(-seen // LIST_PAGE_KEYS)
-        if pages > max(1, (1 + len(below)) // 2):
-            return [], 0
-        return below, pages
+        return below if spared * LIST_COST_ENTRIES > fresh_entries else []
 
-    async def _relist_tree(self, parent: int, below: list[int], max_pages: int) -> None:
+    async def _relist_tree(self, parent: int, below: list[int]) -> None:
         """``_relist`` of ``parent`` and the directories ``below`` it at once
-        (``poll_tree``). If the bucket holds more under it than ``max_pages``, only
-        ``parent`` is listed, and its subtree is not listed whole
-        again within ``TREE_TOO_BIG_S``; the checks that joined for the directories
-        below it then answer from what the mount knows, and their next check lists
-        them."""
+        (``poll_tree``, one page). If the bucket holds more under it, only
+        ``parent`` is listed, and its subtree is not listed whole again within
+        ``TREE_TOO_BIG_S``, nor is it after a listing that took more than half the
+        TTL; the checks that joined for the directories below it then answer from
+        what the mount knows, and their next check lists them."""
         for d in (parent, *below):
             self._dir_etags.pop(d, None)  # older listings must not answer for them
+        started = trio.current_time()
         try:
-            if not await self.poll_tree(parent, max_pages):
+            if not await self.poll_tree(parent, 1):
                 self._tree_too_big[parent] = trio.current_time()
                 await self.poll_dir(parent)
+            elif trio.current_time() - started > self.metadata_ttl_s / 2:
+                self._tree_too_big[parent] = trio.current_time()
         except StoreError as exc:
             log.info("cannot list directory %d and those below it to check them against "
                      "the bucket (%s)", parent, exc)

@@ -16,6 +16,8 @@ from mounts import make_mount, require_fuse
 from prometheus_client.parser import text_string_to_metric_families
 from servers import free_port
 
+from s3fuse.discovery_checks import WALKED_S
+
 pytestmark = pytest.mark.fuse
 
 
@@ -141,7 +143,9 @@ def test_a_walk_of_a_small_tree_past_the_ttl_lists_it_once(counted):
 
     first = walk()
     assert len(first) == 33
-    time.sleep(1.3)  # past --metadata-ttl
+    # past --metadata-ttl, and past the time a walk is taken as recent (a tree
+    # walked a moment ago is not listed whole again)
+    time.sleep(WALKED_S + 1.3)
     m.put("proj/d2/s3/new", b"outside")
     m.put("proj/d1/s0/a", b"changed outside")
     store, prefix = m.store()

@@ -105,6 +105,17 @@ async def walk(rig: Rig, ino: int) -> dict[str, int]:
     return out
 
 
+async def lists_to_open(rig: Rig, d: int) -> int:
+    """LISTs an open of the first file of directory ``d`` makes (its check)."""
+    with rig.journal.read() as txn:
+        name = next(n for n, c in txn.children(d) if txn.get(c).mode & 0o100000)
+    before = rig.store.counts["list"]
+    inode = await rig.fs.lookup(d, name)
+    fh, _ = await rig.fs.open(inode.ino, os.O_RDONLY)
+    await rig.fs.release(fh)
+    return rig.store.counts["list"] - before
+
+
 async def lists_to_miss(rig: Rig, d: int) -> int:
     """LISTs a lookup of a name directory ``d`` does not hold makes."""
     before = rig.store.counts["list"]
@@ -116,11 +127,28 @@ async def lists_to_miss(rig: Rig, d: int) -> int:
 
 async def stale_tree(rig: Rig, top: bytes) -> int:
     """Look up every entry below ``top`` (so the mount has listed it all), then let
-    the TTL pass; returns ``top``'s inode."""
+    the TTL pass, and the time after which that walk is not recent any more;
+    returns ``top``'s inode."""
     d = await rig.fs.lookup(ROOT_INO, top)
     await walk(rig, d.ino)
-    await trio.sleep(TTL_PAST)
+    await trio.sleep(discovery_checks.WALKED_S + TTL_PAST)
     return d.ino
+
+
+def spy_listings(rig: Rig, delay: float = 0.0) -> list[tuple[str, str | None]]:
+    """(prefix, delimiter) of every listing the mount makes from now on, each taking
+    ``delay`` more seconds."""
+    remote = rig.fs.discovery.remote
+    real = remote.list_upto
+    listed: list[tuple[str, str | None]] = []
+
+    async def spy(prefix, delimiter, max_pages):
+        listed.append((prefix, delimiter))
+        await trio.sleep(delay)
+        return await real(prefix, delimiter, max_pages)
+
+    remote.list_upto = spy
+    return listed
 
 
 def run(tmp_path, store, scenario):
@@ -145,17 +173,15 @@ def test_a_walk_past_the_ttl_lists_the_subtree_once_and_sees_outside_changes(tmp
         proj = await rig.fs.lookup(ROOT_INO, b"proj")
         first = await walk(rig, proj.ino)  # every directory listed once
         assert len(first) == 3 + 9 + 18 + 3 + 1
-        await trio.sleep(TTL_PAST)
+        await trio.sleep(discovery_checks.WALKED_S + TTL_PAST)
         # outside: a new file deep down, one changed, one deleted, a new directory
         store.put("proj/src/y/new.py", b"outside", {})
         store.put("proj/docs/x/a.py", b"v2 changed outside", {})
         store.delete("proj/tests/z/b.py")
         store.put("proj/tests/w/c.py", b"in a new directory", {})
         before = store.counts["list"]
-        with pytest.raises(FsError) as exc:
-            await rig.fs.lookup(proj.ino, b"missing")  # git looks up .gitignore etc.
-        assert exc.value.errno == errno.ENOENT
-        assert store.counts["list"] - before == 1  # 38 keys: one page, every directory
+        # grep -r opens proj's own files first: 38 keys, one page, every directory
+        assert await lists_to_open(rig, proj.ino) == 1
         src = await rig.fs.lookup(proj.ino, b"src")
         y = await rig.fs.lookup(src.ino, b"y")
         assert (await rig.fs.lookup(y.ino, b"new.py")).size == len(b"outside")
@@ -188,21 +214,20 @@ def test_a_subtree_the_mount_knows_to_be_large_is_listed_one_directory_at_a_time
 
     async def scenario(rig: Rig):
         proj = await stale_tree(rig, b"proj")
-        assert await lists_to_miss(rig, proj) == 1
+        assert await lists_to_open(rig, proj) == 1
         src = await rig.fs.lookup(proj, b"src")
         # src's subtree is small enough (10 entries): its own check lists it whole
-        assert await lists_to_miss(rig, src.ino) == 1
+        assert await lists_to_open(rig, src.ino) == 1
         x = await rig.fs.lookup(src.ino, b"x")
-        assert await lists_to_miss(rig, x.ino) == 0
+        assert await lists_to_open(rig, x.ino) == 0
 
     run(tmp_path, store, scenario)
 
 
 def test_a_subtree_grown_large_outside_falls_back_to_its_own_directory(tmp_path):
-    """The mount expected one page (two at most); the bucket has three: the check
-    lists the directory alone (the cut listing is not applied), then lists no
-    subtree there for TREE_TOO_BIG_S, and every directory below still gets
-    checked."""
+    """The mount expected one page; the bucket has three: the check lists the
+    directory alone (the cut listing is not applied), then lists no subtree there
+    for TREE_TOO_BIG_S, and every directory below still gets checked."""
     store = MemoryStore()
     tree(store)
 
@@ -211,7 +236,7 @@ def test_a_subtree_grown_large_outside_falls_back_to_its_own_directory(tmp_path)
         for i in range(2100):
             store.put(f"proj/docs/y/gen/{i:05}", b"", {})
         store.put("proj/src/x/new.py", b"outside", {})
-        assert await lists_to_miss(rig, proj) == 2 + 1  # two pages of the tree, then proj
+        assert await lists_to_open(rig, proj) == 1 + 1  # a page of the tree, then proj
         src = await rig.fs.lookup(proj, b"src")
         x = await rig.fs.lookup(src.ino, b"x")
         assert (await rig.fs.lookup(x.ino, b"new.py")).size == len(b"outside")
@@ -219,14 +244,15 @@ def test_a_subtree_grown_large_outside_falls_back_to_its_own_directory(tmp_path)
         y = await rig.fs.lookup(docs.ino, b"y")
         assert (await rig.fs.lookup(y.ino, b"gen")).mode & 0o040000
         await trio.sleep(TTL_PAST)
-        assert await lists_to_miss(rig, proj) == 1  # proj alone, as it is too big now
+        assert await lists_to_open(rig, proj) == 1  # proj alone, as it is too big now
 
     run(tmp_path, store, scenario)
 
 
 def test_checks_below_a_running_subtree_listing_join_it(tmp_path):
-    """While the listing of a subtree runs, lookups that miss in the directories it
-    covers wait for it instead of listing their own directory."""
+    """While the listing of a subtree runs, checks in the directories it covers
+    (here lookups of names they do not hold) wait for it instead of listing their
+    own directory."""
     store = MemoryStore()
     tree(store)
 
@@ -235,18 +261,9 @@ def test_checks_below_a_running_subtree_listing_join_it(tmp_path):
         await walk(rig, proj.ino)
         src = await rig.fs.lookup(proj.ino, b"src")
         x = await rig.fs.lookup(src.ino, b"x")
-        await trio.sleep(TTL_PAST)
+        await trio.sleep(discovery_checks.WALKED_S + TTL_PAST)
         store.put("proj/src/x/new.py", b"outside", {})
-        remote = rig.fs.discovery.remote
-        real = remote.list_upto
-        calls = []
-
-        async def slow(*args, **kwargs):
-            calls.append(args[0])
-            await trio.sleep(0.5)
-            return await real(*args, **kwargs)
-
-        remote.list_upto = slow
+        listed = spy_listings(rig, 0.5)
         before = store.counts["list"]
         found = {}
 
@@ -257,12 +274,15 @@ def test_checks_below_a_running_subtree_listing_join_it(tmp_path):
         async def hit():
             found["new"] = await rig.fs.lookup(x.ino, b"new.py")
 
+        async def opened(d):
+            await lists_to_open(rig, d)
+
         async with trio.open_nursery() as n:
-            n.start_soon(miss, proj.ino, b"missing")
+            n.start_soon(opened, proj.ino)
             await trio.sleep(0.1)
             n.start_soon(hit)
             n.start_soon(miss, src.ino, b"nothing")
-        assert calls == ["proj/"] and store.counts["list"] - before == 1
+        assert listed == [("proj/", None)] and store.counts["list"] - before == 1
         assert found["new"].size == len(b"outside")
 
     run(tmp_path, store, scenario)
@@ -278,8 +298,72 @@ def test_a_large_directory_with_one_small_subdirectory_is_listed_alone(tmp_path)
 
     async def scenario(rig: Rig):
         big = await stale_tree(rig, b"big")
-        assert await lists_to_miss(rig, big) == 2  # its own two pages, not the tree's
+        assert await lists_to_open(rig, big) == 2  # its own two pages, not the tree's
         sub = await rig.fs.lookup(big, b"sub")
-        assert await lists_to_miss(rig, sub.ino) == 1
+        assert await lists_to_open(rig, sub.ino) == 1
+
+    run(tmp_path, store, scenario)
+
+
+def test_a_subtree_slow_to_list_is_then_listed_one_directory_at_a_time(tmp_path):
+    """A listing's time is when it began: one that takes more than half the TTL
+    leaves its answers stale soon after it ends, so the next checks there list
+    the directory alone (for TREE_TOO_BIG_S)."""
+    store = MemoryStore()
+    tree(store)
+
+    async def scenario(rig: Rig):
+        proj = await stale_tree(rig, b"proj")
+        listed = spy_listings(rig, 0.6)
+        assert await lists_to_open(rig, proj) == 1
+        await trio.sleep(TTL_PAST)
+        assert await lists_to_open(rig, proj) == 1
+        await trio.sleep(discovery_checks.WALKED_S)
+        src = await rig.fs.lookup(proj, b"src")
+        assert await lists_to_open(rig, src.ino) == 1
+        # the tree (slowly), then proj alone, then src's own tree
+        assert listed == [("proj/", None), ("proj/", "/"), ("proj/src/", None)]
+
+    run(tmp_path, store, scenario)
+
+
+def test_git_status_s_missing_names_after_its_checks_list_each_directory_alone(tmp_path):
+    """git status checks the files of every directory, then looks up .gitignore in
+    each directory it scans, top-down: a directory whose subdirectories were all
+    walked a moment ago is listed alone for its miss."""
+    store = MemoryStore()
+    for sub in ("x", "y", "z"):
+        for f in ("a.py", "b.py"):
+            store.put(f"proj/pkg/{sub}/{f}", b"v1", {})
+
+    async def scenario(rig: Rig):
+        proj = await stale_tree(rig, b"proj")
+        pkg = await rig.fs.lookup(proj, b"pkg")
+        leaves = [await rig.fs.lookup(pkg.ino, n) for n in (b"x", b"y", b"z")]
+        listed = spy_listings(rig)
+        for leaf in leaves:
+            assert await lists_to_open(rig, leaf.ino) == 1
+        assert await lists_to_miss(rig, pkg.ino) == 1
+        assert listed == [("proj/pkg/x/", "/"), ("proj/pkg/y/", "/"), ("proj/pkg/z/", "/"),
+                          ("proj/pkg/", "/")]
+
+    run(tmp_path, store, scenario)
+
+
+def test_a_subtree_whose_directories_were_just_listed_is_not_listed_again(tmp_path):
+    """The subdirectory was listed a moment ago (its 100 entries stay in date for
+    most of the TTL): the check of its parent lists the parent alone."""
+    store = MemoryStore()
+    store.put("proj/a", b"a", {})
+    for i in range(100):
+        store.put(f"proj/big/f{i:03}", b"", {})
+
+    async def scenario(rig: Rig):
+        proj = await stale_tree(rig, b"proj")
+        big = await rig.fs.lookup(proj, b"big")
+        listed = spy_listings(rig)
+        assert await lists_to_open(rig, big.ino) == 1
+        assert await lists_to_open(rig, proj) == 1
+        assert listed == [("proj/big/", "/"), ("proj/", "/")]
 
     run(tmp_path, store, scenario)
