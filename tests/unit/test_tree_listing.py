@@ -367,3 +367,45 @@ def test_a_subtree_whose_directories_were_just_listed_is_not_listed_again(tmp_pa
         assert listed == [("proj/big/", "/"), ("proj/", "/")]
 
     run(tmp_path, store, scenario)
+
+
+@pytest.mark.parametrize("change", ["rename", "unlink", "create"])
+def test_a_subtree_listing_taken_while_the_mount_changes_names_is_not_believed(
+        tmp_path, change):
+    """The mount renames, removes or creates a file below while the subtree's
+    listing is on its way: what the listing says of those names is older than the
+    mount's change and must not bring back the old name, nor drop the new one."""
+    store = MemoryStore()
+    tree(store)
+
+    async def scenario(rig: Rig):
+        proj = await stale_tree(rig, b"proj")
+        src = await rig.fs.lookup(proj, b"src")
+        x = await rig.fs.lookup(src.ino, b"x")
+        spy_listings(rig, 0.3)
+
+        async def change_names():
+            await trio.sleep(0.1)  # (the listing is on its way)
+            if change == "rename":
+                await rig.fs.rename(x.ino, b"a.py", x.ino, b"c.py")
+            elif change == "unlink":
+                await rig.fs.unlink(x.ino, b"a.py")
+            else:
+                await rig.write_file(x.ino, b"c.py", b"new here")
+
+        async with trio.open_nursery() as n:
+            n.start_soon(lists_to_open, rig, proj)
+            n.start_soon(change_names)
+        with rig.journal.read() as txn:
+            names = sorted(n for n, _ in txn.children(x.ino))
+        want = {"rename": [b"b.py", b"c.py"], "unlink": [b"b.py"],
+                "create": [b"a.py", b"b.py", b"c.py"]}[change]
+        assert names == want
+        async with trio.open_nursery() as n:
+            await n.start(rig.flusher.run)
+            assert await rig.flusher.drain(120)
+            n.cancel_scope.cancel()
+        keys = sorted(k for k in store.snapshot() if k.startswith("proj/src/x/"))
+        assert keys == ["proj/src/x/" + w.decode() for w in want]
+
+    run(tmp_path, store, scenario)
