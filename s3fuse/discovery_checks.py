@@ -116,7 +116,7 @@ class CloseToOpenChecks:
                     seen += 1
                     fresh_entries += fresh
                     if seen > TREE_LIST_MAX_KEYS:
-                        self._tree_too_big[parent] = now
+                        self._not_whole(parent)
                         return []
                     if subdirs:
                         c = txn.peek(child)
@@ -137,15 +137,24 @@ class CloseToOpenChecks:
         started = trio.current_time()
         try:
             if not await self.poll_tree(parent, 1):
-                self._tree_too_big[parent] = trio.current_time()
+                self._not_whole(parent)
                 await self.poll_dir(parent)
             elif trio.current_time() - started > self.metadata_ttl_s / 2:
-                self._tree_too_big[parent] = trio.current_time()
+                self._not_whole(parent)
         except StoreError as exc:
             log.info("cannot list directory %d and those below it to check them against "
                      "the bucket (%s)", parent, exc)
             for d in (parent, *below):
                 self.note_names_listed(d, trio.current_time())
+
+    def _not_whole(self, parent: int) -> None:
+        """Directory ``parent``'s subtree is not listed whole for ``TREE_TOO_BIG_S``
+        (too large, or slow to list)."""
+        now = trio.current_time()
+        if len(self._tree_too_big) >= 4096:
+            for d in [d for d, t in self._tree_too_big.items() if now - t >= TREE_TOO_BIG_S]:
+                del self._tree_too_big[d]
+        self._tree_too_big[parent] = now
 
     async def _relist(self, parent: int) -> None:
         """The one LIST of ``parent`` both checks share (a lookup's missing name and
