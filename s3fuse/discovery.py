@@ -27,7 +27,7 @@ from typing import Protocol
 import trio
 
 from . import keys
-from .discovery_checks import CloseToOpenChecks
+from .discovery_checks import CloseToOpenChecks, listed_subtree
 from .errors import FsError, StoreError, TransientStoreError
 from .journal import ROOT_INO, Inode, Txn
 from .namespace import Namespace, set_remote
@@ -536,18 +536,10 @@ class Discovery(CloseToOpenChecks):
         with nothing applied, if the subtree takes more than ``max_pages`` pages."""
         with self.journal.read() as txn:
             targets: dict[str, int] = {}
-            todo = [ino]
-            while todo:
-                d = todo.pop()
-                prefix = self._poll_prefix(txn, d)
-                if prefix is None:
-                    continue
-                targets[prefix] = d
-                if txn.peek(d).nlink > 2:  # (it has subdirectories)
-                    for _, child in txn.children(d):
-                        c = txn.peek(child)
-                        if c is not None and stat.S_ISDIR(c.mode) and c.listed:
-                            todo.append(child)
+            for d in listed_subtree(txn, ino):
+                prefix = self._poll_prefix(txn, d.ino)
+                if prefix is not None:
+                    targets[prefix] = d.ino
         if not targets:
             return True
         root = next(iter(targets))

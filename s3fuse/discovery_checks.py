@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import logging
 import stat
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 import trio
 
 from .errors import StoreError
-from .journal import ROOT_INO, Inode
+from .journal import ROOT_INO, Inode, Txn
 from .reconcile import Decision, Stamp
 from .store.base import ObjectInfo
 
@@ -43,6 +43,22 @@ WALKED_S = 5.0
 #: what one more request costs, in entries of a listing (moto: 30 ms a LIST, 0.55 ms
 #: an entry; S3: about 25 ms and 0.1 ms)
 LIST_COST_ENTRIES = 50
+
+
+def listed_subtree(txn: Txn, ino: int) -> Iterator[Inode]:
+    """Directory ``ino`` (if it exists) and every directory below it that the mount
+    has listed, each before those below it."""
+    todo = [ino]
+    while todo:
+        d = txn.peek(todo.pop())
+        if d is None:
+            continue
+        yield d
+        if d.nlink > 2:  # (it has subdirectories; most directories are leaves)
+            for _, child in txn.children(d.ino):
+                c = txn.peek(child)
+                if c is not None and stat.S_ISDIR(c.mode) and c.listed:
+                    todo.append(child)
 
 
 class CloseToOpenChecks:
@@ -100,29 +116,21 @@ class CloseToOpenChecks:
         if now - self._tree_too_big.get(parent, float("-inf")) < TREE_TOO_BIG_S:
             return []
         below: list[int] = []
-        seen = spared = 0
-        fresh_entries = 0
+        seen = spared = fresh_entries = 0
         with self.journal.read() as txn:
-            todo = [parent]
-            while todo:
-                di = txn.peek(todo.pop())
-                if di is None:
+            for d in listed_subtree(txn, parent):
+                entries = sum(1 for _ in txn.children(d.ino))
+                seen += entries
+                if seen > TREE_LIST_MAX_KEYS:
+                    self._not_whole(parent)
+                    return []
+                if d.ino == parent:
                     continue
-                fresh = di.ino != parent and self.listed_within(di.ino, WALKED_S)
-                if di.ino != parent and not fresh:
+                below.append(d.ino)
+                if self.listed_within(d.ino, WALKED_S):
+                    fresh_entries += entries
+                else:
                     spared += 1
-                subdirs = di.nlink > 2  # (leaves, most directories: only counted)
-                for _, child in txn.children(di.ino):
-                    seen += 1
-                    fresh_entries += fresh
-                    if seen > TREE_LIST_MAX_KEYS:
-                        self._not_whole(parent)
-                        return []
-                    if subdirs:
-                        c = txn.peek(child)
-                        if c is not None and stat.S_ISDIR(c.mode) and c.listed:
-                            below.append(child)
-                            todo.append(child)
         return below if spared * LIST_COST_ENTRIES > fresh_entries else []
 
     async def _relist_tree(self, parent: int, below: list[int]) -> None:
