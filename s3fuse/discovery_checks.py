@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import stat
+from itertools import islice
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 import trio
@@ -118,8 +119,13 @@ class CloseToOpenChecks:
         below: list[int] = []
         seen = spared = fresh_entries = 0
         with self.journal.read() as txn:
+            top = txn.peek(parent)
+            if top is None or top.nlink <= 2:
+                return []  # no subdirectories: nothing to list with it
             for d in listed_subtree(txn, parent):
-                entries = sum(1 for _ in txn.children(d.ino))
+                # (counted up to the limit: a large directory is not read to its end)
+                entries = sum(1 for _ in islice(txn.children(d.ino),
+                                                TREE_LIST_MAX_KEYS + 1 - seen))
                 seen += entries
                 if seen > TREE_LIST_MAX_KEYS:
                     self._not_whole(parent)
