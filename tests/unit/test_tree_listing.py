@@ -1,8 +1,10 @@
 """Close-to-open checks of a small subtree share one listing of it: a lookup or an
-open past the TTL in a directory whose subtree the mount knows to be small lists
-every key below it at once (no delimiter) and applies that listing to every
-directory in it (``Discovery.poll_tree``), so ``git status`` or ``grep -r`` costs a
-few pages per TTL instead of one LIST per directory. What each directory is told
+open past the TTL in a directory whose subtree the mount knows to be small (and did
+not walk a moment ago) lists every key below it at once (no delimiter) and applies
+that listing to every directory in it (``Discovery.poll_tree``), so ``grep -r`` or
+imports cost one request per small subtree and TTL instead of one LIST per
+directory; ``git status``, which checks every directory's files before it looks up
+``.gitignore`` from the top, lists each directory alone. What each directory is told
 must be exactly what its own listing would have said (``split_listing``): a wrong
 split would delete files the bucket still has."""
 
