@@ -33,6 +33,7 @@ from .journal import ROOT_INO, Inode, Txn
 from .namespace import Namespace, set_remote
 from .reconcile import Decision, Reconciler, Stamp
 from .remote import Remote
+from .store._listing import roll_up
 from .store.base import ObjectInfo
 
 log = logging.getLogger(__name__)
@@ -626,22 +627,24 @@ def split_listing(root: str, objects: Iterable[ObjectInfo], prefixes: Iterable[s
     """A listing of every key under ``root`` (no delimiter) read as the listings
     with delimiter "/" of each of ``prefixes`` (each ``root`` or below it, ending
     in "/"): for each, (its common prefixes, its objects), exactly as the bucket
-    would have answered them at that moment, in key order."""
-    out: dict[str, tuple[list[str], list[ObjectInfo]]] = {p: ([], []) for p in prefixes}
+    would have answered them at that moment, in key order (the stores' own
+    ``roll_up`` of the keys under it)."""
+    under: dict[str, list[ObjectInfo]] = {p: [] for p in prefixes}
     for obj in objects:
         k = obj.key
-        end = len(root)  # the key's ancestors: root, then one more segment each time
+        cut = len(root) - 1  # the key's ancestors: root, then one more segment each time
         while True:
-            nxt = k.find("/", end)
-            got = out.get(k[:end])
-            if got is not None:
-                if nxt < 0:
-                    got[1].append(obj)
-                elif not got[0] or got[0][-1] != k[:nxt + 1]:  # (keys come in order)
-                    got[0].append(k[:nxt + 1])
-            if nxt < 0:
+            group = under.get(k[:cut + 1])
+            if group is not None:
+                group.append(obj)
+            cut = k.find("/", cut + 1)
+            if cut < 0:
                 break
-            end = nxt + 1
+    out: dict[str, tuple[list[str], list[ObjectInfo]]] = {}
+    for p, group in under.items():
+        rolled = list(roll_up(group, p, "/"))
+        out[p] = ([e for e in rolled if isinstance(e, str)],
+                  [e for e in rolled if not isinstance(e, str)])
     return out
 
 
