@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import logging
 import stat
-from itertools import islice
 from collections.abc import Awaitable, Callable, Iterable, Iterator
+from itertools import islice
 
 import trio
 
