@@ -10,7 +10,9 @@ Comma-separated entries:
 ``hold@POINT=PATH``  wait at POINT while the file PATH exists (at most 5 minutes)
 
 Wait points: ``fork-copy``, before each of ``s3fuse fork``'s copies (so a test can
-use DEST midway).
+use DEST midway); ``bucket-work``, before each upload and each op (copy, delete) the
+flusher starts (so a test can make several changes before any of them reaches the
+bucket, whatever the timing: a crash point is then reached after them all).
 
 Crash points, each a moment the crash tests kill the daemon at:
 
@@ -66,6 +68,22 @@ def wait_point(point: str) -> None:
         deadline = time.monotonic() + 300
         while os.path.exists(_holds[point]) and time.monotonic() < deadline:
             time.sleep(0.05)
+
+
+async def await_point(point: str) -> None:
+    """``wait_point`` for code on the daemon's event loop: waits without blocking it."""
+    if point not in _sleeps and point not in _holds:
+        return
+    import trio  # (only here: the daemon's loop; the rest of this module needs none)
+
+    if point in _sleeps:
+        await trio.sleep(_sleeps[point])
+    if point in _holds:
+        hold = trio.Path(_holds[point])
+        with trio.move_on_after(300):
+            # (polled: the test that removes the file is another process)
+            while await hold.exists():  # noqa: ASYNC110
+                await trio.sleep(0.05)
 
 
 def crash_point(point: str) -> None:

@@ -362,6 +362,7 @@ class Flusher(OpLogRunner):
     # --- uploads ------------------------------------------------------------------------
     async def _upload(self, ino: int, key: str) -> None:
         try:
+            await faults.await_point("bucket-work")
             await self._upload_inner(ino, key)
         except Exception as exc:  # noqa: BLE001 - a bug or a store surprise: retried
             log.exception("uploading %s failed unexpectedly", key)

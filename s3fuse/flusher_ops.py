@@ -41,6 +41,7 @@ class OpLogRunner:
         async def one(seq: int, op: Op, keys: tuple[str, ...]) -> None:
             nonlocal changed
             try:
+                await faults.await_point("bucket-work")
                 etag = await oplog.carry_out(op, self.links.remote, self.counts)
             except Exception as exc:  # noqa: BLE001 - StoreError, or a surprise: retried
                 if not isinstance(exc, StoreError):

@@ -209,7 +209,11 @@ def test_crash_in_an_exchange(tmp_path, file_source, cleanup, point):
     m.mount()
     before, after = exchange_fixture(m)
     m.umount()
-    m.env = {FAULTS: f"crash@{point}"}
+    # no upload or op starts before the three exchanges are made (else the crash
+    # point may be reached, and the daemon gone, in the middle of them)
+    hold = tmp_path / "hold"
+    hold.touch()
+    m.env = {FAULTS: f"crash@{point},hold@bucket-work={hold}"}
     m.mount()
     pid = daemon_pid(m)
     if point == "mid-exchange":
@@ -219,6 +223,7 @@ def test_crash_in_an_exchange(tmp_path, file_source, cleanup, point):
     else:
         exchange_all(m)
         expect = after
+    hold.unlink()
     wait_dead(pid)
     remount_clean(m)
     assert tree(m.path) == expect
