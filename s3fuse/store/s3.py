@@ -36,7 +36,7 @@ import threading
 import time
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit, urlunsplit
 
@@ -44,6 +44,7 @@ import boto3
 import botocore.session
 import urllib3.exceptions
 from botocore.config import Config
+from botocore.utils import parse_timestamp as _botocore_timestamp
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -98,12 +99,31 @@ def _new_session() -> boto3.session.Session:
     client creation from ~0.2 s to ~0.03 s. The loader only caches read-only data."""
     global _shared_loader
     core = botocore.session.Session()
+    core.get_component("response_parser_factory").set_parser_defaults(
+        timestamp_parser=_parse_timestamp)
     with _loader_lock:
         if _shared_loader is None:
             _shared_loader = core.get_component("data_loader")
         else:
             core.register_component("data_loader", _shared_loader)
     return boto3.session.Session(botocore_session=core)
+
+
+def _parse_timestamp(value: str) -> datetime:
+    """The times in responses, as botocore's own parser gives them (timezone-aware),
+    without going through dateutil for the two forms S3 servers send: ISO 8601 in
+    XML bodies (a listing's LastModified) and RFC 1123 in headers (a HEAD's
+    Last-Modified). dateutil took about 100 us a timestamp, 0.1 s of CPU for every
+    page of 1,000 keys listed; these take under 6 us. Anything else goes to
+    botocore's parser."""
+    try:
+        if len(value) >= 10 and value[4] == "-":
+            when = datetime.fromisoformat(value)  # (Python 3.11 reads a final Z)
+        else:
+            when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return _botocore_timestamp(value)
+    return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
 
 
 def _mtime_ns(when: datetime) -> int:
