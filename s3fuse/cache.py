@@ -26,6 +26,7 @@ import shutil
 from collections.abc import Callable
 
 import cachetools
+import trio
 
 BLOCK_BYTES = 1 << 20
 SNAPSHOT_INLINE_BYTES = 8 << 20
@@ -57,8 +58,11 @@ class _FdCache(cachetools.LRUCache):
 
 
 class Cache:
-    def __init__(self, root: str, limit_bytes: int) -> None:
+    def __init__(self, root: str, limit_bytes: int, inline: bool = False) -> None:
         self.root = root
+        #: ``snapshot_ahead`` copies on the calling thread, not a worker thread (for
+        #: tests on a MockClock, as ``Remote``'s ``inline``)
+        self.inline = inline
         self.data_dir = os.path.join(root, "data")
         self.snap_dir = os.path.join(root, "snapshots")
         for d in (self.data_dir, self.snap_dir):
@@ -237,22 +241,58 @@ class Cache:
     # --- upload snapshots ---------------------------------------------------------
     def snapshot(self, ino: int, size: int) -> bytes | str:
         """A private copy of the file's current bytes for an upload: bytes for small
-        files, else a path under ``snapshots/`` (remove it with ``drop_snapshot``)."""
+        files, else a path under ``snapshots/`` (remove it with ``drop_snapshot``).
+        Taken on the calling thread, at once: nothing can write the file meanwhile
+        on the daemon's event loop (see ``snapshot_ahead`` for one taken off it)."""
         if size <= SNAPSHOT_INLINE_BYTES:
             data = os.pread(self._fd(ino), size, 0)
             return data.ljust(size, b"\0")
-        self._snap_seq += 1
-        dst = os.path.join(self.snap_dir, f"{ino}.{self._snap_seq}")
-        src_fd = self._fd(ino)
-        with open(dst, "wb") as out:
-            copied = 0
-            while copied < size:
-                n = os.copy_file_range(src_fd, out.fileno(), size - copied, copied, copied)
-                if n == 0:
-                    break
-                copied += n
-            out.truncate(size)
+        self._fd(ino)  # (a file never written gets its empty cache file here, as on any use)
+        dst = self._snapshot_path(ino)
+        self._copy_out(ino, size, dst)
         return dst
+
+    async def snapshot_ahead(self, ino: int, size: int) -> tuple[str, int] | None:
+        """A copy of a large file's first ``size`` bytes made in a worker thread, so
+        that copying gigabytes does not stop the event loop (and with it every
+        request on the mount): (its path, the file's ``generation`` when it began).
+        It holds the file's bytes only if the generation is still that when it is
+        used (nothing wrote or truncated the file meanwhile); else drop it. None if
+        it could not be made (the file is gone: the caller finds out)."""
+        generation = self.generation(ino)
+        dst = self._snapshot_path(ino)
+        try:
+            if self.inline:
+                await trio.lowlevel.checkpoint()
+                self._copy_out(ino, size, dst)
+            else:
+                await trio.to_thread.run_sync(self._copy_out, ino, size, dst)
+        except OSError:
+            self.drop_snapshot(dst)
+            return None
+        return dst, generation
+
+    def _snapshot_path(self, ino: int) -> str:
+        self._snap_seq += 1
+        return os.path.join(self.snap_dir, f"{ino}.{self._snap_seq}")
+
+    def _copy_out(self, ino: int, size: int, dst: str) -> None:
+        """Copy the first ``size`` bytes of ``ino``'s cache file to a new file ``dst``
+        (holes past its end read as zeros). Its own descriptors, not the bounded set's,
+        so that it is safe in a worker thread."""
+        src_fd = os.open(self.path(ino), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            with open(dst, "wb") as out:
+                copied = 0
+                while copied < size:
+                    n = os.copy_file_range(src_fd, out.fileno(), size - copied, copied,
+                                           copied)
+                    if n == 0:
+                        break
+                    copied += n
+                out.truncate(size)
+        finally:
+            os.close(src_fd)
 
     @staticmethod
     def drop_snapshot(body: bytes | str) -> None:

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from . import faults, retry
+from .cache import SNAPSHOT_INLINE_BYTES
 from .errors import BodyChanged, ConditionMismatch, FsError, PreconditionFailed, StoreError
 from .flusher_ops import OpLogRunner
 from .journal import DIRTY_DATA, Inode, Txn
@@ -129,6 +130,10 @@ class Flusher(OpLogRunner):
         self._busy: Counter[str] = Counter()
         self._retry_at: dict[int, float] = {}
         self._live_changed: set[int] = set()  # their last upload from the cache failed
+        # data inos whose snapshot is being copied off the event loop -> set when the
+        # copy ends (``_snapshot_ahead``, its one writer); writes to them wait for it
+        # (``wait_for_room``), so that the copy holds the file as it was
+        self._copying: dict[int, trio.Event] = {}
         self._backoff: dict[int, float] = {}
         self._ops_retry_at = 0.0
         self._ops_backoff = 0.0
@@ -185,7 +190,11 @@ class Flusher(OpLogRunner):
     async def wait_for_room(self, ino: int, new_size: int) -> None:
         """Back-pressure: account a write growing ``ino`` to ``new_size`` dirty bytes,
         and while dirty data exceeds the cache limit, push uploads and wait for them.
-        A single file larger than the limit is let through (waiting cannot help it)."""
+        A single file larger than the limit is let through (waiting cannot help it).
+        A write to a file whose snapshot is being copied waits for the copy first."""
+        copying = self._copying.get(ino)
+        if copying is not None:
+            await copying.wait()
         self._note_size(ino, max(new_size, self._dirty_sizes.get(ino, 0)))
         if self.dirty_total_bytes <= self.dirty_limit_bytes or \
                 self._dirty_sizes[ino] >= self.dirty_limit_bytes:
@@ -390,6 +399,43 @@ class Flusher(OpLogRunner):
         except FsError as exc:
             self._failed(ino, key, "fetch", exc)
             return
+        ahead = await self._snapshot_ahead(ino, key)
+        try:
+            await self._send(ino, key, ahead)
+        finally:
+            if ahead is not None:
+                self.links.cache.drop_snapshot(ahead[0])  # (used or not: it is done)
+
+    async def _snapshot_ahead(self, ino: int, key: str) -> tuple[str, int, int] | None:
+        """A large file that will go up from a snapshot (``_from_snapshot``) has it
+        copied in a worker thread first: (path, cache generation, size). Made on the
+        event loop, the copy stopped every request on the mount while it ran (a
+        second or more a GiB); now only writes to this file wait for it
+        (``wait_for_room``). ``_file_body`` uses it if the file has not changed
+        since (a write already past that wait, or a truncate, may have changed it:
+        the snapshot is then taken on the loop, as before). Only for a file whole in
+        the cache: bytes fetched into it do not change its generation."""
+        with self.journal.read() as txn:
+            inode = txn.get(ino)
+            if inode is None or inode.nlink == 0:
+                return None
+            data = txn.get(inode.link_of) if inode.link_of else inode
+        if data is None or not stat.S_ISREG(data.mode) or not data.cached \
+                or data.size <= SNAPSHOT_INLINE_BYTES \
+                or not (inode.dirty & DIRTY_DATA or inode.remote_key != key) \
+                or not self._from_snapshot(ino, data):
+            return None
+        copied = self._copying[data.ino] = trio.Event()
+        try:
+            made = await self.links.cache.snapshot_ahead(data.ino, data.size)
+        finally:
+            del self._copying[data.ino]
+            copied.set()
+        return None if made is None else (made[0], made[1], data.size)
+
+    async def _send(self, ino: int, key: str, ahead: tuple[str, int, int] | None) -> None:
+        """The rest of ``_upload_inner``: the upload itself, from one consistent view
+        of the file."""
         # From here to the request: no await, so the snapshot, its sequence number
         # and the condition are one consistent view. Deferred records are written
         # first: the object's s3fuse-seq tag must never be ahead of the journal on disk.
@@ -427,7 +473,7 @@ class Flusher(OpLogRunner):
             if not inode.dirty & DIRTY_DATA and inode.remote_key == key:
                 as_copy = True
             else:
-                body, unchanged = self._file_body(ino, data)
+                body, unchanged = self._file_body(ino, data, ahead)
                 unchanged = self._still_wanted(ino, unchanged)
         elif stat.S_ISLNK(data.mode):
             body = (data.target or "").encode("utf-8", "surrogateescape")
@@ -481,19 +527,30 @@ class Flusher(OpLogRunner):
         faults.crash_point("after-put")
         self._commit(ino, key, etag, seq, if_match if as_copy else None)
 
-    def _file_body(self, ino: int, data: Inode) -> tuple[bytes | str, Callable[[], bool] | None]:
+    def _file_body(self, ino: int, data: Inode, ahead: tuple[str, int, int] | None = None
+                   ) -> tuple[bytes | str, Callable[[], bool] | None]:
         """What an upload of a regular file sends. A large file goes straight from its
         cache file, with a check the store makes before the object becomes visible
         (nothing written since the upload began: see ``ObjectStore.put``), so no copy
         of it is made. Smaller files, and one whose last such upload was overtaken by
         a write while it is still being written (``_quiet``), go from a private
-        snapshot."""
+        snapshot. Where ``_snapshot_ahead`` made one, the choice was made then: that
+        one if the file has not changed since, else one taken now."""
         cache = self.links.cache
-        if data.size < LIVE_BODY_MIN_BYTES or (ino in self._live_changed
-                                                and not self._quiet(ino)):
-            return cache.snapshot(data.ino, data.size), None
-        generation = cache.generation(data.ino)
-        return cache.path(data.ino), lambda: cache.generation(data.ino) == generation
+        if ahead is not None:
+            if ahead[1:] == (cache.generation(data.ino), data.size):
+                self.counts["snapshot_ahead"] += 1
+                return ahead[0], None
+        elif not self._from_snapshot(ino, data):
+            generation = cache.generation(data.ino)
+            return cache.path(data.ino), lambda: cache.generation(data.ino) == generation
+        return cache.snapshot(data.ino, data.size), None
+
+    def _from_snapshot(self, ino: int, data: Inode) -> bool:
+        """An upload of ``data`` (the data record of ``ino``) goes from a snapshot, not
+        from the cache file (``_file_body``)."""
+        return data.size < LIVE_BODY_MIN_BYTES or (ino in self._live_changed
+                                                   and not self._quiet(ino))
 
     def _quiet(self, ino: int) -> bool:
         """No change to ``ino`` for a tick: a writer that overtook its last upload from

@@ -31,7 +31,7 @@ class Rig:
         self.tmp_path = tmp_path
         self.store = store if store is not None else MemoryStore()
         self.journal = Journal(str(tmp_path / "journal"))
-        self.cache = Cache(str(tmp_path), 1 << 30)
+        self.cache = Cache(str(tmp_path), 1 << 30, inline=not threads)
         remote = Remote(self.store) if threads else Remote(self.store, inline=True)
         self.fs = Filesystem(self.journal, self.cache, remote, prefix,
                              Defaults(uid=1000, gid=1000))

@@ -126,8 +126,9 @@ def test_a_large_file_goes_up_from_its_cache_file_unless_written_meanwhile(tmp_p
         fh, inode = await rig.fs.create(ROOT_INO, b"big", 0o644, 1000, 1000)
         await rig.fs.write(fh, 0, b"a" * size)
         snapshots = []
-        real_snapshot = rig.cache.snapshot
+        real_snapshot, real_ahead = rig.cache.snapshot, rig.cache.snapshot_ahead
         rig.cache.snapshot = lambda ino, n: snapshots.append(ino) or real_snapshot(ino, n)
+        rig.cache.snapshot_ahead = lambda ino, n: snapshots.append(ino) or real_ahead(ino, n)
         real_put = rig.store.put
         bodies = []
 
@@ -142,6 +143,7 @@ def test_a_large_file_goes_up_from_its_cache_file_unless_written_meanwhile(tmp_p
         await trio.sleep(WINDOW + 5)
         assert rig.flusher.counts["body_changed"] == 1
         assert bodies[0] == rig.cache.path(inode.ino) and snapshots == [inode.ino]
+        assert rig.flusher.counts["snapshot_ahead"] == 1  # (copied off the event loop)
         assert rig.bucket() == {"big": b"b" + b"a" * (size - 1)}
         # a later change goes up from the cache file again
         await rig.fs.write(fh, 0, b"c")
@@ -673,6 +675,96 @@ def run_threaded(tmp_path, store: MemoryStore, scenario) -> None:
             rig.close()
 
     trio.run(main)
+
+
+def test_a_snapshot_is_copied_off_the_event_loop_and_holds_only_its_writers(tmp_path):
+    """A large file that goes up from a snapshot (between 8 and 16 MiB it always does)
+    is copied in a worker thread (``Flusher._snapshot_ahead``): the mount goes on
+    serving meanwhile, a write to that file waits for the copy, and the object holds
+    the file as it was when the copy began; the write goes up next."""
+    import threading
+
+    from s3fuse.cache import SNAPSHOT_INLINE_BYTES
+
+    async def scenario(rig: Rig):
+        size = SNAPSHOT_INLINE_BYTES + 4096
+        started, release = threading.Event(), threading.Event()
+        real_copy = rig.cache._copy_out
+
+        def held_copy(ino, n, dst):  # (in the worker thread)
+            started.set()
+            assert release.wait(30), "the test never let the copy go on"
+            real_copy(ino, n, dst)
+
+        rig.cache._copy_out = held_copy
+        first_bytes = []
+        real_put = rig.store.put
+
+        def put(key, body, md, **kw):
+            if key == "big":
+                with open(body, "rb") as f:  # (a snapshot file: larger than inline)
+                    first_bytes.append(f.read(1))
+            return real_put(key, body, md, **kw)
+
+        rig.store.put = put
+        fh, inode = await rig.fs.create(ROOT_INO, b"big", 0o644, 1000, 1000)
+        await rig.fs.write(fh, 0, b"a" * size)
+        with trio.fail_after(10):
+            for _ in range(1000):
+                if started.is_set():
+                    break
+                await trio.sleep(0.01)
+        wrote = trio.Event()
+
+        async def write_b():
+            await rig.fs.write(fh, 0, b"b")
+            wrote.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(write_b)
+            # the mount is not stopped by the copy: another file is made and written
+            with trio.fail_after(5):
+                await rig.write_file(ROOT_INO, b"other", b"served meanwhile")
+            await trio.sleep(0.3)
+            assert not wrote.is_set(), "a write to the file did not wait for its copy"
+            release.set()
+            with trio.fail_after(10):
+                await wrote.wait()
+        await rig.fs.release(fh)
+        with trio.fail_after(20):
+            while rig.bucket().get("big", b"")[:1] != b"b":  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        assert first_bytes[0] == b"a", "the first upload did not hold the file as it was"
+        assert rig.flusher.counts["snapshot_ahead"] >= 1
+        assert rig.bucket()["big"] == b"b" + b"a" * (size - 1)
+        assert rig.bucket()["other"] == b"served meanwhile"
+
+    run_threaded(tmp_path, MemoryStore(), scenario)
+
+
+def test_a_snapshot_copied_off_the_loop_is_dropped_if_the_file_changed_meanwhile(tmp_path):
+    """A change that does not wait for the copy (a write already past the wait, a
+    truncate) voids the snapshot made off the loop: the upload takes one on the loop,
+    so the object never holds bytes the file no longer has."""
+    from s3fuse.cache import SNAPSHOT_INLINE_BYTES
+
+    async def scenario(rig: Rig):
+        size = SNAPSHOT_INLINE_BYTES + 4096
+        fh, inode = await rig.fs.create(ROOT_INO, b"big", 0o644, 1000, 1000)
+        await rig.fs.write(fh, 0, b"a" * size)
+        await rig.fs.release(fh)
+        real_copy = rig.cache._copy_out
+
+        def copy_then_change(ino, n, dst):  # the change lands while it copies
+            real_copy(ino, n, dst)
+            rig.cache.write(ino, 0, b"z")  # (same size: only the generation tells)
+
+        rig.cache._copy_out = copy_then_change
+        await trio.sleep(WINDOW + 5)
+        assert rig.flusher.counts["snapshot_ahead"] == 0
+        assert rig.bucket() == {"big": b"z" + b"a" * (size - 1)}
+
+    run(tmp_path, scenario)
 
 
 def test_op_log_runs_ops_on_distinct_keys_in_parallel_and_in_order(tmp_path):
