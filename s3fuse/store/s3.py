@@ -44,7 +44,6 @@ import boto3
 import botocore.session
 import urllib3.exceptions
 from botocore.config import Config
-from botocore.utils import parse_timestamp as _botocore_timestamp
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -53,6 +52,7 @@ from botocore.exceptions import (
     ProxyConnectionError,
     ReadTimeoutError,
 )
+from botocore.utils import parse_timestamp as _botocore_timestamp
 
 from s3fuse import retry
 from s3fuse.errors import (
