@@ -11,7 +11,8 @@ Usage (root, on a host where ``bash scripts/install`` ran):
 
     .venv/bin/python scripts/snapshot_stall.py [--mib 1024] [--window 1]
 
-To compare a checkout, put its tree first: ``PYTHONPATH=$PWD .venv/bin/python ...``.
+To compare another commit: ``git checkout REV -- s3fuse/``, run, then ``git checkout
+HEAD -- s3fuse/`` (the editable install is asked before ``PYTHONPATH``).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ The rule checked: every acknowledged line ends in the bucket or in one of the
 mounts' ``.s3fuse/lost+found`` copies; no write on a mount fails (no EIO); and once
 everything is synced, each mount shows exactly what the bucket holds.
 
-``S3FUSE_STRESS_S`` sets the seconds of load (default 20; run minutes by hand).
+``S3FUSE_STRESS_S`` sets the seconds of load (default 15; run minutes by hand).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from mounts import S3FUSE, Mount, is_mounted, make_mount, require_fuse
 
 from s3fuse.errors import NoSuchKey, PreconditionFailed
 
-DURATION_S = float(os.environ.get("S3FUSE_STRESS_S", "20"))
+DURATION_S = float(os.environ.get("S3FUSE_STRESS_S", "15"))
 FILES = [f"c/f{i}" for i in range(6)]
 FAST = ["--flush-window", "1", "--metadata-ttl", "1", "--poll-interval", "1"]
 
