@@ -414,13 +414,16 @@ class Flusher(OpLogRunner):
         (``wait_for_room``). ``_file_body`` uses it if the file has not changed
         since (a write already past that wait, or a truncate, may have changed it:
         the snapshot is then taken on the loop, as before). Only for a file whole in
-        the cache: bytes fetched into it do not change its generation."""
+        the cache: bytes fetched into it do not change its generation. One copy per
+        file at a time: another name of a hard-linked file, uploaded meanwhile, takes
+        its snapshot on the loop."""
         with self.journal.read() as txn:
             inode = txn.get(ino)
             if inode is None or inode.nlink == 0:
                 return None
             data = txn.get(inode.link_of) if inode.link_of else inode
         if data is None or not stat.S_ISREG(data.mode) or not data.cached \
+                or data.ino in self._copying \
                 or data.size <= SNAPSHOT_INLINE_BYTES \
                 or not (inode.dirty & DIRTY_DATA or inode.remote_key != key) \
                 or not self._from_snapshot(ino, data):
