@@ -247,9 +247,8 @@ class Cache:
         if size <= SNAPSHOT_INLINE_BYTES:
             data = os.pread(self._fd(ino), size, 0)
             return data.ljust(size, b"\0")
-        self._fd(ino)  # (a file never written gets its empty cache file here, as on any use)
         dst = self._snapshot_path(ino)
-        self._copy_out(ino, size, dst)
+        self._copy_out(self._fd(ino), size, dst)
         return dst
 
     async def snapshot_ahead(self, ino: int, size: int) -> tuple[str, int] | None:
@@ -264,9 +263,9 @@ class Cache:
         try:
             if self.inline:
                 await trio.lowlevel.checkpoint()
-                self._copy_out(ino, size, dst)
+                self._copy_own(ino, size, dst)
             else:
-                await trio.to_thread.run_sync(self._copy_out, ino, size, dst)
+                await trio.to_thread.run_sync(self._copy_own, ino, size, dst)
         except OSError:
             self.drop_snapshot(dst)
             return None
@@ -276,23 +275,27 @@ class Cache:
         self._snap_seq += 1
         return os.path.join(self.snap_dir, f"{ino}.{self._snap_seq}")
 
-    def _copy_out(self, ino: int, size: int, dst: str) -> None:
-        """Copy the first ``size`` bytes of ``ino``'s cache file to a new file ``dst``
-        (holes past its end read as zeros). Its own descriptors, not the bounded set's,
-        so that it is safe in a worker thread."""
+    def _copy_own(self, ino: int, size: int, dst: str) -> None:
+        """``_copy_out`` from a descriptor of its own, not the bounded set's (which the
+        event loop may close meanwhile), so that it is safe in a worker thread."""
         src_fd = os.open(self.path(ino), os.O_RDONLY | os.O_CLOEXEC)
         try:
-            with open(dst, "wb") as out:
-                copied = 0
-                while copied < size:
-                    n = os.copy_file_range(src_fd, out.fileno(), size - copied, copied,
-                                           copied)
-                    if n == 0:
-                        break
-                    copied += n
-                out.truncate(size)
+            self._copy_out(src_fd, size, dst)
         finally:
             os.close(src_fd)
+
+    @staticmethod
+    def _copy_out(src_fd: int, size: int, dst: str) -> None:
+        """Copy the first ``size`` bytes of the file open as ``src_fd`` to a new file
+        ``dst`` (holes past its end read as zeros)."""
+        with open(dst, "wb") as out:
+            copied = 0
+            while copied < size:
+                n = os.copy_file_range(src_fd, out.fileno(), size - copied, copied, copied)
+                if n == 0:
+                    break
+                copied += n
+            out.truncate(size)
 
     @staticmethod
     def drop_snapshot(body: bytes | str) -> None:

@@ -689,14 +689,14 @@ def test_a_snapshot_is_copied_off_the_event_loop_and_holds_only_its_writers(tmp_
     async def scenario(rig: Rig):
         size = SNAPSHOT_INLINE_BYTES + 4096
         started, release = threading.Event(), threading.Event()
-        real_copy = rig.cache._copy_out
+        real_copy = rig.cache._copy_own
 
         def held_copy(ino, n, dst):  # (in the worker thread)
             started.set()
             assert release.wait(30), "the test never let the copy go on"
             real_copy(ino, n, dst)
 
-        rig.cache._copy_out = held_copy
+        rig.cache._copy_own = held_copy
         first_bytes = []
         real_put = rig.store.put
 
@@ -753,13 +753,13 @@ def test_a_snapshot_copied_off_the_loop_is_dropped_if_the_file_changed_meanwhile
         fh, inode = await rig.fs.create(ROOT_INO, b"big", 0o644, 1000, 1000)
         await rig.fs.write(fh, 0, b"a" * size)
         await rig.fs.release(fh)
-        real_copy = rig.cache._copy_out
+        real_copy = rig.cache._copy_own
 
         def copy_then_change(ino, n, dst):  # the change lands while it copies
             real_copy(ino, n, dst)
             rig.cache.write(ino, 0, b"z")  # (same size: only the generation tells)
 
-        rig.cache._copy_out = copy_then_change
+        rig.cache._copy_own = copy_then_change
         await trio.sleep(WINDOW + 5)
         assert rig.flusher.counts["snapshot_ahead"] == 0
         assert rig.bucket() == {"big": b"z" + b"a" * (size - 1)}
