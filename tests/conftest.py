@@ -3,9 +3,10 @@
 tests/mounts.py).
 
 Which tests run on Ceph RGW: everything in tests/s3 that takes ``s3_target``, and the
-``mount``/``unmounted`` tests of the modules in ``RGW_FUSE_MODULES``. The environment
-variable S3FUSE_TEST_RGW=all runs every ``mount``/``unmounted`` test on RGW too,
-S3FUSE_TEST_RGW=0 none at all.
+``mount``/``unmounted`` tests of the modules in ``RGW_FUSE_MODULES``, but those marked
+``moto_only`` (long tests of the mount's own logic, where RGW answers nothing the
+moto variant does not already ask). The environment variable S3FUSE_TEST_RGW=all runs
+every ``mount``/``unmounted`` test on RGW too, S3FUSE_TEST_RGW=0 none at all.
 """
 
 from __future__ import annotations
@@ -133,15 +134,17 @@ def s3_target(request) -> S3Target:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Run ``mount``/``unmounted`` tests on RGW only for RGW_FUSE_MODULES (unless
-    S3FUSE_TEST_RGW=all), and nothing on RGW with S3FUSE_TEST_RGW=0."""
+    """Run ``mount``/``unmounted`` tests on RGW only for RGW_FUSE_MODULES and not
+    marked ``moto_only`` (unless S3FUSE_TEST_RGW=all), and nothing on RGW with
+    S3FUSE_TEST_RGW=0."""
     mode = os.environ.get("S3FUSE_TEST_RGW", "").lower()
     keep, drop = [], []
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         if params.get("unmounted") == "rgw":
             on_rgw = mode == "all" or (mode not in ("0", "off", "no")
-                                       and item.path.name in RGW_FUSE_MODULES)
+                                       and item.path.name in RGW_FUSE_MODULES
+                                       and item.get_closest_marker("moto_only") is None)
         elif params.get("s3_target") == "rgw":
             on_rgw = mode not in ("0", "off", "no")
         else:

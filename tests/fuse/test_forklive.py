@@ -1,5 +1,5 @@
 """A fork's DEST mounted and used while ``s3fuse fork`` still copies (SPEC §9, "Fork"),
-through real mounts on S3 (moto, and Ceph RGW where it is installed).
+through real mounts on S3 (moto; on Ceph RGW with S3FUSE_TEST_RGW=all).
 
 The fork runs as a user runs it, slowed and then held by the test-only faults
 ``sleep@fork-copy`` and ``hold@fork-copy`` once a part is copied, so that most of it
@@ -68,6 +68,7 @@ def shown(root: str) -> dict[str, bytes | None]:
     return {k: v for k, v in tree(root).items() if not k.startswith(".s3fuse")}
 
 
+@pytest.mark.moto_only  # (a fork on RGW: test_timetravel's two forks)
 def test_dest_of_a_running_fork_is_usable_and_ends_as_the_mount_left_it(
         unmounted, tmp_path: Path) -> None:
     require_fuse()

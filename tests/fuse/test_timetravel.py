@@ -91,6 +91,7 @@ def assert_same_tree(now: dict, then: dict) -> None:
 # --- the agent scenario -----------------------------------------------------------
 
 
+@pytest.mark.moto_only  # (RGW's versions: the restore, fork and lifecycle tests)
 def test_agent_scenario_snapshot_wreck_restore(versioned, tmp_path: Path) -> None:
     m = versioned
     env = git_env(tmp_path)
@@ -200,6 +201,7 @@ def cli_time() -> str:
 # --- history ------------------------------------------------------------------------
 
 
+@pytest.mark.moto_only  # (RGW's versions: the restore, fork and lifecycle tests)
 def test_history_of_six_uploads_in_order_with_writers(versioned, tmp_path: Path) -> None:
     m = versioned
     uploads = 6
@@ -355,6 +357,7 @@ def _many_then_now(m: Mount, count: int) -> str:
     return cli_time()
 
 
+@pytest.mark.moto_only  # (RGW's versions: the restore, fork and lifecycle tests)
 def test_fork_killed_midway_resumes_and_completes(versioned) -> None:
     m = versioned
     when = _many_then_now(m, 400)
@@ -390,6 +393,7 @@ def test_fork_killed_midway_resumes_and_completes(versioned) -> None:
     assert res.returncode != 0 and "another fork" in res.stderr
 
 
+@pytest.mark.moto_only  # (RGW's versions: the restore, fork and lifecycle tests)
 def test_ctrl_c_stops_a_fork_within_seconds_whatever_is_in_flight(versioned) -> None:
     """Copies that take long (here 30 s each, by the test fault ``sleep@fork-copy``;
     in life a busy server and botocore's retries) do not keep the fork alive after
@@ -473,6 +477,7 @@ def test_time_travel_on_an_unversioned_bucket_says_how_to_turn_it_on(file_mount)
         assert res.stderr.count("\n") == 1 and "s3fuse versioning enable" in res.stderr, argv
 
 
+@pytest.mark.moto_only  # (RGW's versions: the restore, fork and lifecycle tests)
 def test_bad_input_is_one_line(versioned) -> None:
     m = versioned
     cases = [
