@@ -4,9 +4,10 @@ tests/mounts.py).
 
 Which tests run on Ceph RGW: everything in tests/s3 that takes ``s3_target``, and the
 ``mount``/``unmounted`` tests of the modules in ``RGW_FUSE_MODULES``, but those marked
-``moto_only`` (long tests of the mount's own logic, where RGW answers nothing the
-moto variant does not already ask). The environment variable S3FUSE_TEST_RGW=all runs
-every ``mount``/``unmounted`` test on RGW too, S3FUSE_TEST_RGW=0 none at all.
+``moto_only`` (long tests of the mount's own logic, whose calls to the server's
+versions the restore, fork and lifecycle tests make on RGW too). The environment
+variable S3FUSE_TEST_RGW=all runs every ``mount``/``unmounted`` test on RGW too,
+S3FUSE_TEST_RGW=0 none at all.
 """
 
 from __future__ import annotations
