@@ -26,8 +26,8 @@ from typing import Protocol
 
 import trio
 
-from . import keys
-from .discovery_checks import CloseToOpenChecks, listed_subtree
+from . import faults, keys
+from .discovery_checks import CloseToOpenChecks, DirListing, listed_subtree
 from .errors import FsError, StoreError, TransientStoreError
 from .journal import ROOT_INO, Inode, Txn
 from .namespace import Namespace, set_remote
@@ -109,9 +109,9 @@ class Discovery(CloseToOpenChecks):
         # defaults, and are asked about again after UNLISTED_RETRY_S
         self._unheaded: dict[int, float] = {}
         self._dir_used: dict[int, float] = {}  # directory ino -> trio clock time used
-        # close-to-open by directory: dir ino -> (stamp of the listing, {key: ETag})
+        # close-to-open by directory: dir ino -> what its last listing showed
         # (``note_etags``; set by every listing of the directory)
-        self._dir_etags: dict[int, tuple[Stamp, dict[str, str]]] = {}
+        self._dir_etags: dict[int, DirListing] = {}
         # close-to-open for names: dir ino -> trio clock time its names were last
         # listed (a lookup of a missing name lists it again once that is older
         # than the TTL)
@@ -243,6 +243,7 @@ class Discovery(CloseToOpenChecks):
                         ) -> tuple[dict[bytes, str], dict[bytes, ObjectInfo]]:
         """The bucket's view of one directory: {name: prefix} of subdirectories and
         {name: object} of files, without keys that cannot be paths (logged once)."""
+        await faults.await_point("listing")
         page = await self.remote.list_all(prefix, "/")
         return self._entries(ino, prefix, page.prefixes, page.objects)
 
@@ -455,9 +456,10 @@ class Discovery(CloseToOpenChecks):
     async def resolve(self, parent: int, name: bytes) -> Inode:
         """Find ``name`` in ``parent``, with its attributes loaded (``load_meta``)
         and, for a clean file older than the TTL, checked against the bucket
-        (``recheck``); starts prefetches of the entries after it. Awaits the bucket;
-        changes nothing but what the bucket said. A name the directory does not hold is looked
-        for in the bucket when the directory's listing is older than the TTL
+        (``recheck``, where a listing behind the TTL may answer); starts prefetches
+        of the entries after it. Awaits the bucket; changes nothing but what the
+        bucket said. A name the directory does not hold is looked for in the bucket
+        when the directory's listing is older than the TTL
         (close-to-open for names: ``relist_for_names``)."""
         await self.ensure_listed(parent)
         self.note_used(parent)
@@ -469,7 +471,7 @@ class Discovery(CloseToOpenChecks):
                 raise
             inode = self.ns.lookup_entry(parent, name)
         if inode.meta_loaded and name not in (b".", b"..") \
-                and await self.recheck(inode) is not None:
+                and await self.recheck(inode, at_lookup=True) is not None:
             # changed or deleted in the bucket (or by the poller meanwhile): what
             # holds the name now, if anything (the lookup count below goes to it)
             inode = self.ns.lookup_entry(parent, name)
@@ -546,6 +548,7 @@ class Discovery(CloseToOpenChecks):
         root = next(iter(targets))
         before = self.op_log.op_generation() if self.op_log is not None else None
         listed_at = self.reconciler.stamp()
+        await faults.await_point("listing")
         page = await self.remote.list_upto(root, None, max_pages)
         if page is None:
             return False

@@ -12,7 +12,9 @@ Comma-separated entries:
 Wait points: ``fork-copy``, before each of ``s3fuse fork``'s copies (so a test can
 use DEST midway); ``bucket-work``, before each upload and each op (copy, delete) the
 flusher starts (so a test can make several changes before any of them reaches the
-bucket, whatever the timing: a crash point is then reached after them all).
+bucket, whatever the timing: a crash point is then reached after them all);
+``listing``, before each listing of a directory (or subtree) the mount asks for (so a
+test can make a directory slow to list, as thousands of entries on a loaded server are).
 
 Crash points, each a moment the crash tests kill the daemon at:
 

@@ -20,16 +20,20 @@ from s3fuse.journal import ROOT_INO
 from s3fuse.store.memory import MemoryStore
 
 
-def _slow_lists(rig: Rig, seconds: float) -> dict[str, int]:
-    """Every LIST of the mount takes ``seconds`` more (on the trio clock)."""
+def _slow_lists(rig: Rig, seconds: float, as_at_start: bool = False) -> dict[str, int]:
+    """Every LIST of the mount takes ``seconds`` more (on the trio clock); it shows
+    the bucket as it was at its end, or ``as_at_start``."""
     remote = rig.fs.discovery.remote
     real = remote.list_all
     seen = {"lists": 0, "done": 0}
 
     async def list_all(*args, **kwargs):
         seen["lists"] += 1
+        if as_at_start:
+            page = await real(*args, **kwargs)
         await trio.sleep(seconds)
-        page = await real(*args, **kwargs)
+        if not as_at_start:
+            page = await real(*args, **kwargs)
         seen["done"] += 1
         return page
 
@@ -178,6 +182,115 @@ def test_the_poller_skips_a_directory_a_check_just_listed(tmp_path):
                 later = [t for t, p in listed if p == "d/"][2:]
                 assert len(later) == 1 and 60.0 <= later[0] < 75.0, later
                 poller.stop()
+                nursery.cancel_scope.cancel()
+        finally:
+            rig.close()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_lookups_in_a_directory_slower_to_list_than_the_ttl_do_not_wait(tmp_path):
+    """``rm -rf`` of a directory that takes longer than the TTL to list (2,000
+    entries on moto): each unlink whose kernel entry had expired made a lookup that
+    waited for a new listing, since a listing that outlasts the TTL answers no check
+    by its start (rm -rf of 2,000 files: 10-19 s, under 4 s without the waits). Now a
+    lookup's check answers from the last listing while it ended less than the TTL ago
+    or its successor runs, and starts that successor itself: after the first wait,
+    lookups go on at once, while the listings follow one another in the background.
+    What changed outside still shows, at lookups within the TTL plus about two
+    listings' time, and at ``open`` as soon as a listing that started after the
+    change is in (``open`` still waits for one within the TTL)."""
+    store = MemoryStore()
+    for i in range(10):
+        store.put(f"d/f{i}", b"x", {})
+    listing_s = 1.2  # longer than the TTL (1 s), shorter than NAME_CHECK_TIMEOUT_S
+
+    async def main():
+        rig = Rig(tmp_path, store)
+        ttl = rig.fs.discovery.metadata_ttl_s
+        try:
+            async with trio.open_nursery() as nursery:
+                rig.fs.meta_loads.nursery = nursery
+                d = await rig.fs.lookup(ROOT_INO, b"d")
+                for i in range(10):
+                    await rig.fs.lookup(d.ino, b"f%d" % i)  # attributes loaded
+                await trio.sleep(2.0)  # older than the TTL, and quiet
+                seen = _slow_lists(rig, listing_s, as_at_start=True)
+                started = trio.current_time()
+                await rig.fs.lookup(d.ino, b"f0")  # the first check waits for a listing
+                assert trio.current_time() - started == pytest.approx(listing_s)
+                assert seen["done"] == 1
+                changed_at = None
+                waited = []
+                for step in range(60):  # 12 s of lookups, one every 0.2 s
+                    if step == 10:
+                        store.put("d/f3", b"changed outside", {})
+                        changed_at = trio.current_time()
+                    t = trio.current_time()
+                    sizes = [(await rig.fs.lookup(d.ino, b"f%d" % i)).size
+                             for i in range(10)]
+                    waited.append(trio.current_time() - t)
+                    if changed_at is not None and sizes[3] != 1:
+                        shown_after = trio.current_time() - changed_at
+                        break
+                    await trio.sleep(0.2)
+                else:
+                    raise AssertionError("the outside change never showed at a lookup")
+                assert max(waited) == 0, waited
+                assert shown_after <= ttl + 2 * listing_s + 0.2, shown_after
+                assert sizes[:3] + sizes[4:] == [1] * 9
+                # the listings ran one after another meanwhile, not one per lookup
+                assert seen["lists"] <= 2 + (trio.current_time() - started) / listing_s
+                # open is close-to-open: a change made the TTL before it shows, though
+                # the listing that runs then began before the change
+                f5 = (await rig.fs.lookup(d.ino, b"f5")).ino
+                lists = seen["lists"]
+                for _ in range(300):
+                    await rig.fs.lookup(d.ino, b"f5")
+                    if seen["lists"] > lists:
+                        break  # a listing just began
+                    await trio.sleep(0.01)
+                store.put("d/f5", b"changed outside too", {})
+                await trio.sleep(ttl)
+                assert d.ino in rig.fs.discovery._relisting  # (that listing runs)
+                assert rig.fs.get(f5).size == 1
+                await rig.fs.revalidate(f5)
+                assert rig.fs.get(f5).size == len(b"changed outside too")
+                nursery.cancel_scope.cancel()
+        finally:
+            rig.close()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_a_listing_that_failed_does_not_answer_an_open(tmp_path):
+    """The last listing answers lookups while its successor runs; if that successor
+    fails (the bucket is away), an open's check must not take the older listing for
+    the new one: it asks the object itself (a HEAD), and sees the change."""
+    from s3fuse.errors import TransientStoreError
+
+    store = MemoryStore()
+    store.put("d/a", b"a", {})
+
+    async def main():
+        rig = Rig(tmp_path, store)
+        remote = rig.fs.discovery.remote
+        real = remote.list_all
+        try:
+            async with trio.open_nursery() as nursery:
+                rig.fs.meta_loads.nursery = nursery
+                d = await rig.fs.lookup(ROOT_INO, b"d")
+                a = await rig.fs.lookup(d.ino, b"a")
+                await trio.sleep(2.0)
+                store.put("d/a", b"changed outside", {})
+
+                async def failing(*args, **kwargs):
+                    raise TransientStoreError("the bucket is away")
+
+                remote.list_all = failing
+                assert await rig.fs.revalidate(a.ino) is True
+                assert rig.fs.get(a.ino).size == len(b"changed outside")
+                remote.list_all = real
                 nursery.cancel_scope.cancel()
         finally:
             rig.close()
