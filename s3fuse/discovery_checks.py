@@ -350,5 +350,12 @@ class CloseToOpenChecks:
         if now - snap.ended >= self.metadata_ttl_s:
             return False
         if self.meta_loads.nursery is not None:
-            self.meta_loads.nursery.start_soon(self._check, parent)
+            self.meta_loads.nursery.start_soon(self._check_behind, parent)
         return True
+
+    async def _check_behind(self, parent: int) -> None:
+        """``_check`` in the background (``_answers_behind``)."""
+        try:
+            await self._check(parent)
+        except Exception:  # noqa: BLE001 - a background listing must not crash the mount
+            log.exception("listing directory %d in the background failed", parent)
