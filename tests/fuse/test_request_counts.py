@@ -21,16 +21,18 @@ from s3fuse.discovery_checks import WALKED_S
 pytestmark = pytest.mark.fuse
 
 
-def fuse_requests(port: int) -> dict[str, float]:
-    """FUSE requests answered so far, by operation (the latency histogram's count)."""
+def latency_samples(port: int, suffix: str) -> list:
+    """The daemon's FUSE latency histogram samples named ``..._seconds_{suffix}``."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
         text = resp.read().decode()
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == "s3fuse_fuse_operation_duration_seconds_count":
-                out[s.labels["operation"]] = s.value
-    return out
+    name = f"s3fuse_fuse_operation_duration_seconds_{suffix}"
+    return [s for family in text_string_to_metric_families(text) for s in family.samples
+            if s.name == name]
+
+
+def fuse_requests(port: int) -> dict[str, float]:
+    """FUSE requests answered so far, by operation (the latency histogram's count)."""
+    return {s.labels["operation"]: s.value for s in latency_samples(port, "count")}
 
 
 def test_ls_l_asks_for_security_and_acl_xattrs_once(tmp_path, file_source):
@@ -165,18 +167,9 @@ def test_a_walk_of_a_small_tree_past_the_ttl_lists_it_once(counted):
 def lookups_slower_than(port: int, seconds: float) -> float:
     """Lookups so far that took longer than ``seconds`` (a bucket bound of the
     latency histogram)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
-        text = resp.read().decode()
-    total = within = 0.0
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == "s3fuse_fuse_operation_duration_seconds_bucket" \
-                    and s.labels["operation"] == "lookup":
-                if s.labels["le"] == "+Inf":
-                    total = s.value
-                elif float(s.labels["le"]) == seconds:
-                    within = s.value
-    return total - within
+    buckets = {float(s.labels["le"]): s.value for s in latency_samples(port, "bucket")
+               if s.labels["operation"] == "lookup"}
+    return buckets[float("inf")] - buckets[seconds]
 
 
 def test_rm_rf_of_a_directory_slower_to_list_than_the_ttl_does_not_wait_per_file(
